@@ -1,0 +1,206 @@
+"""Fast batched experience collection: one policy θ, one task, many environments, one process.
+
+:class:`Simulator` steps ``n_envs`` copies of a task's model with ``mujoco.batch.Batch`` (a C loop,
+no per-env Python) and computes observations and rewards with the same functions as the gymnasium
+env (:mod:`metaimprove.envs`), so both agree exactly. :class:`Collector` runs a policy on it with one
+batched forward per step and returns an :class:`Experience` of whole episodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mujoco
+import mujoco.batch
+import numpy as np
+import torch
+
+from metaimprove.envs import BADQACC, initial_states, observe, task_reward, unstable
+from metaimprove.policy import Policy
+from metaimprove.tasks import Task, build_model, get_family
+
+# gymnasium's HalfCheetah-v5 runs 5 physics substeps per env step.
+FRAME_SKIP = 5
+
+
+@dataclass
+class Experience:
+    """What a policy collected: ``T`` steps of ``E`` environments.
+
+    ``obs[t]`` is the raw observation the action ``action[t]`` was taken in; ``action`` holds the
+    unclipped Gaussian samples (the env received them clipped to [-1, 1]) and ``log_prob`` their
+    log-density. An episode that hit the time limit (or the end of the batch) has ``truncated``;
+    one whose simulation blew up has ``terminated``. ``trunc_obs[k]`` is the observation that
+    followed the truncation at ``trunc_index[k] = (t, e)``, for value bootstrapping.
+    """
+
+    obs: torch.Tensor  # [T, E, obs] float32
+    action: torch.Tensor  # [T, E, act] float32
+    log_prob: torch.Tensor  # [T, E] float32
+    reward: torch.Tensor  # [T, E] float32
+    terminated: torch.Tensor  # [T, E] bool
+    truncated: torch.Tensor  # [T, E] bool
+    trunc_obs: torch.Tensor  # [K, obs] float32
+    trunc_index: torch.Tensor  # [K, 2] int64
+    episode_returns: torch.Tensor  # [n_episodes] float32, episodes that ran to their time limit
+    n_unstable: int  # episodes ended by a simulator blow-up
+
+    @property
+    def n_steps(self) -> int:
+        """Environment steps in this batch (T × E)."""
+        return self.obs.shape[0] * self.obs.shape[1]
+
+    @property
+    def mean_return(self) -> float:
+        """Mean return of the completed episodes (NaN if none completed)."""
+        return float(self.episode_returns.mean()) if len(self.episode_returns) else float("nan")
+
+
+class Simulator:
+    """``n_envs`` simulations of one task, stepped together in C.
+
+    Args:
+        task: the task (its physics are applied to the robot's nominal model).
+        n_envs: number of parallel simulations.
+        seed: seeds the initial-state noise.
+    """
+
+    def __init__(self, task: Task, n_envs: int, seed: int) -> None:
+        family = get_family(task.family)
+        self.task = task
+        self.n_envs = n_envs
+        self.episode_length = family.episode_length
+        self.model = build_model(task)
+        self.dt = self.model.opt.timestep * FRAME_SKIP
+        self._reward_kind = family.reward
+        self._params = dict(task.params)
+        self._rng = np.random.default_rng(seed)
+        self._batch = mujoco.batch.Batch(self.model, nsim=n_envs, nthread=1)
+        self._qpos = self._batch.bind("qpos")
+        self._qvel = self._batch.bind("qvel")
+        self._ctrl = self._batch.bind("ctrl")
+        self.obs_dim = self.model.nq - 1 + self.model.nv
+        self.act_dim = self.model.nu
+
+    def reset(self, ids: np.ndarray | None = None) -> np.ndarray:
+        """Reset ``ids`` (default all) to fresh initial states; returns every env's observation."""
+        ids = np.arange(self.n_envs) if ids is None else ids
+        if len(ids):
+            self._batch.reset(ids, stage=mujoco.mjtStage.mjSTAGE_NONE)
+            qpos, qvel = initial_states(self.model, self._rng, len(ids))
+            self.set_state(qpos, qvel, ids)
+        return self.observation()
+
+    def set_state(self, qpos: np.ndarray, qvel: np.ndarray, ids: np.ndarray | None = None) -> None:
+        """Overwrite the state of ``ids`` (default all)."""
+        ids = np.arange(self.n_envs) if ids is None else ids
+        self._qpos[ids] = qpos
+        self._qvel[ids] = qvel
+        self._batch.forward(ids)
+
+    def observation(self) -> np.ndarray:
+        """Current observations ``[n_envs, obs]`` (float64)."""
+        return observe(self._qpos, self._qvel)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Apply ``action [n_envs, act]``; returns (obs, reward, unstable) as gymnasium's env would.
+
+        Unstable envs get reward 0 and a zeroed observation; the caller must reset them.
+        """
+        x_before = self._qpos[:, 0].copy()
+        bad_before = self._batch.warning[:, BADQACC, 1].copy()
+        self._ctrl[:] = action
+        try:
+            self._batch.step(nstep=FRAME_SKIP)
+            failed = np.zeros(self.n_envs, dtype=bool)
+        except mujoco.batch.SimulationError as exc:
+            failed = np.isin(np.arange(self.n_envs), exc.ids)
+        x_velocity = (self._qpos[:, 0] - x_before) / self.dt
+        obs = self.observation()
+        blown = unstable(self._qpos, self._qvel, self._batch.warning[:, BADQACC, 1] > bad_before) | failed
+        reward = task_reward(self._reward_kind, self._params, x_velocity, action)
+        if blown.any():
+            obs[blown] = 0.0
+            reward[blown] = 0.0
+        return obs, reward, blown
+
+
+class Collector:
+    """Collects whole batches of experience of a policy on one task.
+
+    Every :meth:`collect` call starts fresh episodes in all envs, so a batch holds the experience
+    of exactly one policy; with ``n_steps`` a multiple of the episode length it holds whole episodes.
+
+    Args:
+        task: the task to run.
+        n_envs: environments stepped together.
+        seed: seeds initial states and action noise; same seed, same numbers.
+    """
+
+    def __init__(self, task: Task, n_envs: int, seed: int) -> None:
+        self.sim = Simulator(task, n_envs, seed)
+        # Action noise has its own stream so that resets and actions never shift each other.
+        self._noise = np.random.default_rng([seed, 1])
+
+    def collect(self, policy: Policy, n_steps: int, deterministic: bool = False) -> Experience:
+        """Run ``policy`` for ``n_steps`` steps per env (``n_steps × n_envs`` env steps)."""
+        sim, E, L = self.sim, self.sim.n_envs, self.sim.episode_length
+        T = n_steps
+        obs_buf = np.empty((T, E, sim.obs_dim), dtype=np.float32)
+        act_buf = np.empty((T, E, sim.act_dim), dtype=np.float32)
+        rew_buf = np.empty((T, E), dtype=np.float32)
+        term_buf = np.zeros((T, E), dtype=bool)
+        trunc_buf = np.zeros((T, E), dtype=bool)
+        trunc_obs, trunc_index, returns = [], [], []
+        n_unstable = 0
+        ep_step = np.zeros(E, dtype=np.int64)
+        ep_return = np.zeros(E, dtype=np.float64)
+        actor = policy.actor()
+        obs = sim.reset()
+        for t in range(T):
+            action = actor.mean(obs)
+            if not deterministic:
+                action = action + actor.std * self._noise.standard_normal(action.shape)
+            next_obs, reward, blown = sim.step(np.clip(action, -1.0, 1.0))
+            obs_buf[t], act_buf[t], rew_buf[t] = obs, action, reward
+            ep_step += 1
+            ep_return += reward
+            timeout = (ep_step >= L) & ~blown
+            cut = timeout | ((t == T - 1) & ~blown)
+            term_buf[t], trunc_buf[t] = blown, cut
+            for e in np.flatnonzero(cut):
+                trunc_obs.append(next_obs[e].astype(np.float32))
+                trunc_index.append((t, e))
+            returns.extend(ep_return[timeout].tolist())
+            n_unstable += int(blown.sum())
+            done = np.flatnonzero(timeout | blown)
+            if len(done) and t < T - 1:
+                ep_step[done] = 0
+                ep_return[done] = 0.0
+                next_obs = sim.reset(done)
+            obs = next_obs
+        obs_t, act_t = torch.from_numpy(obs_buf), torch.from_numpy(act_buf)
+        return Experience(
+            obs=obs_t,
+            action=act_t,
+            # One batched evaluation, in the same float32 torch code PPO's ratio uses.
+            log_prob=policy.log_prob(obs_t, act_t),
+            reward=torch.from_numpy(rew_buf),
+            terminated=torch.from_numpy(term_buf),
+            truncated=torch.from_numpy(trunc_buf),
+            trunc_obs=torch.from_numpy(np.asarray(trunc_obs, dtype=np.float32).reshape(-1, sim.obs_dim)),
+            trunc_index=torch.as_tensor(trunc_index, dtype=torch.int64).reshape(-1, 2),
+            episode_returns=torch.as_tensor(returns, dtype=torch.float32),
+            n_unstable=n_unstable,
+        )
+
+
+def evaluate(policy: Policy, task: Task, n_episodes: int = 8, seed: int = 0) -> float:
+    """Mean return of ``policy``'s deterministic mean action over ``n_episodes`` fixed episodes.
+
+    The evaluation protocol every method shares: same task, same seed, same initial states.
+    """
+    collector = Collector(task, n_envs=n_episodes, seed=seed)
+    exp = collector.collect(policy, get_family(task.family).episode_length, deterministic=True)
+    total = exp.reward.sum(0)
+    return float(total.mean())

@@ -1,0 +1,347 @@
+"""Task distribution: families declared in ``tasks/*.yaml``, frozen ``Task`` draws, physics randomization.
+
+A :class:`TaskFamily` is read from one YAML file. ``family.task(split, index)`` returns the
+``index``-th task of a split; each split has its own seed stream, so ``test`` never repeats a
+``train`` draw and the ``i``-th task does not depend on how many tasks are asked for.
+
+A :class:`Task` is a frozen dataclass (family, split, index, task parameters, physics scales) that
+round-trips exactly through JSON. :func:`build_model` compiles the family's robot and scales the
+*nominal* model by the task's physics scales, so the same task always gives the same simulator.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import mujoco
+import numpy as np
+import yaml
+
+from metaimprove.errors import UserError
+
+SPLITS = ("train", "test", "ood")
+PHYSICS_FIELDS = ("body_mass", "geom_friction", "dof_damping", "actuator_gear", "gravity")
+
+
+@dataclass(frozen=True)
+class Range:
+    """A parameter's distribution: uniform on ``train`` or on ``ood`` bands, or a discrete choice."""
+
+    train: tuple[float, float] | None = None
+    ood: tuple[tuple[float, float], ...] = ()
+    choices: tuple[float, ...] = ()
+
+    def sample(self, rng: np.random.Generator, split: str, size: int | None = None) -> np.ndarray:
+        """Draw ``size`` values (or a scalar when ``size`` is None) for ``split``."""
+        if self.choices:
+            return rng.choice(np.asarray(self.choices, dtype=np.float64), size=size)
+        bands = self.ood if split == "ood" and self.ood else (self.train,)
+        widths = np.array([hi - lo for lo, hi in bands])
+        band = rng.choice(len(bands), size=size, p=widths / widths.sum())
+        lo = np.array([b[0] for b in bands])[band]
+        hi = np.array([b[1] for b in bands])[band]
+        return lo + (hi - lo) * rng.random(size=size)
+
+    def describe(self) -> str:
+        """One-line human summary, e.g. ``train U[0, 1.5] | ood U(1.5, 2]``."""
+        if self.choices:
+            return "choice {" + ", ".join(f"{c:g}" for c in self.choices) + "}"
+        assert self.train is not None
+        text = f"train U[{self.train[0]:g}, {self.train[1]:g}]"
+        if self.ood:
+            text += " | ood " + " ∪ ".join(f"U[{lo:g}, {hi:g}]" for lo, hi in self.ood)
+        return text
+
+
+@dataclass(frozen=True)
+class PhysicsRange:
+    """Log-uniform scale ``base ** U(low, high)`` of one physics quantity, per element."""
+
+    base: float
+    exponent: Range
+
+    def describe(self) -> str:
+        """One-line human summary, e.g. ``1.5^U[-3, 3]``."""
+        return f"{self.base:g}^" + self.exponent.describe().replace("train ", "")
+
+
+@dataclass(frozen=True)
+class Physics:
+    """Multiplicative scales applied to a robot's nominal model (1.0 = nominal)."""
+
+    body_mass: tuple[float, ...]
+    geom_friction: tuple[float, ...]
+    dof_damping: tuple[float, ...]
+    actuator_gear: tuple[float, ...]
+    gravity: float = 1.0
+
+    @staticmethod
+    def nominal(model: mujoco.MjModel) -> Physics:
+        """Scales that leave ``model`` unchanged."""
+        return Physics(
+            body_mass=(1.0,) * model.nbody,
+            geom_friction=(1.0,) * model.ngeom,
+            dof_damping=(1.0,) * model.nv,
+            actuator_gear=(1.0,) * model.nu,
+        )
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task: family, split, index in that split, task parameters and physics scales."""
+
+    family: str
+    split: str
+    index: int
+    params: tuple[tuple[str, float], ...]
+    physics: Physics
+
+    def param(self, name: str) -> float:
+        """The value of task parameter ``name``."""
+        return dict(self.params)[name]
+
+    @property
+    def name(self) -> str:
+        """Short stable identifier, e.g. ``halfcheetah_vel/train/3``."""
+        return f"{self.family}/{self.split}/{self.index}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; :meth:`from_dict` inverts it exactly."""
+        return {
+            "family": self.family,
+            "split": self.split,
+            "index": self.index,
+            "params": dict(self.params),
+            "physics": {f: getattr(self.physics, f) for f in PHYSICS_FIELDS},
+        }
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Task:
+        """Rebuild a task from :meth:`to_dict` output, validating its fields."""
+        try:
+            phys = data["physics"]
+            physics = Physics(
+                **{f: tuple(float(x) for x in phys[f]) for f in PHYSICS_FIELDS[:-1]},
+                gravity=float(phys["gravity"]),
+            )
+            task = Task(
+                family=str(data["family"]),
+                split=str(data["split"]),
+                index=int(data["index"]),
+                params=tuple((str(k), float(v)) for k, v in data["params"].items()),
+                physics=physics,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UserError(f"invalid task description ({exc!r}); expected the JSON of Task.to_dict()") from exc
+        scales = [*task.physics.body_mass, *task.physics.geom_friction, *task.physics.dof_damping]
+        scales += [*task.physics.actuator_gear, task.physics.gravity]
+        if not all(math.isfinite(s) and s > 0 for s in scales):
+            raise UserError(f"task {task.name}: physics scales must be finite and positive")
+        return task
+
+    def to_json(self) -> str:
+        """Canonical JSON text of the task."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> Task:
+        """Inverse of :meth:`to_json`."""
+        return Task.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True)
+class TaskFamily:
+    """A distribution of tasks declared by one ``tasks/<name>.yaml`` file."""
+
+    name: str
+    description: str
+    robot: str
+    reward: str
+    env_id: str
+    episode_length: int
+    params: dict[str, Range] = field(hash=False)
+    physics: dict[str, PhysicsRange] = field(hash=False)
+    split_seeds: dict[str, int] = field(hash=False)
+
+    def task(self, split: str, index: int) -> Task:
+        """The ``index``-th task of ``split`` (deterministic, independent of how many are drawn)."""
+        if split not in self.split_seeds:
+            raise UserError(f"unknown split '{split}' for family {self.name}; choose one of {sorted(self.split_seeds)}")
+        if index < 0:
+            raise UserError(f"task index must be >= 0, got {index}")
+        rng = np.random.default_rng([self.split_seeds[split], index])
+        params = tuple((k, float(r.sample(rng, split))) for k, r in sorted(self.params.items()))
+        nominal = nominal_model(self.robot)
+        sizes = {
+            "body_mass": nominal.nbody,
+            "geom_friction": nominal.ngeom,
+            "dof_damping": nominal.nv,
+            "actuator_gear": nominal.nu,
+        }
+        scales: dict[str, Any] = {}
+        for name in PHYSICS_FIELDS:
+            spec = self.physics.get(name)
+            n = sizes.get(name)
+            if spec is None:
+                scales[name] = 1.0 if n is None else (1.0,) * n
+                continue
+            exponent = spec.exponent.sample(rng, split, size=n if n is not None else None)
+            values = np.power(spec.base, exponent)
+            scales[name] = float(values) if n is None else tuple(float(v) for v in values)
+        return Task(self.name, split, index, params, Physics(**scales))
+
+    def tasks(self, split: str, n: int, start: int = 0) -> list[Task]:
+        """Tasks ``start .. start + n - 1`` of ``split``."""
+        return [self.task(split, i) for i in range(start, start + n)]
+
+    def sample(self, rng: np.random.Generator, split: str) -> Task:
+        """A task of ``split`` at a random index drawn from ``rng``."""
+        return self.task(split, int(rng.integers(0, 2**31 - 1)))
+
+    @staticmethod
+    def from_dict(data: dict[str, Any], source: str = "<dict>") -> TaskFamily:
+        """Parse and validate a family declaration (the YAML's content)."""
+        try:
+            params = {k: _parse_range(v, f"params.{k}") for k, v in (data.get("params") or {}).items()}
+            physics = {}
+            for k, v in (data.get("physics") or {}).items():
+                if k not in PHYSICS_FIELDS:
+                    raise ValueError(f"physics.{k} is not one of {list(PHYSICS_FIELDS)}")
+                base = float(v["base"])
+                if not base > 0:
+                    raise ValueError(f"physics.{k}.base must be > 0 (scales are base ** U(low, high)), got {base}")
+                physics[k] = PhysicsRange(base, _parse_range({kk: vv for kk, vv in v.items() if kk != "base"}, k))
+            seeds = {str(k): int(v["seed"]) for k, v in data["splits"].items()}
+            unknown = set(seeds) - set(SPLITS)
+            if unknown:
+                raise ValueError(f"unknown splits {sorted(unknown)}; allowed {list(SPLITS)}")
+            family = TaskFamily(
+                name=str(data["name"]),
+                description=str(data.get("description", "")),
+                robot=str(data["robot"]),
+                reward=str(data["reward"]),
+                env_id=str(data["env_id"]),
+                episode_length=int(data["episode_length"]),
+                params=params,
+                physics=physics,
+                split_seeds=seeds,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"bad task family file {source}: {exc}") from exc
+        if family.episode_length < 1:
+            raise UserError(f"bad task family file {source}: episode_length must be >= 1")
+        return family
+
+
+def _parse_range(spec: Any, where: str) -> Range:
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where} must be a mapping with 'train' (and optional 'ood') or 'choices'")
+    if "choices" in spec:
+        choices = tuple(float(c) for c in spec["choices"])
+        if not choices:
+            raise ValueError(f"{where}.choices is empty")
+        return Range(choices=choices)
+    train = _band(spec["train"], f"{where}.train")
+    ood = tuple(_band(b, f"{where}.ood") for b in spec.get("ood", []))
+    return Range(train=train, ood=ood)
+
+
+def _band(band: Any, where: str) -> tuple[float, float]:
+    lo, hi = (float(x) for x in band)
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+        raise ValueError(f"{where} = [{lo}, {hi}] is impossible: need finite low <= high")
+    return lo, hi
+
+
+def family_dir() -> Path:
+    """Directory holding the shipped ``*.yaml`` family files (package data)."""
+    return Path(str(resources.files("metaimprove.task_files")))
+
+
+@cache
+def load_families() -> dict[str, TaskFamily]:
+    """All families shipped in ``tasks/``, by name."""
+    families = {}
+    for path in sorted(family_dir().glob("*.yaml")):
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise UserError(f"task family file {path} is not valid YAML: {exc}") from exc
+        fam = TaskFamily.from_dict(data, str(path))
+        families[fam.name] = fam
+    return families
+
+
+def get_family(name: str) -> TaskFamily:
+    """The family called ``name``, or a one-line error listing the known ones."""
+    families = load_families()
+    if name not in families:
+        raise UserError(f"unknown task family '{name}'; choose one of {sorted(families)} (see `metaimprove tasks`)")
+    return families[name]
+
+
+# Robots: the gymnasium MuJoCo model each family randomizes.
+ROBOT_XML = {"half_cheetah": "half_cheetah.xml"}
+
+
+def robot_xml_path(robot: str) -> str:
+    """Path of the robot's MJCF file inside gymnasium's assets."""
+    if robot not in ROBOT_XML:
+        raise UserError(f"unknown robot '{robot}'; known robots: {sorted(ROBOT_XML)}")
+    import gymnasium.envs.mujoco as gm
+
+    return str(Path(gm.__file__).parent / "assets" / ROBOT_XML[robot])
+
+
+def compile_quietly(xml_path: str) -> mujoco.MjModel:
+    """Compile an MJCF file without MuJoCo 4's per-compile ``settotalmass`` deprecation warning.
+
+    Gymnasium's robot files still use ``settotalmass``; the compiled masses are what we want,
+    and the warning would otherwise repeat for every task built.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*settotalmass.*")
+        return mujoco.MjModel.from_xml_path(xml_path)
+
+
+@cache
+def nominal_model(robot: str) -> mujoco.MjModel:
+    """The robot's unmodified compiled model (cached; never mutate it)."""
+    return compile_quietly(robot_xml_path(robot))
+
+
+def apply_physics(model: mujoco.MjModel, physics: Physics, nominal: mujoco.MjModel) -> None:
+    """Set ``model``'s physical quantities to ``nominal``'s scaled by ``physics`` (in place).
+
+    Mass and inertia scale together per body; friction scales the sliding coefficient of every
+    geom (the floor too: a contact uses the larger friction of its two geoms); gear scales each
+    actuator's transmission. Derived constants are recomputed with ``mj_setConst``.
+    """
+    sizes = (model.nbody, model.ngeom, model.nv, model.nu)
+    given = tuple(len(getattr(physics, f)) for f in PHYSICS_FIELDS[:-1])
+    if given != sizes:
+        raise UserError(f"physics scales have sizes {given} but the model needs {sizes} (body, geom, dof, actuator)")
+    mass = np.asarray(physics.body_mass)
+    model.body_mass[:] = nominal.body_mass * mass
+    model.body_inertia[:] = nominal.body_inertia * mass[:, None]
+    model.geom_friction[:, 0] = nominal.geom_friction[:, 0] * np.asarray(physics.geom_friction)
+    model.dof_damping[:] = nominal.dof_damping * np.asarray(physics.dof_damping)
+    model.actuator_gear[:, 0] = nominal.actuator_gear[:, 0] * np.asarray(physics.actuator_gear)
+    model.opt.gravity[:] = nominal.opt.gravity * physics.gravity
+    mujoco.mj_setConst(model, mujoco.MjData(model))
+
+
+def build_model(task: Task) -> mujoco.MjModel:
+    """A freshly compiled model of the task's robot with the task's physics applied."""
+    nominal = nominal_model(get_family(task.family).robot)
+    model = copy.deepcopy(nominal)
+    apply_physics(model, task.physics, nominal)
+    return model

@@ -1,0 +1,1 @@
+"""Package data: shipped inside the installed package (see pyproject.toml)."""
