@@ -19,7 +19,15 @@ import numpy as np
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 
 from metaimprove.errors import UserError
-from metaimprove.tasks import Physics, Task, apply_physics, get_family, load_families, nominal_model, robot_xml_path
+from metaimprove.tasks import (
+    Physics,
+    Task,
+    apply_physics,
+    get_family,
+    load_families,
+    nominal_model,
+    robot_xml_path,
+)
 
 # Joint speeds beyond this mean the integrator has diverged (HalfCheetah stays well under 100).
 QVEL_LIMIT = 1e3
