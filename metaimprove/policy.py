@@ -14,6 +14,7 @@ see an ordinary function of θ.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -46,7 +47,7 @@ class PolicySpec:
     def layer_sizes(self) -> list[tuple[int, int]]:
         """``(in, out)`` of each linear layer."""
         dims = [self.obs_dim, *self.hidden, self.act_dim]
-        return list(zip(dims[:-1], dims[1:], strict=True))
+        return list(itertools.pairwise(dims))
 
     @property
     def n_params(self) -> int:
