@@ -41,7 +41,8 @@ class PolicySpec:
         if self.activation not in ACTIVATIONS:
             raise UserError(f"unknown activation '{self.activation}'; choose one of {sorted(ACTIVATIONS)}")
         if self.obs_dim < 1 or self.act_dim < 1 or any(h < 1 for h in self.hidden):
-            raise UserError(f"policy sizes must be >= 1, got obs={self.obs_dim} act={self.act_dim} hidden={self.hidden}")
+            raise UserError(
+                f"policy sizes must be >= 1, got obs={self.obs_dim} act={self.act_dim} hidden={self.hidden}")
 
     @property
     def layer_sizes(self) -> list[tuple[int, int]]:
@@ -113,7 +114,10 @@ def _orthogonal_(w: torch.Tensor, gain: float, generator: torch.Generator) -> No
 
 
 def forward(spec: PolicySpec, theta: torch.Tensor, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Action mean ``[..., N, act]`` and log-std ``[..., 1, act]`` of θ ``[..., P]`` on *normalized* obs ``[..., N, obs]``."""
+    """Action mean ``[..., N, act]`` and log-std ``[..., 1, act]`` of θ ``[..., P]``.
+
+    ``obs [..., N, obs]`` must already be normalized (see :meth:`ObsNormalizer.normalize`).
+    """
     blocks = spec.unflatten(theta)
     act = ACTIVATIONS[spec.activation]
     h = obs
