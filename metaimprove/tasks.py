@@ -120,7 +120,7 @@ class Task:
             "split": self.split,
             "index": self.index,
             "params": dict(self.params),
-            "physics": {f: getattr(self.physics, f) for f in PHYSICS_FIELDS},
+            "physics": {f: _jsonable(getattr(self.physics, f)) for f in PHYSICS_FIELDS},
         }
 
     @staticmethod
@@ -239,6 +239,10 @@ class TaskFamily:
         if family.episode_length < 1:
             raise UserError(f"bad task family file {source}: episode_length must be >= 1")
         return family
+
+
+def _jsonable(value: float | tuple[float, ...]) -> float | list[float]:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _parse_range(spec: Any, where: str) -> Range:

@@ -1,0 +1,74 @@
+"""Policy: θ layout, batched forward, normalizer, folding."""
+
+import numpy as np
+import pytest
+import torch
+
+from metaimprove.errors import UserError
+from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, fold_normalizer, forward, init_params
+
+SPEC = PolicySpec(17, 6)
+
+
+def test_layout_covers_theta_exactly():
+    layout = SPEC.layout()
+    assert [name for name, _, _ in layout] == ["W0", "b0", "W1", "b1", "W2", "b2", "log_std"]
+    assert SPEC.n_params == 17 * 32 + 32 + 32 * 32 + 32 + 32 * 6 + 6 + 6
+    end = layout[-1][2] + layout[-1][1][0]
+    assert end == SPEC.n_params
+
+
+def test_init_is_seeded():
+    a = init_params(SPEC, torch.Generator().manual_seed(1))
+    b = init_params(SPEC, torch.Generator().manual_seed(1))
+    c = init_params(SPEC, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    w0 = SPEC.unflatten(a)["W0"]
+    torch.testing.assert_close(w0.T @ w0, 2.0 * torch.eye(17), atol=1e-5, rtol=0)  # orthogonal columns, gain √2
+
+
+def test_batched_forward_equals_one_at_a_time():
+    thetas = torch.stack([init_params(SPEC, torch.Generator().manual_seed(s)) for s in range(4)])
+    obs = torch.randn(4, 10, 17)
+    mean, log_std = forward(SPEC, thetas, obs)
+    assert mean.shape == (4, 10, 6) and log_std.shape == (4, 1, 6)
+    for i in range(4):
+        single, _ = forward(SPEC, thetas[i], obs[i])
+        torch.testing.assert_close(mean[i], single)
+
+
+def test_numpy_actor_matches_torch_forward():
+    theta = init_params(SPEC, torch.Generator().manual_seed(0)) + 0.1 * torch.randn(SPEC.n_params)
+    norm = ObsNormalizer(np.random.default_rng(0).normal(size=17), np.random.default_rng(1).uniform(0.5, 2, 17))
+    policy = Policy(SPEC, theta, norm)
+    obs = np.random.default_rng(2).normal(size=(5, 17))
+    expected, _ = forward(SPEC, theta, norm.normalize(obs))
+    np.testing.assert_allclose(policy.actor().mean(obs), expected.numpy(), atol=1e-5)
+
+
+def test_normalizer_matches_batch_statistics():
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(1000, 17))
+    norm = ObsNormalizer.identity(17)
+    for chunk in np.split(x, 10):
+        norm.update(chunk)
+    np.testing.assert_allclose(norm.mean, x.mean(0), atol=1e-3)
+    np.testing.assert_allclose(norm.var, x.var(0), rtol=1e-3)
+
+
+def test_folding_the_normalizer_preserves_the_policy():
+    theta = init_params(SPEC, torch.Generator().manual_seed(0), log_std=-0.5).double()
+    rng = np.random.default_rng(0)
+    norm = ObsNormalizer(rng.normal(size=17), rng.uniform(0.5, 3.0, 17))
+    canonical = ObsNormalizer(rng.normal(size=17), rng.uniform(0.5, 3.0, 17))
+    folded = fold_normalizer(SPEC, theta, norm, canonical)
+    obs = rng.normal(size=(64, 17))  # within the clip range of both normalizers
+    before, _ = forward(SPEC, theta, norm.normalize(obs).double())
+    after, _ = forward(SPEC, folded, canonical.normalize(obs).double())
+    torch.testing.assert_close(before, after, atol=1e-5, rtol=1e-5)
+
+
+def test_wrong_theta_size_is_a_clear_error():
+    with pytest.raises(UserError, match=f"needs {SPEC.n_params}"):
+        SPEC.unflatten(torch.zeros(10))
+    with pytest.raises(UserError, match="unknown activation"):
+        PolicySpec(17, 6, activation="gelu2")

@@ -1,0 +1,97 @@
+"""Task distribution: seeded sampling, splits, JSON round-trip, physics applied from the nominal model."""
+
+import json
+
+import numpy as np
+import pytest
+
+from metaimprove.errors import UserError
+from metaimprove.tasks import Task, TaskFamily, build_model, get_family, load_families, nominal_model
+
+
+def test_three_families_are_shipped():
+    assert {"halfcheetah_vel", "halfcheetah_dir", "halfcheetah_rand_params"} <= set(load_families())
+
+
+def test_sampling_is_seeded_and_index_stable():
+    fam = get_family("halfcheetah_vel")
+    assert fam.task("train", 5) == fam.task("train", 5)
+    assert fam.tasks("train", 8)[5] == fam.tasks("train", 3, start=5)[0]
+    assert fam.task("train", 0) != fam.task("train", 1)
+
+
+def test_splits_are_separate_streams_and_respect_ranges():
+    fam = get_family("halfcheetah_vel")
+    train = [t.param("target_velocity") for t in fam.tasks("train", 50)]
+    test = [t.param("target_velocity") for t in fam.tasks("test", 50)]
+    ood = [t.param("target_velocity") for t in fam.tasks("ood", 50)]
+    assert not set(train) & set(test)
+    assert all(0.0 <= v <= 1.5 for v in train + test)
+    assert all(1.5 <= v <= 2.0 for v in ood)
+    mass_exp = np.log(np.array([t.physics.body_mass for t in fam.tasks("ood", 20)])) / np.log(1.5)
+    assert np.all(np.abs(mass_exp) >= 3.0 - 1e-9) and np.all(np.abs(mass_exp) <= 4.0 + 1e-9)
+    train_exp = np.log(np.array([t.physics.body_mass for t in fam.tasks("train", 20)])) / np.log(1.5)
+    assert np.all(np.abs(train_exp) <= 3.0 + 1e-9)
+    # the tasks really differ: scales span most of the band
+    assert train_exp.max() > 2.0 and train_exp.min() < -2.0
+
+
+def test_direction_family_draws_both_directions():
+    dirs = {t.param("direction") for t in get_family("halfcheetah_dir").tasks("train", 20)}
+    assert dirs == {-1.0, 1.0}
+
+
+def test_task_json_round_trip_is_exact():
+    task = get_family("halfcheetah_dir").task("ood", 7)
+    again = Task.from_json(task.to_json())
+    assert again == task
+    assert json.loads(again.to_json()) == json.loads(task.to_json())
+
+
+def test_physics_scale_from_nominal_not_from_previous_task():
+    fam = get_family("halfcheetah_rand_params")
+    nominal = nominal_model("half_cheetah")
+    t0, t1 = fam.task("train", 0), fam.task("train", 1)
+    m1 = build_model(t1)
+    np.testing.assert_allclose(m1.body_mass, nominal.body_mass * np.array(t1.physics.body_mass))
+    np.testing.assert_allclose(m1.body_inertia, nominal.body_inertia * np.array(t1.physics.body_mass)[:, None])
+    np.testing.assert_allclose(m1.geom_friction[:, 0], nominal.geom_friction[:, 0] * np.array(t1.physics.geom_friction))
+    np.testing.assert_allclose(m1.dof_damping, nominal.dof_damping * np.array(t1.physics.dof_damping))
+    np.testing.assert_allclose(m1.actuator_gear[:, 0], nominal.actuator_gear[:, 0] * np.array(t1.physics.actuator_gear))
+    np.testing.assert_allclose(m1.opt.gravity, nominal.opt.gravity * t1.physics.gravity)
+    # building another task first must not leak into this one, and the cached nominal stays untouched
+    build_model(t0)
+    np.testing.assert_array_equal(build_model(t1).body_mass, m1.body_mass)
+    assert nominal.body_mass[1] == pytest.approx(6.2502, abs=1e-3)
+
+
+def test_unknown_family_and_split_are_one_line_errors():
+    with pytest.raises(UserError, match="unknown task family 'nope'"):
+        get_family("nope")
+    with pytest.raises(UserError, match="unknown split 'val'"):
+        get_family("halfcheetah_vel").task("val", 0)
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"params": {"target_velocity": {"train": [2.0, 1.0]}}}, "impossible"),
+        ({"physics": {"body_mass": {"base": -1.5, "train": [-1, 1]}}}, "base must be > 0"),
+        ({"physics": {"body_weight": {"base": 1.5, "train": [-1, 1]}}}, "body_weight"),
+        ({"splits": {"val": {"seed": 1}}}, "unknown splits"),
+    ],
+)
+def test_bad_family_files_are_refused(patch, message):
+    data = {"name": "x", "robot": "half_cheetah", "reward": "velocity", "env_id": "metaimprove/X-v0",
+            "episode_length": 10, "splits": {"train": {"seed": 1}}, **patch}
+    with pytest.raises(UserError, match=message):
+        TaskFamily.from_dict(data)
+
+
+def test_corrupt_task_json_is_refused():
+    bad = get_family("halfcheetah_vel").task("train", 0).to_dict()
+    bad["physics"]["body_mass"][2] = -1.0
+    with pytest.raises(UserError, match="finite and positive"):
+        Task.from_dict(bad)
+    with pytest.raises(UserError, match="invalid task"):
+        Task.from_dict({"family": "halfcheetah_vel"})
