@@ -59,6 +59,6 @@ def test_blow_up_ends_episode_with_flag():
     env = make_env(default_task("halfcheetah_vel"))
     env.reset(seed=0)
     env.unwrapped.data.qvel[3] = 1e6  # an exploded state
-    obs, reward, terminated, truncated, info = env.step(np.zeros(6))
+    obs, reward, terminated, _, info = env.step(np.zeros(6))
     assert terminated and info["unstable"]
     assert np.isfinite(obs).all() and reward == 0.0
