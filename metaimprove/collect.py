@@ -1,0 +1,420 @@
+"""Collection stage: run a teacher on tasks × seeds and write one verified shard per run.
+
+The plan is every task ``start .. start + n_tasks - 1`` of a family's split crossed with seeds
+``seed_start .. seed_start + seeds - 1``. A run starts from θ⁰ = ``init_params(spec, seed)`` with an
+identity normalizer (runs sharing a seed share θ⁰) and records ``iterations`` teacher updates.
+A dataset directory holds::
+
+    config.yaml       the collection config: everything that determines the data (not workers, not out)
+    manifest.json     {"format", "format_version", "shards": [entry, ...]}, rewritten atomically per shard
+    shards/<family>-<split>-<index:04d>-s<seed>.safetensors + .json     one run (see below)
+    MUJOCO_LOG.TXT, .hydra/     MuJoCo's warnings; the resolved config of the last CLI run
+
+A manifest entry is ``{"shard", "task_name", "task" (Task.to_dict()), "teacher", "seed",
+"iterations": [first, stop), "sha256"}``; ``sha256`` pins the shard's JSON, which pins its tensors
+(see :mod:`metaimprove.storage`). A shard's tensors, for N iterations of T steps × E envs::
+
+    theta [N+1, P]            θ⁰ .. θᴺ (θⁿ collected τⁿ; the teacher turned it into θⁿ⁺¹)
+    norm_mean, norm_var [N+1, obs] float64, norm_count [N+1] float64    each θ's observation normalizer
+    mean_return [N] float64, env_steps [N] int64 (cumulative), n_unstable [N] int64
+    obs [N, T, E, obs], action [N, T, E, act], log_prob, reward [N, T, E]   τⁿ (float32)
+    terminated, truncated [N, T, E] uint8
+
+and its JSON meta holds the task, the teacher (name and config), seed, iteration range, policy
+spec, package and format versions.
+
+Runs execute in a pool of spawned worker processes, each single-threaded and reseeding every global
+RNG per run, so a shard depends on its task, seed and config only, never on the worker count or
+on which runs a worker did before. Workers write their shards; the parent alone writes the
+manifest. Rerunning into the same directory with the same config resumes: listed shards are
+verified and skipped, anything else in ``shards/`` is a leftover of an interrupted run and is
+removed and redone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import random
+import re
+import signal
+import typing
+from collections.abc import Generator, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing import get_context
+from multiprocessing.queues import Queue
+from pathlib import Path
+from queue import Empty
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from metaimprove import __version__
+from metaimprove.config import CollectConfig, VerifyConfig, mujoco_log, teacher_class
+from metaimprove.errors import UserError
+from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, init_params
+from metaimprove.rollout import Simulator
+from metaimprove.storage import (
+    TEMP_SUFFIX,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_tensors,
+    meta_path,
+    read_json,
+    save_tensors,
+    to_json_bytes,
+)
+from metaimprove.tasks import Task, get_family
+from metaimprove.teachers import ImprovementRecord, Teacher
+
+FORMAT = "metaimprove-dataset"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.yaml"
+MANIFEST = "manifest.json"
+SHARD_DIR = "shards"
+# What a CLI run may leave in a directory before the collection config exists there.
+RUN_LEFTOVERS = {".hydra", "MUJOCO_LOG.TXT"}
+ENTRY_KEYS = ("shard", "task_name", "task", "teacher", "seed", "iterations", "sha256")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One planned run: a task (family, split, index) and a seed."""
+
+    family: str
+    split: str
+    index: int
+    seed: int
+
+    @property
+    def shard(self) -> str:
+        """Path of its shard relative to the dataset directory."""
+        return f"{SHARD_DIR}/{self.family}-{self.split}-{self.index:04d}-s{self.seed}.safetensors"
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a worker needs for one run (pickled to it)."""
+
+    run: Run
+    root: str
+    teacher_cls: type[Teacher]
+    teacher_config: Any
+    iterations: int
+    hidden: tuple[int, ...]
+
+
+def plan(cfg: CollectConfig) -> list[Run]:
+    """The runs of a collection, in manifest order (task index, then seed)."""
+    return [Run(cfg.task.family, cfg.split, index, seed)
+            for index in range(cfg.start, cfg.start + cfg.n_tasks)
+            for seed in range(cfg.seed_start, cfg.seed_start + cfg.seeds)]
+
+
+def collect(cfg: CollectConfig) -> None:
+    """The ``collect`` stage: run ``cfg.teacher`` on every planned run and write the dataset to ``cfg.out``."""
+    family = get_family(cfg.task.family)
+    if cfg.split not in family.split_seeds:
+        raise UserError(f"family {family.name} has no split '{cfg.split}'; choose one of {sorted(family.split_seeds)}")
+    teacher_cls = teacher_class(cfg.teacher)
+    teacher_config = _as_declared(cfg.teacher)
+    # Built once here so that a bad teacher config is refused before anything is written.
+    steps_per_update = teacher_cls(teacher_config).steps_per_update
+    settings = _plain({key: value for key, value in dataclasses.asdict(cfg).items() if key not in ("out", "workers")}
+                      | {"teacher": dataclasses.asdict(teacher_config), "teacher_name": teacher_cls.name})
+    root = Path(cfg.out).absolute()
+    runs = plan(cfg)
+    if root.exists():
+        _check_config(root, settings)
+    root.mkdir(parents=True, exist_ok=True)
+    with _exclusive(root):
+        _check_config(root, settings)
+        if not (root / CONFIG_FILE).exists():
+            atomic_write_bytes(root / CONFIG_FILE, yaml.safe_dump(settings, sort_keys=False).encode())
+        done = {entry["shard"]: entry for entry in _resume(root, runs)}
+        todo = [run for run in runs if run.shard not in done]
+        jobs = [_Job(run, str(root), teacher_cls, teacher_config, cfg.iterations, tuple(cfg.hidden)) for run in todo]
+        workers = min(cfg.workers or os.cpu_count() or 1, max(len(jobs), 1))
+        finished = _execute(jobs, workers, steps_per_update * cfg.iterations, len(runs) - len(todo), len(runs))
+        with contextlib.closing(finished):
+            for entry in finished:
+                done[entry["shard"]] = entry
+                _write_manifest(root, [done[run.shard] for run in runs if run.shard in done])
+    skipped = f" ({len(runs) - len(todo)} were already done)" if len(todo) < len(runs) else ""
+    print(f"collected {len(todo)} runs{skipped}: {len(runs)} shards in {root}")
+
+
+def _execute(jobs: list[_Job], workers: int, steps_per_run: int,
+             already: int, total: int) -> Generator[dict[str, Any], None, None]:
+    """Run ``jobs`` on a process pool; yield each finished run's manifest entry as it completes."""
+    if not jobs:
+        return
+    context = get_context("spawn")
+    progress: Queue[int] = context.Queue()
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(progress,))
+    bar = tqdm(total=steps_per_run * len(jobs), unit="step", unit_scale=True, dynamic_ncols=True,
+               desc=f"collect: {already}/{total} runs")
+    finished = already
+    try:
+        pending: set[Future[dict[str, Any]]] = {pool.submit(_collect_run, job) for job in jobs}
+        while pending:
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            bar.update(_drain(progress))
+            for future in done:
+                entry = future.result()
+                finished += 1
+                bar.set_description(f"collect: {finished}/{total} runs")
+                yield entry
+        pool.shutdown()
+    finally:
+        bar.close()
+        # On an error or an interrupt, stop the runs still going now rather than after they finish:
+        # finished shards are in the manifest and the rest is redone on resume.
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _drain(progress: Queue[int]) -> int:
+    steps = 0
+    with contextlib.suppress(Empty):
+        while True:
+            steps += progress.get_nowait()
+    return steps
+
+
+_progress: Queue[int] | None = None
+
+
+def _init_worker(progress: Queue[int]) -> None:
+    global _progress
+    _progress = progress
+    # Ctrl-C reaches the whole process group; the parent decides what happens to the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # One thread per worker: the pool provides the parallelism, and results must not depend on it.
+    torch.set_num_threads(1)
+
+
+def _collect_run(job: _Job) -> dict[str, Any]:
+    """Worker: one teacher run, written as a shard; returns its manifest entry."""
+    run, root = job.run, Path(job.root)
+    # Anything in the teacher drawing from global RNGs then depends on this run only, not on the
+    # runs this worker happened to do before.
+    random.seed(run.seed)
+    np.random.seed(run.seed)
+    torch.manual_seed(run.seed)
+    with mujoco_log(root):
+        task = get_family(run.family).task(run.split, run.index)
+        # The policy's sizes are the collector's observation and action sizes.
+        sim = Simulator(task, n_envs=1, seed=run.seed)
+        spec = PolicySpec(sim.obs_dim, sim.act_dim, hidden=job.hidden)
+        policy = Policy(spec, init_params(spec, torch.Generator().manual_seed(run.seed)),
+                        ObsNormalizer.identity(spec.obs_dim))
+        teacher = job.teacher_cls(job.teacher_config)
+        records: list[ImprovementRecord] = []
+        for record in teacher.run(task, policy, job.iterations, run.seed):
+            _check_chain(records, record)
+            records.append(record)
+            if _progress is not None:
+                _progress.put(record.experience.n_steps)
+    if len(records) != job.iterations:
+        raise RuntimeError(f"teacher {teacher.name} yielded {len(records)} updates, not {job.iterations}")
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "task": task.to_dict(),
+        "teacher": {"name": teacher.name, "config": _plain(dataclasses.asdict(job.teacher_config))},
+        "seed": run.seed,
+        "iterations": [0, job.iterations],
+        "policy_spec": spec.to_dict(),
+    }
+    digest = save_tensors(root / run.shard, shard_tensors(records), meta)
+    return {"shard": run.shard, "task_name": task.name, "task": task.to_dict(), "teacher": teacher.name,
+            "seed": run.seed, "iterations": [0, job.iterations], "sha256": digest}
+
+
+def _check_chain(records: list[ImprovementRecord], record: ImprovementRecord) -> None:
+    """A run must be one chain: update n starts from the policy update n-1 produced."""
+    n = len(records)
+    if record.iteration != n:
+        raise RuntimeError(f"teacher yielded iteration {record.iteration} where {n} was due")
+    if n:
+        prev, cur = records[-1].next_policy, record.policy
+        same = (torch.equal(prev.theta, cur.theta) and np.array_equal(prev.normalizer.mean, cur.normalizer.mean)
+                and np.array_equal(prev.normalizer.var, cur.normalizer.var)
+                and prev.normalizer.count == cur.normalizer.count)
+        if not same:
+            raise RuntimeError(f"teacher's update {n} did not start from the policy update {n - 1} produced")
+
+
+def shard_tensors(records: list[ImprovementRecord]) -> dict[str, torch.Tensor]:
+    """The tensors of one run's shard (see the module docstring) from its records, in order."""
+    policies = [records[0].policy] + [r.next_policy for r in records]
+    exps = [r.experience for r in records]
+    return {
+        "theta": torch.stack([p.theta.detach() for p in policies]),
+        "norm_mean": torch.from_numpy(np.stack([p.normalizer.mean for p in policies]).astype(np.float64)),
+        "norm_var": torch.from_numpy(np.stack([p.normalizer.var for p in policies]).astype(np.float64)),
+        "norm_count": torch.tensor([p.normalizer.count for p in policies], dtype=torch.float64),
+        "mean_return": torch.tensor([r.mean_return for r in records], dtype=torch.float64),
+        "env_steps": torch.tensor([r.env_steps for r in records], dtype=torch.int64),
+        "n_unstable": torch.tensor([e.n_unstable for e in exps], dtype=torch.int64),
+        "obs": torch.stack([e.obs for e in exps]),
+        "action": torch.stack([e.action for e in exps]),
+        "log_prob": torch.stack([e.log_prob for e in exps]),
+        "reward": torch.stack([e.reward for e in exps]),
+        "terminated": torch.stack([e.terminated for e in exps]).to(torch.uint8),
+        "truncated": torch.stack([e.truncated for e in exps]).to(torch.uint8),
+    }
+
+
+def _check_config(root: Path, settings: dict[str, Any]) -> None:
+    """Refuse a directory that holds another collection, or something that is not a dataset."""
+    path = root / CONFIG_FILE
+    if not path.exists():
+        strangers = sorted(p.name for p in root.iterdir() if p.name not in RUN_LEFTOVERS)
+        if strangers:
+            raise UserError(f"out={root} is not empty and holds no {CONFIG_FILE} (found {', '.join(strangers[:3])}); "
+                            "choose a new or empty directory")
+        return
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot read {path} ({exc}); choose another out= directory") from exc
+    if saved != settings:
+        changes = [f"{key}: {old!r} there, {new!r} now" for key, old, new in _differences(saved, settings)]
+        raise UserError(f"out={root} holds a collection with a different config ({'; '.join(changes[:4])}); "
+                        "rerun with its settings to resume it, or choose another out= directory")
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            yield from _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+    elif old != new:
+        yield prefix.rstrip("."), old, new
+
+
+def _resume(root: Path, runs: list[Run]) -> list[dict[str, Any]]:
+    """The verified manifest entries of ``root``; removes every leftover of interrupted runs."""
+    entries = verify_dataset(root) if (root / MANIFEST).exists() else []
+    planned = {run.shard for run in runs}
+    unplanned = [e["shard"] for e in entries if e["shard"] not in planned]
+    if unplanned:
+        raise UserError(f"{root / MANIFEST} lists shards this config does not plan ({unplanned[0]}); "
+                        "the manifest does not belong to this config.yaml")
+    keep = {name for e in entries for name in (e["shard"], meta_path(e["shard"]).as_posix())}
+    shard_dir = root / SHARD_DIR
+    shard_dir.mkdir(exist_ok=True)
+    ours = re.compile(r".*\.(safetensors|json)|\..*" + re.escape(TEMP_SUFFIX))
+    for path in shard_dir.iterdir():
+        if path.is_file() and ours.fullmatch(path.name) and f"{SHARD_DIR}/{path.name}" not in keep:
+            path.unlink()
+    for path in root.glob(".*" + TEMP_SUFFIX):
+        path.unlink()
+    return entries
+
+
+def _write_manifest(root: Path, entries: list[dict[str, Any]]) -> None:
+    atomic_write_json(root / MANIFEST, {"format": FORMAT, "format_version": FORMAT_VERSION, "shards": entries})
+
+
+@contextlib.contextmanager
+def _exclusive(root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``root`` so that two collections never write one dataset."""
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{root} is being written by another collect process; "
+                            "wait for it to finish or choose another out= directory") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def load_manifest(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The shard entries of the dataset at ``root`` (see the module docstring), checked for shape only."""
+    path = Path(root) / MANIFEST
+    if not path.exists():
+        raise UserError(f"{root} is not a collected dataset: it has no {MANIFEST} (run `metaimprove collect out=...`)")
+    manifest = read_json(path)
+    if not (isinstance(manifest, dict) and manifest.get("format") == FORMAT
+            and isinstance(manifest.get("shards"), list)):
+        raise UserError(f"{path} is not a metaimprove dataset manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{path} has format version {manifest.get('format_version')!r}; "
+                        f"this metaimprove reads version {FORMAT_VERSION}")
+    for entry in manifest["shards"]:
+        if not (isinstance(entry, dict) and all(key in entry for key in ENTRY_KEYS)
+                and isinstance(entry["shard"], str) and entry["shard"].startswith(f"{SHARD_DIR}/")
+                and ".." not in entry["shard"]):
+            raise UserError(f"{path} has a malformed entry {str(entry)[:80]}; the manifest is damaged")
+    return manifest["shards"]
+
+
+def load_shard(root: str | os.PathLike[str], entry: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and meta of the shard ``entry`` (from :func:`load_manifest`), verified against its sha256."""
+    return load_tensors(Path(root) / entry["shard"], entry["sha256"])
+
+
+def shard_task(entry: dict[str, Any]) -> Task:
+    """The task of a manifest entry."""
+    return Task.from_dict(entry["task"])
+
+
+def verify_dataset(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Check every shard of the dataset at ``root`` against its manifest; returns the entries.
+
+    Raises a one-line :class:`UserError` naming the corrupt or missing shards.
+    """
+    entries = load_manifest(root)
+    bad = []
+    for entry in entries:
+        try:
+            load_shard(root, entry)
+        except UserError:
+            bad.append(entry["shard"])
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise UserError(f"{Path(root) / MANIFEST} lists {len(bad)} corrupt or missing shard(s): "
+                        f"{', '.join(bad[:3])}{more}; delete their entries from the manifest and rerun "
+                        "`metaimprove collect` to collect them again")
+    return entries
+
+
+def verify(cfg: VerifyConfig) -> None:
+    """The ``verify`` stage: check a dataset and print what it holds."""
+    root = Path(cfg.dataset)
+    if not root.is_dir():
+        raise UserError(f"no dataset at {root}: not a directory")
+    entries = verify_dataset(root)
+    planned = ""
+    if (root / CONFIG_FILE).exists():
+        settings = yaml.safe_load((root / CONFIG_FILE).read_text())
+        planned = f" of {settings['n_tasks'] * settings['seeds']} planned"
+    tasks = sorted({e["task_name"] for e in entries})
+    print(f"{root}: {len(entries)}{planned} shards verified ({len(tasks)} tasks, "
+          f"seeds {sorted({e['seed'] for e in entries})})")
+
+
+def _as_declared(config: Any) -> Any:
+    """A copy of dataclass ``config`` whose tuple-typed fields are tuples again (OmegaConf makes them lists)."""
+    hints = typing.get_type_hints(type(config))
+    tuples = {f.name: tuple(getattr(config, f.name)) for f in dataclasses.fields(config)
+              if typing.get_origin(hints[f.name]) is tuple}
+    return dataclasses.replace(config, **tuples)
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` as plain JSON types (tuples become lists), so that it compares equal to its saved form."""
+    return json.loads(to_json_bytes(obj))

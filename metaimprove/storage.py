@@ -1,0 +1,165 @@
+"""Files on disk: atomic writes, and tensor files that are verified on load and never unpickled.
+
+A *tensor file* is a pair written by :func:`save_tensors`::
+
+    name.safetensors   the tensors (safetensors: a JSON header plus raw bytes; no code can hide in it)
+    name.json          {"format", "format_version", "tensors_sha256", "meta"}
+
+The JSON records the tensor file's sha256, so the sha256 *of the JSON file*, which
+:func:`save_tensors` returns, pins both files: a manifest or a checkpoint index stores that one digest
+and :func:`load_tensors` checks everything against it. Without an expected digest, loading still
+checks the tensor file against the digest its JSON records, so a torn or truncated tensor file is
+always caught.
+
+Every file is written to a temporary file in the same directory, flushed to disk and renamed over the
+target, so a crash leaves the old file or the new one, never half of one. Temporary files are named
+``.<name>.<random>.tmp`` (:data:`TEMP_SUFFIX`), so a resuming writer can recognize and remove them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from metaimprove.errors import UserError
+
+TENSOR_FORMAT = "metaimprove-tensors"
+TENSOR_FORMAT_VERSION = 1
+TEMP_SUFFIX = ".tmp"
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of the file at ``path``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, rename, fsync dir."""
+    target = Path(path)
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
+    # Not tempfile.mkstemp: its files are private (0600); these get the umask's permissions like any other.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    # The rename itself must reach the disk too, or a crash could forget it.
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def to_json_bytes(obj: Any) -> bytes:
+    """Canonical JSON (sorted keys, no NaN/Infinity) of ``obj``; a one-line UserError if it has none."""
+    try:
+        return (json.dumps(obj, sort_keys=True, indent=1, allow_nan=False) + "\n").encode()
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"metadata is not plain JSON ({exc}); use str keys and finite numbers, lists, dicts") from exc
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> str:
+    """Write ``obj`` as canonical JSON to ``path`` atomically; returns the file's sha256."""
+    data = to_json_bytes(obj)
+    atomic_write_bytes(path, data)
+    return sha256_bytes(data)
+
+
+def read_json(path: str | os.PathLike[str], expected_sha256: str | None = None) -> Any:
+    """Parse the JSON file at ``path``, checking its sha256 when one is expected (one-line UserError)."""
+    data = _read(path)
+    if expected_sha256 is not None and sha256_bytes(data) != expected_sha256:
+        raise UserError(f"{path} is corrupt: its sha256 does not match the recorded one (modified or torn)")
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); the file is torn or not one of ours") from exc
+
+
+def meta_path(path: str | os.PathLike[str]) -> Path:
+    """The JSON file beside the tensor file ``path`` (``x.safetensors`` → ``x.json``)."""
+    target = Path(path)
+    if target.suffix != ".safetensors":
+        raise ValueError(f"tensor files end in .safetensors, got {target}")
+    return target.with_suffix(".json")
+
+
+def save_tensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
+    """Write ``tensors`` to ``path`` (``.safetensors``) and ``meta`` to the JSON beside it, each atomically.
+
+    Returns the sha256 of the JSON file, which records the tensor file's sha256 and so pins both.
+    ``meta`` must be plain JSON (tuples come back as lists).
+    """
+    data = safetensors.torch.save({k: v.detach().contiguous() for k, v in tensors.items()})
+    header = to_json_bytes({
+        "format": TENSOR_FORMAT,
+        "format_version": TENSOR_FORMAT_VERSION,
+        "tensors_sha256": sha256_bytes(data),
+        "meta": meta,
+    })
+    # Tensors first: a crash in between leaves a tensor file whose JSON is missing or stale, which
+    # loading refuses, never a JSON that vouches for tensors that are not there.
+    atomic_write_bytes(path, data)
+    atomic_write_bytes(meta_path(path), header)
+    return sha256_bytes(header)
+
+
+def load_tensors(path: str | os.PathLike[str],
+                 expected_sha256: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a tensor file written by :func:`save_tensors`: ``(tensors, meta)``, verified.
+
+    Raises a one-line :class:`UserError` if either file is missing, torn, truncated or modified,
+    if its JSON does not match ``expected_sha256`` (the digest :func:`save_tensors` returned), or if
+    the tensor file is not a safetensors file (e.g. a pickle under a ``.safetensors`` name: it is
+    refused, never unpickled).
+    """
+    header_file = meta_path(path)
+    header = read_json(header_file, expected_sha256)
+    if not (isinstance(header, dict) and header.get("format") == TENSOR_FORMAT
+            and isinstance(header.get("tensors_sha256"), str) and isinstance(header.get("meta"), dict)):
+        raise UserError(f"{header_file} is not a metaimprove tensor-file header")
+    if header.get("format_version") != TENSOR_FORMAT_VERSION:
+        raise UserError(f"{header_file} has format version {header.get('format_version')!r}; this metaimprove "
+                        f"reads version {TENSOR_FORMAT_VERSION}")
+    data = _read(path)
+    if sha256_bytes(data) != header["tensors_sha256"]:
+        raise UserError(f"{path} is corrupt: its sha256 does not match {header_file.name} "
+                        "(torn, truncated or modified)")
+    try:
+        tensors = safetensors.torch.load(data)
+    except Exception as exc:  # safetensors raises its own error type, or others on odd input
+        raise UserError(f"{path} is not a valid safetensors file ({exc}); refusing to load it") from exc
+    return tensors, header["meta"]
+
+
+def _read(path: str | os.PathLike[str]) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise UserError(f"{path} is missing") from exc
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from exc

@@ -1,0 +1,206 @@
+"""CLI: stage listing and help, `tasks`, a real collection from another directory, sweeps, the stage
+registry, and one-line refusals of bad input that leave nothing behind."""
+
+import dataclasses
+import pathlib
+import re
+import shutil
+
+import pytest
+import yaml
+from conftest import TINY_OVERRIDES, run_cli
+
+from metaimprove import cli, config
+from metaimprove.collect import load_manifest, verify_dataset
+from metaimprove.config import STAGES, CollectConfig, field_docs, stage
+from metaimprove.errors import UserError
+from metaimprove.tasks import load_families
+from metaimprove.teachers import PPOConfig
+
+SMALL = [*TINY_OVERRIDES, "n_tasks=1", "seeds=1", "iterations=1", "workers=1"]
+
+
+def _main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = cli.main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_help_lists_every_stage_with_its_description(tmp_path: pathlib.Path) -> None:
+    result = run_cli(["--help"], tmp_path)
+    assert result.returncode == 0
+    for name, registered in STAGES.items():
+        assert re.search(rf"^ +{name} +{re.escape(registered.description)}$", result.stdout, re.MULTILINE), name
+    assert {"tasks", "collect", "verify"} <= set(STAGES)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stage_help_shows_groups_and_every_setting_with_its_doc(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _main(["collect", "--help"], capsys)
+    assert code == 0
+    assert "task=" + "|".join(sorted(load_families())).replace("halfcheetah_vel", "halfcheetah_vel*") in out
+    assert "teacher=ppo*" in out
+    docs = field_docs(CollectConfig)
+    for f in dataclasses.fields(CollectConfig):
+        if f.name not in ("task", "teacher"):
+            assert f"  {f.name}=" in out and docs[f.name] in out, f.name
+    ppo_docs = field_docs(PPOConfig)
+    for f in dataclasses.fields(PPOConfig):
+        assert f"  teacher.{f.name}=" in out and ppo_docs[f.name] in out, f.name
+    assert "  task.family=halfcheetah_vel" in out and "  out=runs/collect/<date>_<time>" in out
+
+
+def test_tasks_lists_each_family_with_its_splits(capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "task_diversity.csv").write_text("family,spread\nhalfcheetah_vel,0.42\n")
+    code, out, _ = _main(["tasks"], capsys)
+    assert code == 0
+    for family in load_families().values():
+        block = out.split(f"{family.name}: ")[1].split("\n\n")[0]
+        assert family.description in block and f"episode length {family.episode_length}" in block
+        for split, seed in family.split_seeds.items():
+            assert f"{split} (seed {seed})" in block
+    vel = out.split("halfcheetah_vel: ")[1]
+    assert vel.split("target_velocity")[1].split()[:6] == ["U[0,", "1.5]", "U[0,", "1.5]", "U[1.5,", "2]"]
+    assert "task diversity" in out and "halfcheetah_vel  0.42" in out
+    code, out, _ = _main(["tasks", "family=halfcheetah_dir"], capsys)
+    assert code == 0 and "halfcheetah_dir:" in out and "halfcheetah_vel:" not in out
+
+
+def test_collect_runs_from_any_directory_and_keeps_its_files_in_the_run_dir(tmp_path: pathlib.Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_cli(["collect", *SMALL], tmp_path)
+    assert result.returncode == 0, result.stderr
+    # Nothing in the working directory but the run directory: no MUJOCO_LOG.TXT, no outputs/, no .hydra.
+    assert [p.name for p in tmp_path.iterdir()] == ["runs"]
+    (run_dir,) = (tmp_path / "runs" / "collect").iterdir()
+    assert len(verify_dataset(run_dir)) == 1
+    assert (run_dir / "MUJOCO_LOG.TXT").exists()
+    record = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    assert record["out"] == str(run_dir) and record["teacher"]["n_steps"] == 32
+    assert "iterations=1" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+    code, out, _ = _main(["verify", f"dataset={run_dir}"], capsys)
+    assert code == 0 and "1 of 1 planned shards verified" in out
+
+
+def test_sweep_gives_each_job_its_own_directory(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _main(["collect", "-m", *SMALL, f"out={tmp_path / 'sweep'}", "seed_start=0,1"], capsys)
+    assert code == 0, err
+    seeds = [[e["seed"] for e in load_manifest(tmp_path / "sweep" / job)] for job in ("0", "1")]
+    assert seeds == [[0], [1]]
+
+
+@dataclasses.dataclass
+class _EchoConfig:
+    """Write the greeting into the run directory."""
+
+    greeting: str = "hello"
+    """what to write"""
+    out: str = dataclasses.field(default="")
+    """run directory"""
+
+
+def echo(cfg: _EchoConfig) -> None:
+    """A stage function: everything a new stage needs besides its config."""
+    if cfg.greeting == "refuse":
+        raise UserError("greeting 'refuse' is refused")
+    (pathlib.Path(cfg.out) / "greeting.txt").write_text(cfg.greeting)
+
+
+def test_a_stage_is_a_config_dataclass_plus_a_function(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = dict(STAGES)
+    monkeypatch.setattr(config, "STAGES", registry)
+    monkeypatch.setattr(cli, "STAGES", registry)
+    stage("echo", f"{__name__}:echo")(_EchoConfig)
+    code, out, _ = _main(["--help"], capsys)
+    assert "echo" in out and "Write the greeting into the run directory." in out
+    code, _, err = _main(["echo", "greeting=hi", f"out={tmp_path / 'run'}"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "run" / "greeting.txt").read_text() == "hi"
+    assert yaml.safe_load((tmp_path / "run" / ".hydra" / "config.yaml").read_text())["greeting"] == "hi"
+    code, _, err = _main(["echo", "greeting=refuse", f"out={tmp_path / 'refused' / 'run'}"], capsys)
+    assert (code, err) == (2, "metaimprove echo: error: greeting 'refuse' is refused\n")
+    assert not (tmp_path / "refused").exists()
+
+    @dataclasses.dataclass
+    class Undocumented:
+        """A stage whose field has no docstring."""
+
+        x: int = 0
+
+    with pytest.raises(TypeError, match="docstring"):
+        stage("undocumented", f"{__name__}:echo")(Undocumented)
+
+
+BAD_INPUT = [
+    ([], "name a stage"),
+    (["nope"], "unknown stage 'nope'"),
+    (["collect", "task=nope"], "unknown task 'nope'; choose one of halfcheetah_dir"),
+    (["collect", "teacher=nope"], "unknown teacher 'nope'"),
+    (["collect", "split=nope"], "split must be one of"),
+    (["collect", "n_tasks=abc"], "n_tasks=abc"),
+    (["collect", "hidden=[a]"], "hidden=[a]"),
+    (["collect", "n_tasks=0"], "n_tasks must be >= 1"),
+    (["collect", "seeds=0"], "seeds (runs per task) must be >= 1"),
+    (["collect", "iterations=0"], "iterations must be >= 1"),
+    (["collect", "seed_start=-1"], "seed_start must be >= 0"),
+    (["collect", "start=-2"], "start must be >= 0"),
+    (["collect", "workers=-1"], "workers must be >= 0"),
+    (["collect", "teacher.n_envs=0"], "n_envs"),
+    (["collect", "task.family=nope"], "unknown task family 'nope'"),
+    (["collect", "foo=1"], "unknown setting 'foo'"),
+    (["collect", "+teacher.foo=1"], "unknown setting 'teacher.foo'"),
+    (["collect", "n_tasks=1,2"], "Ambiguous value"),
+    (["collect", "split=[1"], "cannot parse 'split=[1'"),
+    (["collect", "--verify"], "unknown option --verify"),
+    (["verify"], "dataset has no value"),
+    (["verify", "dataset=missing"], "no dataset at missing"),
+    (["tasks", "family=nope"], "unknown task family 'nope'"),
+]
+
+
+@pytest.mark.parametrize(("args", "problem"), BAD_INPUT, ids=[" ".join(a) or "(none)" for a, _ in BAD_INPUT])
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(args: list[str], problem: str, tmp_path: pathlib.Path,
+                                                         capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _main(args, capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and problem in err and "Traceback" not in err, err
+    # Neither the default run directory (runs/...) nor anything else was created.
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [["collect", "n_tasks=abc", "out=x/y"], ["collect", "task=nope"]])
+def test_the_installed_entry_point_refuses_bad_input_the_same_way(tmp_path: pathlib.Path, args: list[str]) -> None:
+    result = run_cli(args, tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("metaimprove collect: error: ")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_dataset_of_another_config_or_with_a_corrupt_shard_is_refused(
+        reference_dataset: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "data"
+    shutil.copytree(reference_dataset, out)
+    files = sorted(p.relative_to(out) for p in out.rglob("*"))
+    code, _, err = _main(["collect", *TINY_OVERRIDES, "iterations=5", f"out={out}"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "different config (iterations: 2 there, 5 now)" in err
+    shard = out / load_manifest(out)[0]["shard"]
+    shard.write_bytes(shard.read_bytes()[:-1])
+    code, _, err = _main(["collect", *TINY_OVERRIDES, f"out={out}"], capsys)
+    assert code == 2 and err.count("\n") == 1 and shard.name in err
+    code, _, err = _main(["verify", f"dataset={out}"], capsys)
+    assert code == 2 and shard.name in err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == files, "a refused run wrote into the dataset"
+
+
+def test_debug_mode_shows_the_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("METAIMPROVE_DEBUG", "1")
+    with pytest.raises(UserError, match="n_tasks must be >= 1"):
+        cli.main(["collect", "n_tasks=0"])
+    assert list(tmp_path.iterdir()) == []
