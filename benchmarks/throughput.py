@@ -1,0 +1,108 @@
+"""Collector throughput against a raw ``mj_step`` loop on the same model, and its scaling to 2 workers.
+
+Prints one ``name: value`` line per figure (the 1 → 2 worker scaling ratio last) and appends them to
+``results/throughput.csv``. Every figure is a ratio measured in this one run: absolute env-steps/s on
+a shared machine are noise.
+
+    python benchmarks/throughput.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import multiprocessing as mp
+import platform
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mujoco
+import numpy as np
+import torch
+
+from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, init_params
+from metaimprove.rollout import FRAME_SKIP, Collector
+from metaimprove.tasks import build_model, get_family
+
+RESULTS = Path(__file__).resolve().parent.parent / "results" / "throughput.csv"
+N_ENVS = 8
+
+
+def _task():
+    return get_family("halfcheetah_vel").task("train", 0)
+
+
+def raw_loop(n_steps: int) -> float:
+    """Env-steps/s of a bare ``mj_step`` loop (no observation, reward or policy) on the task's model."""
+    model = build_model(_task())
+    data = mujoco.MjData(model)
+    actions = np.random.default_rng(0).uniform(-1, 1, (n_steps, model.nu))
+    start = time.perf_counter()
+    for a in actions:
+        data.ctrl[:] = a
+        mujoco.mj_step(model, data, nstep=FRAME_SKIP)
+    return n_steps / (time.perf_counter() - start)
+
+
+def collector(n_steps: int, seed: int = 0) -> float:
+    """Env-steps/s of the collector running a policy (inference, rewards, episode bookkeeping included)."""
+    torch.set_num_threads(1)
+    task = _task()
+    spec = PolicySpec(17, 6)
+    policy = Policy(spec, init_params(spec, torch.Generator().manual_seed(seed)), ObsNormalizer.identity(17))
+    col = Collector(task, n_envs=N_ENVS, seed=seed)
+    length = get_family(task.family).episode_length
+    batches = max(1, n_steps // (N_ENVS * length))
+    start = time.perf_counter()
+    for _ in range(batches):
+        col.collect(policy, length)
+    return batches * N_ENVS * length / (time.perf_counter() - start)
+
+
+def _worker(args: tuple[int, int]) -> float:
+    return collector(*args)
+
+
+def workers(n_workers: int, n_steps: int) -> float:
+    """Total env-steps/s of ``n_workers`` collector processes running at once."""
+    with mp.get_context("spawn").Pool(n_workers) as pool:
+        pool.map(_worker, [(2048, i) for i in range(n_workers)])  # warm-up: imports, model compile
+        start = time.perf_counter()
+        pool.map(_worker, [(n_steps, i) for i in range(n_workers)])
+        return n_workers * n_steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps (noisier)")
+    args = parser.parse_args()
+    n = 40_960 if args.quick else 163_840
+    collector(2048)  # warm-up
+    raw = float(np.median([raw_loop(n // 4) for _ in range(3)]))
+    col = float(np.median([collector(n // 4, seed=s) for s in range(3)]))
+    one = workers(1, n // 2)
+    two = workers(2, n // 2)
+    figures = {
+        "raw_mj_step_env_steps_per_s": raw,
+        "collector_env_steps_per_s": col,
+        "collector_vs_raw_ratio": col / raw,
+        "workers_1_env_steps_per_s": one,
+        "workers_2_env_steps_per_s": two,
+        "scaling_1_to_2_workers": two / one,
+    }
+    RESULTS.parent.mkdir(exist_ok=True)
+    new = not RESULTS.exists()
+    with RESULTS.open("a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(["date", "host", "mode", "name", "value"])
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        for name, value in figures.items():
+            writer.writerow([stamp, platform.node(), "quick" if args.quick else "full", name, f"{value:.4g}"])
+    for name, value in figures.items():
+        print(f"{name}: {value:.4g}")
+
+
+if __name__ == "__main__":
+    main()

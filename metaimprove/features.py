@@ -1,0 +1,143 @@
+"""What the operator sees of (θ, τ), and the normalizer its output goes with.
+
+The observation normalizer is part of the policy's state. Like the PPO teacher, an operator step
+first folds τ's observations into the normalizer (a closed-form part of the update that is computed,
+not learned) and then works in the coordinates of that updated normalizer N': θ' is the policy for
+N'. Everything here is a function of (θ, τ) alone — no task identity — so the operator must infer the
+world from the experience, as domain randomization intends:
+
+* ``theta``: θ, read in N' coordinates
+* ``grad``: the policy-gradient direction of τ (REINFORCE with a linear state-time baseline, as rllab's
+  ``LinearFeatureBaseline``), scaled to unit RMS, and ``grad_log_norm`` its size
+* ``grad_snr``: per parameter, the mean over episodes of the per-episode gradients over their standard
+  error (``torch.func.vmap`` of ``torch.func.grad``): how consistently τ pushes that parameter
+* ``transitions``: a fixed-size subsample of (normalized obs, z-scored action, reward, advantage, phase)
+* ``returns``: mean and spread over environments of the mean reward per step
+* ``states`` (raw observations) with ``norm_mean``/``norm_std`` (N'), for the behavioural loss only
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.func import grad, vmap
+
+from metaimprove.policy import NORM_EPS, OBS_CLIP, ObsNormalizer, Policy, PolicySpec, forward, log_prob
+from metaimprove.rollout import Experience
+
+Features = dict[str, torch.Tensor]
+"""One encoded (θ, τ) (keys in the module docstring); a batch stacks a leading dimension on each."""
+
+SNR_CLIP = 10.0
+
+
+@dataclass
+class FeatureConfig:
+    """How much of τ the operator sees."""
+
+    n_transitions: int = 256
+    """transitions subsampled from τ for the set encoder"""
+    n_states: int = 256
+    """states of τ kept for the behavioural loss"""
+    gamma: float = 0.99
+    """discount of the reward-to-go behind the policy-gradient direction"""
+    baseline_ridge: float = 1e-3
+    """ridge penalty of the linear state-time value baseline"""
+
+
+def transition_dim(spec: PolicySpec) -> int:
+    """Width of one encoded transition: obs, z-scored action, reward, advantage, episode phase."""
+    return spec.obs_dim + spec.act_dim + 3
+
+
+def reward_to_go(exp: Experience, gamma: float) -> torch.Tensor:
+    """Discounted reward-to-go ``[T, E]`` within each episode (no bootstrap past an episode's end)."""
+    reward = exp.reward.double()
+    ends = exp.terminated | exp.truncated
+    togo = torch.zeros_like(reward)
+    running = torch.zeros(reward.shape[1], dtype=torch.float64)
+    for t in range(reward.shape[0] - 1, -1, -1):
+        running = reward[t] + gamma * running * (~ends[t]).double()
+        togo[t] = running
+    return togo
+
+
+def advantages(exp: Experience, states: torch.Tensor, gamma: float, ridge: float) -> torch.Tensor:
+    """Standardized advantages ``[T, E]``: reward-to-go minus a ridge-regressed linear baseline on
+    (s, s², t, t², t³, 1), the classic low-variance baseline for policy gradients without a critic."""
+    togo = reward_to_go(exp, gamma)
+    T, E = togo.shape
+    s = states.double().reshape(T, E, -1)
+    t = (torch.arange(T, dtype=torch.float64) / T).reshape(T, 1, 1).expand(T, E, 1)
+    x = torch.cat([s, s.square(), t, t.square(), t.pow(3), torch.ones_like(t)], dim=-1).reshape(T * E, -1)
+    y = togo.reshape(-1, 1)
+    eye = torch.eye(x.shape[1], dtype=torch.float64)
+    coef = torch.linalg.solve(x.T @ x + ridge * len(y) * eye, x.T @ y)
+    adv = (y - x @ coef).reshape(T, E)
+    return (adv / (adv.std() + 1e-8)).float()
+
+
+def per_episode_gradients(spec: PolicySpec, theta: torch.Tensor, states: torch.Tensor, actions: torch.Tensor,
+                          adv: torch.Tensor) -> torch.Tensor:
+    """∇θ of the REINFORCE surrogate mean_t(Â · log π_θ(a|s)) for each environment's stream: ``[E, P]``.
+
+    ``states [T, E, obs]`` (normalized), ``actions [T, E, act]``, ``adv [T, E]``; one ``vmap`` of ``grad``.
+    """
+
+    def surrogate(th: torch.Tensor, s: torch.Tensor, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        mean, log_std = forward(spec, th, s)
+        return (w * log_prob(mean, log_std, a)).mean()
+
+    return vmap(grad(surrogate), in_dims=(None, 1, 1, 1))(theta, states, actions, adv)
+
+
+def next_normalizer(policy: Policy, exp: Experience) -> ObsNormalizer:
+    """The normalizer the improved policy goes with: the policy's, updated with τ's observations (as PPO does)."""
+    norm = policy.normalizer.copy()
+    norm.update(exp.obs.numpy())
+    return norm
+
+
+def encode(policy: Policy, exp: Experience, config: FeatureConfig, generator: torch.Generator) -> Features:
+    """Encode θ (``policy``, which collected ``exp``) and τ (``exp``) for the operator, in N' coordinates."""
+    spec = policy.spec
+    norm = next_normalizer(policy, exp)
+    T, E = exp.reward.shape
+    states = norm.normalize(exp.obs)
+    adv = advantages(exp, states, config.gamma, config.baseline_ridge)
+    grads = per_episode_gradients(spec, policy.theta, states, exp.action, adv)
+    g = grads.mean(0)
+    stderr = grads.std(0) / E**0.5 if E > 1 else torch.ones_like(g)
+    g_norm = g.norm()
+    with torch.no_grad():
+        mean, log_std = forward(spec, policy.theta, states)
+    z = ((exp.action - mean) * torch.exp(-log_std)).clamp(-5, 5)
+    phase = (torch.arange(T, dtype=torch.float32) / T).reshape(T, 1, 1).expand(T, E, 1)
+    rows = torch.cat([states, z, exp.reward.unsqueeze(-1), adv.unsqueeze(-1), phase], dim=-1).reshape(T * E, -1)
+    pick = torch.randperm(T * E, generator=generator)
+    # Per-environment mean reward: always defined (unlike completed-episode returns) and equal in training
+    # data and at apply time.
+    per_step = exp.reward.mean(0)
+    return {
+        "theta": policy.theta.float(),
+        "grad": g / (g_norm / spec.n_params**0.5 + 1e-12),
+        "grad_log_norm": torch.log(g_norm + 1e-12).reshape(1),
+        "grad_snr": (g / (stderr + 1e-12)).clamp(-SNR_CLIP, SNR_CLIP),
+        "transitions": rows[pick[: config.n_transitions]],
+        "returns": torch.stack([per_step.mean(), per_step.std() if E > 1 else torch.tensor(0.0)]),
+        "states": exp.obs.reshape(T * E, -1)[pick[: config.n_states]],
+        "norm_mean": torch.as_tensor(norm.mean, dtype=torch.float32),
+        "norm_std": torch.as_tensor(np.sqrt(norm.var + NORM_EPS), dtype=torch.float32),
+    }
+
+
+def normalize_states(raw: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Raw observations ``[B, S, obs]`` normalized by per-row statistics ``[B, obs]`` (clipped as the policy does)."""
+    return ((raw - mean.unsqueeze(-2)) / std.unsqueeze(-2)).clamp(-OBS_CLIP, OBS_CLIP)
+
+
+def stack(items: list[Features]) -> Features:
+    """A batch of encodings."""
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
