@@ -27,6 +27,7 @@ import numpy as np
 from metaimprove.apply import ApplyConfig, apply
 from metaimprove.plot import plot_curves, read_curves
 from metaimprove.stats import Curves, common_grid, curve_band, iqm_ci, reach_ratio, value_at
+from metaimprove.tasks import TaskConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
@@ -50,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     applications = args.applications or (10 if args.quick else 30)
     run_dir = Path(tempfile.mkdtemp(prefix="improvement-"))
-    config = ApplyConfig(operator_path=args.operator, out=str(run_dir), family=args.family, split=args.split,
+    config = ApplyConfig(operator_path=args.operator, out=str(run_dir), task=TaskConfig(args.family), split=args.split,
                          n_tasks=args.tasks, seeds=args.seeds, applications=applications)
     apply(config)
     curves = read_curves([run_dir / "curves.csv"])

@@ -26,12 +26,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from metaimprove.envs import mujoco_log
 from metaimprove.errors import UserError
 from metaimprove.features import encode, next_normalizer, stack
 from metaimprove.operator import ImprovementOperator, OperatorCheckpoint
 from metaimprove.policy import ObsNormalizer, Policy, init_params
 from metaimprove.rollout import Collector, Simulator, evaluate
-from metaimprove.tasks import Task, get_family
+from metaimprove.tasks import Task, TaskConfig, get_family
 from metaimprove.teachers import PPO, PPOConfig
 
 METHODS = ("operator", "ppo", "no_update")
@@ -42,14 +43,14 @@ FRESH_INIT_OFFSET = 100_000
 
 @dataclass
 class ApplyConfig:
-    """Applying an operator (and the baselines) on held-out tasks."""
+    """Apply an operator on held-out tasks in place of RL updates, beside PPO and no update."""
 
     operator_path: str = "???"
     """operator checkpoint (.safetensors) written by `metaimprove train`"""
     out: str = "???"
     """run directory for curves.csv and timings.csv"""
-    family: str = "halfcheetah_vel"
-    """task family to apply on"""
+    task: TaskConfig = field(default_factory=lambda: TaskConfig("halfcheetah_vel"))
+    """task family to apply on (config group: task=<family>)"""
     split: str = "test"
     """split of the family: test (interpolation) or ood (extrapolation)"""
     n_tasks: int = 4
@@ -124,6 +125,12 @@ def operator_steps(op: ImprovementOperator, ckpt: OperatorCheckpoint, task: Task
 def run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], dict[str, list[float]]]:
     """Run one (method, task, seed); returns its curve rows and step timings."""
     torch.set_num_threads(1)
+    # Worker processes start without the CLI's MuJoCo warning handler; warnings belong in the run directory.
+    with mujoco_log(Path(config.out)):
+        return _run_job(config, job)
+
+
+def _run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], dict[str, list[float]]]:
     op, ckpt = OperatorCheckpoint.load(config.operator_path)
     cfg = _teacher_config(ckpt)
     batch = cfg.n_envs * cfg.n_steps
@@ -163,11 +170,11 @@ def _validate(config: ApplyConfig, ckpt: OperatorCheckpoint) -> list[Task]:
         raise UserError(f"unknown methods {sorted(unknown)}; choose from {list(METHODS)}")
     if config.n_tasks < 1 or config.seeds < 1 or config.applications < 1 or config.eval_episodes < 1:
         raise UserError("n_tasks, seeds, applications and eval_episodes must all be >= 1")
-    tasks = get_family(config.family).tasks(config.split, config.n_tasks, start=config.task_start)
+    tasks = get_family(config.task.family).tasks(config.split, config.n_tasks, start=config.task_start)
     sim = Simulator(tasks[0], n_envs=1, seed=0)
     if (sim.obs_dim, sim.act_dim) != (ckpt.spec.obs_dim, ckpt.spec.act_dim):
         raise UserError(f"operator {config.operator_path} improves policies with obs {ckpt.spec.obs_dim} / act "
-                        f"{ckpt.spec.act_dim} but {config.family} has obs {sim.obs_dim} / act {sim.act_dim}")
+                        f"{ckpt.spec.act_dim} but {config.task.family} has obs {sim.obs_dim} / act {sim.act_dim}")
     seen = set(ckpt.tasks) & {t.name for t in tasks}
     if seen:
         raise UserError(f"tasks {sorted(seen)} were used to train this operator; apply on another split or range")
@@ -181,7 +188,8 @@ def apply(config: ApplyConfig) -> Path:
     if "operator" in config.methods:
         ckpt.default_ask(config.ask_k, config.ask_improvement)  # warn once, up front, if outside the trained range
     jobs = [Job(m, t, s) for t in tasks for s in range(config.seeds) for m in config.methods]
-    workers = config.workers or os.cpu_count() or 1
+    workers = min(config.workers or os.cpu_count() or 1, len(jobs))
+    Path(config.out).mkdir(parents=True, exist_ok=True)
     results = []
     with tqdm(total=len(jobs), desc="apply", unit="run", dynamic_ncols=True) as bar:
         if workers == 1:

@@ -29,7 +29,8 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, MissingMandatoryValue, OmegaConfBaseException
 
-from metaimprove.config import CONFIG_MODULE, HYDRA_VERSION_BASE, STAGES, Stage, TasksConfig, field_docs, mujoco_log
+from metaimprove.config import CONFIG_MODULE, HYDRA_VERSION_BASE, STAGES, Stage, TasksConfig, field_docs
+from metaimprove.envs import mujoco_log
 from metaimprove.errors import UserError
 from metaimprove.storage import atomic_write_bytes
 from metaimprove.tasks import PHYSICS_FIELDS, SPLITS, PhysicsRange, Range, TaskFamily, get_family, load_families

@@ -44,7 +44,7 @@ import signal
 import typing
 from collections.abc import Generator, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from multiprocessing.queues import Queue
 from pathlib import Path
@@ -54,10 +54,11 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from omegaconf import MISSING
 from tqdm import tqdm
 
 from metaimprove import __version__
-from metaimprove.config import CollectConfig, VerifyConfig, mujoco_log, teacher_class
+from metaimprove.envs import mujoco_log
 from metaimprove.errors import UserError
 from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, init_params
 from metaimprove.rollout import Simulator
@@ -71,8 +72,8 @@ from metaimprove.storage import (
     save_tensors,
     to_json_bytes,
 )
-from metaimprove.tasks import Task, get_family
-from metaimprove.teachers import ImprovementRecord, Teacher
+from metaimprove.tasks import SPLITS, Task, TaskConfig, get_family
+from metaimprove.teachers import ImprovementRecord, Teacher, teacher_class
 
 FORMAT = "metaimprove-dataset"
 FORMAT_VERSION = 1
@@ -82,6 +83,58 @@ SHARD_DIR = "shards"
 # What a CLI run may leave in a directory before the collection config exists there.
 RUN_LEFTOVERS = {".hydra", "MUJOCO_LOG.TXT"}
 ENTRY_KEYS = ("shard", "task_name", "task", "teacher", "seed", "iterations", "sha256")
+
+
+@dataclass
+class CollectConfig:
+    """Run a teacher on tasks × seeds and write one verified dataset shard per run (resumable)."""
+
+    task: TaskConfig = MISSING
+    """the task family (config group: task=<family>)"""
+    teacher: Any = MISSING
+    """the teacher and its hyperparameters (config group: teacher=<name>, fields teacher.<field>=...)"""
+    split: str = "train"
+    """which split of the family to draw tasks from: train, test or ood"""
+    start: int = 0
+    """index of the first task in the split"""
+    n_tasks: int = 16
+    """number of tasks: indices start .. start + n_tasks - 1"""
+    seeds: int = 3
+    """runs per task, with seeds seed_start .. seed_start + seeds - 1 (a seed fixes θ⁰ and the teacher's noise)"""
+    seed_start: int = 0
+    """first seed"""
+    iterations: int = 50
+    """teacher updates per run: a shard holds θ⁰ .. θᴺ and τ⁰ .. τᴺ⁻¹ for N = iterations"""
+    hidden: list[int] = field(default_factory=lambda: [32, 32])
+    """hidden layer sizes of the policy MLP"""
+    workers: int = 0
+    """parallel worker processes; 0 = one per CPU (results do not depend on it)"""
+    out: str = MISSING
+    """dataset directory, also the run directory (default runs/collect/<date>_<time>); rerun to resume"""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.split in SPLITS, f"split must be one of {list(SPLITS)}, got '{self.split}'"),
+            (self.start >= 0, f"start must be >= 0, got {self.start}"),
+            (self.n_tasks >= 1, f"n_tasks must be >= 1, got {self.n_tasks}"),
+            (self.seeds >= 1, f"seeds (runs per task) must be >= 1, got {self.seeds}"),
+            (self.seed_start >= 0, f"seed_start must be >= 0 (seeds are non-negative), got {self.seed_start}"),
+            (self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}"),
+            (len(self.hidden) >= 1 and min(self.hidden) >= 1, f"hidden sizes must be >= 1, got {list(self.hidden)}"),
+            (self.workers >= 0, f"workers must be >= 0 (0 = one per CPU), got {self.workers}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
+
+@dataclass
+class VerifyConfig:
+    """Check every shard of a collected dataset against its manifest (reads only)."""
+
+    dataset: str = MISSING
+    """dataset directory: the out= of a collect run"""
+
 
 
 @dataclass(frozen=True)

@@ -26,33 +26,29 @@ options can be YAML files in ``configs/<group>/`` (shipped as ``metaimprove.conf
 """
 
 import ast
-import contextlib
 import importlib
 import inspect
 import textwrap
-import time
-import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields, is_dataclass
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, TypeVar
 
-import mujoco
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from metaimprove.errors import UserError
-from metaimprove.tasks import SPLITS, load_families
-from metaimprove.teachers import PPO, PPOConfig, Teacher
+from metaimprove.apply import ApplyConfig
+from metaimprove.collect import CollectConfig, VerifyConfig
+from metaimprove.operator import ARCHS, OperatorConfig
+from metaimprove.plot import PlotConfig
+from metaimprove.tasks import TaskConfig, load_families
+from metaimprove.teachers import TEACHERS
+from metaimprove.train import TrainConfig
 
 HYDRA_VERSION_BASE = "1.3"
 CONFIG_MODULE = "metaimprove.conf"
 """package holding the YAML configs (``configs/`` in the repo); Hydra reads it as ``pkg://metaimprove.conf``"""
 RUN_SETTINGS = "run_dir"
 """``configs/run_dir.yaml``: Hydra settings every stage shares (run directory, no chdir, no log files)"""
-
-TEACHERS: dict[str, tuple[type, type[Teacher]]] = {"ppo": (PPOConfig, PPO)}
-"""teacher option name -> (its config dataclass, the teacher class built from it)"""
 
 C = TypeVar("C")
 
@@ -130,28 +126,14 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def teacher_class(config: object) -> type[Teacher]:
-    """The teacher class that ``config`` (an instance of a registered teacher config) configures."""
-    for config_type, cls in TEACHERS.values():
-        if type(config) is config_type:
-            return cls
-    raise UserError(f"no teacher takes a {type(config).__name__}; teachers: {sorted(TEACHERS)}")
-
-
-@dataclass
-class TaskConfig:
-    """Which task family to draw tasks from."""
-
-    family: str = MISSING
-    """task family: the name of a file in tasks/ (list them with `metaimprove tasks`)"""
-
-
 def _register_groups() -> None:
     store = ConfigStore.instance()
     for family in load_families():
         store.store(group="task", name=family, node=TaskConfig(family=family))
     for name, (config_type, _) in TEACHERS.items():
         store.store(group="teacher", name=name, node=config_type)
+    for arch in ARCHS:
+        store.store(group="operator", name=arch, node=OperatorConfig(arch=arch))
 
 
 _register_groups()
@@ -166,78 +148,43 @@ class TasksConfig:
     """show only this family (default: all of them)"""
 
 
-@stage("collect", "metaimprove.collect:collect", groups={"task": "halfcheetah_vel", "teacher": "ppo"})
+# Stages whose configs live beside their code (sub-configs are defined by the module that uses them).
+stage("collect", "metaimprove.collect:collect", groups={"task": "halfcheetah_vel", "teacher": "ppo"})(CollectConfig)
+stage("verify", "metaimprove.collect:verify")(VerifyConfig)
+stage("train", "metaimprove.train:train", groups={"operator": "per_param"})(TrainConfig)
+stage("apply", "metaimprove.apply:apply", groups={"task": "halfcheetah_vel"})(ApplyConfig)
+stage("plot", "metaimprove.plot:run_plot")(PlotConfig)
+
+
+@stage("pipeline", "metaimprove.pipeline:pipeline",
+       groups={"task": "halfcheetah_vel", "teacher": "ppo", "operator": "per_param"})
 @dataclass
-class CollectConfig:
-    """Run a teacher on tasks × seeds and write one verified dataset shard per run (resumable)."""
+class PipelineConfig:
+    """Collect → train → apply → plot end to end (small default: ~5 minutes on 2 cores)."""
 
     task: TaskConfig = MISSING
     """the task family (config group: task=<family>)"""
     teacher: Any = MISSING
-    """the teacher and its hyperparameters (config group: teacher=<name>, fields teacher.<field>=...)"""
-    split: str = "train"
-    """which split of the family to draw tasks from: train, test or ood"""
-    start: int = 0
-    """index of the first task in the split"""
-    n_tasks: int = 16
-    """number of tasks: indices start .. start + n_tasks - 1"""
-    seeds: int = 3
-    """runs per task, with seeds seed_start .. seed_start + seeds - 1 (a seed fixes θ⁰ and the teacher's noise)"""
-    seed_start: int = 0
-    """first seed"""
-    iterations: int = 50
-    """teacher updates per run: a shard holds θ⁰ .. θᴺ and τ⁰ .. τᴺ⁻¹ for N = iterations"""
-    hidden: list[int] = field(default_factory=lambda: [32, 32])
-    """hidden layer sizes of the policy MLP"""
+    """the teacher that makes the data and is compared against (config group: teacher=<name>)"""
+    operator: OperatorConfig = MISSING
+    """operator architecture (config group: operator=<arch>)"""
+    n_tasks: int = 12
+    """training tasks to collect (train split)"""
+    seeds: int = 1
+    """teacher runs per training task"""
+    iterations: int = 30
+    """teacher updates per run"""
+    max_epochs: int = 30
+    """upper bound on training epochs (early stopping usually ends sooner)"""
+    test_split: str = "test"
+    """split the operator is applied on: test (interpolation) or ood (extrapolation)"""
+    test_tasks: int = 2
+    """held-out tasks to apply on"""
+    test_seeds: int = 3
+    """seeds per held-out task"""
+    applications: int = 30
+    """operator applications (and PPO updates) per held-out run"""
     workers: int = 0
-    """parallel worker processes; 0 = one per CPU (results do not depend on it)"""
+    """parallel worker processes; 0 = one per CPU"""
     out: str = MISSING
-    """dataset directory, also the run directory (default runs/collect/<date>_<time>); rerun to resume"""
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.split in SPLITS, f"split must be one of {list(SPLITS)}, got '{self.split}'"),
-            (self.start >= 0, f"start must be >= 0, got {self.start}"),
-            (self.n_tasks >= 1, f"n_tasks must be >= 1, got {self.n_tasks}"),
-            (self.seeds >= 1, f"seeds (runs per task) must be >= 1, got {self.seeds}"),
-            (self.seed_start >= 0, f"seed_start must be >= 0 (seeds are non-negative), got {self.seed_start}"),
-            (self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}"),
-            (len(self.hidden) >= 1 and min(self.hidden) >= 1, f"hidden sizes must be >= 1, got {list(self.hidden)}"),
-            (self.workers >= 0, f"workers must be >= 0 (0 = one per CPU), got {self.workers}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
-
-
-@stage("verify", "metaimprove.collect:verify")
-@dataclass
-class VerifyConfig:
-    """Check every shard of a collected dataset against its manifest (reads only)."""
-
-    dataset: str = MISSING
-    """dataset directory: the out= of a collect run"""
-
-
-@contextlib.contextmanager
-def mujoco_log(directory: Path | None) -> Iterator[None]:
-    """Send MuJoCo's warnings to ``directory/MUJOCO_LOG.TXT`` (or to Python warnings when None).
-
-    Unhandled, MuJoCo prints each warning and appends it to MUJOCO_LOG.TXT in the working
-    directory, which is the repository when one runs ``metaimprove`` there; a stage's log belongs
-    to its run directory.
-    """
-
-    def handler(message: str) -> None:
-        if directory is None:
-            warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=1)
-            return
-        with open(directory / "MUJOCO_LOG.TXT", "a") as log:
-            log.write(f"WARNING {time.ctime()}: {message}\n")
-
-    previous = mujoco.get_mju_user_warning()
-    mujoco.set_mju_user_warning(handler)
-    try:
-        yield
-    finally:
-        mujoco.set_mju_user_warning(previous)
+    """run directory: dataset/, operator/, apply/ and plot/ go inside (default runs/pipeline/<date>_<time>)"""

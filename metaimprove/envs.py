@@ -9,8 +9,11 @@ with ``info["unstable"] = True`` instead of crashing.
 
 from __future__ import annotations
 
+import contextlib
+import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import gymnasium
@@ -27,6 +30,7 @@ from metaimprove.tasks import (
     load_families,
     nominal_model,
     robot_xml_path,
+    settotalmass_accepted,
 )
 
 # Joint speeds beyond this mean the integrator has diverged (HalfCheetah stays well under 100).
@@ -108,8 +112,7 @@ class TaskEnv(HalfCheetahEnv):
             task = Task.from_dict(dict(task))
         if task.family != family:
             raise UserError(f"task of family {task.family} given to a {family} env")
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*settotalmass.*")
+        with settotalmass_accepted():
             super().__init__(xml_file=robot_xml_path(fam.robot), render_mode=render_mode,
                              reset_noise_scale=RESET_NOISE)
         self._reward_kind = fam.reward
@@ -147,3 +150,27 @@ def make_env(task: Task, render_mode: str | None = None) -> gymnasium.Env:
     """A gymnasium env (with the family's time limit) simulating ``task``; deterministic given the task."""
     register_families()
     return gymnasium.make(get_family(task.family).env_id, task=task, render_mode=render_mode)
+
+
+@contextlib.contextmanager
+def mujoco_log(directory: Path | None) -> Iterator[None]:
+    """Send MuJoCo's warnings to ``directory/MUJOCO_LOG.TXT`` (or to Python warnings when None).
+
+    Unhandled, MuJoCo prints each warning and appends it to MUJOCO_LOG.TXT in the working
+    directory, which is the repository when one runs ``metaimprove`` there; a stage's log belongs
+    to its run directory.
+    """
+
+    def handler(message: str) -> None:
+        if directory is None:
+            warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=1)
+            return
+        with open(directory / "MUJOCO_LOG.TXT", "a") as log:
+            log.write(f"WARNING {time.ctime()}: {message}\n")
+
+    previous = mujoco.get_mju_user_warning()
+    mujoco.set_mju_user_warning(handler)
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)

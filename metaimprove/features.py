@@ -54,14 +54,15 @@ def transition_dim(spec: PolicySpec) -> int:
 
 def reward_to_go(exp: Experience, gamma: float) -> torch.Tensor:
     """Discounted reward-to-go ``[T, E]`` within each episode (no bootstrap past an episode's end)."""
-    reward = exp.reward.double()
-    ends = exp.terminated | exp.truncated
-    togo = torch.zeros_like(reward)
-    running = torch.zeros(reward.shape[1], dtype=torch.float64)
+    # numpy: per-step torch calls cost more than the arithmetic in this short backward loop.
+    reward = exp.reward.double().numpy()
+    keep = gamma * ~(exp.terminated | exp.truncated).numpy()
+    togo = np.empty_like(reward)
+    running = np.zeros(reward.shape[1])
     for t in range(reward.shape[0] - 1, -1, -1):
-        running = reward[t] + gamma * running * (~ends[t]).double()
+        running = reward[t] + keep[t] * running
         togo[t] = running
-    return togo
+    return torch.from_numpy(togo)
 
 
 def advantages(exp: Experience, states: torch.Tensor, gamma: float, ridge: float) -> torch.Tensor:

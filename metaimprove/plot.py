@@ -29,12 +29,12 @@ from metaimprove.stats import COLUMNS, Band, Curves, common_grid, curve_band
 
 @dataclass
 class PlotConfig:
-    """``metaimprove plot``: draw improvement curves from finished runs."""
+    """Draw improvement curves (IQM with 95% bootstrap CI) from finished runs."""
 
     runs: list[str] = field(default_factory=list)
     """Run directories (each holding curves.csv) or curves.csv paths; methods from all of them share the plot."""
-    out: str = "results/curves.png"
-    """Figure path; the PNG is written there (suffix replaced by .png), the PDF beside it."""
+    out: str = "???"
+    """Run directory: curves.png (and curves.pdf) are written there (default runs/plot/<date>_<time>)."""
     per_task: bool = False
     """One panel per task instead of one panel aggregated over tasks."""
     methods: list[str] | None = None
@@ -324,9 +324,11 @@ def run_plot(config: PlotConfig) -> list[Path]:
         raise UserError("runs=[] is empty: pass run directories or curves.csv files, e.g. runs=[runs/ppo,runs/op]")
     paths = [Path(r) / "curves.csv" if Path(r).is_dir() else Path(r) for r in config.runs]
     curves = read_curves(paths)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
     written = plot_curves(
         curves,
-        Path(config.out),
+        out / "curves.png",
         per_task=config.per_task,
         methods=list(config.methods) if config.methods is not None else None,
         budget=config.budget,

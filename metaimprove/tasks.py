@@ -11,10 +11,12 @@ round-trips exactly through JSON. :func:`build_model` compiles the family's robo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -29,6 +31,14 @@ from metaimprove.errors import UserError
 
 SPLITS = ("train", "test", "ood")
 PHYSICS_FIELDS = ("body_mass", "geom_friction", "dof_damping", "actuator_gear", "gravity")
+
+
+@dataclass
+class TaskConfig:
+    """Which task family to draw tasks from."""
+
+    family: str = "???"
+    """task family: the name of a file in tasks/ (list them with `metaimprove tasks`)"""
 
 
 @dataclass(frozen=True)
@@ -305,14 +315,36 @@ def robot_xml_path(robot: str) -> str:
     return str(Path(gm.__file__).parent / "assets" / ROBOT_XML[robot])
 
 
-def compile_quietly(xml_path: str) -> mujoco.MjModel:
-    """Compile an MJCF file without MuJoCo 4's per-compile ``settotalmass`` deprecation warning.
+@contextlib.contextmanager
+def settotalmass_accepted() -> Iterator[None]:
+    """Silence MuJoCo 4's ``settotalmass`` deprecation warning (both its Python and its C-level copy).
 
-    Gymnasium's robot files still use ``settotalmass``; the compiled masses are what we want,
-    and the warning would otherwise repeat for every task built.
+    Gymnasium's robot files still use ``settotalmass``; the compiled masses are what we want, and the
+    warning would otherwise repeat for every model compiled (and land in every run's MUJOCO_LOG.TXT).
+    Any other MuJoCo warning raised meanwhile still reaches the previous handler.
     """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*settotalmass.*")
+    previous = mujoco.get_mju_user_warning()
+
+    def handler(message: str) -> None:
+        if "settotalmass" in message:
+            return
+        if previous is not None:
+            previous(message)
+        else:
+            warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=1)
+
+    mujoco.set_mju_user_warning(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*settotalmass.*")
+            yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
+
+
+def compile_quietly(xml_path: str) -> mujoco.MjModel:
+    """Compile an MJCF file (see :func:`settotalmass_accepted`)."""
+    with settotalmass_accepted():
         return mujoco.MjModel.from_xml_path(xml_path)
 
 

@@ -433,3 +433,15 @@ def _init_value_params(spec: PolicySpec, generator: torch.Generator) -> torch.Te
 
 
 __all__ = ["PPO", "ImprovementRecord", "ObsNormalizer", "PPOConfig", "Teacher", "gae_advantages"]
+
+
+TEACHERS: dict[str, tuple[type, type[Teacher]]] = {"ppo": (PPOConfig, PPO)}
+"""teacher option name -> (its config dataclass, the teacher class built from it)"""
+
+
+def teacher_class(config: object) -> type[Teacher]:
+    """The teacher class that ``config`` (an instance of a registered teacher config) configures."""
+    for config_type, cls in TEACHERS.values():
+        if type(config) is config_type:
+            return cls
+    raise UserError(f"no teacher takes a {type(config).__name__}; teachers: {sorted(TEACHERS)}")

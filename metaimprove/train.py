@@ -27,7 +27,7 @@ from metaimprove.policy import PolicySpec, forward
 
 @dataclass
 class TrainConfig:
-    """Training of the operator."""
+    """Fit the improvement operator to a collected dataset (hindsight pairs, behavioural loss)."""
 
     dataset: str = "???"
     """directory written by `metaimprove collect`"""
@@ -51,44 +51,83 @@ class TrainConfig:
     """stop after this many epochs without a better validation loss"""
     param_loss_weight: float = 1e-3
     """weight of the parameter-space term ‖θ' − θⁿ⁺ᵏ‖² / P"""
+    mean_loss_weight: float = 1.0
+    """weight of the KL's action-mean part (evaluation uses the deterministic mean action)"""
+    std_loss_weight: float = 1.0
+    """weight of the KL's log-std part"""
+    normalize_by_k: bool = False
+    """divide each pair's loss by the θ'=θ loss of its k on the training pairs, so large k do not dominate"""
     seed: int = 0
     """seeds initialization and batching"""
 
 
-def behavioural_loss(spec: PolicySpec, theta: torch.Tensor, target: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-    """Mean KL(π_target ‖ π_θ) per pair ``[B]`` on normalized ``states [B, S, obs]`` (zero iff same actions)."""
+def behavioural_loss(spec: PolicySpec, theta: torch.Tensor, target: torch.Tensor, states: torch.Tensor,
+                     mean_weight: float = 1.0, std_weight: float = 1.0) -> torch.Tensor:
+    """Mean KL(π_target ‖ π_θ) per pair ``[B]`` on normalized ``states [B, S, obs]`` (zero iff same actions).
+
+    The KL splits into a mean part (t_mean − mean)² / 2σ² and a log-std part; the weights scale each.
+    """
     mean, log_std = forward(spec, theta, states)
     t_mean, t_log_std = forward(spec, target, states)
-    var_ratio_num = torch.exp(2 * t_log_std) + (t_mean - mean).square()
-    kl = log_std - t_log_std + var_ratio_num / (2 * torch.exp(2 * log_std)) - 0.5
-    return kl.sum(-1).mean(-1)
+    inv_var = torch.exp(-2 * log_std)
+    mean_part = (t_mean - mean).square() * inv_var / 2
+    std_part = log_std - t_log_std + torch.exp(2 * t_log_std) * inv_var / 2 - 0.5
+    return (mean_weight * mean_part.sum(-1).mean(-1)) + std_weight * std_part.sum(-1).squeeze(-1)
 
 
-def _loss(op: ImprovementOperator, pairs: Pairs, index: torch.Tensor, param_weight: float) -> torch.Tensor:
-    feats, ask, target, states = pairs.batch(index)
-    theta = op(feats, ask)
-    loss = behavioural_loss(pairs.spec, theta, target, states)
-    if param_weight:
-        loss = loss + param_weight * (theta - target).square().mean(-1)
+def _pair_loss(spec: PolicySpec, theta: torch.Tensor, target: torch.Tensor, states: torch.Tensor,
+               config: TrainConfig) -> torch.Tensor:
+    loss = behavioural_loss(spec, theta, target, states, config.mean_loss_weight, config.std_loss_weight)
+    if config.param_loss_weight:
+        loss = loss + config.param_loss_weight * (theta - target).square().mean(-1)
     return loss
 
 
-def _evaluate(op: ImprovementOperator, pairs: Pairs, index: torch.Tensor, param_weight: float,
-              batch_size: int) -> float:
+def _loss(op: ImprovementOperator, pairs: Pairs, index: torch.Tensor, config: TrainConfig,
+          pair_weight: torch.Tensor) -> torch.Tensor:
+    feats, ask, target, states = pairs.batch(index)
+    return _pair_loss(pairs.spec, op(feats, ask), target, states, config) * pair_weight[index]
+
+
+def _evaluate(op: ImprovementOperator, pairs: Pairs, index: torch.Tensor, config: TrainConfig,
+              pair_weight: torch.Tensor) -> float:
     if len(index) == 0:
         return math.nan
     with torch.no_grad():
-        total = sum(float(_loss(op, pairs, chunk, param_weight).sum()) for chunk in index.split(batch_size * 4))
+        total = sum(float(_loss(op, pairs, chunk, config, pair_weight).sum())
+                    for chunk in index.split(config.batch_size * 4))
     return total / len(index)
 
 
-def _identity_loss(pairs: Pairs, index: torch.Tensor) -> float:
+def _identity_losses(pairs: Pairs, index: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """Per-pair loss of θ' = θ on ``index`` ``[len(index)]``."""
+    out = []
+    with torch.no_grad():
+        for chunk in index.split(1024):
+            feats, _, target, states = pairs.batch(chunk)
+            out.append(_pair_loss(pairs.spec, feats["theta"], target, states, config))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def pair_weights(pairs: Pairs, train_idx: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """Per-pair loss weights ``[n_pairs]``: ones, or with ``normalize_by_k`` one over the mean θ'=θ loss of the
+    pair's k on the training pairs (every k then weighs the same however far its targets lie)."""
+    weight = torch.ones(len(pairs.source))
+    if not config.normalize_by_k or len(train_idx) == 0:
+        return weight
+    identity = _identity_losses(pairs, train_idx, config)
+    log_k = pairs.ask[:, 0]
+    for value in log_k[train_idx].unique():
+        scale = identity[log_k[train_idx] == value].mean().clamp_min(1e-8)
+        weight[log_k == value] = 1.0 / float(scale)
+    return weight
+
+
+def _identity_loss(pairs: Pairs, index: torch.Tensor, config: TrainConfig, pair_weight: torch.Tensor) -> float:
     """Validation loss of θ' = θ: the bar an operator must clear to have learned anything."""
     if len(index) == 0:
         return math.nan
-    feats, _, target, states = pairs.batch(index)
-    with torch.no_grad():
-        return float(behavioural_loss(pairs.spec, feats["theta"], target, states).mean())
+    return float((_identity_losses(pairs, index, config) * pair_weight[index]).mean())
 
 
 def fit(op: ImprovementOperator, pairs: Pairs, train_idx: torch.Tensor, val_idx: torch.Tensor,
@@ -97,7 +136,8 @@ def fit(op: ImprovementOperator, pairs: Pairs, train_idx: torch.Tensor, val_idx:
     is no validation set). Calls ``on_best(epoch, val_loss)`` at each improvement; returns per-epoch metrics."""
     opt = torch.optim.AdamW(op.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
-    identity = _identity_loss(pairs, val_idx if len(val_idx) else train_idx)
+    weight = pair_weights(pairs, train_idx, config)
+    identity = _identity_loss(pairs, val_idx if len(val_idx) else train_idx, config, weight)
     best, best_epoch, rows = math.inf, -1, []
     start = time.perf_counter()
     bar = tqdm(range(config.max_epochs), desc="train", unit="epoch", dynamic_ncols=True, disable=None)
@@ -105,7 +145,7 @@ def fit(op: ImprovementOperator, pairs: Pairs, train_idx: torch.Tensor, val_idx:
         op.train()
         losses = []
         for index in train_idx[torch.randperm(len(train_idx), generator=generator)].split(config.batch_size):
-            loss = _loss(op, pairs, index, config.param_loss_weight).mean()
+            loss = _loss(op, pairs, index, config, weight).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(op.parameters(), 1.0)
@@ -113,7 +153,7 @@ def fit(op: ImprovementOperator, pairs: Pairs, train_idx: torch.Tensor, val_idx:
             losses.append(float(loss.detach()))
         op.eval()
         train_loss = sum(losses) / len(losses)
-        val = _evaluate(op, pairs, val_idx, config.param_loss_weight, config.batch_size)
+        val = _evaluate(op, pairs, val_idx, config, weight)
         monitored = val if len(val_idx) else train_loss
         rows.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val, "val_identity_loss": identity,
                      "seconds": time.perf_counter() - start})
@@ -148,7 +188,8 @@ def train(config: TrainConfig) -> Path:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "operator.safetensors"
-    identity = _identity_loss(pairs, val_idx if len(val_idx) else train_idx)
+    identity = _identity_loss(pairs, val_idx if len(val_idx) else train_idx, config,
+                              pair_weights(pairs, train_idx, config))
 
     def save(epoch: int, loss: float) -> None:
         checkpoint.save(path, op, summary={"best_epoch": epoch, "val_loss": loss, "val_identity_loss": identity,

@@ -7,9 +7,11 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+import torch
 
-from metaimprove.collect import collect
-from metaimprove.config import CollectConfig, TaskConfig, mujoco_log
+from metaimprove.collect import CollectConfig, collect
+from metaimprove.envs import mujoco_log
+from metaimprove.tasks import TaskConfig
 from metaimprove.teachers import PPOConfig
 
 # Two envs × 32 steps per update (below the 256-step episode, so episodes are cut by the batch end).
@@ -54,3 +56,9 @@ def _mujoco_log_out_of_the_repo(tmp_path_factory: pytest.TempPathFactory) -> Ite
     """MuJoCo would append its warnings to MUJOCO_LOG.TXT in the working directory: the repository."""
     with mujoco_log(tmp_path_factory.mktemp("mujoco_log")):
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> None:
+    """The test networks are tiny: extra intra-op threads only contend with the collector workers."""
+    torch.set_num_threads(1)

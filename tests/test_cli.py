@@ -11,8 +11,8 @@ import yaml
 from conftest import TINY_OVERRIDES, run_cli
 
 from metaimprove import cli, config
-from metaimprove.collect import load_manifest, verify_dataset
-from metaimprove.config import STAGES, CollectConfig, field_docs, stage
+from metaimprove.collect import CollectConfig, load_manifest, verify_dataset
+from metaimprove.config import STAGES, field_docs, stage
 from metaimprove.errors import UserError
 from metaimprove.tasks import load_families
 from metaimprove.teachers import PPOConfig

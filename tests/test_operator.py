@@ -20,7 +20,7 @@ from metaimprove.features import (
 from metaimprove.operator import ImprovementOperator, OperatorCheckpoint, OperatorConfig, parameter_roles
 from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, forward, init_params
 from metaimprove.rollout import Collector
-from metaimprove.train import TrainConfig, behavioural_loss, fit
+from metaimprove.train import TrainConfig, behavioural_loss, fit, pair_weights
 
 SPEC = PolicySpec(5, 2, hidden=(8, 8))
 
@@ -80,6 +80,21 @@ def test_behavioural_loss_is_zero_only_at_the_target():
     assert (behavioural_loss(SPEC, moved, theta, states) > 1e-4).all()
 
 
+def test_behavioural_loss_splits_into_mean_and_log_std_parts():
+    theta = _features(2)["theta"]
+    states = torch.randn(2, 32, SPEC.obs_dim)
+    std_only = theta.clone()
+    std_only[:, -SPEC.act_dim:] += 0.3  # log_std is the last block: same mean actions, wider distribution
+    assert behavioural_loss(SPEC, std_only, theta, states, mean_weight=1.0, std_weight=0.0).abs().max() < 1e-6
+    assert (behavioural_loss(SPEC, std_only, theta, states, mean_weight=0.0, std_weight=1.0) > 1e-3).all()
+    moved = theta + 0.1 * torch.randn_like(theta)
+    full = behavioural_loss(SPEC, moved, theta, states)
+    parts = (behavioural_loss(SPEC, moved, theta, states, 1.0, 0.0)
+             + behavioural_loss(SPEC, moved, theta, states, 0.0, 1.0))
+    torch.testing.assert_close(full, parts)
+    torch.testing.assert_close(behavioural_loss(SPEC, moved, theta, states, 2.0, 2.0), 2 * full)
+
+
 def _synthetic_pairs(n_items: int, delta_scale: float) -> Pairs:
     """Pairs whose right update is known: θ' = θ + delta_scale · ĝ · (1 + ask_k)."""
     items = _features(n_items)
@@ -99,6 +114,21 @@ def test_training_learns_a_known_update():
     identity = rows[0]["val_identity_loss"]
     assert identity > 0.01
     assert min(r["val_loss"] for r in rows) < 0.05 * identity
+
+
+def test_normalize_by_k_weighs_every_k_equally():
+    pairs = _synthetic_pairs(300, delta_scale=0.02)
+    train_idx = pairs.select({f"t/{i}" for i in range(8)})
+    plain = pair_weights(pairs, train_idx, TrainConfig(param_loss_weight=0.0))
+    assert torch.equal(plain, torch.ones(300))
+    config = TrainConfig(param_loss_weight=0.0, normalize_by_k=True)
+    weight = pair_weights(pairs, train_idx, config)
+    feats, _, target, states = pairs.batch(train_idx)
+    identity = behavioural_loss(SPEC, feats["theta"], target, states) * weight[train_idx]
+    log_k = pairs.ask[train_idx, 0]
+    per_k = [float(identity[log_k == v].mean()) for v in log_k.unique()]
+    assert len(per_k) == 3 and per_k == pytest.approx([1.0] * 3, rel=1e-4)
+    assert weight[pairs.ask[:, 0] == 0].mean() > 2 * weight[pairs.ask[:, 0] == 2].mean()  # far targets weigh less
 
 
 def test_checkpoint_round_trip_is_exact(tmp_path):

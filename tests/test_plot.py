@@ -47,8 +47,9 @@ def _visible_axes(fig: Figure) -> list:
 
 
 def test_run_plot_writes_png_and_pdf(runs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "results" / "curves.png"
-    written = run_plot(PlotConfig(runs=[str(r) for r in runs], out=str(out), budget=15_000, pdf=True, reps=200))
+    run_dir = tmp_path / "results"
+    out = run_dir / "curves.png"
+    written = run_plot(PlotConfig(runs=[str(r) for r in runs], out=str(run_dir), budget=15_000, pdf=True, reps=200))
     assert written == [out, out.with_suffix(".pdf")]
     assert out.read_bytes().startswith(b"\x89PNG") and out.stat().st_size > 10_000
     assert out.with_suffix(".pdf").read_bytes().startswith(b"%PDF")

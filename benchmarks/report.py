@@ -1,0 +1,125 @@
+"""Regenerate the README's Results section from the committed benchmark outputs under ``results/``.
+
+No figure in the README is typed by hand: every benchmark writes its CSV, and this script copies the
+figures into the block between ``<!-- results:start -->`` and ``<!-- results:end -->``.
+
+    python benchmarks/report.py
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _summary(path: Path) -> dict[str, str]:
+    """``name -> value`` of a benchmark CSV: its summary rows, or every row of a two-column file."""
+    if not path.exists():
+        return {}
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    if rows and set(rows[0]) == {"name", "value"}:
+        return {r["name"]: r["value"] for r in rows}
+    return {r["name"]: r["value"] for r in rows if r.get("name") and r.get("value")}
+
+
+def _latest_throughput() -> dict[str, str]:
+    path = RESULTS / "throughput.csv"
+    if not path.exists():
+        return {}
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    last = rows[-1]["date"]
+    return {r["name"]: r["value"] for r in rows if r["date"] == last}
+
+
+def section() -> str:
+    """The Results section's markdown."""
+    out: list[str] = []
+    teacher = _summary(RESULTS / "teacher_vs_sb3.csv")
+    if teacher:
+        out += [
+            "### The PPO teacher against Stable-Baselines3 (`benchmarks/teacher_vs_sb3.py`)",
+            "",
+            f"Same hyperparameters, same tasks, {teacher.get('seeds')} seeds, {teacher.get('env_steps_per_run')} env "
+            "steps per run ([plot](results/teacher_vs_sb3.png)):",
+            "",
+            "| figure | value |",
+            "| --- | --- |",
+            "| fraction of updates where our mean return lies in SB3's 95% CI | "
+            f"{teacher.get('fraction_updates_inside_sb3_ci')} (two identical algorithms would score about "
+            f"{teacher.get('fraction_expected_if_identical')}) |",
+            f"| final return inside SB3's CI on every task | {teacher.get('final_return_inside_sb3_ci_all_tasks')} |",
+            f"| task 0 final return, ours vs SB3 | {teacher.get('task0_final_return_ours')} vs "
+            f"{teacher.get('task0_final_return_sb3')} |",
+            f"| task 1 final return, ours vs SB3 | {teacher.get('task1_final_return_ours')} vs "
+            f"{teacher.get('task1_final_return_sb3')} |",
+            "| end-to-end env-steps/s, ours over SB3 | "
+            f"**{teacher.get('speed_ratio_ours_over_sb3')}×** (target ≥ 5×) |",
+            "",
+            "![teacher vs SB3](results/teacher_vs_sb3.png)",
+            "",
+        ]
+    diversity = _summary(RESULTS / "task_diversity.csv")
+    if diversity:
+        out += [
+            "### Do the tasks really differ? (`benchmarks/task_diversity.py`)",
+            "",
+            "PPO trained on one task, evaluated on every other task of its family (deterministic mean action). "
+            "*Transfer ratio*: the share of a specialist's gain over the untrained policy that policies trained on "
+            "other tasks reach (1 = tasks are interchangeable).",
+            "",
+            "| family | own-task return | return on other tasks | transfer ratio |",
+            "| --- | --- | --- | --- |",
+        ]
+        for fam in ("halfcheetah_vel", "halfcheetah_rand_params"):
+            if f"{fam}_own_task_return" in diversity:
+                out.append(f"| {fam} | {diversity[f'{fam}_own_task_return']} | "
+                           f"{diversity[f'{fam}_other_task_return']} | {diversity[f'{fam}_transfer_ratio']} |")
+        out.append("")
+    throughput = _latest_throughput()
+    if throughput:
+        out += [
+            "### Collector throughput (`benchmarks/throughput.py`)",
+            "",
+            "| figure | value |",
+            "| --- | --- |",
+            f"| collector (policy inference, rewards, bookkeeping) over a bare `mj_step` loop, 1 worker | "
+            f"**{throughput.get('collector_vs_raw_ratio')}×** (target ≥ 0.8×) |",
+            f"| 2 workers over 1 worker | **{throughput.get('scaling_1_to_2_workers')}×** (target ≥ 1.8×) |",
+            "",
+        ]
+    improvement = _summary(RESULTS / "improvement_summary.csv")
+    if improvement:
+        out += [
+            "### Does the operator improve unseen tasks? (`benchmarks/improvement.py`)",
+            "",
+            f"Held-out tasks {improvement.get('tasks_x_seeds')}, fresh random initializations, equal env-step budget "
+            f"B = {improvement.get('budget_env_steps')} steps, the shipped operator "
+            "`results/operators/halfcheetah_vel.safetensors`:",
+            "",
+            "| figure | value |",
+            "| --- | --- |",
+        ]
+        out += [f"| `{k}` | {v} |" for k, v in improvement.items() if k not in ("tasks_x_seeds", "budget_env_steps")]
+        out += ["", "![improvement curves](results/improvement.png)", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main() -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"README.md lacks the {START} ... {END} markers")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{section()}{END}{tail}")
+    print(f"updated the Results section of {readme}")
+
+
+if __name__ == "__main__":
+    main()

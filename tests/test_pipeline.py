@@ -1,0 +1,118 @@
+"""The train, apply, plot and pipeline stages end to end through the CLI, and their bad-input errors."""
+
+import csv
+import pathlib
+
+import pytest
+import torch
+from conftest import TINY_TEACHER, run_cli
+
+from metaimprove.apply import ApplyConfig, apply
+from metaimprove.features import FeatureConfig
+from metaimprove.operator import ImprovementOperator, OperatorCheckpoint, OperatorConfig
+from metaimprove.policy import PolicySpec
+from metaimprove.tasks import TaskConfig
+
+PIPELINE = [f"teacher.{k}={v}" for k, v in TINY_TEACHER.items()] + [
+    "n_tasks=3", "iterations=6", "max_epochs=2", "test_tasks=1", "test_seeds=2", "applications=2", "workers=1",
+]
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """One tiny end-to-end pipeline run, started from a directory outside the repository."""
+    cwd = tmp_path_factory.mktemp("cwd")
+    out = tmp_path_factory.mktemp("pipeline") / "run"
+    result = run_cli(["pipeline", *PIPELINE, f"out={out}"], cwd=cwd)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"improvement curves in {out / 'plot' / 'curves.png'}" in result.stdout
+    assert not list(cwd.iterdir())  # nothing written where the user stood
+    return out
+
+
+def _curves(path: pathlib.Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_pipeline_writes_every_stage_and_a_consistent_curve_file(pipeline_run: pathlib.Path) -> None:
+    assert (pipeline_run / "dataset" / "manifest.json").exists()
+    assert (pipeline_run / "operator" / "operator.safetensors").exists()
+    assert (pipeline_run / "plot" / "curves.png").stat().st_size > 10_000
+    rows = _curves(pipeline_run / "apply" / "curves.csv")
+    batch = TINY_TEACHER["n_envs"] * TINY_TEACHER["n_steps"]
+    for method in ("operator", "ppo", "no_update"):
+        mine = [r for r in rows if r["method"] == method]
+        assert len(mine) == 1 * 2 * 3  # tasks × seeds × (start + 2 applications)
+        assert sorted({int(r["env_steps"]) for r in mine}) == [0, batch, 2 * batch]
+    starts = {r["return"] for r in rows if r["env_steps"] == "0" and r["seed"] == "0"}
+    assert len(starts) == 1  # every method starts from the same θ⁰ under the same evaluation
+    _, ckpt = OperatorCheckpoint.load(pipeline_run / "operator" / "operator.safetensors")
+    assert ckpt.teacher["config"]["n_envs"] == TINY_TEACHER["n_envs"]
+    assert all(t.startswith("halfcheetah_vel/train/") for t in ckpt.tasks)
+
+
+def test_apply_is_seeded(pipeline_run: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    config = dict(operator_path=str(pipeline_run / "operator" / "operator.safetensors"),
+                  task=TaskConfig("halfcheetah_vel"), n_tasks=1, seeds=1, applications=2, workers=1,
+                  methods=["operator", "ppo"])
+    apply(ApplyConfig(out=str(tmp_path / "a"), **config))
+    apply(ApplyConfig(out=str(tmp_path / "b"), **config))
+    assert _curves(tmp_path / "a" / "curves.csv") == _curves(tmp_path / "b" / "curves.csv")
+
+
+def test_plot_stage_draws_any_curve_files(pipeline_run: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    result = run_cli(["plot", f"runs=[{pipeline_run / 'apply'}]", "per_task=true", "pdf=true",
+                      f"out={tmp_path / 'fig'}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "fig" / "curves.png").exists() and (tmp_path / "fig" / "curves.pdf").exists()
+
+
+@pytest.fixture(scope="module")
+def other_shape_operator(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A valid checkpoint for policies with 5 observations and 2 actions (no shipped family has those)."""
+    spec = PolicySpec(5, 2)
+    op = ImprovementOperator(spec, OperatorConfig())
+    ckpt = OperatorCheckpoint.from_training(FeatureConfig(), op.config, spec, [1], torch.tensor([[0.0, 0.1]]),
+                                            [], {"name": "ppo", "config": {}})
+    path = tmp_path_factory.mktemp("ckpt") / "other.safetensors"
+    ckpt.save(path, op, summary={})
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["apply", "operator_path={ckpt}", "methods=[operator,magic]"], "unknown methods ['magic']"),
+        (["apply", "operator_path={ckpt}", "split=train"], "were used to train this operator"),
+        (["apply", "operator_path={missing}"], "is missing"),
+        (["apply", "operator_path={other}"], "obs 5 / act 2 but halfcheetah_vel has obs 17 / act 6"),
+        (["apply", "operator_path={ckpt}", "applications=0"], "must all be >= 1"),
+        (["train", "dataset={empty}"], "is not a collected dataset"),
+        (["train", "dataset={run}/dataset", "pairs.ks=[64]"], "too short for any k"),
+        (["plot", "runs=[{missing}]"], "no such file"),
+    ],
+)
+def test_bad_input_to_the_operator_stages_is_one_line(args: list[str], problem: str, pipeline_run: pathlib.Path,
+                                                      other_shape_operator: pathlib.Path,
+                                                      tmp_path: pathlib.Path) -> None:
+    (tmp_path / "empty").mkdir()
+    values = {"ckpt": pipeline_run / "operator" / "operator.safetensors", "missing": tmp_path / "nope.safetensors",
+              "other": other_shape_operator, "empty": tmp_path / "empty", "run": pipeline_run}
+    out = tmp_path / "out"
+    result = run_cli([a.format(**values) for a in args] + [f"out={out}"], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and problem in lines[0], result.stderr
+    assert not out.exists()  # nothing half-written
+
+
+def test_corrupt_checkpoint_is_refused(pipeline_run: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    src = pipeline_run / "operator" / "operator.safetensors"
+    bad = tmp_path / "bad.safetensors"
+    data = bytearray(src.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    (tmp_path / "bad.json").write_bytes((pipeline_run / "operator" / "operator.json").read_bytes())
+    result = run_cli(["apply", f"operator_path={bad}", f"out={tmp_path / 'out'}"], cwd=tmp_path)
+    assert result.returncode == 2 and "corrupt" in result.stderr and "Traceback" not in result.stderr
