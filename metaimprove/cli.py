@@ -333,8 +333,11 @@ def _diversity_table() -> str:
         path = base / DIVERSITY_CSV
         if path.is_file():
             with open(path, newline="") as f:
-                rows = [row for row in csv.reader(f) if row]
-            return "\n".join([f"task diversity ({path}):", *("  " + line for line in _table(rows))])
+                rows = [[row["name"], row["value"]] for row in csv.DictReader(f)
+                        if row.get("kind") == "summary" and row.get("name", "").startswith("halfcheetah")]
+            lines = ["task diversity: a policy trained on one task, evaluated on the family's other tasks "
+                     f"(benchmarks/task_diversity.py, {path}):"]
+            return "\n".join([*lines, *("  " + line for line in _table(rows))])
     return ""
 
 
