@@ -54,7 +54,10 @@ def test_tasks_lists_each_family_with_its_splits(capsys: pytest.CaptureFixture[s
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "results").mkdir()
-    (tmp_path / "results" / "task_diversity.csv").write_text("family,spread\nhalfcheetah_vel,0.42\n")
+    (tmp_path / "results" / "task_diversity.csv").write_text(
+        "kind,family,trained_on,evaluated_on,seed,return,name,value\n"
+        "matrix,halfcheetah_vel,a,b,0,-1.0,,\n"
+        "summary,,,,,,halfcheetah_vel_transfer_ratio,0.42\n")
     code, out, _ = _main(["tasks"], capsys)
     assert code == 0
     for family in load_families().values():
@@ -64,7 +67,8 @@ def test_tasks_lists_each_family_with_its_splits(capsys: pytest.CaptureFixture[s
             assert f"{split} (seed {seed})" in block
     vel = out.split("halfcheetah_vel: ")[1]
     assert vel.split("target_velocity")[1].split()[:6] == ["U[0,", "1.5]", "U[0,", "1.5]", "U[1.5,", "2]"]
-    assert "task diversity" in out and "halfcheetah_vel  0.42" in out
+    assert "task diversity" in out and "halfcheetah_vel_transfer_ratio  0.42" in out
+    assert "matrix" not in out  # the summary, not the whole cross-task matrix
     code, out, _ = _main(["tasks", "family=halfcheetah_dir"], capsys)
     assert code == 0 and "halfcheetah_dir:" in out and "halfcheetah_vel:" not in out
 
