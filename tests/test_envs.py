@@ -1,12 +1,13 @@
 """Gymnasium envs: registration, check_env, rewards, determinism, blow-ups."""
 
 import gymnasium
+import mujoco
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from metaimprove.envs import default_task, make_env, register_families, task_reward
-from metaimprove.tasks import get_family, load_families
+from metaimprove.envs import default_task, make_env, mujoco_log, register_families, task_reward
+from metaimprove.tasks import build_model, get_family, load_families
 
 
 @pytest.mark.parametrize("family", sorted(load_families()))
@@ -62,3 +63,12 @@ def test_blow_up_ends_episode_with_flag():
     obs, reward, terminated, _, info = env.step(np.zeros(6))
     assert terminated and info["unstable"]
     assert np.isfinite(obs).all() and reward == 0.0
+
+
+def test_mujoco_warnings_go_to_the_run_directory(tmp_path):
+    model = build_model(default_task("halfcheetah_vel"))
+    data = mujoco.MjData(model)
+    data.qvel[:] = np.nan  # MuJoCo warns (BADQACC) and resets the state
+    with mujoco_log(tmp_path):
+        mujoco.mj_step(model, data)
+    assert "simulation is unstable" in (tmp_path / "MUJOCO_LOG.TXT").read_text()
