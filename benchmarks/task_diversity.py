@@ -68,11 +68,10 @@ class JobResult:
 def _worker_init(workdir: str) -> None:
     import torch
 
-    # Tiny networks: more threads only add synchronization; and MuJoCo writes MUJOCO_LOG.TXT into the cwd.
-    torch.set_num_threads(1)
-    os.chdir(workdir)
-    log = open(f"worker-{os.getpid()}.stderr", "w")  # noqa: SIM115 (lives as long as the worker)
-    os.dup2(log.fileno(), 2)
+    from metaimprove.envs import route_mujoco_warnings
+
+    torch.set_num_threads(1)  # tiny networks: more threads only add synchronization
+    route_mujoco_warnings(Path(workdir))
 
 
 def run_job(job: Job) -> JobResult:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -152,9 +152,9 @@ def make_env(task: Task, render_mode: str | None = None) -> gymnasium.Env:
     return gymnasium.make(get_family(task.family).env_id, task=task, render_mode=render_mode)
 
 
-@contextlib.contextmanager
-def mujoco_log(directory: Path | None) -> Iterator[None]:
-    """Send MuJoCo's warnings to ``directory/MUJOCO_LOG.TXT`` (or to Python warnings when None).
+def route_mujoco_warnings(directory: Path | None) -> Callable[[str], None] | None:
+    """Send MuJoCo's warnings to ``directory/MUJOCO_LOG.TXT`` (or to Python warnings when None) from now on;
+    returns the previous handler. Worker processes call this once; elsewhere use :func:`mujoco_log`.
 
     Unhandled, MuJoCo prints each warning and appends it to MUJOCO_LOG.TXT in the working
     directory, which is the repository when one runs ``metaimprove`` there; a stage's log belongs
@@ -170,6 +170,13 @@ def mujoco_log(directory: Path | None) -> Iterator[None]:
 
     previous = mujoco.get_mju_user_warning()
     mujoco.set_mju_user_warning(handler)
+    return previous
+
+
+@contextlib.contextmanager
+def mujoco_log(directory: Path | None) -> Iterator[None]:
+    """:func:`route_mujoco_warnings` for the duration of a ``with`` block."""
+    previous = route_mujoco_warnings(directory)
     try:
         yield
     finally:
