@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
@@ -104,6 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_stage(stage: Stage, overrides: list[str]) -> None:
     """Run ``stage`` through ``@hydra.main`` with command-line ``overrides`` (and Hydra flags)."""
     function = stage.function()
+    # The networks here are tiny: extra intra-op threads buy little and, next to the collector's worker
+    # processes (or anything else on a 2-core machine), oversubscription slows training many-fold.
+    torch.set_num_threads(1)
 
     def job(cfg: DictConfig) -> None:
         out = Path(HydraConfig.get().runtime.output_dir) if stage.has_out else None

@@ -174,8 +174,8 @@ class PipelineConfig:
     """teacher runs per training task"""
     iterations: int = 30
     """teacher updates per run"""
-    max_epochs: int = 30
-    """upper bound on training epochs (early stopping usually ends sooner)"""
+    max_epochs: int = 20
+    """upper bound on training epochs (early stopping may end sooner)"""
     test_split: str = "test"
     """split the operator is applied on: test (interpolation) or ood (extrapolation)"""
     test_tasks: int = 2
