@@ -1,7 +1,7 @@
 """Supervised training of the improvement operator on hindsight pairs.
 
-The loss is behavioural (function-space): the KL divergence from the target policy θⁿ⁺ᵏ's action
-distribution to the predicted θ' 's, on states of τⁿ and τⁿ⁺ᵏ — weight symmetries make plain parameter
+The loss is behavioural (function-space): the KL divergence from the predicted θ' 's action
+distribution to the target policy θⁿ⁺ᵏ's, on states of τⁿ and τⁿ⁺ᵏ — weight symmetries make plain parameter
 regression a weak signal — plus an optional small parameter-space term. Validation holds out whole
 tasks; training stops early when the validation loss stops improving and keeps the best checkpoint.
 """
@@ -55,7 +55,7 @@ class TrainConfig:
     """weight of the KL's action-mean part (evaluation uses the deterministic mean action)"""
     std_loss_weight: float = 1.0
     """weight of the KL's log-std part"""
-    normalize_by_k: bool = False
+    normalize_by_k: bool = True
     """divide each pair's loss by the θ'=θ loss of its k on the training pairs, so large k do not dominate"""
     seed: int = 0
     """seeds initialization and batching"""
@@ -63,16 +63,19 @@ class TrainConfig:
 
 def behavioural_loss(spec: PolicySpec, theta: torch.Tensor, target: torch.Tensor, states: torch.Tensor,
                      mean_weight: float = 1.0, std_weight: float = 1.0) -> torch.Tensor:
-    """Mean KL(π_target ‖ π_θ) per pair ``[B]`` on normalized ``states [B, S, obs]`` (zero iff same actions).
+    """Mean KL(π_θ ‖ π_target) per pair ``[B]`` on normalized ``states [B, S, obs]`` (zero iff same actions).
 
-    The KL splits into a mean part (t_mean − mean)² / 2σ² and a log-std part; the weights scale each.
+    It splits into a mean part (mean − t_mean)² / 2σ_target² and a log-std part; the weights scale each.
+    This direction divides the mean error by the *target's* variance: the other, KL(π_target ‖ π_θ),
+    divides by the prediction's, so an operator can lower it by inflating its own log-std, which it
+    then does step after step when applied (the action noise and the control cost blow up).
     """
     mean, log_std = forward(spec, theta, states)
     t_mean, t_log_std = forward(spec, target, states)
-    inv_var = torch.exp(-2 * log_std)
-    mean_part = (t_mean - mean).square() * inv_var / 2
-    std_part = log_std - t_log_std + torch.exp(2 * t_log_std) * inv_var / 2 - 0.5
-    return (mean_weight * mean_part.sum(-1).mean(-1)) + std_weight * std_part.sum(-1).squeeze(-1)
+    t_inv_var = torch.exp(-2 * t_log_std)
+    mean_part = (mean - t_mean).square() * t_inv_var / 2
+    std_part = t_log_std - log_std + torch.exp(2 * log_std) * t_inv_var / 2 - 0.5
+    return mean_weight * mean_part.sum(-1).mean(-1) + std_weight * std_part.sum(-1).squeeze(-1)
 
 
 def _pair_loss(spec: PolicySpec, theta: torch.Tensor, target: torch.Tensor, states: torch.Tensor,

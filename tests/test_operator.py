@@ -93,6 +93,12 @@ def test_behavioural_loss_splits_into_mean_and_log_std_parts():
              + behavioural_loss(SPEC, moved, theta, states, 0.0, 1.0))
     torch.testing.assert_close(full, parts)
     torch.testing.assert_close(behavioural_loss(SPEC, moved, theta, states, 2.0, 2.0), 2 * full)
+    # the mean error is measured in the target's noise: a prediction cannot hide it by widening its own
+    wider = moved.clone()
+    wider[:, -SPEC.act_dim:] += 1.0
+    torch.testing.assert_close(behavioural_loss(SPEC, wider, theta, states, 1.0, 0.0),
+                               behavioural_loss(SPEC, moved, theta, states, 1.0, 0.0))
+    assert (behavioural_loss(SPEC, wider, theta, states) > full).all()
 
 
 def _synthetic_pairs(n_items: int, delta_scale: float) -> Pairs:
@@ -119,7 +125,7 @@ def test_training_learns_a_known_update():
 def test_normalize_by_k_weighs_every_k_equally():
     pairs = _synthetic_pairs(300, delta_scale=0.02)
     train_idx = pairs.select({f"t/{i}" for i in range(8)})
-    plain = pair_weights(pairs, train_idx, TrainConfig(param_loss_weight=0.0))
+    plain = pair_weights(pairs, train_idx, TrainConfig(param_loss_weight=0.0, normalize_by_k=False))
     assert torch.equal(plain, torch.ones(300))
     config = TrainConfig(param_loss_weight=0.0, normalize_by_k=True)
     weight = pair_weights(pairs, train_idx, config)
