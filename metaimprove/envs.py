@@ -48,7 +48,7 @@ def task_reward(kind: str, params: Mapping[str, float], x_velocity: np.ndarray, 
     ``velocity``: -|v_x - v*| - 0.05|a|^2; ``direction``: d v_x - 0.05|a|^2;
     ``forward``: v_x - 0.1|a|^2.
     """
-    ctrl = CTRL_COST[kind] * np.sum(np.square(action), axis=-1)
+    ctrl = CTRL_COST[kind] * np.einsum("...i,...i->...", action, action)
     if kind == "velocity":
         return -np.abs(x_velocity - params["target_velocity"]) - ctrl
     if kind == "direction":

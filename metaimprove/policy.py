@@ -211,7 +211,9 @@ class NumpyActor:
 
     def mean(self, obs: np.ndarray) -> np.ndarray:
         """Action means ``[N, act]`` for raw observations ``[N, obs]``."""
-        h = np.clip((obs - self._mean) * self._inv_std, -OBS_CLIP, OBS_CLIP)
+        h = (obs - self._mean) * self._inv_std
+        # The ufuncs in place: np.clip's Python wrapper costs as much as the matmuls at this size.
+        np.minimum(np.maximum(h, -OBS_CLIP, out=h), OBS_CLIP, out=h)
         for i, (w, b) in enumerate(self._weights):
             h = h @ w + b
             if i < len(self._weights) - 1:

@@ -161,7 +161,7 @@ class Collector:
             action = actor.mean(obs)
             if not deterministic:
                 action = action + actor.std * self._noise.standard_normal(action.shape)
-            next_obs, reward, blown = sim.step(np.clip(action, -1.0, 1.0))
+            next_obs, reward, blown = sim.step(np.minimum(np.maximum(action, -1.0), 1.0))
             obs_buf[t], act_buf[t], rew_buf[t] = obs, action, reward
             ep_step += 1
             ep_return += reward
