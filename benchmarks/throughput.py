@@ -64,13 +64,16 @@ def _worker(args: tuple[int, int]) -> float:
     return collector(*args)
 
 
-def workers(n_workers: int, n_steps: int) -> float:
-    """Total env-steps/s of ``n_workers`` collector processes running at once."""
+def workers(n_workers: int, n_steps: int, repeats: int = 3) -> float:
+    """Total env-steps/s of ``n_workers`` collector processes running at once (median of ``repeats``)."""
+    rates = []
     with mp.get_context("spawn").Pool(n_workers) as pool:
         pool.map(_worker, [(2048, i) for i in range(n_workers)])  # warm-up: imports, model compile
-        start = time.perf_counter()
-        pool.map(_worker, [(n_steps, i) for i in range(n_workers)])
-        return n_workers * n_steps / (time.perf_counter() - start)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            pool.map(_worker, [(n_steps, i) for i in range(n_workers)])
+            rates.append(n_workers * n_steps / (time.perf_counter() - start))
+    return float(np.median(rates))
 
 
 def main() -> None:

@@ -112,12 +112,14 @@ class Simulator:
         self._ctrl[:] = action
         try:
             self._batch.step(nstep=FRAME_SKIP)
-            failed = np.zeros(self.n_envs, dtype=bool)
+            failed = None
         except mujoco.batch.SimulationError as exc:
             failed = np.isin(np.arange(self.n_envs), exc.ids)
         x_velocity = (self._qpos[:, 0] - x_before) / self.dt
         obs = self.observation()
-        blown = unstable(self._qpos, self._qvel, self._batch.warning[:, BADQACC, 1] > bad_before) | failed
+        blown = unstable(self._qpos, self._qvel, self._batch.warning[:, BADQACC, 1] > bad_before)
+        if failed is not None:
+            blown |= failed
         reward = task_reward(self._reward_kind, self._params, x_velocity, action)
         if blown.any():
             obs[blown] = 0.0
@@ -165,6 +167,11 @@ class Collector:
             obs_buf[t], act_buf[t], rew_buf[t] = obs, action, reward
             ep_step += 1
             ep_return += reward
+            obs = next_obs
+            any_blown = blown.any()
+            # Most steps end no episode: skip the bookkeeping below unless one ends here.
+            if not any_blown and t < T - 1 and ep_step.max() < L:
+                continue
             timeout = (ep_step >= L) & ~blown
             cut = timeout | ((t == T - 1) & ~blown)
             term_buf[t], trunc_buf[t] = blown, cut
@@ -172,13 +179,12 @@ class Collector:
                 trunc_obs.append(next_obs[e].astype(np.float32))
                 trunc_index.append((t, e))
             returns.extend(ep_return[timeout].tolist())
-            n_unstable += int(blown.sum())
+            n_unstable += int(blown.sum()) if any_blown else 0
             done = np.flatnonzero(timeout | blown)
             if len(done) and t < T - 1:
                 ep_step[done] = 0
                 ep_return[done] = 0.0
-                next_obs = sim.reset(done)
-            obs = next_obs
+                obs = sim.reset(done)
         obs_t, act_t = torch.from_numpy(obs_buf), torch.from_numpy(act_buf)
         return Experience(
             obs=obs_t,
