@@ -1,5 +1,6 @@
 """Operator: shapes and batching, the behavioural loss, learning a known update, checkpoints, features."""
 
+import json
 import math
 
 import numpy as np
@@ -204,3 +205,16 @@ def test_encode_is_seeded_and_shaped():
     norm = next_normalizer(policy, exp)
     np.testing.assert_allclose(a["norm_mean"].numpy(), norm.mean, rtol=1e-6)
     np.testing.assert_allclose(norm.mean, exp.obs.reshape(-1, 17).double().mean(0).numpy(), atol=1e-3)
+
+
+def test_checkpoint_from_an_incompatible_version_is_refused(tmp_path):
+    op = ImprovementOperator(SPEC, OperatorConfig(hidden=16, context_dim=8, param_hidden=8))
+    ckpt = OperatorCheckpoint.from_training(FeatureConfig(), op.config, SPEC, [1], torch.tensor([[0.0, 0.1]]), [],
+                                            {"name": "ppo", "config": {}})
+    path = tmp_path / "op.safetensors"
+    ckpt.save(path, op, summary={})
+    header = json.loads((tmp_path / "op.json").read_text())
+    header["meta"]["format_version"] = 99
+    (tmp_path / "op.json").write_text(json.dumps(header))
+    with pytest.raises(UserError, match="format version 99 is not supported"):
+        OperatorCheckpoint.load(path)
