@@ -14,6 +14,7 @@ fixed evaluation episodes and seed). Rows go to ``curves.csv``: method, task, se
 from __future__ import annotations
 
 import csv
+import json
 import math
 import multiprocessing as mp
 import os
@@ -57,6 +58,8 @@ class ApplyConfig:
     """number of tasks of the split"""
     task_start: int = 0
     """index of the first task"""
+    task_file: str | None = None
+    """a JSON file holding one task (``Task.to_json()``, explicit parameters and physics) to apply on instead"""
     seeds: int = 5
     """seeds per task (each: its own fresh initialization, collection and evaluation seeds)"""
     applications: int = 20
@@ -82,13 +85,15 @@ class Job:
     seed: int
 
 
-def _start_policy(ckpt: OperatorCheckpoint, seed: int) -> Policy:
+def start_policy(ckpt: OperatorCheckpoint, seed: int) -> Policy:
+    """The fresh policy θ⁰ of run ``seed``: an initialization seed no collection uses, identity normalizer."""
     spec = ckpt.spec
     theta = init_params(spec, torch.Generator().manual_seed(FRESH_INIT_OFFSET + seed))
     return Policy(spec, theta, ObsNormalizer.identity(spec.obs_dim))
 
 
-def _teacher_config(ckpt: OperatorCheckpoint) -> PPOConfig:
+def teacher_config(ckpt: OperatorCheckpoint) -> PPOConfig:
+    """The configuration of the teacher whose pairs trained ``ckpt`` (its batch size is the operator's)."""
     fields = PPOConfig.__dataclass_fields__
     given = ckpt.teacher.get("config", {})
     cfg = PPOConfig(**{k: v for k, v in given.items() if k in fields})
@@ -103,7 +108,7 @@ def operator_steps(op: ImprovementOperator, ckpt: OperatorCheckpoint, task: Task
     Each step collects one teacher-sized batch τ with the current policy, folds τ's observations into
     the policy's normalizer (as the teacher does) and sets θ ← f(θ, τ, ask) for that normalizer.
     """
-    cfg = _teacher_config(ckpt)
+    cfg = teacher_config(ckpt)
     policy = Policy(ckpt.spec, start.theta.float().clone(), start.normalizer.copy())
     collector = Collector(task, n_envs=cfg.n_envs, seed=seed)
     generator = torch.Generator().manual_seed(seed)
@@ -132,9 +137,9 @@ def run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], dic
 
 def _run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], dict[str, list[float]]]:
     op, ckpt = OperatorCheckpoint.load(config.operator_path)
-    cfg = _teacher_config(ckpt)
+    cfg = teacher_config(ckpt)
     batch = cfg.n_envs * cfg.n_steps
-    start = _start_policy(ckpt, job.seed)
+    start = start_policy(ckpt, job.seed)
     eval_seed = 1_000_003 * job.seed + 17
 
     def row(i: int, policy: Policy) -> dict[str, object]:
@@ -164,17 +169,33 @@ def _run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], di
     return rows, timings
 
 
+def _read_task(path: Path) -> Task:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UserError(f"cannot read task file {path}: {exc.strerror}") from exc
+    try:
+        task = Task.from_json(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"task file {path} is not JSON ({exc.msg}); write it with Task.to_json()") from exc
+    get_family(task.family)  # an unknown family is a one-line error here, not a crash later
+    return task
+
+
 def _validate(config: ApplyConfig, ckpt: OperatorCheckpoint) -> list[Task]:
     unknown = set(config.methods) - set(METHODS)
     if unknown or not config.methods:
         raise UserError(f"unknown methods {sorted(unknown)}; choose from {list(METHODS)}")
     if config.n_tasks < 1 or config.seeds < 1 or config.applications < 1 or config.eval_episodes < 1:
         raise UserError("n_tasks, seeds, applications and eval_episodes must all be >= 1")
-    tasks = get_family(config.task.family).tasks(config.split, config.n_tasks, start=config.task_start)
+    if config.task_file is not None:
+        tasks = [_read_task(Path(config.task_file))]
+    else:
+        tasks = get_family(config.task.family).tasks(config.split, config.n_tasks, start=config.task_start)
     sim = Simulator(tasks[0], n_envs=1, seed=0)
     if (sim.obs_dim, sim.act_dim) != (ckpt.spec.obs_dim, ckpt.spec.act_dim):
         raise UserError(f"operator {config.operator_path} improves policies with obs {ckpt.spec.obs_dim} / act "
-                        f"{ckpt.spec.act_dim} but {config.task.family} has obs {sim.obs_dim} / act {sim.act_dim}")
+                        f"{ckpt.spec.act_dim} but {tasks[0].family} has obs {sim.obs_dim} / act {sim.act_dim}")
     seen = set(ckpt.tasks) & {t.name for t in tasks}
     if seen:
         raise UserError(f"tasks {sorted(seen)} were used to train this operator; apply on another split or range")

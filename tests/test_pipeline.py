@@ -11,7 +11,7 @@ from metaimprove.apply import ApplyConfig, apply
 from metaimprove.features import FeatureConfig
 from metaimprove.operator import ImprovementOperator, OperatorCheckpoint, OperatorConfig
 from metaimprove.policy import PolicySpec
-from metaimprove.tasks import TaskConfig
+from metaimprove.tasks import Task, TaskConfig, get_family
 
 PIPELINE = [f"teacher.{k}={v}" for k, v in TINY_TEACHER.items()] + [
     "n_tasks=3", "iterations=6", "max_epochs=2", "test_tasks=1", "test_seeds=2", "applications=2", "workers=1",
@@ -59,6 +59,21 @@ def test_apply_is_seeded(pipeline_run: pathlib.Path, tmp_path: pathlib.Path) -> 
     apply(ApplyConfig(out=str(tmp_path / "a"), **config))
     apply(ApplyConfig(out=str(tmp_path / "b"), **config))
     assert _curves(tmp_path / "a" / "curves.csv") == _curves(tmp_path / "b" / "curves.csv")
+
+
+def test_apply_on_an_explicit_task(pipeline_run: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    task = Task("halfcheetah_vel", "custom", 7, (("target_velocity", 1.25),),
+                get_family("halfcheetah_vel").task("test", 0).physics)
+    (tmp_path / "task.json").write_text(task.to_json())
+    result = run_cli(["apply", f"operator_path={pipeline_run / 'operator' / 'operator.safetensors'}",
+                      f"task_file={tmp_path / 'task.json'}", "seeds=1", "applications=1", "methods=[operator]",
+                      "workers=1", f"out={tmp_path / 'out'}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert {r["task"] for r in _curves(tmp_path / "out" / "curves.csv")} == {"halfcheetah_vel/custom/7"}
+    (tmp_path / "bad.json").write_text("{not json")
+    result = run_cli(["apply", f"operator_path={pipeline_run / 'operator' / 'operator.safetensors'}",
+                      f"task_file={tmp_path / 'bad.json'}", f"out={tmp_path / 'out2'}"], cwd=tmp_path)
+    assert result.returncode == 2 and "is not JSON" in result.stderr and not (tmp_path / "out2").exists()
 
 
 def test_plot_stage_draws_any_curve_files(pipeline_run: pathlib.Path, tmp_path: pathlib.Path) -> None:
