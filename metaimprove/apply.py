@@ -31,7 +31,7 @@ from metaimprove.envs import mujoco_log
 from metaimprove.errors import UserError
 from metaimprove.features import encode, next_normalizer, stack
 from metaimprove.operator import ImprovementOperator, OperatorCheckpoint
-from metaimprove.policy import ObsNormalizer, Policy, init_params
+from metaimprove.policy import ObsNormalizer, Policy, init_params, load_policy
 from metaimprove.rollout import Collector, Simulator, evaluate
 from metaimprove.tasks import Task, TaskConfig, get_family
 from metaimprove.teachers import PPO, PPOConfig
@@ -60,6 +60,8 @@ class ApplyConfig:
     """index of the first task"""
     task_file: str | None = None
     """a JSON file holding one task (``Task.to_json()``, explicit parameters and physics) to apply on instead"""
+    init: str | None = None
+    """a policy file (``policy.save_policy``) every run starts from, instead of fresh initializations"""
     seeds: int = 5
     """seeds per task (each: its own fresh initialization, collection and evaluation seeds)"""
     applications: int = 20
@@ -139,7 +141,7 @@ def _run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], di
     op, ckpt = OperatorCheckpoint.load(config.operator_path)
     cfg = teacher_config(ckpt)
     batch = cfg.n_envs * cfg.n_steps
-    start = start_policy(ckpt, job.seed)
+    start = load_policy(Path(config.init)) if config.init is not None else start_policy(ckpt, job.seed)
     eval_seed = 1_000_003 * job.seed + 17
 
     def row(i: int, policy: Policy) -> dict[str, object]:
@@ -196,6 +198,10 @@ def _validate(config: ApplyConfig, ckpt: OperatorCheckpoint) -> list[Task]:
     if (sim.obs_dim, sim.act_dim) != (ckpt.spec.obs_dim, ckpt.spec.act_dim):
         raise UserError(f"operator {config.operator_path} improves policies with obs {ckpt.spec.obs_dim} / act "
                         f"{ckpt.spec.act_dim} but {tasks[0].family} has obs {sim.obs_dim} / act {sim.act_dim}")
+    if config.init is not None:
+        init = load_policy(Path(config.init))
+        if init.spec != ckpt.spec:
+            raise UserError(f"initial policy {config.init} has spec {init.spec} but the operator improves {ckpt.spec}")
     seen = set(ckpt.tasks) & {t.name for t in tasks}
     if seen:
         raise UserError(f"tasks {sorted(seen)} were used to train this operator; apply on another split or range")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -239,3 +240,37 @@ def fold_normalizer(spec: PolicySpec, theta: torch.Tensor, norm: ObsNormalizer,
     blocks["W0"].copy_(w0 * (s_c / s))
     blocks["b0"].copy_(blocks["b0"] + w0 @ ((m_c - m) / s))
     return out
+
+
+POLICY_FORMAT = "metaimprove.policy"
+
+
+def save_policy(path: str | Path, policy: Policy) -> None:
+    """Write a policy (θ and its normalizer as safetensors, its spec as JSON), atomically."""
+    from metaimprove.storage import save_tensors
+
+    norm = policy.normalizer
+    save_tensors(path, {"theta": policy.theta.detach().float(), "norm_mean": torch.as_tensor(norm.mean),
+                        "norm_var": torch.as_tensor(norm.var), "norm_count": torch.tensor([norm.count])},
+                 {"format": POLICY_FORMAT, "policy_spec": policy.spec.to_dict()})
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read a policy written by :func:`save_policy`, validating shapes and values (one-line errors)."""
+    from metaimprove.storage import load_tensors
+
+    tensors, meta = load_tensors(path)
+    if meta.get("format") != POLICY_FORMAT:
+        raise UserError(f"{path} is not a policy file (format {meta.get('format')!r})")
+    spec = PolicySpec.from_dict(meta.get("policy_spec", {}))
+    try:
+        theta, mean, var = tensors["theta"], tensors["norm_mean"], tensors["norm_var"]
+        count = float(tensors["norm_count"][0])
+    except (KeyError, IndexError) as exc:
+        raise UserError(f"policy file {path} lacks {exc}") from exc
+    if theta.shape != (spec.n_params,) or mean.shape != (spec.obs_dim,) or var.shape != (spec.obs_dim,):
+        raise UserError(f"policy file {path}: θ {tuple(theta.shape)} / normalizer {tuple(mean.shape)} do not match "
+                        f"its spec ({spec.n_params} parameters, {spec.obs_dim} observations)")
+    if not (torch.isfinite(theta).all() and torch.isfinite(mean).all() and (var > 0).all()):
+        raise UserError(f"policy file {path} holds non-finite parameters or non-positive variances")
+    return Policy(spec, theta.float(), ObsNormalizer(mean.double().numpy(), var.double().numpy(), count))

@@ -7,10 +7,11 @@ import pytest
 import torch
 from conftest import TINY_TEACHER, run_cli
 
-from metaimprove.apply import ApplyConfig, apply
+from metaimprove.apply import ApplyConfig, apply, start_policy
 from metaimprove.features import FeatureConfig
 from metaimprove.operator import ImprovementOperator, OperatorCheckpoint, OperatorConfig
-from metaimprove.policy import PolicySpec
+from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, save_policy
+from metaimprove.rollout import evaluate
 from metaimprove.tasks import Task, TaskConfig, get_family
 
 PIPELINE = [f"teacher.{k}={v}" for k, v in TINY_TEACHER.items()] + [
@@ -74,6 +75,25 @@ def test_apply_on_an_explicit_task(pipeline_run: pathlib.Path, tmp_path: pathlib
     result = run_cli(["apply", f"operator_path={pipeline_run / 'operator' / 'operator.safetensors'}",
                       f"task_file={tmp_path / 'bad.json'}", f"out={tmp_path / 'out2'}"], cwd=tmp_path)
     assert result.returncode == 2 and "is not JSON" in result.stderr and not (tmp_path / "out2").exists()
+
+
+def test_apply_from_a_given_policy(pipeline_run: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    _, ckpt = OperatorCheckpoint.load(pipeline_run / "operator" / "operator.safetensors")
+    given = start_policy(ckpt, seed=12345)
+    save_policy(tmp_path / "init.safetensors", given)
+    result = run_cli(["apply", f"operator_path={pipeline_run / 'operator' / 'operator.safetensors'}",
+                      f"init={tmp_path / 'init.safetensors'}", "n_tasks=1", "seeds=1", "applications=1",
+                      "methods=[no_update]", "workers=1", f"out={tmp_path / 'out'}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    task = get_family("halfcheetah_vel").task("test", 0)
+    start = next(r for r in _curves(tmp_path / "out" / "curves.csv") if r["env_steps"] == "0")
+    assert float(start["return"]) == pytest.approx(evaluate(given, task, 8, seed=17), rel=1e-6)
+    other = Policy(PolicySpec(17, 6, hidden=(16,)), torch.zeros(PolicySpec(17, 6, hidden=(16,)).n_params),
+                   ObsNormalizer.identity(17))
+    save_policy(tmp_path / "other.safetensors", other)
+    result = run_cli(["apply", f"operator_path={pipeline_run / 'operator' / 'operator.safetensors'}",
+                      f"init={tmp_path / 'other.safetensors'}", f"out={tmp_path / 'out2'}"], cwd=tmp_path)
+    assert result.returncode == 2 and "initial policy" in result.stderr and not (tmp_path / "out2").exists()
 
 
 def test_plot_stage_draws_any_curve_files(pipeline_run: pathlib.Path, tmp_path: pathlib.Path) -> None:

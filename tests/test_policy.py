@@ -72,3 +72,20 @@ def test_wrong_theta_size_is_a_clear_error():
         SPEC.unflatten(torch.zeros(10))
     with pytest.raises(UserError, match="unknown activation"):
         PolicySpec(17, 6, activation="gelu2")
+
+
+def test_policy_file_round_trip_and_refusals(tmp_path):
+    from metaimprove.policy import load_policy, save_policy
+
+    rng = np.random.default_rng(0)
+    policy = Policy(SPEC, init_params(SPEC, torch.Generator().manual_seed(3)),
+                    ObsNormalizer(rng.normal(size=17), rng.uniform(0.5, 2.0, 17), count=42.0))
+    save_policy(tmp_path / "p.safetensors", policy)
+    again = load_policy(tmp_path / "p.safetensors")
+    assert again.spec == SPEC and torch.equal(again.theta, policy.theta) and again.normalizer.count == 42.0
+    np.testing.assert_array_equal(again.normalizer.var, policy.normalizer.var)
+    bad = Policy(SPEC, policy.theta.clone(), policy.normalizer)
+    bad.theta[5] = float("nan")
+    save_policy(tmp_path / "nan.safetensors", bad)
+    with pytest.raises(UserError, match="non-finite"):
+        load_policy(tmp_path / "nan.safetensors")
