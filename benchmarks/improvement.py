@@ -72,7 +72,8 @@ def step_time_ratio(operator_path: str, family: str, ask_k: int, reps: int = 15)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer applications (under 10 minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true",
+                        help="10 applications, outputs in a temporary directory (under 10 minutes on 2 cores)")
     parser.add_argument("--operator", default=str(RESULTS / "operators" / "halfcheetah_vel.safetensors"))
     parser.add_argument("--family", default="halfcheetah_vel")
     parser.add_argument("--split", default="test")
@@ -110,15 +111,19 @@ def main() -> None:
         "operator_step_vs_ppo_update_time": f"{time_ratio:.3f}",
         "steps_ratio_to_ppo": f"{reach_ratio(bands['operator'], bands['ppo'], budget):.3f}",
     }
-    RESULTS.mkdir(exist_ok=True)
-    shutil.copy(run_dir / "curves.csv", RESULTS / "improvement.csv")
-    plot_curves(curves, RESULTS / "improvement.png", budget=budget)
-    with (RESULTS / "improvement_summary.csv").open("w", newline="") as f:
+    # Only the full run is committed; a quick run leaves results/ alone and writes beside its curves.
+    target = run_dir if args.quick else RESULTS
+    target.mkdir(exist_ok=True)
+    if not args.quick:
+        shutil.copy(run_dir / "curves.csv", target / "improvement.csv")
+    plot_curves(curves, target / "improvement.png", budget=budget)
+    with (target / "improvement_summary.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["name", "value"])
         writer.writerows(figures.items())
     for name, value in figures.items():
         print(f"{name}: {value}")
+    print(f"outputs: {target}")
 
 
 if __name__ == "__main__":
