@@ -160,7 +160,7 @@ stage("plot", "metaimprove.plot:run_plot")(PlotConfig)
        groups={"task": "halfcheetah_vel", "teacher": "ppo", "operator": "per_param"})
 @dataclass
 class PipelineConfig:
-    """Collect → train → apply → plot end to end (small default: ~5 minutes on 2 cores)."""
+    """Collect → train → apply → plot end to end (small default: within 15 minutes on 2 cores)."""
 
     task: TaskConfig = MISSING
     """the task family (config group: task=<family>)"""
