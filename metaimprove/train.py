@@ -134,9 +134,10 @@ def _identity_loss(pairs: Pairs, index: torch.Tensor, config: TrainConfig, pair_
 
 
 def fit(op: ImprovementOperator, pairs: Pairs, train_idx: torch.Tensor, val_idx: torch.Tensor,
-        config: TrainConfig, on_best: Callable[[int, float], None] | None = None) -> list[dict[str, float]]:
+        config: TrainConfig, on_best: Callable[[int, float, float], None] | None = None) -> list[dict[str, float]]:
     """Train ``op`` on ``train_idx`` pairs with early stopping on the ``val_idx`` loss (the training loss if there
-    is no validation set). Calls ``on_best(epoch, val_loss)`` at each improvement; returns per-epoch metrics."""
+    is no validation set). Calls ``on_best(epoch, val_loss, identity_loss)`` at each improvement (the loss of
+    θ' = θ on the same pairs); returns per-epoch metrics."""
     opt = torch.optim.AdamW(op.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     weight = pair_weights(pairs, train_idx, config)
@@ -164,7 +165,7 @@ def fit(op: ImprovementOperator, pairs: Pairs, train_idx: torch.Tensor, val_idx:
         if monitored < best:
             best, best_epoch = monitored, epoch
             if on_best is not None:
-                on_best(epoch, monitored)
+                on_best(epoch, monitored, identity)
         elif epoch - best_epoch >= config.patience:
             break
     return rows
@@ -191,10 +192,8 @@ def train(config: TrainConfig) -> Path:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "operator.safetensors"
-    identity = _identity_loss(pairs, val_idx if len(val_idx) else train_idx, config,
-                              pair_weights(pairs, train_idx, config))
 
-    def save(epoch: int, loss: float) -> None:
+    def save(epoch: int, loss: float, identity: float) -> None:
         checkpoint.save(path, op, summary={"best_epoch": epoch, "val_loss": loss, "val_identity_loss": identity,
                                            "train_tasks": len(train_tasks), "val_tasks": len(val_tasks)})
 
@@ -206,6 +205,7 @@ def train(config: TrainConfig) -> Path:
         writer.writerows(rows)
     tmp.replace(out / "metrics.csv")
     best = min(rows, key=lambda r: r["val_loss"] if len(val_idx) else r["train_loss"])
-    print(f"best epoch {best['epoch']}: validation loss {best['val_loss']:.4f} (θ'=θ scores {identity:.4f}); "
+    print(f"best epoch {best['epoch']}: validation loss {best['val_loss']:.4f} "
+          f"(θ'=θ scores {best['val_identity_loss']:.4f}); "
           f"checkpoint {path}", flush=True)
     return path
