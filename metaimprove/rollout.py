@@ -30,8 +30,9 @@ class Experience:
     ``obs[t]`` is the raw observation the action ``action[t]`` was taken in; ``action`` holds the
     unclipped Gaussian samples (the env received them clipped to [-1, 1]) and ``log_prob`` their
     log-density. An episode that hit the time limit (or the end of the batch) has ``truncated``;
-    one that ended for good (the robot fell: Hopper, Walker, Ant; or its simulation blew up) has ``terminated``. ``trunc_obs[k]`` is the observation that
-    followed the truncation at ``trunc_index[k] = (t, e)``, for value bootstrapping.
+    one that ended for good (the robot fell: Hopper, Walker, Ant; or its simulation blew up) has
+    ``terminated``. ``trunc_obs[k]`` is the observation that followed the truncation at
+    ``trunc_index[k] = (t, e)``, for value bootstrapping.
     """
 
     obs: torch.Tensor  # [T, E, obs] float32

@@ -84,7 +84,7 @@ def test_nominal_env_steps_like_gymnasium_v5(family):
     rng = np.random.default_rng(0)
     for t in range(60):
         action = rng.uniform(-1, 1, ours.action_space.shape)
-        obs, reward, terminated, _, info = ours.step(action)
+        obs, reward, terminated, *_ = ours.step(action)
         twin_obs, twin_reward, twin_terminated, _, twin_info = twin.step(action)
         np.testing.assert_array_equal(obs, twin_obs)
         assert terminated == twin_terminated

@@ -33,7 +33,7 @@ def test_ant_goal_ood_goals_lie_beyond_training_goals():
     ood = [t.param("goal_radius") for t in fam.tasks("ood", 30)]
     assert max(train) <= 2.0 <= min(ood) and max(ood) <= 3.0
     angles = [t.param("goal_angle") for t in fam.tasks("train", 30)]
-    assert 0.0 <= min(angles) and max(angles) < 2 * np.pi and max(angles) - min(angles) > np.pi
+    assert min(angles) >= 0.0 and max(angles) < 2 * np.pi and max(angles) - min(angles) > np.pi
 
 
 def test_sampling_is_seeded_and_index_stable():
