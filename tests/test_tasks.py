@@ -118,3 +118,13 @@ def test_corrupt_task_json_is_refused():
         Task.from_dict(bad)
     with pytest.raises(UserError, match="invalid task"):
         Task.from_dict({"family": "halfcheetah_vel"})
+
+
+def test_tasks_listing_shows_each_family_cost(capsys):
+    from metaimprove.cli import list_tasks
+    from metaimprove.config import TasksConfig
+
+    list_tasks(TasksConfig(family="hopper_rand_params"))
+    out = capsys.readouterr().out
+    assert "terminates when it falls" in out
+    assert "× a halfcheetah_vel env step" in out and "results/family_cost.csv" in out
