@@ -221,7 +221,7 @@ def read_vecnormalize(path: str | Path, obs_dim: int) -> ObsNormalizer:
         raise UserError(f"{path}: VecNormalize clips observations at ±{clip:g}; only ±{OBS_CLIP:g} (SB3's default) "
                         "is representable")
     # Same √(var + ε) under both conventions: our ε is NORM_EPS.
-    return ObsNormalizer(mean, var + epsilon - NORM_EPS, float(count), frozen=True)
+    return ObsNormalizer(mean, var + epsilon - NORM_EPS, float(count))
 
 
 class _Record:
