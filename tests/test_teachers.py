@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import itertools
 import math
+import pathlib
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 
+from metaimprove.collect import collect
+from metaimprove.dataset import PairConfig, build_pairs
 from metaimprove.envs import default_task
 from metaimprove.errors import UserError
+from metaimprove.features import FeatureConfig
 from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, forward, init_params, log_prob
 from metaimprove.teachers import ARS, PPO, ARSConfig, ImprovementRecord, PPOConfig, gae_advantages
 
@@ -268,3 +273,13 @@ def test_ars_rejects_a_policy_of_the_wrong_shape() -> None:
     policy = Policy(spec, init_params(spec, torch.Generator().manual_seed(0)), ObsNormalizer.identity(5))
     with pytest.raises(UserError, match="obs/act dims"):
         ARS().start(default_task("halfcheetah_vel"), policy, seed=0)
+
+
+def test_ars_collection_makes_a_dataset_the_pair_builder_reads(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "data"
+    collect(tiny_config(out, teacher=ARSConfig(n_directions=2, top_b=1, n_steps=32), n_tasks=2, seeds=1, workers=1))
+    pairs = build_pairs(out, PairConfig(ks=[1, 2]), FeatureConfig(n_transitions=32, n_states=32))
+    assert pairs.teacher["name"] == "ars"
+    assert len(pairs.targets) == 2  # per run, k = 1 from n = 0 (a target θⁿ⁺ᵏ needs its own τⁿ⁺ᵏ)
+    assert torch.isfinite(pairs.targets).all()
+    assert all(torch.isfinite(v).all() for v in pairs.items.values() if v.is_floating_point())
