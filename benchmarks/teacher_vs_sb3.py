@@ -29,7 +29,7 @@ Usage::
 
     python benchmarks/teacher_vs_sb3.py --quick              # ~2 min, writes to a temporary directory
     python benchmarks/teacher_vs_sb3.py                      # PPO, full: 2 tasks × 5 seeds × 64 updates, 10-20 min
-    python benchmarks/teacher_vs_sb3.py --teacher ars        # ARS, full: 1 task × 5 seeds × 40 updates, ~15-20 min
+    python benchmarks/teacher_vs_sb3.py --teacher ars        # ARS, full: 1 task × 5 seeds × 20 updates, 10-30 min
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ def _run_sb3_ars(task: Task, seed: int, iterations: int) -> tuple[list[float], l
 
 COMPARISONS = {
     "ppo": Comparison("metaimprove PPO", "SB3 PPO", _run_sb3_ppo, 64, 12, (0, 1), "teacher_vs_sb3"),
-    "ars": Comparison("metaimprove ARS", "sb3-contrib ARS", _run_sb3_ars, 40, 5, (0,), "ars_vs_sb3"),
+    "ars": Comparison("metaimprove ARS", "sb3-contrib ARS", _run_sb3_ars, 20, 3, (0,), "ars_vs_sb3"),
 }
 
 

@@ -428,7 +428,7 @@ def _init_value_params(spec: PolicySpec, generator: torch.Generator) -> torch.Te
 
 @dataclass
 class ARSConfig:
-    """ARS V2-t hyperparameters (sb3-contrib's update rule; defaults: its lr, the paper's HalfCheetah ν and b/N)."""
+    """ARS V2-t hyperparameters (defaults: sb3-contrib's N and α, the paper's HalfCheetah ν, the top half as b)."""
 
     n_directions: int = 8
     """N: random directions per update; each is rolled out as θ + νδ and θ - νδ (2N envs)"""
