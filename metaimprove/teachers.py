@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from metaimprove.errors import UserError
-from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, forward, log_prob
+from metaimprove.policy import NORM_EPS, OBS_CLIP, ObsNormalizer, Policy, PolicySpec, forward, log_prob
 from metaimprove.rollout import Collector, Experience
 from metaimprove.tasks import Task
 
@@ -220,14 +220,8 @@ class PPO(Teacher):
         """
         cfg = self.config
         self._collector = Collector(task, cfg.n_envs, seed)
-        sim = self._collector.sim
+        _check_policy(policy, self._collector, self.name)
         spec = policy.spec
-        if (spec.obs_dim, spec.act_dim) != (sim.obs_dim, sim.act_dim):
-            raise UserError(f"policy has obs/act dims {spec.obs_dim}/{spec.act_dim} but task {task.name} "
-                            f"needs {sim.obs_dim}/{sim.act_dim}")
-        if policy.theta.shape != (spec.n_params,):
-            raise UserError(f"PPO improves one policy: θ must have shape ({spec.n_params},), "
-                            f"got {tuple(policy.theta.shape)}")
         theta = policy.theta.detach().to(torch.float32).clone()
         self._policy = Policy(spec, theta, policy.normalizer.copy())
         self._value_spec = PolicySpec(spec.obs_dim, 1, tuple(cfg.value_hidden), "tanh")
@@ -432,10 +426,182 @@ def _init_value_params(spec: PolicySpec, generator: torch.Generator) -> torch.Te
     return phi
 
 
-__all__ = ["PPO", "ImprovementRecord", "ObsNormalizer", "PPOConfig", "Teacher", "gae_advantages"]
+@dataclass
+class ARSConfig:
+    """ARS V2-t hyperparameters (defaults: sb3-contrib's N and α, the paper's HalfCheetah ν, the top half as b)."""
+
+    n_directions: int = 8
+    """N: random directions per update; each is rolled out as θ + νδ and θ - νδ (2N envs)"""
+    top_b: int = 4
+    """b: the directions with the largest max(r⁺, r⁻) that enter the update (1 <= b <= N)"""
+    lr: float = 0.02
+    """step size α"""
+    noise_std: float = 0.03
+    """ν: standard deviation of the parameter perturbations"""
+    n_steps: int = 256
+    """steps per perturbed rollout (one whole episode at the default episode length)"""
 
 
-TEACHERS: dict[str, tuple[type, type[Teacher]]] = {"ppo": (PPOConfig, PPO)}
+class ARS(Teacher):
+    """Augmented Random Search V2-t (Mania et al. 2018) on the batched :class:`~metaimprove.rollout.Collector`.
+
+    ARS improves the deterministic policy (the mean action; ``log_std`` is neither perturbed nor changed) by
+    finite differences along random directions of every weight and bias of θ — the MLP of the
+    :class:`PolicySpec`, or a linear policy if it has no hidden layers. One update, as sb3-contrib's ``ARS``:
+
+    1. draw δ₁ … δ_N ~ N(0, I) over the weights and biases;
+    2. roll out θ + νδ_k and θ - νδ_k for ``n_steps`` each: return r_k⁺, r_k⁻ (sum of the rollout's rewards);
+    3. keep the b directions with the largest max(r_k⁺, r_k⁻) ("-t");
+    4. θ ← θ + α / (b·σ_R + 1e-6) · Σ_top (r_k⁺ - r_k⁻) δ_k, with σ_R the (n-1) standard deviation of the 2b
+       kept returns.
+
+    All 2N perturbed policies run as one batch of 2N envs, env e with its own θ_e.
+
+    Observation normalization (V2): the rollouts use θⁿ's statistics frozen; ``improve`` then folds every
+    state they visited into a copy of the statistics, and θⁿ⁺¹ is paired with that copy. This is exactly the
+    policy ARS V2 runs next (its parameter step is taken in the old coordinates and deployed with the new
+    statistics, as in the original implementation's per-iteration filter sync).
+
+    Args:
+        config: hyperparameters (default :class:`ARSConfig`).
+    """
+
+    name = "ars"
+
+    def __init__(self, config: ARSConfig | None = None) -> None:
+        self.config = config or ARSConfig()
+        cfg = self.config
+        if cfg.n_directions < 1 or cfg.n_steps < 1:
+            raise UserError(f"ARS needs n_directions >= 1 and n_steps >= 1, got {cfg.n_directions} and {cfg.n_steps}")
+        if not 1 <= cfg.top_b <= cfg.n_directions:
+            raise UserError(f"ARS top_b must lie in [1, n_directions={cfg.n_directions}], got {cfg.top_b}")
+        if not (cfg.lr > 0 and cfg.noise_std > 0 and math.isfinite(cfg.lr) and math.isfinite(cfg.noise_std)):
+            raise UserError(f"ARS lr and noise_std must be positive and finite, got {cfg.lr} and {cfg.noise_std}")
+        self.last_stats: dict[str, float] = {}
+        """diagnostics of the last update: return_std (σ_R), step_size (α/(b·σ_R + 1e-6)), step_norm"""
+        self._collector: Collector | None = None
+        self._policy: Policy | None = None
+        self._deltas: torch.Tensor | None = None
+
+    @property
+    def steps_per_update(self) -> int:
+        """Environment steps collected per update (``2 × n_directions × n_steps``)."""
+        return 2 * self.config.n_directions * self.config.n_steps
+
+    @property
+    def policy(self) -> Policy:
+        """The current policy θ with the normalizer it collects with."""
+        if self._policy is None:
+            raise RuntimeError("ARS.start() must be called first")
+        return self._policy
+
+    def start(self, task: Task, policy: Policy, seed: int) -> None:
+        """Begin a run on ``task`` from a copy of ``policy`` with a fresh collector of 2N envs.
+
+        ``seed`` seeds the initial states and the directions δ: the same seed gives bitwise the same run.
+        """
+        self._collector = Collector(task, 2 * self.config.n_directions, seed)
+        _check_policy(policy, self._collector, self.name)
+        self._policy = Policy(policy.spec, policy.theta.detach().to(torch.float32).clone(), policy.normalizer.copy())
+        # Everything before log_std: every weight and bias.
+        self._n_perturbed = policy.spec.layout()[-1][2]
+        self._gen = torch.Generator().manual_seed(seed)
+        self._deltas = None
+
+    def collect(self) -> Experience:
+        """Roll out the 2N perturbed policies of a fresh draw of directions, one env each, normalizer frozen.
+
+        Returns their experience ``[n_steps, 2N, ...]``: env k < N ran θ + νδ_k, env N + k ran θ - νδ_k,
+        deterministically (actions are the perturbed means). ``log_prob`` is recomputed as the log-density
+        of those actions under the current (unperturbed) θ's Gaussian, so that τ relates to θ like a PPO batch.
+        :meth:`improve` must be given this experience: it pairs it with the directions drawn here.
+        """
+        if self._collector is None:
+            raise RuntimeError("ARS.start() must be called first")
+        cfg, policy = self.config, self.policy
+        deltas = torch.randn(cfg.n_directions, self._n_perturbed, generator=self._gen)
+        step = torch.zeros(cfg.n_directions, policy.spec.n_params)
+        step[:, :self._n_perturbed] = cfg.noise_std * deltas
+        thetas = torch.cat([policy.theta + step, policy.theta - step])
+        exp = self._collector.collect(_Perturbed(policy.spec, thetas, policy.normalizer), cfg.n_steps,
+                                      deterministic=True)
+        self._deltas = deltas
+        exp.log_prob = policy.log_prob(exp.obs, exp.action)
+        return exp
+
+    def improve(self, experience: Experience) -> Policy:
+        """One ARS step from the returns of :meth:`collect`'s perturbed rollouts; returns θⁿ⁺¹ (updated normalizer)."""
+        if self._deltas is None:
+            raise RuntimeError("ARS.improve() needs the experience of the preceding ARS.collect()")
+        cfg, old, deltas = self.config, self.policy, self._deltas
+        self._deltas = None
+        returns = experience.reward.sum(0)
+        plus, minus = returns[:cfg.n_directions], returns[cfg.n_directions:]
+        top = torch.argsort(torch.maximum(plus, minus), descending=True, stable=True)[:cfg.top_b]
+        plus, minus = plus[top], minus[top]
+        return_std = float(torch.cat([plus, minus]).std())
+        step_size = cfg.lr / (cfg.top_b * return_std + 1e-6)
+        step = step_size * ((plus - minus) @ deltas[top])
+        theta = old.theta.clone()
+        theta[:self._n_perturbed] += step
+        norm = old.normalizer.copy()
+        norm.update(experience.obs.numpy())
+        self._policy = Policy(old.spec, theta, norm)
+        self.last_stats = {"return_std": return_std, "step_size": step_size, "step_norm": float(step.norm())}
+        return self._policy
+
+
+class _Perturbed(Policy):
+    """A batch of policies θ ``[E, P]`` sharing one normalizer; env e of the collector runs θ_e."""
+
+    def actor(self) -> _PerturbedActor:  # type: ignore[override]
+        """The batch's mean actions as numpy, one θ per env."""
+        return _PerturbedActor(self)
+
+
+class _PerturbedActor:
+    """Mean actions of a batch of θs, row e of the observations through θ_e, in float64 numpy as NumpyActor."""
+
+    def __init__(self, policies: _Perturbed) -> None:
+        spec = policies.spec
+        blocks = {k: v.detach().double().numpy() for k, v in spec.unflatten(policies.theta).items()}
+        n_layers = len(spec.layer_sizes)
+        self._weights = [(blocks[f"W{i}"].transpose(0, 2, 1).copy(), blocks[f"b{i}"][:, None, :])
+                         for i in range(n_layers)]
+        self._tanh = spec.activation == "tanh"
+        self.std = np.exp(blocks["log_std"])
+        self._mean = policies.normalizer.mean
+        self._inv_std = 1.0 / np.sqrt(policies.normalizer.var + NORM_EPS)
+
+    def mean(self, obs: np.ndarray) -> np.ndarray:
+        """Action means ``[E, act]`` for raw observations ``[E, obs]``."""
+        h = (obs - self._mean) * self._inv_std
+        np.minimum(np.maximum(h, -OBS_CLIP, out=h), OBS_CLIP, out=h)
+        h = h[:, None, :]
+        last = len(self._weights) - 1
+        for i, (w, b) in enumerate(self._weights):
+            h = h @ w
+            h += b
+            if i < last:
+                h = np.tanh(h, out=h) if self._tanh else np.maximum(h, 0.0, out=h)
+        return h[:, 0, :]
+
+
+def _check_policy(policy: Policy, collector: Collector, teacher: str) -> None:
+    """Refuse a policy whose shapes do not fit the collector's task, or a batch of θs (one line each)."""
+    spec, sim = policy.spec, collector.sim
+    if (spec.obs_dim, spec.act_dim) != (sim.obs_dim, sim.act_dim):
+        raise UserError(f"policy has obs/act dims {spec.obs_dim}/{spec.act_dim} but task {sim.task.name} "
+                        f"needs {sim.obs_dim}/{sim.act_dim}")
+    if policy.theta.shape != (spec.n_params,):
+        raise UserError(f"{teacher.upper()} improves one policy: θ must have shape ({spec.n_params},), "
+                        f"got {tuple(policy.theta.shape)}")
+
+
+__all__ = ["ARS", "PPO", "ARSConfig", "ImprovementRecord", "ObsNormalizer", "PPOConfig", "Teacher", "gae_advantages"]
+
+
+TEACHERS: dict[str, tuple[type, type[Teacher]]] = {"ppo": (PPOConfig, PPO), "ars": (ARSConfig, ARS)}
 """teacher option name -> (its config dataclass, the teacher class built from it)"""
 
 

@@ -15,7 +15,7 @@ from metaimprove.collect import CollectConfig, load_manifest, verify_dataset
 from metaimprove.config import STAGES, field_docs, stage
 from metaimprove.errors import UserError
 from metaimprove.tasks import load_families
-from metaimprove.teachers import PPOConfig
+from metaimprove.teachers import TEACHERS, PPOConfig
 
 SMALL = [*TINY_OVERRIDES, "n_tasks=1", "seeds=1", "iterations=1", "workers=1"]
 
@@ -39,7 +39,7 @@ def test_stage_help_shows_groups_and_every_setting_with_its_doc(capsys: pytest.C
     code, out, _ = _main(["collect", "--help"], capsys)
     assert code == 0
     assert "task=" + "|".join(sorted(load_families())).replace("halfcheetah_vel", "halfcheetah_vel*") in out
-    assert "teacher=ppo*" in out
+    assert "teacher=" + "|".join(sorted(TEACHERS)).replace("ppo", "ppo*") in out
     docs = field_docs(CollectConfig)
     for f in dataclasses.fields(CollectConfig):
         if f.name not in ("task", "teacher"):
