@@ -295,7 +295,8 @@ def render(table: dict[tuple[str, str], tuple[Estimate, float]], labels: list[st
         "`test`: new draws inside the training ranges; `ood`: target velocities and masses outside them. "
         f"`@train_init`: started from the training runs' initialization instead of a fresh one. "
         "IQM over tasks × seeds with 95% stratified-bootstrap CIs; `steps_ratio_to_ppo`: env steps to reach PPO's "
-        "IQM return at B (same start) over PPO's own (inf: never within B; 0: already there at the start).",
+        "IQM return at B (same start) over PPO's own (inf: never within B; 0: already there at the start; nan: PPO "
+        "ends no higher than it started, so there is nothing to reach).",
         "",
         "| method | test: return at B | test: steps_ratio_to_ppo | ood: return at B | ood: steps_ratio_to_ppo |",
         "| --- | --- | --- | --- | --- |",
