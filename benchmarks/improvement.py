@@ -1,24 +1,39 @@
-"""Does the operator improve tasks it never saw, and with how many env steps compared with PPO?
+"""Does the operator beat the baselines on tasks it never saw, and with how many env steps?
 
-Runs ``metaimprove apply`` (operator, PPO from the same start, no update) on held-out ``test`` tasks,
-then prints one ``name: value`` line per figure and writes ``results/improvement.csv`` (the curves),
-``results/improvement.png`` and ``results/improvement_summary.csv``:
+Runs ``metaimprove apply`` with every method (the operator, the guarded operator, every teacher, no update,
+the checkpoint baselines, the domain-randomized policy zero-shot and PPO-fine-tuned) on held-out ``test``
+(interpolation) and ``ood`` (extrapolation) tasks, equal env-step budget B per run, from two starts: fresh
+initializations no training run used, and the training runs' own initialization (methods suffixed
+``@train_init``; the other methods do not depend on the start). Writes:
 
-* ``heldout_gain_iqm``: the operator's return gain (final − start) over (task, seed) runs, IQM [95% CI]
-* ``steps_ratio_to_ppo``: env steps the operator needs to reach PPO's IQM return at the budget, over PPO's
-* ``return_ratio_at_budget``: the operator's IQM return gain at the budget over PPO's (1 = as much as PPO;
-  a ratio of gains, because raw returns of these tasks are negative)
-* ``operator_step_vs_ppo_update_time``: wall time of one operator application over one PPO update, same batch,
-  same process (median of 15)
+* ``results/improvement.csv``: every curve (method, task, seed, env_steps, return, fallbacks, split, start)
+* ``results/improvement_<split>.png``: IQM curves with 95% CI bands, B marked
+* ``results/summary.md``: method × split → IQM return at B [95% CI] and ``steps_ratio_to_ppo`` (env steps to reach
+  PPO's IQM return at B over PPO's own, same start), the guarded operator's record, the memorization audit
+  (the operator's final θ distance to its nearest training checkpoint against the distance between two PPO
+  seeds' final θ on one task, all folded into one normalizer), and the key figures as ``name: value``
 
-    python benchmarks/improvement.py [--quick] [--operator results/operators/halfcheetah_vel.safetensors]
+and prints the key figures as ``name: value`` lines. It needs the operator's training dataset, which is not
+in git; recreate it (about 40 CPU-minutes) with::
+
+    metaimprove collect task=halfcheetah_vel n_tasks=32 seeds=1 iterations=48 out=runs/vel32x48
+
+(the settings of ``results/operators/halfcheetah_vel.collect.yaml``). The domain-randomized policy is shipped
+(``results/operators/halfcheetah_vel.dr.safetensors``, from ``metaimprove dr task=halfcheetah_vel n_tasks=32
+iterations=1536``); when it is missing the benchmark trains it first.
+
+    python benchmarks/improvement.py [--quick] [--dataset runs/vel32x48]
+
+Full run: 4 tasks × 5 seeds per split, 30 batches (61,440 env steps) per run. Estimated from per-step costs
+measured on an idle core (collect a batch 0.11 s, evaluate 0.12 s, PPO update 0.16 s): about 60 CPU-minutes with
+PPO and ARS, so ≈ 30–40 minutes on 2 free cores. ``--quick`` (2 tasks × 3 seeds, 10 batches) is about a fifth of
+that and leaves results/ alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import math
 import shutil
 import tempfile
 import time
@@ -27,22 +42,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metaimprove.apply import ApplyConfig, apply, start_policy, teacher_config
+from metaimprove.apply import ApplyConfig, apply, method_names, start_policy, starts_from_theta0, teacher_config
+from metaimprove.baselines import DRConfig, train_dr
+from metaimprove.collect import load_manifest, load_shard
 from metaimprove.features import encode, stack
 from metaimprove.operator import OperatorCheckpoint
-from metaimprove.plot import plot_curves, read_curves
-from metaimprove.stats import Curves, common_grid, curve_band, iqm_ci, reach_ratio, value_at
+from metaimprove.plot import plot_curves, read_curves, select_splits
+from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, fold_normalizer, load_policy
+from metaimprove.stats import Curves, Estimate, common_grid, curve_band, iqm_ci, reach_ratio, step_values
 from metaimprove.tasks import TaskConfig, get_family
 from metaimprove.teachers import PPO
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
-
-
-def gains(curves: Curves, method: str) -> np.ndarray:
-    """Final minus starting return of every run of ``method``, shaped [seeds, tasks]."""
-    runs = curves.where(method=method).runs()
-    return np.array([[r[-1] - r[0] for _, _, r in runs[task]] for task in runs]).T
+OPERATORS = RESULTS / "operators"
+SPLITS = ("test", "ood")
+TRAIN_INIT = "@train_init"
+"""suffix of the methods run from the training runs' initialization"""
 
 
 def step_time_ratio(operator_path: str, family: str, ask_k: int, reps: int = 15) -> float:
@@ -52,7 +68,7 @@ def step_time_ratio(operator_path: str, family: str, ask_k: int, reps: int = 15)
     op, ckpt = OperatorCheckpoint.load(operator_path)
     task = get_family(family).task("test", 0)
     start = start_policy(ckpt, 0)
-    ppo = PPO(teacher_config(ckpt))
+    ppo = PPO(teacher_config(ckpt, "ppo"))
     ppo.start(task, start, seed=0)
     batch = ppo.collect()
     ask = ckpt.default_ask(ask_k).unsqueeze(0)
@@ -70,60 +86,264 @@ def step_time_ratio(operator_path: str, family: str, ask_k: int, reps: int = 15)
     return float(np.median(op_times) / np.median(ppo_times))
 
 
+# ------------------------------------------------------------------------------------------ figures
+
+
+def finals(curves: Curves, budget: float) -> np.ndarray:
+    """Each run's return at the budget (its last evaluation at or before B), shaped [seeds, tasks]."""
+    runs = curves.runs()
+    return np.array([[step_values(s, r, [budget])[0] for _, s, r in runs[t]] for t in runs]).T
+
+
+def starts(curves: Curves) -> np.ndarray:
+    """Each run's first evaluated return, shaped like :func:`finals`."""
+    runs = curves.runs()
+    return np.array([[r[0] for _, _, r in runs[t]] for t in runs]).T
+
+
+def fmt(est: Estimate) -> str:
+    """``iqm [lo, hi]`` with one decimal."""
+    return f"{est.iqm:.1f} [{est.lo:.1f}, {est.hi:.1f}]"
+
+
+def verdict(a: Estimate, b: Estimate) -> str:
+    """``wins`` / ``loses`` when the 95% CIs of a and b do not overlap, else ``ties``."""
+    return "wins" if a.lo > b.hi else "loses" if a.hi < b.lo else "ties"
+
+
+def folded(policy: Policy) -> torch.Tensor:
+    """θ folded into the identity normalizer: one coordinate system for every policy compared."""
+    return fold_normalizer(policy.spec, policy.theta.double(), policy.normalizer,
+                           ObsNormalizer.identity(policy.spec.obs_dim))
+
+
+def training_snapshots(dataset: Path) -> torch.Tensor:
+    """Every θⁿ of every training run of ``dataset`` [runs × (N+1), P], folded (see :func:`folded`)."""
+    out = []
+    for entry in load_manifest(dataset):
+        tensors, meta = load_shard(dataset, entry)
+        spec = PolicySpec.from_dict(meta["policy_spec"])
+        for n in range(len(tensors["theta"])):
+            norm = ObsNormalizer(tensors["norm_mean"][n].numpy(), tensors["norm_var"][n].numpy())
+            out.append(folded(Policy(spec, tensors["theta"][n].float(), norm)))
+    return torch.stack(out)
+
+
+def memorization(run_dir: Path, snapshots: torch.Tensor) -> dict[str, float]:
+    """Median distances (folded θ): operator / PPO final to the nearest training checkpoint, PPO seed to seed."""
+    def load(method: str) -> dict[str, list[torch.Tensor]]:
+        by_task: dict[str, list[torch.Tensor]] = {}
+        for path in sorted((run_dir / "policies" / method).glob("*.safetensors")):
+            by_task.setdefault(path.name.rsplit("-s", 1)[0], []).append(folded(load_policy(path)))
+        return by_task
+
+    def to_nearest(by_task: dict[str, list[torch.Tensor]]) -> float:
+        thetas = torch.stack([t for ts in by_task.values() for t in ts])
+        return float(torch.cdist(thetas, snapshots).min(1).values.median())
+
+    ops, ppos = load("operator"), load("ppo")
+    pairs = [float((a - b).norm()) for ts in ppos.values() for i, a in enumerate(ts) for b in ts[i + 1:]]
+    return {"operator_to_nearest_checkpoint": to_nearest(ops), "ppo_to_nearest_checkpoint": to_nearest(ppos),
+            "ppo_seed_to_seed": float(np.median(pairs))}
+
+
+# ----------------------------------------------------------------------------------------------- run
+
+
+def dataset_or_exit(path: Path) -> Path:
+    """The dataset directory, or exit with the command that recreates it."""
+    if not (path / "manifest.json").exists():
+        raise SystemExit(f"no dataset at {path}: recreate the shipped operator's training data with `metaimprove "
+                         f"collect task=halfcheetah_vel n_tasks=32 seeds=1 iterations=48 out={path}` "
+                         "(results/operators/halfcheetah_vel.collect.yaml), or pass --dataset DIR")
+    return path
+
+
+def dr_policy(path: Path, family: str, quick: bool, scratch: Path) -> Path:
+    """The domain-randomized policy: the shipped file, or one trained now (a short one for --quick)."""
+    if path.exists():
+        return path
+    out = scratch / "dr" if quick else path.parent / "dr_run"
+    print(f"no DR policy at {path}: training it (metaimprove dr) into {out}", flush=True)
+    trained = train_dr(DRConfig(task=TaskConfig(family), iterations=64 if quick else 1536, out=str(out)))
+    if quick:
+        return trained
+    shutil.copy(trained, path)
+    shutil.copy(trained.with_suffix(".json"), path.with_suffix(".json"))
+    shutil.rmtree(out)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="10 applications, outputs in a temporary directory (under 10 minutes on 2 cores)")
-    parser.add_argument("--operator", default=str(RESULTS / "operators" / "halfcheetah_vel.safetensors"))
+    parser.add_argument("--quick", action="store_true", help="2 tasks × 3 seeds, 10 batches; results/ left alone")
+    parser.add_argument("--operator", default=str(OPERATORS / "halfcheetah_vel.safetensors"))
+    parser.add_argument("--dataset", default=str(ROOT / "runs" / "vel32x48"),
+                        help="the operator's training dataset (see the module docstring for the command)")
+    parser.add_argument("--dr-policy", default=str(OPERATORS / "halfcheetah_vel.dr.safetensors"))
     parser.add_argument("--family", default="halfcheetah_vel")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--tasks", type=int, default=4)
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--applications", type=int, default=None)
+    parser.add_argument("--tasks", type=int, default=None, help="tasks per split (default 4; quick 2)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per task (default 5; quick 3)")
+    parser.add_argument("--applications", type=int, default=None, help="budget in batches (default 30; quick 10)")
     parser.add_argument("--ask-k", type=int, default=4,
                         help="jump size to ask for (4 was chosen on validation tasks train/32-35, not on test)")
+    parser.add_argument("--guard-threshold", type=float, default=ApplyConfig.guard_threshold)
+    parser.add_argument("--workers", type=int, default=0)
     args = parser.parse_args()
+    n_tasks = args.tasks or (2 if args.quick else 4)
+    n_seeds = args.seeds or (3 if args.quick else 5)
     applications = args.applications or (10 if args.quick else 30)
-    run_dir = Path(tempfile.mkdtemp(prefix="improvement-"))
-    config = ApplyConfig(operator_path=args.operator, out=str(run_dir), task=TaskConfig(args.family), split=args.split,
-                         n_tasks=args.tasks, seeds=args.seeds, applications=applications, ask_k=args.ask_k)
-    apply(config)
-    curves = read_curves([run_dir / "curves.csv"])
-    grid = common_grid(curves)
-    bands = {m: curve_band(curves.where(method=m), grid) for m in curves.methods()}
-    budget = float(grid[-1])
-    gain = iqm_ci(gains(curves, "operator"))
-    ppo_gain = iqm_ci(gains(curves, "ppo"))
-    start = value_at(bands["no_update"], 0.0)
-    op_final, ppo_final = value_at(bands["operator"], budget), value_at(bands["ppo"], budget)
-    ratio_gain = (op_final - start) / (ppo_final - start) if ppo_final != start else math.nan
-    time_ratio = step_time_ratio(args.operator, args.family, args.ask_k)
-    figures = {
-        "tasks_x_seeds": f"{args.tasks}x{args.seeds} ({args.family}/{args.split})",
-        "ask_k": str(args.ask_k),
-        "budget_env_steps": f"{budget:.0f}",
-        "heldout_gain_iqm": f"{gain.iqm:.2f} [{gain.lo:.2f}, {gain.hi:.2f}]",
-        "ppo_gain_iqm": f"{ppo_gain.iqm:.2f} [{ppo_gain.lo:.2f}, {ppo_gain.hi:.2f}]",
-        "operator_return_at_budget_iqm": f"{op_final:.2f}",
-        "ppo_return_at_budget_iqm": f"{ppo_final:.2f}",
-        "no_update_return_iqm": f"{start:.2f}",
-        "return_ratio_at_budget": f"{ratio_gain:.3f}",
-        "operator_step_vs_ppo_update_time": f"{time_ratio:.3f}",
-        "steps_ratio_to_ppo": f"{reach_ratio(bands['operator'], bands['ppo'], budget):.3f}",
-    }
-    # Only the full run is committed; a quick run leaves results/ alone and writes beside its curves.
-    target = run_dir if args.quick else RESULTS
-    target.mkdir(exist_ok=True)
-    if not args.quick:
-        shutil.copy(run_dir / "curves.csv", target / "improvement.csv")
-    plot_curves(curves, target / "improvement.png", budget=budget)
-    with (target / "improvement_summary.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["name", "value"])
-        writer.writerows(figures.items())
+    dataset = dataset_or_exit(Path(args.dataset))
+    scratch = Path(tempfile.mkdtemp(prefix="improvement-"))
+    dr = dr_policy(Path(args.dr_policy), args.family, args.quick, scratch)
+    began = time.perf_counter()
+    methods = method_names()
+    rows: list[dict[str, object]] = []
+    for split in SPLITS:
+        for start in ("fresh", "train_init"):
+            chosen = methods if start == "fresh" else [m for m in methods if starts_from_theta0(m)]
+            out = scratch / f"{split}-{start}"
+            apply(ApplyConfig(operator_path=args.operator, out=str(out), task=TaskConfig(args.family), split=split,
+                              n_tasks=n_tasks, seeds=n_seeds, applications=applications, methods=chosen,
+                              start=start, dataset=str(dataset), dr_policy=str(dr), ask_k=args.ask_k,
+                              guard_threshold=args.guard_threshold, save_policies=start == "fresh",
+                              workers=args.workers))
+            with (out / "curves.csv").open() as f:
+                for row in csv.DictReader(f):
+                    dependent = starts_from_theta0(row["method"])
+                    suffix = TRAIN_INIT if start == "train_init" else ""
+                    rows.append({**row, "method": row["method"] + suffix, "split": split,
+                                 "start": start if dependent else "any"})
+    apply_minutes = (time.perf_counter() - began) / 60
+    target = scratch if args.quick else RESULTS  # only the full run is committed
+    curves_csv = target / "improvement.csv"
+    with curves_csv.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    curves = read_curves([curves_csv])
+    _, ckpt = OperatorCheckpoint.load(args.operator)
+    batch = teacher_config(ckpt).n_envs * teacher_config(ckpt).n_steps
+    budget = float(applications * batch)
+    labels = [label for m in methods for label in ((m, m + TRAIN_INIT) if starts_from_theta0(m) else (m,))]
+    table: dict[tuple[str, str], tuple[Estimate, float]] = {}
+    for split in SPLITS:
+        in_split = select_splits(curves, [split])
+        plot_curves(in_split, target / f"improvement_{split}.png", budget=budget)
+        bands = {m: curve_band(in_split.where(method=m), common_grid(in_split.where(method=m))) for m in labels}
+        for label in labels:
+            ppo = "ppo" + (TRAIN_INIT if label.endswith(TRAIN_INIT) else "")
+            table[label, split] = (iqm_ci(finals(in_split.where(method=label), budget)),
+                                   reach_ratio(bands[label], bands[ppo], budget))
+    figures = key_figures(curves, rows, table, budget, batch)
+    snapshots = training_snapshots(dataset)
+    for split in SPLITS:
+        audit = memorization(scratch / f"{split}-fresh", snapshots)
+        figures.update({f"{split}_{k}": f"{v:.2f}" for k, v in audit.items()})
+        figures[f"{split}_memorization_ratio"] = (
+            f"{audit['operator_to_nearest_checkpoint'] / audit['ppo_seed_to_seed']:.3f}")
+    figures["operator_step_vs_ppo_update_time"] = f"{step_time_ratio(args.operator, args.family, args.ask_k):.3f}"
+    figures["apply_wall_minutes"] = f"{apply_minutes:.1f}"
+    summary = render(table, labels, figures, args, n_tasks, n_seeds, applications, batch, dataset)
+    (target / "summary.md").write_text(summary)
     for name, value in figures.items():
         print(f"{name}: {value}")
     print(f"outputs: {target}")
+
+
+def key_figures(curves: Curves, rows: list[dict[str, object]], table: dict[tuple[str, str], tuple[Estimate, float]],
+                budget: float, batch: int) -> dict[str, str]:
+    """The ``name: value`` figures: operator vs PPO per split, and the guarded operator's record."""
+    figures: dict[str, str] = {}
+    for split in SPLITS:
+        for label in ("operator", "operator_guarded"):
+            if (label, split) in table:
+                figures[f"{split}_{label}_steps_ratio_to_ppo"] = f"{table[label, split][1]:.3f}"
+        op, ppo = table["operator", split][0], table["ppo", split][0]
+        figures[f"{split}_operator_vs_ppo_at_budget"] = verdict(op, ppo)
+    for label in ("operator", "operator_guarded"):
+        runs = [curves.where(method=label + s) for s in ("", TRAIN_INIT)]
+        gain = np.concatenate([(finals(r, budget) - starts(r)).ravel() for r in runs])
+        figures[f"{label}_runs_ending_below_start"] = f"{int((gain < 0).sum())}/{gain.size}"
+        figures[f"{label}_worst_final_minus_start"] = f"{gain.min():.2f}"
+    # A guarded run's last row holds its fallback count.
+    last: dict[tuple[object, ...], tuple[float, int]] = {}
+    for row in rows:
+        if str(row["method"]).startswith("operator_guarded"):
+            key = (row["method"], row["split"], row["task"], row["seed"])
+            steps = float(row["env_steps"])  # type: ignore[arg-type]
+            if key not in last or steps > last[key][0]:
+                last[key] = (steps, int(row["fallbacks"]))  # type: ignore[call-overload]
+    fallbacks = np.array([n for _, n in last.values()])
+    figures["guard_fallbacks_per_run"] = f"{fallbacks.mean():.2f}"
+    # Each fallback spends one batch on a rejected policy before the teacher's step.
+    figures["guard_rejected_env_steps_share_of_budget"] = f"{fallbacks.mean() * batch / budget:.3f}"
+    return figures
+
+
+def render(table: dict[tuple[str, str], tuple[Estimate, float]], labels: list[str], figures: dict[str, str],
+           args: argparse.Namespace, n_tasks: int, n_seeds: int, applications: int, batch: int,
+           dataset: Path) -> str:
+    """``results/summary.md``."""
+    operator = Path(args.operator).resolve()
+    lines = [
+        "# Held-out improvement: the operator against its peers (`benchmarks/improvement.py`)",
+        "",
+        f"Operator `{operator.relative_to(ROOT) if operator.is_relative_to(ROOT) else operator}` "
+        f"(ask k = {args.ask_k}); {n_tasks} tasks × {n_seeds} seeds per split; budget B = {applications} batches × "
+        f"{batch} = {applications * batch} env steps per run; returns are the mean of 8 deterministic episodes. "
+        "`test`: new draws inside the training ranges; `ood`: target velocities and masses outside them. "
+        f"`@train_init`: started from the training runs' initialization instead of a fresh one. "
+        "IQM over tasks × seeds with 95% stratified-bootstrap CIs; `steps_ratio_to_ppo`: env steps to reach PPO's "
+        "IQM return at B (same start) over PPO's own (inf: never within B; 0: already there at the start; nan: PPO "
+        "ends no higher than it started, so there is nothing to reach).",
+        "",
+        "| method | test: return at B | test: steps_ratio_to_ppo | ood: return at B | ood: steps_ratio_to_ppo |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for label in labels:
+        cells = [f"{fmt(table[label, s][0])} | {table[label, s][1]:.3f}" for s in SPLITS]
+        lines.append(f"| `{label}` | {' | '.join(cells)} |")
+    lines += ["", "## Where the operator wins and loses", ""]
+    for split in SPLITS:
+        op = table["operator", split][0]
+        results = {v: [f"`{label}`" for label in labels if not label.startswith("operator") and
+                       verdict(op, table[label, split][0]) == v] for v in ("wins", "ties", "loses")}
+        lines.append(f"- `{split}`, fresh start: the operator beats {', '.join(results['wins']) or 'nothing'}; "
+                     f"ties with {', '.join(results['ties']) or 'nothing'}; loses to "
+                     f"{', '.join(results['loses']) or 'nothing'} (non-overlapping 95% CIs of the return at B).")
+    lines += [
+        "",
+        "## Guarded operator",
+        "",
+        f"After each operator step, a batch whose return falls more than {args.guard_threshold:g} below the best batch "
+        "so far rolls the policy back to that best one and takes a PPO step from it instead. Runs (both splits, both "
+        f"starts) ending below their starting return: guarded {figures['operator_guarded_runs_ending_below_start']}, "
+        f"unguarded {figures['operator_runs_ending_below_start']}; worst final − start: guarded "
+        f"{figures['operator_guarded_worst_final_minus_start']}, "
+        f"unguarded {figures['operator_worst_final_minus_start']}. "
+        f"Fallbacks per run: {figures['guard_fallbacks_per_run']}; env steps spent on rejected batches: "
+        f"{figures['guard_rejected_env_steps_share_of_budget']} of B.",
+        "",
+        "## Memorization audit",
+        "",
+        "Distances between policies as parameter vectors, after folding every normalizer into the identity one "
+        "(so each θ is the same function of raw observations). A weight generator that recalls training "
+        "checkpoints ends much nearer to one than two PPO runs on one task end to each other.",
+        "",
+        "| split | operator final → nearest training checkpoint | PPO final → nearest training checkpoint | "
+        "PPO seed ↔ PPO seed, same task | ratio operator / PPO seeds |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for split in SPLITS:
+        lines.append(f"| {split} | {figures[f'{split}_operator_to_nearest_checkpoint']} | "
+                     f"{figures[f'{split}_ppo_to_nearest_checkpoint']} | {figures[f'{split}_ppo_seed_to_seed']} | "
+                     f"{figures[f'{split}_memorization_ratio']} |")
+    lines += ["", "## Key figures", "", "```"] + [f"{k}: {v}" for k, v in figures.items()] + ["```", ""]
+    lines += [f"Curves: `improvement.csv`, `improvement_test.png`, `improvement_ood.png`. Training dataset: "
+              f"`{dataset.name}` (not in git; `metaimprove collect task=halfcheetah_vel n_tasks=32 seeds=1 "
+              "iterations=48 out=<dir>` recreates it)."]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

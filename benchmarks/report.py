@@ -1,13 +1,15 @@
 """Regenerate the README's Results section from the committed benchmark outputs under ``results/``.
 
-No figure in the README is typed by hand: every benchmark writes its CSV, and this script copies the
-figures into the block between ``<!-- results:start -->`` and ``<!-- results:end -->``.
+No figure in the README is typed by hand: every benchmark writes its CSV (the improvement benchmark its
+``results/summary.md``), and this script copies the figures into the block between ``<!-- results:start -->``
+and ``<!-- results:end -->``. ``--out FILE`` writes the section to FILE instead, leaving the README alone.
 
-    python benchmarks/report.py
+    python benchmarks/report.py [--out FILE]
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 from pathlib import Path
 
@@ -35,6 +37,19 @@ def _latest_throughput() -> dict[str, str]:
         rows = list(csv.DictReader(f))
     last = rows[-1]["date"]
     return {r["name"]: r["value"] for r in rows if r["date"] == last}
+
+
+def _improvement() -> list[str]:
+    """``results/summary.md`` (written by ``benchmarks/improvement.py``), its headings moved under the section's."""
+    path = RESULTS / "summary.md"
+    if not path.exists():
+        return []
+    lines = []
+    for line in path.read_text().splitlines():
+        lines.append("##" + line if line.startswith("#") else line)
+    figures = [f"![improvement curves, {split}](results/improvement_{split}.png)" for split in ("test", "ood")
+               if (RESULTS / f"improvement_{split}.png").exists()]
+    return [*lines, "", *figures, ""]
 
 
 def section() -> str:
@@ -93,24 +108,18 @@ def section() -> str:
             f"| 2 workers over 1 worker | **{throughput.get('scaling_1_to_2_workers')}×** (target ≥ 1.8×) |",
             "",
         ]
-    improvement = _summary(RESULTS / "improvement_summary.csv")
-    if improvement:
-        out += [
-            "### Does the operator improve unseen tasks? (`benchmarks/improvement.py`)",
-            "",
-            f"Held-out tasks {improvement.get('tasks_x_seeds')}, fresh random initializations, equal env-step budget "
-            f"B = {improvement.get('budget_env_steps')} steps, the shipped operator "
-            "`results/operators/halfcheetah_vel.safetensors`:",
-            "",
-            "| figure | value |",
-            "| --- | --- |",
-        ]
-        out += [f"| `{k}` | {v} |" for k, v in improvement.items() if k not in ("tasks_x_seeds", "budget_env_steps")]
-        out += ["", "![improvement curves](results/improvement.png)", ""]
+    out += _improvement()
     return "\n".join(out).rstrip() + "\n"
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="write the section here instead of into README.md")
+    args = parser.parse_args()
+    if args.out is not None:
+        args.out.write_text(section())
+        print(f"wrote the Results section to {args.out}")
+        return
     readme = ROOT / "README.md"
     text = readme.read_text()
     if START not in text or END not in text:

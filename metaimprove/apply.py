@@ -1,50 +1,76 @@
 """Apply a trained operator on new tasks in place of RL updates, beside the baselines, under one protocol.
 
-For every (task, seed): start from the same fresh policy θ⁰ (an initialization seed never used in
-collection), then per iteration collect one batch of the teacher's size with the current policy and
+For every (task, seed) every method gets the same env-step budget B (``applications`` batches of the
+operator's teacher, or ``budget``) and is evaluated the same way (deterministic mean action, fixed
+evaluation episodes and seed) after each of its updates. Methods that improve a starting policy start
+from the same θ⁰: a fresh initialization never used in collection (``start=fresh``) or the one the
+training runs used (``start=train_init``).
 
-* ``operator``: θ ← f(θ, τ, ask)   (the normalizer updated with τ, as the teacher does)
-* ``ppo``: the teacher's own update from the same start and seeds
+* ``operator``: per batch τ collected with θ: θ ← f(θ, τ, ask)   (the normalizer updated with τ, as the teacher does)
+* ``operator_guarded``: the operator, except that when the batch a new operator policy collects returns more
+  than ``guard_threshold`` below the best batch so far, it rolls back to that best policy and takes a teacher
+  step instead (every fallback is counted in the ``fallbacks`` column)
+* each teacher of :data:`~metaimprove.teachers.TEACHERS` (``ppo``, ...): its own updates from the same start
 * ``no_update``: the starting policy, never updated
+* ``nearest``, ``nearest_noise``, ``nearest_avg``, ``avg_weights``, ``transferred``: zero-adaptation
+  policies built from the training runs (``dataset=``; see :mod:`metaimprove.baselines`)
+* ``dr``: the domain-randomized policy (``dr_policy=``) as-is; ``dr_ppo``: PPO fine-tuning it
 
-After every iteration each method's policy is evaluated the same way (deterministic mean action,
-fixed evaluation episodes and seed). Rows go to ``curves.csv``: method, task, seed, env_steps, return.
+Rows go to ``curves.csv``: method, task, seed, env_steps, return, fallbacks (a curve is flat where a
+method does not update; ``transferred`` starts at the env steps its selection used).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import multiprocessing as mp
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from metaimprove import baselines
+from metaimprove.baselines import batch_return, training_runs
 from metaimprove.envs import mujoco_log
 from metaimprove.errors import UserError
 from metaimprove.features import encode, next_normalizer, stack
 from metaimprove.operator import ImprovementOperator, OperatorCheckpoint
-from metaimprove.policy import ObsNormalizer, Policy, init_params, load_policy
-from metaimprove.rollout import Collector, Simulator, evaluate
+from metaimprove.policy import ObsNormalizer, Policy, init_params, load_policy, save_policy
+from metaimprove.rollout import Collector, Experience, Simulator, evaluate
 from metaimprove.tasks import Task, TaskConfig, get_family
-from metaimprove.teachers import PPO, PPOConfig
+from metaimprove.teachers import TEACHERS, Teacher
 
-METHODS = ("operator", "ppo", "no_update")
-CURVE_FIELDS = ["method", "task", "seed", "env_steps", "return"]
+OPERATOR_METHODS = ("operator", "operator_guarded")
+CHECKPOINT_METHODS = ("nearest", "nearest_noise", "nearest_avg", "avg_weights", "transferred")
+DR_METHODS = ("dr", "dr_ppo")
+CURVE_FIELDS = ["method", "task", "seed", "env_steps", "return", "fallbacks"]
+STARTS = ("fresh", "train_init")
 # Fresh initializations: collection uses small seeds (0, 1, ...), so these were never seen in training.
 FRESH_INIT_OFFSET = 100_000
 
 
+def method_names() -> list[str]:
+    """Every method ``apply`` runs, in table order (teachers as registered in :data:`TEACHERS`)."""
+    return [*OPERATOR_METHODS, *TEACHERS, "no_update", *CHECKPOINT_METHODS, *DR_METHODS]
+
+
+def starts_from_theta0(method: str) -> bool:
+    """Whether ``method`` improves (or keeps) the run's starting policy, so that ``start`` matters to it."""
+    return method in OPERATOR_METHODS or method in TEACHERS or method == "no_update"
+
+
 @dataclass
 class ApplyConfig:
-    """Apply an operator on held-out tasks in place of RL updates, beside PPO and no update."""
+    """Apply an operator on held-out tasks in place of RL updates, beside the baselines (equal env-step budgets)."""
 
     operator_path: str = "???"
     """operator checkpoint (.safetensors) written by `metaimprove train`"""
@@ -61,13 +87,32 @@ class ApplyConfig:
     task_file: str | None = None
     """a JSON file holding one task (``Task.to_json()``, explicit parameters and physics) to apply on instead"""
     init: str | None = None
-    """a policy file (``policy.save_policy``) every run starts from, instead of fresh initializations"""
+    """a policy file (``policy.save_policy``) every run starts from, instead of start=fresh|train_init"""
+    start: str = "fresh"
+    """θ⁰ of run s: fresh (an initialization no training run used) or train_init (a training run's θ⁰; needs dataset)"""
     seeds: int = 5
-    """seeds per task (each: its own fresh initialization, collection and evaluation seeds)"""
+    """seeds per task (each: its own initialization, collection and evaluation seeds)"""
     applications: int = 20
-    """iterations per method: operator applications / PPO updates"""
+    """budget B in batches of the operator's teacher: operator applications / PPO updates per run"""
+    budget: int | None = None
+    """budget B in env steps per run instead of applications (at least one batch)"""
     methods: list[str] = field(default_factory=lambda: ["operator", "ppo", "no_update"])
-    """methods to run: operator, ppo, no_update"""
+    """methods: operator, operator_guarded, a teacher (ppo, ...), no_update, nearest, nearest_noise, nearest_avg,
+    avg_weights, transferred, dr, dr_ppo"""
+    dataset: str | None = None
+    """the operator's training dataset (`metaimprove collect` out=): for the checkpoint baselines and train_init"""
+    dr_policy: str | None = None
+    """the domain-randomized policy (`metaimprove dr` out=/policy.safetensors): needed by dr and dr_ppo"""
+    guard_threshold: float = 10.0
+    """operator_guarded: roll back when a new operator policy's batch returns this much below the best batch"""
+    nearest_k: int = 4
+    """nearest_avg: number of nearest training runs averaged"""
+    noise_scale: float = 0.1
+    """nearest_noise: noise std as a fraction of each weight block's RMS"""
+    transfer_episodes: int = 1
+    """transferred: selection episodes per training run (their env steps are charged to it)"""
+    save_policies: bool = False
+    """also write every run's final policy to <out>/policies/<method>/"""
     ask_k: int | None = None
     """jump size to ask for (default: the largest trained k)"""
     ask_improvement: float | None = None
@@ -94,28 +139,79 @@ def start_policy(ckpt: OperatorCheckpoint, seed: int) -> Policy:
     return Policy(spec, theta, ObsNormalizer.identity(spec.obs_dim))
 
 
-def teacher_config(ckpt: OperatorCheckpoint) -> PPOConfig:
-    """The configuration of the teacher whose pairs trained ``ckpt`` (its batch size is the operator's)."""
-    fields = PPOConfig.__dataclass_fields__
-    given = ckpt.teacher.get("config", {})
-    cfg = PPOConfig(**{k: v for k, v in given.items() if k in fields})
-    cfg.value_hidden = tuple(cfg.value_hidden)
-    return cfg
+def initial_policy(config: ApplyConfig, ckpt: OperatorCheckpoint, seed: int) -> Policy:
+    """θ⁰ of run ``seed``: the ``init`` file, a training run's θ⁰ (``start=train_init``), or a fresh one.
 
-
-def operator_steps(op: ImprovementOperator, ckpt: OperatorCheckpoint, task: Task, start: Policy, seed: int,
-                   applications: int, ask: torch.Tensor, timings: list[float] | None = None) -> Iterator[Policy]:
-    """Yield the policy after each of ``applications`` operator steps on ``task`` from ``start``.
-
-    Each step collects one teacher-sized batch τ with the current policy, folds τ's observations into
-    the policy's normalizer (as the teacher does) and sets θ ← f(θ, τ, ask) for that normalizer.
+    ``train_init`` cycles through the training runs' distinct seeds (collection gives runs of one seed one θ⁰).
     """
+    if config.init is not None:
+        return load_policy(Path(config.init))
+    if config.start == "train_init":
+        assert config.dataset is not None  # checked by _validate
+        runs = training_runs(config.dataset)
+        seeds = sorted({run.seed for run in runs})
+        first = next(run for run in runs if run.seed == seeds[seed % len(seeds)]).first
+        return Policy(first.spec, first.theta.clone(), first.normalizer.copy())
+    return start_policy(ckpt, seed)
+
+
+def teacher_config(ckpt: OperatorCheckpoint, name: str | None = None) -> Any:
+    """The config of teacher ``name`` (default: the one whose pairs trained ``ckpt``).
+
+    The operator's own teacher gets the config it ran with (its batch is the operator's); another gets its defaults.
+    """
+    own = str(ckpt.teacher.get("name", "ppo"))
+    name = name or own
+    config_type = TEACHERS[name][0]
+    given = ckpt.teacher.get("config", {}) if name == own else {}
+    known = {f.name for f in dataclasses.fields(config_type)}
+    # JSON turned tuple fields into lists.
+    return config_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if k in known})
+
+
+def make_teacher(ckpt: OperatorCheckpoint, name: str | None = None) -> Teacher:
+    """Teacher ``name`` (default: the operator's own) with :func:`teacher_config`."""
+    name = name or str(ckpt.teacher.get("name", "ppo"))
+    return TEACHERS[name][1](teacher_config(ckpt, name))
+
+
+def operator_batch(ckpt: OperatorCheckpoint) -> tuple[int, int]:
+    """``(n_envs, n_steps)`` of the batch the operator improves from: its teacher's batch."""
     cfg = teacher_config(ckpt)
-    policy = Policy(ckpt.spec, start.theta.float().clone(), start.normalizer.copy())
-    collector = Collector(task, n_envs=cfg.n_envs, seed=seed)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(applications):
-        exp = collector.collect(policy, cfg.n_steps)
+    return cfg.n_envs, cfg.n_steps
+
+
+def run_budget(config: ApplyConfig, batch: int) -> int:
+    """The env-step budget B of every run: ``budget``, or ``applications`` operator batches."""
+    if config.budget is None:
+        return config.applications * batch
+    if config.budget < batch:
+        raise UserError(f"budget={config.budget} env steps is smaller than one batch of the operator's teacher "
+                        f"({batch} steps); give budget >= {batch}")
+    return config.budget
+
+
+def eval_seed(seed: int) -> int:
+    """Seed of run ``seed``'s evaluation episodes (shared by every method)."""
+    return 1_000_003 * seed + 17
+
+
+def selection_seed(seed: int) -> int:
+    """Seed of run ``seed``'s ``transferred`` selection episodes (never the evaluation's)."""
+    return 1_000_003 * seed + 29
+
+
+Point = tuple[int, Policy, int]
+"""(env steps used so far, the policy after them, guard fallbacks so far)"""
+
+
+def operator_update(op: ImprovementOperator, ckpt: OperatorCheckpoint, task: Task, ask: torch.Tensor,
+                    generator: torch.Generator,
+                    timings: list[float] | None = None) -> Callable[[Policy, Experience], Policy]:
+    """The operator as an update ``(θ, τ) -> θ'``: τ's observations are folded into θ's normalizer (as the
+    teacher does) and θ' = f(θ, τ, ask) for that normalizer."""
+
+    def update(policy: Policy, exp: Experience) -> Policy:
         begin = time.perf_counter()
         feats = encode(policy, exp, ckpt.features, generator)
         with torch.no_grad():
@@ -125,8 +221,82 @@ def operator_steps(op: ImprovementOperator, ckpt: OperatorCheckpoint, task: Task
         if not torch.isfinite(theta).all():
             raise UserError(f"the operator produced non-finite parameters on {task.name}; "
                             "the checkpoint is unusable for this task")
-        policy = Policy(ckpt.spec, theta, next_normalizer(policy, exp))
-        yield policy
+        return Policy(ckpt.spec, theta, next_normalizer(policy, exp))
+
+    return update
+
+
+def guarded_steps(start: Policy, collect: Callable[[Policy], Experience],
+                  update: Callable[[Policy, Experience], Policy],
+                  fallback: Callable[[Policy, int, int], tuple[Policy, int]],
+                  score: Callable[[Experience], float], threshold: float, batch: int,
+                  budget: int) -> Iterator[tuple[int, Policy, Policy, int]]:
+    """Improve ``start`` with ``update`` one collected batch at a time, guarded against drops.
+
+    Each step collects a batch with the current policy. If that policy came from ``update`` and the batch
+    scores more than ``threshold`` below the best batch so far, the step rolls back to the best policy and
+    calls ``fallback(best, remaining_env_steps, n)`` (n: fallbacks before this one) for a teacher step,
+    which returns the new policy and the env steps it used. Otherwise ``update`` takes the step.
+    ``threshold = inf`` is the unguarded operator. Stops when the next batch would exceed ``budget``.
+
+    Yields ``(env steps, current policy, verified policy, fallbacks)`` after each step; the verified policy
+    is the one whose batch scored best so far (``start`` until a later batch beats its own): what a guarded
+    run deploys, since the newest policy has not collected a batch yet.
+    """
+    policy, steps, fallbacks = start, 0, 0
+    best: tuple[float, Policy] | None = None
+    from_update = False
+    while steps + batch <= budget:
+        exp = collect(policy)
+        steps += exp.n_steps
+        value = score(exp)
+        if from_update and best is not None and value < best[0] - threshold:
+            policy, used = fallback(best[1], budget - steps, fallbacks)
+            steps += used
+            fallbacks += 1
+            from_update = False
+        else:
+            if best is None or value > best[0]:
+                best = (value, policy)
+            policy = update(policy, exp)
+            from_update = True
+        yield steps, policy, best[1], fallbacks
+
+
+def teacher_steps(teacher: Teacher, task: Task, start: Policy, seed: int, budget: int,
+                  timings: list[float]) -> Iterator[Point]:
+    """A teacher's updates from ``start`` on ``task`` while its next batch fits in ``budget``."""
+    teacher.start(task, start, seed)
+    steps = 0
+    while steps + teacher.steps_per_update <= budget:
+        exp = teacher.collect()
+        steps += exp.n_steps
+        begin = time.perf_counter()
+        policy = teacher.improve(exp)
+        timings.append(time.perf_counter() - begin)
+        yield steps, policy, 0
+
+
+def zero_adaptation_policy(config: ApplyConfig, ckpt: OperatorCheckpoint, job: Job) -> tuple[Policy, int]:
+    """The fixed policy of a method that does not adapt, and the env steps charged for choosing it."""
+    if job.method == "no_update":
+        return initial_policy(config, ckpt, job.seed), 0
+    if job.method == "dr":
+        return load_policy(Path(str(config.dr_policy))), 0
+    runs = training_runs(str(config.dataset))
+    if job.method == "nearest":
+        return baselines.nearest_runs(runs, job.task)[0].final, 0
+    if job.method == "nearest_noise":
+        nearest = baselines.nearest_runs(runs, job.task)[0].final
+        return baselines.add_noise(nearest, config.noise_scale, torch.Generator().manual_seed(job.seed)), 0
+    if job.method == "nearest_avg":
+        nearest_k = baselines.nearest_runs(runs, job.task, config.nearest_k)
+        return baselines.average_policies([r.final for r in nearest_k]), 0
+    if job.method == "avg_weights":
+        return baselines.shared_init_average(runs), 0
+    if job.method == "transferred":
+        return baselines.transferred(runs, job.task, config.transfer_episodes, selection_seed(job.seed))
+    raise ValueError(f"{job.method} is not a zero-adaptation method")
 
 
 def run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], dict[str, list[float]]]:
@@ -139,36 +309,64 @@ def run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], dic
 
 def _run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], dict[str, list[float]]]:
     op, ckpt = OperatorCheckpoint.load(config.operator_path)
-    cfg = teacher_config(ckpt)
-    batch = cfg.n_envs * cfg.n_steps
-    start = load_policy(Path(config.init)) if config.init is not None else start_policy(ckpt, job.seed)
-    eval_seed = 1_000_003 * job.seed + 17
+    n_envs, n_steps = operator_batch(ckpt)
+    batch = n_envs * n_steps
+    budget = run_budget(config, batch)
 
-    def row(i: int, policy: Policy) -> dict[str, object]:
-        ret = evaluate(policy, job.task, config.eval_episodes, seed=eval_seed)
-        return {"method": job.method, "task": job.task.name, "seed": job.seed, "env_steps": i * batch, "return": ret}
+    def row(steps: int, policy: Policy, fallbacks: int = 0) -> dict[str, object]:
+        ret = evaluate(policy, job.task, config.eval_episodes, seed=eval_seed(job.seed))
+        return {"method": job.method, "task": job.task.name, "seed": job.seed, "env_steps": steps, "return": ret,
+                "fallbacks": fallbacks}
 
-    rows = [row(0, start)]
     timings: dict[str, list[float]] = {}
-    if job.method == "operator":
+    points: Iterator[Point]
+    if job.method in OPERATOR_METHODS:
+        start = initial_policy(config, ckpt, job.seed)
+        collector = Collector(job.task, n_envs=n_envs, seed=job.seed)
         ask = ckpt.default_ask(config.ask_k, config.ask_improvement)
-        timings["operator_step"] = []
-        steps = operator_steps(op, ckpt, job.task, start, job.seed, config.applications, ask,
-                               timings["operator_step"])
-        rows += [row(i + 1, p) for i, p in enumerate(steps)]
-    elif job.method == "ppo":
-        teacher = PPO(cfg)
-        timings["ppo_update"] = []
-        teacher.start(job.task, start, job.seed)
-        for i in range(config.applications):
-            exp = teacher.collect()
-            begin = time.perf_counter()
-            policy = teacher.improve(exp)
-            timings["ppo_update"].append(time.perf_counter() - begin)
-            rows.append(row(i + 1, policy))
+        update = operator_update(op, ckpt, job.task, ask, torch.Generator().manual_seed(job.seed),
+                                 timings.setdefault("operator_step", []))
+        length = get_family(job.task.family).episode_length
+
+        def fallback(best: Policy, remaining: int, n: int) -> tuple[Policy, int]:
+            teacher = make_teacher(ckpt)
+            if teacher.steps_per_update > remaining:
+                return best, 0  # no budget left for a teacher step: the rollback alone
+            last = list(teacher_steps(teacher, job.task, best, eval_seed(job.seed) + 1 + n, teacher.steps_per_update,
+                                      timings.setdefault("fallback_teacher_update", [])))[-1]
+            return last[1], last[0]
+
+        guarded = job.method == "operator_guarded"
+        steps = guarded_steps(start, lambda p: collector.collect(p, n_steps), update, fallback,
+                              lambda exp: batch_return(exp, length), config.guard_threshold if guarded else math.inf,
+                              batch, budget)
+        points = ((n, verified if guarded else current, f) for n, current, verified, f in steps)
+    elif job.method in TEACHERS or job.method == "dr_ppo":
+        name = "ppo" if job.method == "dr_ppo" else job.method
+        start = load_policy(Path(str(config.dr_policy))) if job.method == "dr_ppo" else initial_policy(config, ckpt,
+                                                                                                      job.seed)
+        points = teacher_steps(make_teacher(ckpt, name), job.task, start, job.seed, budget,
+                               timings.setdefault(f"{name}_update", []))
     else:
-        rows += [{**rows[0], "env_steps": (i + 1) * batch} for i in range(config.applications)]
+        start, charged = zero_adaptation_policy(config, ckpt, job)
+        first = row(charged, start)
+        # A fixed policy's return is the same wherever it is read: one evaluation, drawn flat to the budget.
+        rows = [first] + [{**first, "env_steps": i * batch} for i in range(charged // batch + 1, budget // batch + 1)]
+        _save_final(config, job, start)
+        return rows, timings
+    rows = [row(0, start)]
+    policy = start
+    for steps, policy, fallbacks in points:
+        rows.append(row(steps, policy, fallbacks))
+    _save_final(config, job, policy)
     return rows, timings
+
+
+def _save_final(config: ApplyConfig, job: Job, policy: Policy) -> None:
+    if config.save_policies:
+        folder = Path(config.out) / "policies" / job.method
+        folder.mkdir(parents=True, exist_ok=True)
+        save_policy(folder / f"{job.task.name.replace('/', '-')}-s{job.seed}.safetensors", policy)
 
 
 def _read_task(path: Path) -> Task:
@@ -185,34 +383,80 @@ def _read_task(path: Path) -> Task:
 
 
 def _validate(config: ApplyConfig, ckpt: OperatorCheckpoint) -> list[Task]:
-    unknown = set(config.methods) - set(METHODS)
+    valid = method_names()
+    unknown = [m for m in config.methods if m not in valid]
     if unknown or not config.methods:
-        raise UserError(f"unknown methods {sorted(unknown)}; choose from {list(METHODS)}")
+        raise UserError(f"unknown methods {unknown}; choose from {valid}")
     if config.n_tasks < 1 or config.seeds < 1 or config.applications < 1 or config.eval_episodes < 1:
         raise UserError("n_tasks, seeds, applications and eval_episodes must all be >= 1")
+    if config.nearest_k < 1 or config.transfer_episodes < 1 or config.noise_scale < 0 or config.guard_threshold < 0:
+        raise UserError("nearest_k and transfer_episodes must be >= 1, noise_scale and guard_threshold >= 0")
+    if config.start not in STARTS:
+        raise UserError(f"start must be one of {list(STARTS)}, got '{config.start}'")
+    if config.init is not None and config.start != "fresh":
+        raise UserError(f"init= and start={config.start} both choose θ⁰; give one of them")
     if config.task_file is not None:
         tasks = [_read_task(Path(config.task_file))]
     else:
         tasks = get_family(config.task.family).tasks(config.split, config.n_tasks, start=config.task_start)
+    family = tasks[0].family
     sim = Simulator(tasks[0], n_envs=1, seed=0)
     if (sim.obs_dim, sim.act_dim) != (ckpt.spec.obs_dim, ckpt.spec.act_dim):
         raise UserError(f"operator {config.operator_path} improves policies with obs {ckpt.spec.obs_dim} / act "
-                        f"{ckpt.spec.act_dim} but {tasks[0].family} has obs {sim.obs_dim} / act {sim.act_dim}")
+                        f"{ckpt.spec.act_dim} but {family} has obs {sim.obs_dim} / act {sim.act_dim}")
     if config.init is not None:
-        init = load_policy(Path(config.init))
-        if init.spec != ckpt.spec:
-            raise UserError(f"initial policy {config.init} has spec {init.spec} but the operator improves {ckpt.spec}")
+        _check_spec(load_policy(Path(config.init)), ckpt, f"initial policy {config.init}")
+    needs_data = [m for m in config.methods if m in CHECKPOINT_METHODS]
+    needs_data += ["start=train_init"] if config.start == "train_init" else []
+    if needs_data and config.dataset is None:
+        raise UserError(f"{', '.join(needs_data)} need(s) dataset=<dir>, the operator's training runs; collect them "
+                        f"with `metaimprove collect task={family} out=<dir>` and the operator's collection settings "
+                        f"(results/operators/{family}.collect.yaml for the shipped operator)")
+    if needs_data:
+        runs = training_runs(str(config.dataset))
+        _check_spec(runs[0].final, ckpt, f"dataset {config.dataset}")
+        if runs[0].task.family != family:
+            raise UserError(f"dataset {config.dataset} holds {runs[0].task.family} runs, not {family}")
+    needs_dr = [m for m in config.methods if m in DR_METHODS]
+    if needs_dr and config.dr_policy is None:
+        raise UserError(f"{', '.join(needs_dr)} need(s) dr_policy=<file>; train it with `metaimprove dr "
+                        f"task={family} out=<dir>` (writes <dir>/policy.safetensors)")
+    if needs_dr:
+        _check_spec(load_policy(Path(str(config.dr_policy))), ckpt, f"dr_policy {config.dr_policy}")
     seen = set(ckpt.tasks) & {t.name for t in tasks}
     if seen:
         raise UserError(f"tasks {sorted(seen)} were used to train this operator; apply on another split or range")
+    _check_budget(config, ckpt, family)
     return tasks
+
+
+def _check_spec(policy: Policy, ckpt: OperatorCheckpoint, what: str) -> None:
+    if policy.spec != ckpt.spec:
+        raise UserError(f"{what} has policy spec {policy.spec} but the operator improves {ckpt.spec}")
+
+
+def _check_budget(config: ApplyConfig, ckpt: OperatorCheckpoint, family: str) -> None:
+    """Every method must afford at least one step of its own within the budget B."""
+    n_envs, n_steps = operator_batch(ckpt)
+    budget = run_budget(config, n_envs * n_steps)
+    teachers = {m for m in config.methods if m in TEACHERS} | ({"ppo"} if "dr_ppo" in config.methods else set())
+    for name in sorted(teachers):
+        steps = make_teacher(ckpt, name).steps_per_update
+        if steps > budget:
+            raise UserError(f"budget B = {budget} env steps is smaller than one batch of {name} ({steps} steps)")
+    if "transferred" in config.methods:
+        charged = (len(training_runs(str(config.dataset))) * config.transfer_episodes
+                   * get_family(family).episode_length)
+        if charged > budget:
+            raise UserError(f"transferred's selection costs {charged} env steps, more than the budget B = {budget}; "
+                            "raise applications/budget or lower transfer_episodes")
 
 
 def apply(config: ApplyConfig) -> Path:
     """Run every method on every (task, seed); writes ``curves.csv`` and ``timings.csv`` to ``config.out``."""
     _, ckpt = OperatorCheckpoint.load(config.operator_path)
     tasks = _validate(config, ckpt)
-    if "operator" in config.methods:
+    if any(m in OPERATOR_METHODS for m in config.methods):
         ckpt.default_ask(config.ask_k, config.ask_improvement)  # warn once, up front, if outside the trained range
     jobs = [Job(m, t, s) for t in tasks for s in range(config.seeds) for m in config.methods]
     workers = min(config.workers or os.cpu_count() or 1, len(jobs))
@@ -251,12 +495,17 @@ def _write_csv(path: Path, fields: list[str], rows: list[dict[str, object]]) -> 
 
 
 def _print_summary(rows: list[dict[str, object]], timing_rows: list[dict[str, object]], config: ApplyConfig) -> None:
-    final = max(int(r["env_steps"]) for r in rows)  # type: ignore[call-overload]
     for method in config.methods:
-        vals = [float(r["return"]) for r in rows if r["method"] == method and r["env_steps"] == final]  # type: ignore[arg-type]
-        start = [float(r["return"]) for r in rows if r["method"] == method and r["env_steps"] == 0]  # type: ignore[arg-type]
-        print(f"{method}: mean return {sum(start) / len(start):.1f} -> {sum(vals) / len(vals):.1f} "
-              f"after {final} env steps")
+        mine = [r for r in rows if r["method"] == method]
+        first, last = min(int(r["env_steps"]) for r in mine), max(int(r["env_steps"]) for r in mine)  # type: ignore[call-overload]
+        start = [float(r["return"]) for r in mine if r["env_steps"] == first]  # type: ignore[arg-type]
+        final = [float(r["return"]) for r in mine if r["env_steps"] == last]  # type: ignore[arg-type]
+        line = (f"{method}: mean return {sum(start) / len(start):.1f} -> {sum(final) / len(final):.1f} "
+                f"after {last} env steps")
+        if method == "operator_guarded":
+            fallbacks = sum(int(r["fallbacks"]) for r in mine if r["env_steps"] == last)  # type: ignore[call-overload]
+            line += f" ({fallbacks} fallbacks to teacher steps over {len(final)} runs)"
+        print(line)
     means = {}
     for name in ("operator_step", "ppo_update"):
         vals = [float(r["seconds"]) for r in timing_rows if r["name"] == name]  # type: ignore[arg-type]

@@ -37,6 +37,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from metaimprove.apply import ApplyConfig
+from metaimprove.baselines import DRConfig
 from metaimprove.collect import CollectConfig, VerifyConfig
 from metaimprove.interop import ExportConfig
 from metaimprove.operator import ARCHS, OperatorConfig
@@ -153,6 +154,7 @@ class TasksConfig:
 stage("collect", "metaimprove.collect:collect", groups={"task": "halfcheetah_vel", "teacher": "ppo"})(CollectConfig)
 stage("verify", "metaimprove.collect:verify")(VerifyConfig)
 stage("train", "metaimprove.train:train", groups={"operator": "per_param"})(TrainConfig)
+stage("dr", "metaimprove.baselines:train_dr", groups={"task": "halfcheetah_vel"})(DRConfig)
 stage("apply", "metaimprove.apply:apply", groups={"task": "halfcheetah_vel"})(ApplyConfig)
 stage("plot", "metaimprove.plot:run_plot")(PlotConfig)
 stage("export", "metaimprove.interop:export")(ExportConfig)

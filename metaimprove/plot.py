@@ -3,6 +3,8 @@
 ``metaimprove plot runs=[dir1,dir2] out=results/curves.png per_task=false budget=1e6`` reads every
 ``curves.csv`` (columns ``method, task, seed, env_steps, return``), aggregates each method over tasks
 and seeds with :func:`metaimprove.stats.curve_band`, and writes a PNG (and a PDF on request).
+``methods=[...]`` and ``splits=[test,ood]`` select what is compared (a task's split is the middle part
+of its name, ``family/split/index``); ``per_split=true`` gives each split its own panel.
 A method keeps its color in every figure, so PPO is the same blue in the aggregate and per-task plots.
 """
 
@@ -39,6 +41,10 @@ class PlotConfig:
     """One panel per task instead of one panel aggregated over tasks."""
     methods: list[str] | None = None
     """Methods to draw, in legend order; None draws every method found."""
+    splits: list[str] | None = None
+    """Splits to draw (test, ood, ...: the middle part of task names); None draws every split found."""
+    per_split: bool = False
+    """One panel per split (aggregated over its tasks) instead of one panel over all tasks."""
     budget: float | None = None
     """Env-step budget B, drawn as a dashed vertical line; None draws none."""
     pdf: bool = False
@@ -181,6 +187,23 @@ def method_colors(methods: list[str]) -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------- draw
 
 
+def task_split(task: str) -> str:
+    """The split of a task name ``family/split/index`` (the whole name if it has no such parts)."""
+    parts = task.split("/")
+    return parts[1] if len(parts) == 3 else task
+
+
+def select_splits(curves: Curves, splits: list[str]) -> Curves:
+    """The rows of ``curves`` whose tasks belong to ``splits`` (one-line error naming the splits present)."""
+    present = sorted({task_split(t) for t in curves.tasks()})
+    unknown = [s for s in splits if s not in present]
+    if unknown or not splits:
+        raise UserError(f"unknown split(s) {unknown}; the curves have: {', '.join(present)}")
+    keep = np.isin([task_split(t) for t in curves.task.tolist()], splits)
+    return Curves(curves.method[keep], curves.task[keep], curves.seed[keep], curves.env_steps[keep],
+                  curves.returns[keep])
+
+
 def build_figure(
     curves: Curves,
     per_task: bool = False,
@@ -188,8 +211,11 @@ def build_figure(
     budget: float | None = None,
     reps: int = 2_000,
     seed: int = 0,
+    per_split: bool = False,
 ) -> Figure:
-    """The improvement-curve figure: one panel over all tasks, or one panel per task."""
+    """The improvement-curve figure: one panel over all tasks, one per task, or one per split."""
+    if per_task and per_split:
+        raise UserError("per_task and per_split both set the panels; choose one")
     available = curves.methods()
     if methods is None:
         methods = available
@@ -203,14 +229,20 @@ def build_figure(
         raise UserError(f"budget must be a positive number of env steps, got {budget}")
     colors = method_colors(methods)
     tasks = curves.tasks()
+    groups: dict[str | None, Curves] = {None: curves}
+    if per_task:
+        groups = {task: curves.where(task=task) for task in tasks}
+    elif per_split:
+        groups = {f"{split} split": select_splits(curves, [split])
+                  for split in dict.fromkeys(task_split(t) for t in tasks)}
     panels: list[tuple[str | None, list[Band]]] = []
-    for task in tasks if per_task else [None]:
+    for title, group in groups.items():
         bands = []
         for name in methods:
-            rows = curves.where(method=name, task=task)
+            rows = group.where(method=name)
             if len(rows):
                 bands.append(curve_band(rows, common_grid(rows), reps=reps, seed=seed))
-        panels.append((task, bands))
+        panels.append((title, bands))
 
     n_cols = min(len(panels), 3)
     n_rows = math.ceil(len(panels) / n_cols)
@@ -220,12 +252,9 @@ def build_figure(
     # An explicit Agg canvas instead of pyplot: headless, and no global backend switch for the caller.
     FigureCanvasAgg(fig)
     axes = fig.subplots(n_rows, n_cols, squeeze=False, sharex=True).ravel()
-    for ax, (task, bands) in zip(axes, panels, strict=False):
+    for ax, (title, bands) in zip(axes, panels, strict=False):
         _draw_panel(ax, bands, colors, budget)
-        if task is None:
-            ax.set_title(f"all {len(tasks)} task{'s' if len(tasks) != 1 else ''}", fontsize=10)
-        else:
-            ax.set_title(task, fontsize=10)
+        ax.set_title(title or f"all {len(tasks)} task{'s' if len(tasks) != 1 else ''}", fontsize=10)
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     for i, ax in enumerate(axes[: len(panels)]):
@@ -259,6 +288,9 @@ def _draw_panel(ax: Axes, bands: list[Band], colors: dict[str, str], budget: flo
         ax.plot(band.env_steps, band.iqm, drawstyle="steps-post", color=color, lw=1.8)
     if budget is not None:
         ax.axvline(budget, color="black", ls="--", lw=1)
+        # Named on the axes too, so a cropped panel still says which line is the budget.
+        ax.annotate(f"B = {_eng(budget)}", (budget, 1.0), xycoords=("data", "axes fraction"), xytext=(-3, -3),
+                    textcoords="offset points", ha="right", va="top", fontsize=8)
     ax.xaxis.set_major_formatter(EngFormatter(sep=""))
     ax.grid(alpha=0.3)
 
@@ -287,6 +319,7 @@ def plot_curves(
     pdf: bool = False,
     reps: int = 2_000,
     seed: int = 0,
+    per_split: bool = False,
 ) -> list[Path]:
     """Draw the improvement curves and write ``out`` as PNG (plus PDF if asked); returns the files written.
 
@@ -296,7 +329,8 @@ def plot_curves(
     """
     out = Path(out)
     stem = out / "curves" if out.is_dir() else out.with_suffix("") if out.suffix.lower() in (".png", ".pdf") else out
-    fig = build_figure(curves, per_task=per_task, methods=methods, budget=budget, reps=reps, seed=seed)
+    fig = build_figure(curves, per_task=per_task, methods=methods, budget=budget, reps=reps, seed=seed,
+                       per_split=per_split)
     written = []
     for fmt in ("png", "pdf") if pdf else ("png",):
         target = stem.parent / f"{stem.name}.{fmt}"
@@ -324,6 +358,8 @@ def run_plot(config: PlotConfig) -> list[Path]:
         raise UserError("runs=[] is empty: pass run directories or curves.csv files, e.g. runs=[runs/ppo,runs/op]")
     paths = [Path(r) / "curves.csv" if Path(r).is_dir() else Path(r) for r in config.runs]
     curves = read_curves(paths)
+    if config.splits is not None:
+        curves = select_splits(curves, list(config.splits))
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     written = plot_curves(
@@ -335,6 +371,7 @@ def run_plot(config: PlotConfig) -> list[Path]:
         pdf=config.pdf,
         reps=config.reps,
         seed=config.seed,
+        per_split=config.per_split,
     )
     for path in written:
         print(path)

@@ -10,7 +10,15 @@ import pytest
 from matplotlib.figure import Figure
 
 from metaimprove.errors import UserError
-from metaimprove.plot import PlotConfig, build_figure, method_colors, plot_curves, read_curves, run_plot
+from metaimprove.plot import (
+    PlotConfig,
+    build_figure,
+    method_colors,
+    plot_curves,
+    read_curves,
+    run_plot,
+    select_splits,
+)
 
 TASKS = ("halfcheetah_vel/test/3", "halfcheetah_vel/test/10")
 HEADER = ["method", "task", "seed", "env_steps", "return"]
@@ -92,6 +100,23 @@ def test_budget_line_drawn(runs: list[Path]) -> None:
     fig = build_figure(read_curves([r / "curves.csv" for r in runs]), budget=12_345, reps=50)
     ax = _visible_axes(fig)[0]
     assert any(list(line.get_xdata()) == [12_345, 12_345] for line in ax.get_lines())
+    assert [t.get_text() for t in ax.texts] == ["B = 12.345k"]
+
+
+def test_splits_select_and_panel(tmp_path: Path) -> None:
+    rows: list[list[object]] = [[m, f"halfcheetah_vel/{split}/{i}", seed, x, x / 100 + (split == "ood")]
+                                for m in ("ppo", "operator") for split in ("test", "ood") for i in range(2)
+                                for seed in range(2) for x in (0, 1000, 2000)]
+    curves = read_curves([_write(tmp_path / "curves.csv", rows)])
+    fig = build_figure(curves, per_split=True, reps=50)
+    assert [ax.get_title() for ax in _visible_axes(fig)] == ["ood split", "test split"]  # natural task order
+    ood = select_splits(curves, ["ood"])
+    assert set(ood.tasks()) == {"halfcheetah_vel/ood/0", "halfcheetah_vel/ood/1"}
+    with pytest.raises(UserError, match=r"unknown split\(s\) \['train'\]; the curves have: ood, test"):
+        select_splits(curves, ["train"])
+    written = run_plot(PlotConfig(runs=[str(tmp_path / "curves.csv")], out=str(tmp_path / "fig"), splits=["ood"],
+                                  methods=["operator"], budget=2000, reps=50))
+    assert written[0].read_bytes().startswith(b"\x89PNG")
 
 
 def test_methods_filter_and_unknown_method(runs: list[Path]) -> None:
