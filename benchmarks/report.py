@@ -29,6 +29,56 @@ def _summary(path: Path) -> dict[str, str]:
     return {r["name"]: r["value"] for r in rows if r.get("name") and r.get("value")}
 
 
+def _teacher_check(stem: str, ours: str, reference: str) -> list[str]:
+    """The check of one teacher against its reference implementation (``benchmarks/teacher_vs_sb3.py``)."""
+    t = _summary(RESULTS / f"{stem}.csv")
+    if not t:
+        return []
+    tasks = sorted({k.split("_")[0] for k in t if k.startswith("task") and k.endswith("_final_return_ours")})
+    rows = [f"| {task} final return, ours vs reference | {t[f'{task}_final_return_ours']} vs "
+            f"{t[f'{task}_final_return_sb3']} |" for task in tasks]
+    return [
+        f"### The {ours} teacher against {reference} (`benchmarks/teacher_vs_sb3.py --teacher {ours.lower()}`)",
+        "",
+        f"Same hyperparameters, same tasks and θ⁰, {t.get('seeds')} seeds, {t.get('env_steps_per_run')} env steps "
+        f"per run ([plot](results/{stem}.png)):",
+        "",
+        "| figure | value |",
+        "| --- | --- |",
+        "| fraction of updates where our mean return lies in the reference's 95% CI | "
+        f"{t.get('fraction_updates_inside_sb3_ci')} (two identical algorithms would score about "
+        f"{t.get('fraction_expected_if_identical')}) |",
+        f"| final return inside the reference's CI on every task | {t.get('final_return_inside_sb3_ci_all_tasks')} |",
+        *rows,
+        f"| end-to-end env-steps/s, ours over the reference | **{t.get('speed_ratio_ours_over_sb3')}×** "
+        "(target ≥ 5×) |",
+        "",
+        f"![{ours} vs reference](results/{stem}.png)",
+        "",
+    ]
+
+
+def _family_cost() -> list[str]:
+    """Per-family cost relative to halfcheetah_vel (``benchmarks/family_cost.py``)."""
+    path = RESULTS / "family_cost.csv"
+    if not path.exists():
+        return []
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    return [
+        "### What each task family costs (`benchmarks/family_cost.py`)",
+        "",
+        "Ratios to `halfcheetah_vel` measured in the same round (median of rounds): one collector env step, and "
+        "one PPO update (collect + improve, default teacher).",
+        "",
+        "| family | robot | obs / act | step cost | PPO update cost |",
+        "| --- | --- | --- | --- | --- |",
+        *(f"| {r['family']} | {r['robot']} | {r['obs_dim']} / {r['act_dim']} | {r['step_cost_ratio']}× | "
+          f"{r['ppo_update_cost_ratio']}× |" for r in sorted(rows, key=lambda r: float(r["step_cost_ratio"]))),
+        "",
+    ]
+
+
 def _latest_throughput() -> dict[str, str]:
     path = RESULTS / "throughput.csv"
     if not path.exists():
@@ -55,30 +105,9 @@ def _improvement() -> list[str]:
 def section() -> str:
     """The Results section's markdown."""
     out: list[str] = []
-    teacher = _summary(RESULTS / "teacher_vs_sb3.csv")
-    if teacher:
-        out += [
-            "### The PPO teacher against Stable-Baselines3 (`benchmarks/teacher_vs_sb3.py`)",
-            "",
-            f"Same hyperparameters, same tasks, {teacher.get('seeds')} seeds, {teacher.get('env_steps_per_run')} env "
-            "steps per run ([plot](results/teacher_vs_sb3.png)):",
-            "",
-            "| figure | value |",
-            "| --- | --- |",
-            "| fraction of updates where our mean return lies in SB3's 95% CI | "
-            f"{teacher.get('fraction_updates_inside_sb3_ci')} (two identical algorithms would score about "
-            f"{teacher.get('fraction_expected_if_identical')}) |",
-            f"| final return inside SB3's CI on every task | {teacher.get('final_return_inside_sb3_ci_all_tasks')} |",
-            f"| task 0 final return, ours vs SB3 | {teacher.get('task0_final_return_ours')} vs "
-            f"{teacher.get('task0_final_return_sb3')} |",
-            f"| task 1 final return, ours vs SB3 | {teacher.get('task1_final_return_ours')} vs "
-            f"{teacher.get('task1_final_return_sb3')} |",
-            "| end-to-end env-steps/s, ours over SB3 | "
-            f"**{teacher.get('speed_ratio_ours_over_sb3')}×** (target ≥ 5×) |",
-            "",
-            "![teacher vs SB3](results/teacher_vs_sb3.png)",
-            "",
-        ]
+    for stem, ours, reference in (("teacher_vs_sb3", "PPO", "Stable-Baselines3's PPO"),
+                                  ("ars_vs_sb3", "ARS", "sb3-contrib's ARS")):
+        out += _teacher_check(stem, ours, reference)
     diversity = _summary(RESULTS / "task_diversity.csv")
     if diversity:
         out += [
@@ -96,6 +125,7 @@ def section() -> str:
                 out.append(f"| {fam} | {diversity[f'{fam}_own_task_return']} | "
                            f"{diversity[f'{fam}_other_task_return']} | {diversity[f'{fam}_transfer_ratio']} |")
         out.append("")
+    out += _family_cost()
     throughput = _latest_throughput()
     if throughput:
         out += [
