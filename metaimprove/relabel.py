@@ -126,12 +126,11 @@ def initial_starts(runs: list[DatasetRun], spec: PolicySpec, seed: int) -> list[
     """Two initial policies per run: the run's own θ⁰ (as the dataset's teacher began) and a fresh one."""
     starts = []
     for j, run in enumerate(runs):
-        identity = ObsNormalizer.identity(spec.obs_dim)
-        own = init_params(spec, torch.Generator().manual_seed(run.seed))
-        fresh = init_params(spec, torch.Generator().manual_seed(RELABEL_INIT_OFFSET + seed + j))
-        starts += [Start(run.task, Policy(spec, own, identity), seed + 2 * j, f"{run.task.name} dataset init"),
-                   Start(run.task, Policy(spec, fresh, identity.copy()), seed + 2 * j + 1,
-                         f"{run.task.name} fresh init {RELABEL_INIT_OFFSET + seed + j}")]
+        for init_seed, kind, seed_of_run in ((run.seed, "the dataset run's θ⁰", seed + 2 * j),
+                                             (RELABEL_INIT_OFFSET + seed + j, "fresh", seed + 2 * j + 1)):
+            theta = init_params(spec, torch.Generator().manual_seed(init_seed))
+            starts.append(Start(run.task, Policy(spec, theta, ObsNormalizer.identity(spec.obs_dim)), seed_of_run,
+                                f"{run.task.name} init seed {init_seed} ({kind})"))
     return starts
 
 
