@@ -3,12 +3,14 @@
 import csv
 import pathlib
 import re
+import shutil
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TEACHER, run_cli, tiny_config
+from conftest import TINY_TEACHER, tiny_config
 
+from metaimprove import cli
 from metaimprove.apply import operator_steps
 from metaimprove.collect import collect, load_manifest, load_shard
 from metaimprove.dataset import PairConfig, build_pairs, build_union, dataset_dirs
@@ -136,29 +138,31 @@ def test_augmentation_starts_from_perturbed_dataset_policies(reference_dataset: 
 
 
 @pytest.fixture(scope="module")
-def other_datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
-    """Three one-run collections: another task of the same setup, another policy size, another batch size."""
+def other_datasets(reference_dataset: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
+                   ) -> dict[str, pathlib.Path]:
+    """A second dataset of the same setup (a copy: a union may repeat tasks), one with another policy size,
+    one with another batch size."""
     root = tmp_path_factory.mktemp("other")
+    shutil.copytree(reference_dataset, root / "copy")
     plan = {"n_tasks": 1, "seeds": 1, "iterations": 2, "workers": 1}
-    configs = {"task": tiny_config(root / "task", start=5, **plan),
-               "hidden": tiny_config(root / "hidden", hidden=[16], **plan),
-               "batch": tiny_config(root / "batch", **plan)}
-    configs["batch"].teacher.n_steps = 16
-    for config in configs.values():
+    configs = [tiny_config(root / "hidden", hidden=[16], **plan), tiny_config(root / "batch", **plan)]
+    configs[1].teacher.n_steps = 16
+    for config in configs:
         collect(config)
-    return {name: pathlib.Path(config.out) for name, config in configs.items()}
+    return {"copy": root / "copy", "hidden": root / "hidden", "batch": root / "batch"}
 
 
 def test_union_holds_the_pairs_of_every_dataset(reference_dataset: pathlib.Path,
                                                 other_datasets: dict[str, pathlib.Path]) -> None:
     cfg, feats = PairConfig(ks=[1]), FeatureConfig(n_transitions=32, n_states=16)
-    a, b = build_pairs(reference_dataset, cfg, feats), build_pairs(other_datasets["task"], cfg, feats)
-    union = build_union([str(reference_dataset), str(other_datasets["task"])], cfg, feats)
-    assert len(union.source) == len(a.source) + len(b.source)
-    assert set(union.task_of_pair) == set(a.task_of_pair) | set(b.task_of_pair)
-    i = len(a.source)  # the second dataset's first pair, its indices shifted past the first's items
-    torch.testing.assert_close(union.targets[i], b.targets[0], rtol=0, atol=0)
-    assert torch.equal(union.items["theta"][union.source[i]], b.items["theta"][b.source[0]])
+    one = build_pairs(reference_dataset, cfg, feats)
+    union = build_union([str(reference_dataset), str(other_datasets["copy"])], cfg, feats)
+    n = len(one.source)
+    assert len(union.source) == 2 * n and union.task_of_pair == 2 * one.task_of_pair
+    assert torch.equal(union.targets[n:], one.targets)
+    # the second dataset's pairs point at its own items, shifted past the first's
+    assert (union.source[n:] == one.source + len(one.items["theta"])).all()
+    assert torch.equal(union.items["theta"][union.source[n:]], one.items["theta"][one.source])
 
 
 @pytest.mark.parametrize(("other", "message"), [("hidden", "hold different policy specs"),
@@ -172,18 +176,23 @@ def test_union_of_mismatched_datasets_is_refused_naming_both(reference_dataset: 
     assert all(d in str(err.value) for d in dirs) and "\n" not in str(err.value)
 
 
-def test_cli_trains_on_a_list_of_datasets_and_refuses_bad_settings(reference_dataset: pathlib.Path,
-                                                                   other_datasets: dict[str, pathlib.Path],
-                                                                   tmp_path: pathlib.Path) -> None:
+def test_cli_trains_on_a_list_of_datasets(reference_dataset: pathlib.Path, other_datasets: dict[str, pathlib.Path],
+                                          tmp_path: pathlib.Path) -> None:
     small = ["pairs.ks=[1]", "max_epochs=1", "operator.hidden=16", "features.n_transitions=32"]
-    ok = run_cli(["train", f"dataset=[{reference_dataset},{other_datasets['task']}]", f"out={tmp_path / 'u'}", *small],
-                 cwd=tmp_path)
-    assert ok.returncode == 0, ok.stderr[-2000:]
-    _, ckpt = OperatorCheckpoint.load(tmp_path / "u" / "operator.safetensors")
-    assert len(ckpt.tasks) == 3  # 4 tasks, one held out for validation
-    bad = run_cli(["train", f"dataset={reference_dataset}", f"out={tmp_path / 'b'}", "relabel_rounds=-1"],
-                  cwd=tmp_path)
-    assert bad.returncode == 2 and "relabel_rounds=-1" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert cli.main(["train", f"dataset=[{reference_dataset},{other_datasets['copy']}]", f"out={tmp_path / 'u'}",
+                     *small]) == 0
+    summary = load_tensors(tmp_path / "u" / "operator.safetensors")[1]["summary"]
+    assert summary["train_pairs"] == 2 * 4  # both copies of the 2 training tasks × 2 seeds × 1 pair
+
+
+@pytest.mark.parametrize("bad", [{"relabel_rounds": -1}, {"augment_starts": -2}, {"relabel_starts": 0},
+                                 {"augment_noise": -0.1}])
+def test_bad_relabel_and_augmentation_settings_are_refused(reference_dataset: pathlib.Path, tmp_path: pathlib.Path,
+                                                           bad: dict[str, float]) -> None:
+    name, value = next(iter(bad.items()))
+    with pytest.raises(UserError, match=f"{name}={value}"):
+        _train(reference_dataset, tmp_path / "out", **bad)
+    assert not (tmp_path / "out").exists()
 
 
 def test_dataset_setting_takes_one_directory_a_list_or_a_comma_list() -> None:
