@@ -15,8 +15,10 @@ the pairs between the later policies of that run, which cost no further env step
 
 Each teacher run from a start begins with a fresh value function and optimizer, as every run of the
 dataset does at θ⁰ and as the PPO baseline does from any initial policy in ``metaimprove apply``: the
-targets say what the teacher does *when started from* that policy. The runs are written in the
-dataset's shard format into the training run's directory (never into the source dataset).
+targets say what the teacher does *when started from* that policy. Warming the value function up first
+would make the targets look like mid-run teacher steps, but it needs a value-only fit the teacher
+interface does not offer, and env steps. The teacher is the one recorded in the (first) dataset. Its runs
+are written in the dataset's shard format into the training run's directory (never into the source dataset).
 """
 
 from __future__ import annotations
@@ -155,7 +157,8 @@ def operator_visits(op: ImprovementOperator, ckpt: OperatorCheckpoint, starts: l
 def perturbed_starts(runs: list[DatasetRun], n: int, noise: float, seed: int) -> list[Start]:
     """``n`` policies drawn uniformly from the iterations θⁿ of ``runs``, each with Gaussian noise added:
     θ + noise · rms(block) · ε per parameter block (W, b, log_std of each layer), so every block moves by
-    the same fraction of its own scale; its normalizer is kept (the policy is θⁿ's, perturbed)."""
+    the same fraction of its own scale (an all-zero block, such as a fresh bias, stays); its normalizer is kept
+    (the policy is θⁿ's, perturbed)."""
     if not runs:
         raise UserError("augmentation found no dataset runs on the training tasks")
     rng = np.random.default_rng(seed)

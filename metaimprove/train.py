@@ -4,6 +4,14 @@ The loss is behavioural (function-space): the KL divergence from the predicted �
 distribution to the target policy θⁿ⁺ᵏ's, on states of τⁿ and τⁿ⁺ᵏ — weight symmetries make plain parameter
 regression a weak signal — plus an optional small parameter-space term. Validation holds out whole
 tasks; training stops early when the validation loss stops improving and keeps the best checkpoint.
+
+Beyond the collected pairs (see :mod:`metaimprove.relabel`): ``augment_starts`` adds the teacher's pairs from
+noise-perturbed dataset policies before fitting, and ``relabel_rounds`` then alternates "apply the operator
+on training tasks, run the teacher from the policies it visits, add those pairs, refit". A refit continues
+from the current best weights (with a fresh optimizer and early stopping): the aggregated pairs still hold
+everything the previous fit learned from, so it starts close to a good solution, and on 2 cores a refit from
+scratch would cost as much as the first fit every round. ``dataset`` may name several datasets (e.g. PPO and
+ARS collections of one family): their union is trained on, and their policy specs and batch shapes must agree.
 """
 
 from __future__ import annotations
@@ -246,6 +254,9 @@ class _Trainer:
             self.checkpoint.save(self.path, self.op, summary=best["summary"])
 
         rows = [{"round": round_, **row} for row in fit(self.op, self.pairs, train_idx, val_idx, self.config, save)]
+        if "state" not in best:
+            raise UserError(f"training diverged: the loss was never finite (round {round_}); lower lr= or check "
+                            "the dataset for blown-up runs")
         self.rows += rows
         _write_csv(self.out / "metrics.csv", self.rows)
         self.op.load_state_dict(best["state"])
