@@ -61,6 +61,8 @@ class Pairs:
     """task name of each pair"""
     teacher: dict[str, Any]
     """the teacher (name, config) that produced the runs"""
+    batch_shape: tuple[int, ...] = ()
+    """steps × environments of every τ (what the features are computed from)"""
 
     def select(self, tasks: set[str]) -> torch.Tensor:
         """Indices of the pairs whose task is in ``tasks``."""
@@ -84,55 +86,105 @@ def _experience(t: dict[str, torch.Tensor], n: int) -> Experience:
     )
 
 
+def run_pairs(t: dict[str, torch.Tensor], meta: dict[str, Any], config: PairConfig, features: FeatureConfig,
+              generator: torch.Generator) -> Pairs:
+    """Encode one teacher run (shard tensors ``t`` and meta, see :mod:`metaimprove.collect`) and enumerate its
+    hindsight pairs; the run may be too short for any k (then it has no pairs)."""
+    spec = PolicySpec.from_dict(meta["policy_spec"])
+    n_iter = t["reward"].shape[0]
+    norms = [ObsNormalizer(t["norm_mean"][n].double().numpy(), t["norm_var"][n].double().numpy())
+             for n in range(n_iter + 1)]
+    items = [encode(Policy(spec, t["theta"][n].float(), norms[n]), _experience(t, n), features, generator)
+             for n in range(n_iter)]
+    reward_rate = t["reward"].double().mean(dim=(1, 2))
+    name = Task.from_dict(meta["task"]).name
+    targets, source, target_item, ask = [], [], [], []
+    for n in range(n_iter):
+        for k in config.ks:
+            if n + k >= n_iter:
+                continue
+            source.append(n)
+            target_item.append(n + k)
+            targets.append(fold_normalizer(spec, t["theta"][n + k].double(), norms[n + k], norms[n + 1]).float())
+            ask.append((math.log2(k), float(reward_rate[n + k] - reward_rate[n])))
+    return Pairs(
+        spec=spec,
+        items=stack(items),
+        targets=torch.stack(targets) if targets else torch.zeros(0, spec.n_params),
+        source=torch.tensor(source, dtype=torch.long),
+        target_item=torch.tensor(target_item, dtype=torch.long),
+        ask=torch.tensor(ask, dtype=torch.float32).reshape(-1, 2),
+        task_of_pair=[name] * len(source),
+        teacher=meta["teacher"],
+        batch_shape=tuple(t["reward"].shape[1:]),
+    )
+
+
+def concat_pairs(parts: list[Pairs]) -> Pairs:
+    """One :class:`Pairs` holding every part's items and pairs (indices shifted); the first part's teacher.
+
+    The parts must share the policy spec and the experience batch shape (callers name the sources in errors).
+    """
+    first = parts[0]
+    offsets = np.cumsum([0] + [len(p.items["theta"]) for p in parts[:-1]]).tolist()
+    return Pairs(
+        spec=first.spec,
+        items={key: torch.cat([p.items[key] for p in parts]) for key in first.items},
+        targets=torch.cat([p.targets for p in parts]),
+        source=torch.cat([p.source + off for p, off in zip(parts, offsets, strict=True)]),
+        target_item=torch.cat([p.target_item + off for p, off in zip(parts, offsets, strict=True)]),
+        ask=torch.cat([p.ask for p in parts]),
+        task_of_pair=[name for p in parts for name in p.task_of_pair],
+        teacher=first.teacher,
+        batch_shape=first.batch_shape,
+    )
+
+
 def build_pairs(dataset: str | Path, config: PairConfig, features: FeatureConfig) -> Pairs:
     """Read every shard of ``dataset``, encode each (θⁿ, τⁿ) and enumerate the hindsight pairs."""
     entries = load_manifest(dataset)
     if not entries:
         raise UserError(f"dataset {dataset} has no shards; run `metaimprove collect out={dataset}` first")
     generator = torch.Generator().manual_seed(config.seed)
-    items: list[Features] = []
-    targets: list[torch.Tensor] = []
-    source, target_item, ask, task_of_pair = [], [], [], []
-    spec: PolicySpec | None = None
-    teacher: dict[str, Any] = {}
+    parts: list[Pairs] = []
     for entry in entries:
-        t, meta = load_shard(dataset, entry)
-        run_spec = PolicySpec.from_dict(meta["policy_spec"])
-        if spec is not None and run_spec != spec:
-            raise UserError(f"shard {entry['shard']} has policy spec {run_spec}, others have {spec}; "
+        part = run_pairs(*load_shard(dataset, entry), config, features, generator)
+        if parts and part.spec != parts[0].spec:
+            raise UserError(f"shard {entry['shard']} has policy spec {part.spec}, others have {parts[0].spec}; "
                             "one operator serves one policy architecture")
-        spec = run_spec
-        teacher = meta["teacher"]
-        n_iter = t["reward"].shape[0]
-        first_item = len(items)
-        norms = [ObsNormalizer(t["norm_mean"][n].double().numpy(), t["norm_var"][n].double().numpy())
-                 for n in range(n_iter + 1)]
-        for n in range(n_iter):
-            items.append(encode(Policy(spec, t["theta"][n].float(), norms[n]), _experience(t, n), features, generator))
-        reward_rate = t["reward"].double().mean(dim=(1, 2))
-        name = Task.from_dict(meta["task"]).name
-        for n in range(n_iter):
-            for k in config.ks:
-                if n + k >= n_iter:
-                    continue
-                source.append(first_item + n)
-                target_item.append(first_item + n + k)
-                targets.append(fold_normalizer(spec, t["theta"][n + k].double(), norms[n + k], norms[n + 1]).float())
-                ask.append((math.log2(k), float(reward_rate[n + k] - reward_rate[n])))
-                task_of_pair.append(name)
-    if not source:
+        parts.append(part)
+    pairs = concat_pairs(parts)
+    if not len(pairs.source):
         raise UserError(f"dataset {dataset} has runs too short for any k in {config.ks}; collect more iterations")
-    assert spec is not None
-    return Pairs(
-        spec=spec,
-        items=stack(items),
-        targets=torch.stack(targets),
-        source=torch.tensor(source),
-        target_item=torch.tensor(target_item),
-        ask=torch.tensor(ask, dtype=torch.float32),
-        task_of_pair=task_of_pair,
-        teacher=teacher,
-    )
+    return pairs
+
+
+def dataset_dirs(dataset: str | list[str] | tuple[str, ...]) -> list[str]:
+    """The dataset directories of a ``dataset=`` setting: one directory, a list, or a comma-separated list."""
+    names = [dataset] if isinstance(dataset, str) else [str(d) for d in dataset]
+    dirs = [part.strip() for name in names for part in name.split(",") if part.strip()]
+    if not dirs:
+        raise UserError("dataset= names no directory; give one (dataset=DIR) or several (dataset=[DIR_A,DIR_B])")
+    return dirs
+
+
+def build_union(datasets: list[str], config: PairConfig, features: FeatureConfig) -> Pairs:
+    """The pairs of every dataset in ``datasets`` together (e.g. PPO and ARS collections of one family).
+
+    Their policy specs must agree (one operator serves one architecture), and so must their experience
+    batch shapes (steps × environments per update): the operator's features, and the batch it collects
+    when applied, are defined by that shape.
+    """
+    parts = [build_pairs(d, config, features) for d in datasets]
+    for name, part in zip(datasets[1:], parts[1:], strict=True):
+        if part.spec != parts[0].spec:
+            raise UserError(f"datasets {datasets[0]} and {name} hold different policy specs "
+                            f"({parts[0].spec} vs {part.spec}); a union must share one policy architecture")
+        if part.batch_shape != parts[0].batch_shape:
+            raise UserError(f"datasets {datasets[0]} and {name} collected batches of different shapes "
+                            f"(steps × envs {parts[0].batch_shape} vs {part.batch_shape}); a union must share the "
+                            "teacher's batch size")
+    return concat_pairs(parts) if len(parts) > 1 else parts[0]
 
 
 def split_tasks(pairs: Pairs, val_fraction: float, seed: int) -> tuple[set[str], set[str]]:

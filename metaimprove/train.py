@@ -4,33 +4,45 @@ The loss is behavioural (function-space): the KL divergence from the predicted �
 distribution to the target policy θⁿ⁺ᵏ's, on states of τⁿ and τⁿ⁺ᵏ — weight symmetries make plain parameter
 regression a weak signal — plus an optional small parameter-space term. Validation holds out whole
 tasks; training stops early when the validation loss stops improving and keeps the best checkpoint.
+
+Beyond the collected pairs (see :mod:`metaimprove.relabel`): ``augment_starts`` adds the teacher's pairs from
+noise-perturbed dataset policies before fitting, and ``relabel_rounds`` then alternates "apply the operator
+on training tasks, run the teacher from the policies it visits, add those pairs, refit". A refit continues
+from the current best weights (with a fresh optimizer and early stopping): the aggregated pairs still hold
+everything the previous fit learned from, so it starts close to a good solution, and on 2 cores a refit from
+scratch would cost as much as the first fit every round. ``dataset`` may name several datasets (e.g. PPO and
+ARS collections of one family): their union is trained on, and their policy specs and batch shapes must agree.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from metaimprove.dataset import PairConfig, Pairs, build_pairs, split_tasks
+from metaimprove.dataset import PairConfig, Pairs, build_union, concat_pairs, dataset_dirs, split_tasks
 from metaimprove.errors import UserError
 from metaimprove.features import FeatureConfig
 from metaimprove.operator import ImprovementOperator, OperatorCheckpoint, OperatorConfig
 from metaimprove.policy import PolicySpec, forward
+from metaimprove.relabel import dataset_runs, initial_starts, operator_visits, perturbed_starts, teacher_pairs
 
 
 @dataclass
 class TrainConfig:
     """Fit the improvement operator to a collected dataset (hindsight pairs, behavioural loss)."""
 
-    dataset: str = "???"
-    """directory written by `metaimprove collect`"""
+    dataset: Any = "???"
+    """directory written by `metaimprove collect`, or several for their union: dataset=[DIR_A,DIR_B] or 'DIR_A,DIR_B'"""
     out: str = "???"
     """directory for the checkpoint and metrics"""
     operator: OperatorConfig = field(default_factory=OperatorConfig)
@@ -59,6 +71,22 @@ class TrainConfig:
     """divide each pair's loss by the θ'=θ loss of its k on the training pairs, so large k do not dominate"""
     seed: int = 0
     """seeds initialization and batching"""
+    augment_noise: float = 0.1
+    """augmentation: Gaussian noise added to dataset policies, as a fraction of each parameter block's RMS"""
+    augment_starts: int = 0
+    """augmentation: perturbed dataset policies to run the teacher from (max(ks)+1 updates each; 0 = none)"""
+    relabel_rounds: int = 0
+    """relabeling rounds: apply the operator on training tasks, run the teacher from the visited policies, retrain"""
+    relabel_tasks: int = 4
+    """training tasks the operator is applied on per round (each from its dataset θ⁰ and from a fresh init)"""
+    relabel_applications: int = 8
+    """operator applications per relabel rollout"""
+    relabel_starts: int = 8
+    """visited policies (drawn at random) the teacher runs max(ks)+1 updates from, per round"""
+    relabel_ask_k: int | None = None
+    """jump k the operator is asked for in relabel rollouts (default: the largest trained k, as apply)"""
+    relabel_eval_episodes: int = 2
+    """deterministic episodes per visited policy for the returns in relabel.csv"""
 
 
 def behavioural_loss(spec: PolicySpec, theta: torch.Tensor, target: torch.Tensor, states: torch.Tensor,
@@ -171,41 +199,149 @@ def fit(op: ImprovementOperator, pairs: Pairs, train_idx: torch.Tensor, val_idx:
     return rows
 
 
-def train(config: TrainConfig) -> Path:
-    """Fit an operator to ``config.dataset``; writes ``operator.safetensors`` (+ JSON) and ``metrics.csv`` to
-    ``config.out`` and returns the checkpoint path."""
+def _check(config: TrainConfig) -> None:
     if config.batch_size < 1 or config.max_epochs < 1 or config.lr <= 0:
         raise UserError("batch_size and max_epochs must be >= 1 and lr > 0")
     if not config.pairs.ks or any(k < 1 for k in config.pairs.ks):
         raise UserError(f"pairs.ks must be a non-empty list of jumps >= 1, got {config.pairs.ks}")
-    torch.manual_seed(config.seed)
-    print(f"encoding hindsight pairs from {config.dataset} ...", flush=True)
-    pairs = build_pairs(config.dataset, config.pairs, config.features)
-    train_tasks, val_tasks = split_tasks(pairs, config.pairs.val_fraction, config.pairs.seed)
-    train_idx, val_idx = pairs.select(train_tasks), pairs.select(val_tasks)
-    print(f"{len(train_idx)} training pairs from {len(train_tasks)} tasks, "
-          f"{len(val_idx)} validation pairs from {len(val_tasks)} tasks", flush=True)
-    op = ImprovementOperator(pairs.spec, config.operator)
-    checkpoint = OperatorCheckpoint.from_training(config.features, config.operator, pairs.spec,
-                                                   config.pairs.ks, pairs.ask[train_idx], sorted(train_tasks),
-                                                   pairs.teacher)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "operator.safetensors"
+    counts = {"augment_starts": config.augment_starts, "relabel_rounds": config.relabel_rounds}
+    sizes = {"relabel_tasks": config.relabel_tasks, "relabel_applications": config.relabel_applications,
+             "relabel_starts": config.relabel_starts, "relabel_eval_episodes": config.relabel_eval_episodes}
+    bad = [f"{k}={v}" for k, v in counts.items() if v < 0] + [f"{k}={v}" for k, v in sizes.items() if v < 1]
+    if bad or config.augment_noise < 0:
+        raise UserError(f"invalid {', '.join(bad) or f'augment_noise={config.augment_noise}'}: counts must be >= 0, "
+                        "relabel sizes >= 1 and augment_noise >= 0")
 
-    def save(epoch: int, loss: float, identity: float) -> None:
-        checkpoint.save(path, op, summary={"best_epoch": epoch, "val_loss": loss, "val_identity_loss": identity,
-                                           "train_tasks": len(train_tasks), "val_tasks": len(val_tasks)})
 
-    rows = fit(op, pairs, train_idx, val_idx, config, save)
-    tmp = out / "metrics.csv.tmp"
+def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
+    tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(out / "metrics.csv")
-    best = min(rows, key=lambda r: r["val_loss"] if len(val_idx) else r["train_loss"])
+    tmp.replace(path)
+
+
+class _Trainer:
+    """One training run: the pairs so far, the operator, its checkpoint file and the per-epoch metrics."""
+
+    def __init__(self, config: TrainConfig, pairs: Pairs, train_tasks: set[str], val_tasks: set[str]) -> None:
+        self.config, self.pairs, self.train_tasks, self.val_tasks = config, pairs, train_tasks, val_tasks
+        self.op = ImprovementOperator(pairs.spec, config.operator)
+        # The ask range comes from the source pairs only: relabeled pairs must not move apply's default ask.
+        self.checkpoint = OperatorCheckpoint.from_training(config.features, config.operator, pairs.spec,
+                                                           config.pairs.ks, pairs.ask[pairs.select(train_tasks)],
+                                                           sorted(train_tasks), pairs.teacher)
+        self.out = Path(config.out)
+        self.path = self.out / "operator.safetensors"
+        self.rows: list[dict[str, float]] = []
+
+    def add(self, extra: Pairs) -> None:
+        """Add pairs (of training tasks) to the training set."""
+        self.pairs = concat_pairs([self.pairs, extra])
+
+    def fit(self, round_: int) -> dict[str, float]:
+        """Fit from the current weights; leaves the best weights in ``op`` (also saved to ``operator.safetensors``
+        and ``operator_round<r>.safetensors`` when relabeling) and returns the best epoch's metrics."""
+        train_idx, val_idx = self.pairs.select(self.train_tasks), self.pairs.select(self.val_tasks)
+        best: dict[str, Any] = {}
+
+        def save(epoch: int, loss: float, identity: float) -> None:
+            best["summary"] = {"best_epoch": epoch, "val_loss": loss, "val_identity_loss": identity,
+                               "train_tasks": len(self.train_tasks), "val_tasks": len(self.val_tasks),
+                               "train_pairs": len(train_idx), "relabel_round": round_}
+            best["state"] = copy.deepcopy(self.op.state_dict())
+            self.checkpoint.save(self.path, self.op, summary=best["summary"])
+
+        rows = [{"round": round_, **row} for row in fit(self.op, self.pairs, train_idx, val_idx, self.config, save)]
+        if "state" not in best:
+            raise UserError(f"training diverged: the loss was never finite (round {round_}); lower lr= or check "
+                            "the dataset for blown-up runs")
+        self.rows += rows
+        _write_csv(self.out / "metrics.csv", self.rows)
+        self.op.load_state_dict(best["state"])
+        if self.config.relabel_rounds:
+            self.checkpoint.save(self.out / f"operator_round{round_}.safetensors", self.op, summary=best["summary"])
+        return rows[best["summary"]["best_epoch"]]
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else math.nan
+
+
+def _relabel(trainer: _Trainer, datasets: list[str], best: dict[str, float]) -> None:
+    """Relabeling rounds after the first fit; one row per round to ``relabel.csv`` (round 0: no relabeled pairs)."""
+    config, pairs = trainer.config, trainer.pairs
+    ask = trainer.checkpoint.default_ask(config.relabel_ask_k)
+    runs = {name: dataset_runs(datasets, tasks) for name, tasks in
+            (("train", trainer.train_tasks), ("val", trainer.val_tasks))}
+    rng = np.random.default_rng(config.seed)
+    # The same tasks and initial policies every round, so that the rounds' returns compare; what changes
+    # between rounds is the operator, and with it the policies it visits.
+    starts = {}
+    for name, candidates in runs.items():
+        pick = sorted(rng.choice(len(candidates), min(config.relabel_tasks, len(candidates)), replace=False))
+        starts[name] = initial_starts([candidates[i] for i in pick], pairs.spec, seed=config.seed)
+    rows: list[dict[str, float]] = []
+    added, teacher_steps, visits = 0, 0, []
+    batch = math.prod(pairs.batch_shape)
+    clock = time.perf_counter()
+    for round_ in range(config.relabel_rounds + 1):
+        if round_:
+            chosen = sorted(rng.choice(len(visits), min(config.relabel_starts, len(visits)), replace=False))
+            extra, teacher_steps = teacher_pairs([visits[i] for i in chosen], pairs.teacher, config.pairs,
+                                                 config.features, trainer.out / "relabel", f"round{round_}",
+                                                 torch.Generator().manual_seed(config.pairs.seed + round_))
+            added = len(extra.source)
+            print(f"relabel round {round_}: {added} pairs from {len(chosen)} visited policies "
+                  f"({teacher_steps} teacher env steps)", flush=True)
+            trainer.add(extra)
+            best = trainer.fit(round_)
+        returns = {name: operator_visits(trainer.op, trainer.checkpoint, s, config.relabel_applications, ask,
+                                         config.relabel_eval_episodes) for name, s in starts.items()}
+        visits = returns["train"][0]
+        rows.append({"round": round_, "pairs_added": added, "teacher_env_steps": teacher_steps,
+                     # operator rollouts on training and validation tasks (evaluation episodes not counted)
+                     "operator_env_steps": sum(len(r[1]) for r in returns.values()) * batch,
+                     "train_loss": best["train_loss"], "val_loss": best["val_loss"],
+                     "val_identity_loss": best["val_identity_loss"],
+                     # the loss weights (normalize_by_k) change with the training pairs: compare this ratio
+                     "val_loss_over_identity": best["val_loss"] / best["val_identity_loss"],
+                     **{f"{name}_return": _mean(r[1]) for name, r in returns.items()},
+                     **{f"{name}_final_return": _mean(r[2]) for name, r in returns.items()},
+                     "seconds": time.perf_counter() - clock})
+        _write_csv(trainer.out / "relabel.csv", rows)
+        clock = time.perf_counter()
+
+
+def train(config: TrainConfig) -> Path:
+    """Fit an operator to ``config.dataset`` (one dataset or the union of several); writes ``operator.safetensors``
+    (+ JSON) and ``metrics.csv`` to ``config.out`` and returns the checkpoint path. With ``augment_starts``, adds
+    teacher pairs from perturbed dataset policies first; with ``relabel_rounds``, relabels and retrains after
+    the fit (``relabel.csv``, ``operator_round<r>.safetensors``, the teacher runs under ``relabel/``)."""
+    _check(config)
+    torch.manual_seed(config.seed)
+    datasets = dataset_dirs(config.dataset)
+    print(f"encoding hindsight pairs from {', '.join(datasets)} ...", flush=True)
+    pairs = build_union(datasets, config.pairs, config.features)
+    train_tasks, val_tasks = split_tasks(pairs, config.pairs.val_fraction, config.pairs.seed)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = _Trainer(config, pairs, train_tasks, val_tasks)
+    if config.augment_starts:
+        starts = perturbed_starts(dataset_runs(datasets, train_tasks), config.augment_starts, config.augment_noise,
+                                  config.seed)
+        extra, steps = teacher_pairs(starts, pairs.teacher, config.pairs, config.features, out / "augment", "augment",
+                                     torch.Generator().manual_seed(config.pairs.seed))
+        print(f"augmentation: {len(extra.source)} pairs from {len(starts)} perturbed policies "
+              f"({steps} teacher env steps)", flush=True)
+        trainer.add(extra)
+    print(f"{len(trainer.pairs.select(train_tasks))} training pairs from {len(train_tasks)} tasks, "
+          f"{len(trainer.pairs.select(val_tasks))} validation pairs from {len(val_tasks)} tasks", flush=True)
+    best = trainer.fit(0)
     print(f"best epoch {best['epoch']}: validation loss {best['val_loss']:.4f} "
           f"(θ'=θ scores {best['val_identity_loss']:.4f}); "
-          f"checkpoint {path}", flush=True)
-    return path
+          f"checkpoint {trainer.path}", flush=True)
+    if config.relabel_rounds:
+        _relabel(trainer, datasets, best)
+    return trainer.path

@@ -1,0 +1,183 @@
+"""Extra teacher pairs from chosen start policies: relabeling rounds (DAgger for operators) and augmentation.
+
+A dataset only holds the policies the teacher itself visited. Applied again and again, the operator
+wanders off those trajectories (covariate shift), and nothing in the data says how to improve from
+where it lands. Two ways to put such policies into the data share one piece, :func:`teacher_pairs`:
+given start policies on training tasks, run the teacher from each for ``max(ks) + 1`` updates and turn
+the run into hindsight pairs exactly as :func:`metaimprove.dataset.run_pairs` does for a collected run
+(so the pairs from the start itself are ``(θ, τ, ask = [log2 k, r̄ᵏ − r̄⁰]) → θᵏ`` for every k, plus
+the pairs between the later policies of that run, which cost no further env steps).
+
+* **Relabeling** (:func:`operator_visits`): apply the trained operator from initial policies on training
+  tasks and take the policies it visits as starts.
+* **Augmentation** (:func:`perturbed_starts`, D-REX style): add Gaussian noise, scaled to each parameter
+  block's RMS, to policies of the dataset's runs and take those as starts.
+
+Each teacher run from a start begins with a fresh value function and optimizer, as every run of the
+dataset does at θ⁰ and as the PPO baseline does from any initial policy in ``metaimprove apply``: the
+targets say what the teacher does *when started from* that policy. Warming the value function up first
+would make the targets look like mid-run teacher steps, but it needs a value-only fit the teacher
+interface does not offer, and env steps. The teacher is the one recorded in the (first) dataset. Its runs
+are written in the dataset's shard format into the training run's directory (never into the source dataset).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from metaimprove.apply import operator_steps
+from metaimprove.collect import load_manifest, load_shard, shard_task, shard_tensors
+from metaimprove.dataset import PairConfig, Pairs, concat_pairs, run_pairs
+from metaimprove.errors import UserError
+from metaimprove.features import FeatureConfig
+from metaimprove.operator import ImprovementOperator, OperatorCheckpoint
+from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, init_params
+from metaimprove.rollout import evaluate
+from metaimprove.storage import save_tensors
+from metaimprove.tasks import Task
+from metaimprove.teachers import TEACHERS, Teacher
+
+CHAIN_FORMAT = "metaimprove.teacher-chain"
+# Fresh initializations for relabel rollouts: collection uses seeds 0, 1, ... and apply uses 100_000 + seed,
+# so these are neither training runs' θ⁰ nor the inits operators are evaluated from.
+RELABEL_INIT_OFFSET = 500_000
+
+
+@dataclass
+class Start:
+    """A policy on a task for the teacher (or the operator) to start from."""
+
+    task: Task
+    policy: Policy
+    seed: int
+    """seeds the run from this start (collection noise, value-network init, minibatches)"""
+    origin: str
+    """where the policy came from, recorded with its pairs (e.g. 'relabel round 1 visit 3')"""
+
+
+@dataclass
+class DatasetRun:
+    """One run of a source dataset, as far as relabeling needs it: its task and seed (which fixed θ⁰)."""
+
+    root: str
+    entry: dict[str, Any]
+
+    @property
+    def task(self) -> Task:
+        """The run's task."""
+        return shard_task(self.entry)
+
+    @property
+    def seed(self) -> int:
+        """The run's seed (θ⁰ = ``init_params(spec, seed)`` with an identity normalizer, as collect starts it)."""
+        return int(self.entry["seed"])
+
+
+def dataset_runs(datasets: list[str], tasks: set[str]) -> list[DatasetRun]:
+    """The runs of ``datasets`` whose task is in ``tasks``, in manifest order."""
+    return [DatasetRun(root, entry) for root in datasets for entry in load_manifest(root)
+            if entry["task_name"] in tasks]
+
+
+def make_teacher(teacher: dict[str, Any]) -> Teacher:
+    """A fresh teacher configured as the one recorded in a dataset (``{"name", "config"}``)."""
+    name = teacher.get("name")
+    if name not in TEACHERS:
+        raise UserError(f"the dataset's teacher {name!r} is not one of {sorted(TEACHERS)}; cannot relabel with it")
+    config_type, cls = TEACHERS[name]
+    default = config_type()
+    names = {f.name for f in dataclasses.fields(config_type)}
+    # JSON turned tuples into lists; the config's own defaults say which fields are tuples.
+    values = {k: tuple(v) if isinstance(getattr(default, k), tuple) else v
+              for k, v in teacher.get("config", {}).items() if k in names}
+    return cls(config_type(**values))
+
+
+def teacher_pairs(starts: list[Start], teacher: dict[str, Any], config: PairConfig, features: FeatureConfig,
+                  out: Path, prefix: str, generator: torch.Generator) -> tuple[Pairs, int]:
+    """Run ``teacher`` for ``max(config.ks) + 1`` updates from every start and return the runs' hindsight
+    pairs and the env steps spent. Each run is written to ``out/<prefix>-<i>.safetensors`` (shard format)."""
+    if not starts:
+        raise UserError(f"no start policies for {prefix}; raise the number of starts")
+    out.mkdir(parents=True, exist_ok=True)
+    iterations = max(config.ks) + 1
+    parts, steps = [], 0
+    for i, start in enumerate(starts):
+        # Anything drawing from global RNGs then depends on this start only (as in collect's workers).
+        random.seed(start.seed)
+        np.random.seed(start.seed)
+        torch.manual_seed(start.seed)
+        records = list(make_teacher(teacher).run(start.task, start.policy, iterations, start.seed))
+        tensors = shard_tensors(records)
+        meta = {"format": CHAIN_FORMAT, "task": start.task.to_dict(), "teacher": teacher, "seed": start.seed,
+                "origin": start.origin, "iterations": [0, iterations], "policy_spec": start.policy.spec.to_dict()}
+        save_tensors(out / f"{prefix}-{i:04d}.safetensors", tensors, meta)
+        parts.append(run_pairs(tensors, meta, config, features, generator))
+        steps += records[-1].env_steps
+    return concat_pairs(parts), steps
+
+
+def initial_starts(runs: list[DatasetRun], spec: PolicySpec, seed: int) -> list[Start]:
+    """Two initial policies per run: the run's own θ⁰ (as the dataset's teacher began) and a fresh one."""
+    starts = []
+    for j, run in enumerate(runs):
+        for init_seed, kind, seed_of_run in ((run.seed, "the dataset run's θ⁰", seed + 2 * j),
+                                             (RELABEL_INIT_OFFSET + seed + j, "fresh", seed + 2 * j + 1)):
+            theta = init_params(spec, torch.Generator().manual_seed(init_seed))
+            starts.append(Start(run.task, Policy(spec, theta, ObsNormalizer.identity(spec.obs_dim)), seed_of_run,
+                                f"{run.task.name} init seed {init_seed} ({kind})"))
+    return starts
+
+
+def operator_visits(op: ImprovementOperator, ckpt: OperatorCheckpoint, starts: list[Start], applications: int,
+                    ask: torch.Tensor, eval_episodes: int) -> tuple[list[Start], list[float], list[float]]:
+    """Apply the operator ``applications`` times from each start (as ``metaimprove apply`` does).
+
+    Returns every visited policy (as a start for the teacher, seeded apart from its rollout), the
+    deterministic return of each (``eval_episodes`` episodes, apply's protocol), and the return of
+    each rollout's last policy.
+    """
+    visits, returns, finals = [], [], []
+    for start in starts:
+        for i, policy in enumerate(operator_steps(op, ckpt, start.task, start.policy, start.seed, applications,
+                                                  ask)):
+            visits.append(Start(start.task, policy, 1_000 * start.seed + i + 1, f"{start.origin} step {i + 1}"))
+            returns.append(evaluate(policy, start.task, eval_episodes, seed=start.seed))
+        finals.append(returns[-1])
+    return visits, returns, finals
+
+
+def perturbed_starts(runs: list[DatasetRun], n: int, noise: float, seed: int) -> list[Start]:
+    """``n`` policies drawn uniformly from the iterations θⁿ of ``runs``, each with Gaussian noise added:
+    θ + noise · rms(block) · ε per parameter block (W, b, log_std of each layer), so every block moves by
+    the same fraction of its own scale (an all-zero block, such as a fresh bias, stays); its normalizer is kept
+    (the policy is θⁿ's, perturbed)."""
+    if not runs:
+        raise UserError("augmentation found no dataset runs on the training tasks")
+    rng = np.random.default_rng(seed)
+    picks = sorted((int(rng.integers(len(runs))), float(rng.random())) for _ in range(n))
+    generator = torch.Generator().manual_seed(seed)
+    starts, loaded = [], {}
+    for j, (r, u) in enumerate(picks):
+        run = runs[r]
+        if r not in loaded:
+            loaded = {r: load_shard(run.root, run.entry)}  # picks are sorted: each shard is read once
+        t, meta = loaded[r]
+        spec = PolicySpec.from_dict(meta["policy_spec"])
+        it = int(u * t["reward"].shape[0])
+        theta = t["theta"][it].float().clone()
+        for block in spec.unflatten(theta).values():
+            scale = block.square().mean().sqrt()
+            block.add_(noise * scale * torch.randn(block.shape, generator=generator))
+        norm = ObsNormalizer(t["norm_mean"][it].double().numpy(), t["norm_var"][it].double().numpy(),
+                             float(t["norm_count"][it]))
+        starts.append(Start(run.task, Policy(spec, theta, norm), seed + j,
+                            f"{run.task.name} seed {run.seed} iteration {it} + noise {noise}"))
+    return starts
