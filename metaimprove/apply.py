@@ -23,7 +23,6 @@ method does not update; ``transferred`` starts at the env steps its selection us
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 import multiprocessing as mp
@@ -47,7 +46,7 @@ from metaimprove.operator import ImprovementOperator, OperatorCheckpoint
 from metaimprove.policy import ObsNormalizer, Policy, init_params, load_policy, save_policy
 from metaimprove.rollout import Collector, Experience, Simulator, evaluate
 from metaimprove.tasks import Task, TaskConfig, get_family
-from metaimprove.teachers import TEACHERS, Teacher
+from metaimprove.teachers import TEACHERS, Teacher, make_teacher, recorded_config
 
 OPERATOR_METHODS = ("operator", "operator_guarded")
 CHECKPOINT_METHODS = ("nearest", "nearest_noise", "nearest_avg", "avg_weights", "transferred")
@@ -156,23 +155,9 @@ def initial_policy(config: ApplyConfig, ckpt: OperatorCheckpoint, seed: int) -> 
 
 
 def teacher_config(ckpt: OperatorCheckpoint, name: str | None = None) -> Any:
-    """The config of teacher ``name`` (default: the one whose pairs trained ``ckpt``).
-
-    The operator's own teacher gets the config it ran with (its batch is the operator's); another gets its defaults.
-    """
-    own = str(ckpt.teacher.get("name", "ppo"))
-    name = name or own
-    config_type = TEACHERS[name][0]
-    given = ckpt.teacher.get("config", {}) if name == own else {}
-    known = {f.name for f in dataclasses.fields(config_type)}
-    # JSON turned tuple fields into lists.
-    return config_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if k in known})
-
-
-def make_teacher(ckpt: OperatorCheckpoint, name: str | None = None) -> Teacher:
-    """Teacher ``name`` (default: the operator's own) with :func:`teacher_config`."""
-    name = name or str(ckpt.teacher.get("name", "ppo"))
-    return TEACHERS[name][1](teacher_config(ckpt, name))
+    """The config of teacher ``name`` (default: the one whose pairs trained ``ckpt``, with the settings it ran
+    with, so its batch is the operator's; another teacher gets its defaults)."""
+    return recorded_config(ckpt.teacher, name)
 
 
 def operator_batch(ckpt: OperatorCheckpoint) -> tuple[int, int]:
@@ -329,7 +314,7 @@ def _run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], di
         length = get_family(job.task.family).episode_length
 
         def fallback(best: Policy, remaining: int, n: int) -> tuple[Policy, int]:
-            teacher = make_teacher(ckpt)
+            teacher = make_teacher(ckpt.teacher)
             if teacher.steps_per_update > remaining:
                 return best, 0  # no budget left for a teacher step: the rollback alone
             last = list(teacher_steps(teacher, job.task, best, eval_seed(job.seed) + 1 + n, teacher.steps_per_update,
@@ -345,7 +330,7 @@ def _run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], di
         name = "ppo" if job.method == "dr_ppo" else job.method
         start = load_policy(Path(str(config.dr_policy))) if job.method == "dr_ppo" else initial_policy(config, ckpt,
                                                                                                       job.seed)
-        points = teacher_steps(make_teacher(ckpt, name), job.task, start, job.seed, budget,
+        points = teacher_steps(make_teacher(ckpt.teacher, name), job.task, start, job.seed, budget,
                                timings.setdefault(f"{name}_update", []))
     else:
         start, charged = zero_adaptation_policy(config, ckpt, job)
@@ -441,7 +426,7 @@ def _check_budget(config: ApplyConfig, ckpt: OperatorCheckpoint, family: str) ->
     budget = run_budget(config, n_envs * n_steps)
     teachers = {m for m in config.methods if m in TEACHERS} | ({"ppo"} if "dr_ppo" in config.methods else set())
     for name in sorted(teachers):
-        steps = make_teacher(ckpt, name).steps_per_update
+        steps = make_teacher(ckpt.teacher, name).steps_per_update
         if steps > budget:
             raise UserError(f"budget B = {budget} env steps is smaller than one batch of {name} ({steps} steps)")
     if "transferred" in config.methods:

@@ -23,7 +23,6 @@ are written in the dataset's shard format into the training run's directory (nev
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,17 +31,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from metaimprove.apply import operator_steps
+from metaimprove.apply import operator_batch, operator_update
 from metaimprove.collect import load_manifest, load_shard, shard_task, shard_tensors
 from metaimprove.dataset import PairConfig, Pairs, concat_pairs, run_pairs
 from metaimprove.errors import UserError
 from metaimprove.features import FeatureConfig
 from metaimprove.operator import ImprovementOperator, OperatorCheckpoint
 from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, init_params
-from metaimprove.rollout import evaluate
+from metaimprove.rollout import Collector, evaluate
 from metaimprove.storage import save_tensors
 from metaimprove.tasks import Task
-from metaimprove.teachers import TEACHERS, Teacher
+from metaimprove.teachers import make_teacher
 
 CHAIN_FORMAT = "metaimprove.teacher-chain"
 # Fresh initializations for relabel rollouts: collection uses seeds 0, 1, ... and apply uses 100_000 + seed,
@@ -84,20 +83,6 @@ def dataset_runs(datasets: list[str], tasks: set[str]) -> list[DatasetRun]:
     """The runs of ``datasets`` whose task is in ``tasks``, in manifest order."""
     return [DatasetRun(root, entry) for root in datasets for entry in load_manifest(root)
             if entry["task_name"] in tasks]
-
-
-def make_teacher(teacher: dict[str, Any]) -> Teacher:
-    """A fresh teacher configured as the one recorded in a dataset (``{"name", "config"}``)."""
-    name = teacher.get("name")
-    if name not in TEACHERS:
-        raise UserError(f"the dataset's teacher {name!r} is not one of {sorted(TEACHERS)}; cannot relabel with it")
-    config_type, cls = TEACHERS[name]
-    default = config_type()
-    names = {f.name for f in dataclasses.fields(config_type)}
-    # JSON turned tuples into lists; the config's own defaults say which fields are tuples.
-    values = {k: tuple(v) if isinstance(getattr(default, k), tuple) else v
-              for k, v in teacher.get("config", {}).items() if k in names}
-    return cls(config_type(**values))
 
 
 def teacher_pairs(starts: list[Start], teacher: dict[str, Any], config: PairConfig, features: FeatureConfig,
@@ -144,10 +129,14 @@ def operator_visits(op: ImprovementOperator, ckpt: OperatorCheckpoint, starts: l
     deterministic return of each (``eval_episodes`` episodes, apply's protocol), and the return of
     each rollout's last policy.
     """
+    n_envs, n_steps = operator_batch(ckpt)
     visits, returns, finals = [], [], []
     for start in starts:
-        for i, policy in enumerate(operator_steps(op, ckpt, start.task, start.policy, start.seed, applications,
-                                                  ask)):
+        collector = Collector(start.task, n_envs=n_envs, seed=start.seed)
+        update = operator_update(op, ckpt, start.task, ask, torch.Generator().manual_seed(start.seed))
+        policy = start.policy
+        for i in range(applications):
+            policy = update(policy, collector.collect(policy, n_steps))
             visits.append(Start(start.task, policy, 1_000 * start.seed + i + 1, f"{start.origin} step {i + 1}"))
             returns.append(evaluate(policy, start.task, eval_episodes, seed=start.seed))
         finals.append(returns[-1])

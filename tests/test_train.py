@@ -11,7 +11,6 @@ import torch
 from conftest import TINY_TEACHER, tiny_config
 
 from metaimprove import cli
-from metaimprove.apply import operator_steps
 from metaimprove.collect import collect, load_manifest, load_shard
 from metaimprove.dataset import PairConfig, build_pairs, build_union, dataset_dirs
 from metaimprove.envs import default_task
@@ -19,9 +18,10 @@ from metaimprove.errors import UserError
 from metaimprove.features import FeatureConfig
 from metaimprove.operator import OperatorCheckpoint, OperatorConfig
 from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, fold_normalizer, init_params
-from metaimprove.relabel import Start, dataset_runs, make_teacher, perturbed_starts, teacher_pairs
+from metaimprove.relabel import Start, dataset_runs, operator_visits, perturbed_starts, teacher_pairs
 from metaimprove.storage import load_tensors
 from metaimprove.tasks import Task
+from metaimprove.teachers import make_teacher
 from metaimprove.train import TrainConfig, train
 
 TEACHER = {"name": "ppo", "config": TINY_TEACHER}
@@ -89,7 +89,8 @@ def test_relabel_round_adds_teacher_pairs_from_the_policies_the_operator_visited
         init_seed = int(re.search(r"init seed (\d+)", meta["origin"]).group(1))  # type: ignore[union-attr]
         theta0 = init_params(ckpt.spec, torch.Generator().manual_seed(init_seed))
         start = Policy(ckpt.spec, theta0, ObsNormalizer.identity(ckpt.spec.obs_dim))
-        visited = list(operator_steps(op, ckpt, task, start, start_seed, step, ckpt.default_ask()))[-1]
+        visits, _, _ = operator_visits(op, ckpt, [Start(task, start, start_seed, "")], step, ckpt.default_ask(), 1)
+        visited = visits[-1].policy
         assert torch.equal(tensors["theta"][0], visited.theta)
         assert np.array_equal(tensors["norm_mean"][0].numpy(), visited.normalizer.mean)
         records = list(make_teacher(meta["teacher"]).run(task, visited, 2, meta["seed"]))
