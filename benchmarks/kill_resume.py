@@ -1,0 +1,182 @@
+"""Kill-safety: SIGKILL ``python -m metaimprove collect`` at random moments, resume each time, check the data.
+
+Each attempt starts the real CLI in its own session, waits until it has verified the dataset and started
+collecting (its progress bar appears), sleeps a random time drawn from a seeded RNG and SIGKILLs the whole
+process group (the CLI and its workers, like a machine losing power). Attempts that finish before their
+kill moment do not count as kills. After the last kill one more run completes the dataset. The result
+must list every planned run exactly once, every shard must verify, and manifest and config must be
+byte-identical to those of an uninterrupted collection with the same seeds (the manifest's checksums
+pin every shard's bytes).
+
+Appends ``kill_resume`` rows to ``results/reliability.csv``::
+
+    python benchmarks/kill_resume.py [--kills 20] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from metaimprove.collect import load_manifest, verify_dataset
+
+RESULTS = Path(__file__).resolve().parent.parent / "results" / "reliability.csv"
+CSV_FIELDS = ["date", "host", "benchmark", "name", "value", "note"]
+# A tiny collection: 3 tasks × 2 seeds × 2 updates of a 2-env × 32-step PPO.
+TINY = ["teacher.n_envs=2", "teacher.n_steps=32", "teacher.minibatch_size=32", "teacher.n_epochs=1",
+        "n_tasks=3", "seeds=2", "iterations=2"]
+STARTED = "collect: "
+START_TIMEOUT = 300.0
+
+
+@dataclass
+class KillStats:
+    """What a kill-and-resume session did."""
+
+    kills: int = 0
+    """attempts SIGKILLed while running"""
+    finished_early: int = 0
+    """attempts that completed before their kill moment"""
+    shards_before_kill: list[int] = field(default_factory=list)
+    """shards in the manifest after each kill"""
+    seconds: float = 0.0
+    """wall time of the whole session"""
+
+
+def _cli(out: Path, overrides: list[str], cwd: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if k not in ("METAIMPROVE_DEBUG", "HYDRA_FULL_ERROR")}
+    return subprocess.Popen([sys.executable, "-m", "metaimprove", "collect", *overrides, f"out={out}"],
+                            cwd=cwd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+def _started(proc: subprocess.Popen[bytes]) -> threading.Event:
+    """An event set once the CLI prints its progress bar (the collection proper has begun)."""
+    event = threading.Event()
+
+    def watch() -> None:
+        assert proc.stderr is not None
+        tail = b""
+        for chunk in iter(lambda: proc.stderr.read1(4096), b""):  # type: ignore[union-attr]
+            tail = (tail + chunk)[-256:]
+            if STARTED.encode() in tail:
+                event.set()
+        event.set()  # the process ended (nothing left to collect, or an error)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return event
+
+
+def kill_and_resume(out: Path, overrides: list[str], kills: int, seed: int, window: float,
+                    cwd: Path) -> KillStats:
+    """Kill the collection into ``out`` ``kills`` times at random moments, then let it finish.
+
+    A kill moment is U(0, ``window``) seconds after the attempt started collecting. Raises if an attempt
+    fails on its own.
+    """
+    rng = random.Random(seed)
+    stats = KillStats()
+    begin = time.monotonic()
+    while stats.kills < kills:
+        proc = _cli(out, overrides, cwd)
+        try:
+            if not _started(proc).wait(START_TIMEOUT):
+                raise RuntimeError(f"collect did not start within {START_TIMEOUT:.0f} s")
+            try:
+                proc.wait(rng.uniform(0.0, window))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                stats.kills += 1
+                stats.shards_before_kill.append(len(load_manifest(out)) if (out / "manifest.json").exists() else 0)
+                continue
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if proc.returncode != 0:
+            raise RuntimeError(f"collect failed on its own (exit {proc.returncode})")
+        stats.finished_early += 1
+    final = _cli(out, overrides, cwd)
+    _started(final)
+    if final.wait(START_TIMEOUT) != 0:
+        raise RuntimeError(f"the final resume failed (exit {final.returncode})")
+    stats.seconds = time.monotonic() - begin
+    return stats
+
+
+def check(out: Path, reference: Path) -> list[str]:
+    """What is wrong with ``out`` against the uninterrupted ``reference`` (empty: nothing)."""
+    problems = []
+    shards = [e["shard"] for e in verify_dataset(out)]
+    repeated = [name for name, n in collections.Counter(shards).items() if n > 1]
+    if repeated:
+        problems.append(f"listed more than once: {repeated}")
+    if shards != [e["shard"] for e in load_manifest(reference)]:
+        problems.append("the manifest does not list every planned run in order")
+    for name in ("manifest.json", "config.yaml"):
+        if (out / name).read_bytes() != (reference / name).read_bytes():
+            problems.append(f"{name} differs from the uninterrupted run")
+    listed = {name for shard in shards for name in (shard, shard.removesuffix(".safetensors") + ".json")}
+    strays = sorted(p.relative_to(out).as_posix() for p in (out / "shards").iterdir()) != sorted(listed)
+    if strays:
+        problems.append("shards/ holds files the manifest does not list")
+    return problems
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=20, help="SIGKILLs to land mid-run")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the kill moments")
+    parser.add_argument("--window", type=float, default=8.0, help="kill within this many seconds of the start")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        reference = root / "reference"
+        if _cli(reference, [*TINY, "workers=2"], root).wait() != 0:
+            raise RuntimeError("the uninterrupted reference collection failed")
+        stats = kill_and_resume(root / "killed", [*TINY, "workers=2"], args.kills, args.seed, args.window, root)
+        problems = check(root / "killed", reference)
+    figures = {
+        "kills": (stats.kills, f"SIGKILL of the CLI's process group U(0, {args.window:g}) s after collecting began"),
+        "attempts_finished_before_kill": (stats.finished_early, "not counted as kills"),
+        "kills_before_first_shard": (stats.shards_before_kill.count(0), "manifest still empty at the kill"),
+        "data_equal_to_uninterrupted": (int(not problems), "; ".join(problems) or
+                                        "manifest and config bytes equal, every shard verified, no strays"),
+        "wall_s": (round(stats.seconds, 1), "whole session on a shared 2-core machine"),
+    }
+    write_rows("kill_resume", figures)
+    for name, (value, note) in figures.items():
+        print(f"{name}: {value}  ({note})")
+    if problems:
+        sys.exit(1)
+
+
+def write_rows(benchmark: str, figures: dict[str, tuple[object, str]]) -> None:
+    """Append ``figures`` (name → (value, note)) to ``results/reliability.csv``."""
+    RESULTS.parent.mkdir(exist_ok=True)
+    new = not RESULTS.exists()
+    with RESULTS.open("a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(CSV_FIELDS)
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        for name, (value, note) in figures.items():
+            writer.writerow([stamp, platform.node(), benchmark, name, value, note])
+
+
+if __name__ == "__main__":
+    main()
