@@ -1,12 +1,13 @@
 """Kill-safety: SIGKILL ``python -m metaimprove collect`` at random moments, resume each time, check the data.
 
 Each attempt starts the real CLI in its own session, waits until it has verified the dataset and started
-collecting (its progress bar appears), sleeps a random time drawn from a seeded RNG and SIGKILLs the whole
-process group (the CLI and its workers, like a machine losing power). Attempts that finish before their
-kill moment do not count as kills. After the last kill one more run completes the dataset. The result
-must list every planned run exactly once, every shard must verify, and manifest and config must be
-byte-identical to those of an uninterrupted collection with the same seeds (the manifest's checksums
-pin every shard's bytes).
+collecting (its progress bar appears), sleeps a random time drawn from a seeded RNG (up to half an
+uninterrupted collection's duration) and SIGKILLs the whole process group (the CLI and its workers, like
+a machine losing power); the next attempt resumes. An attempt that completes the dataset ends a round
+and the next round starts a new dataset, until all kills have landed. Every round's dataset must list
+every planned run exactly once, every shard must verify, and manifest and config must be byte-identical
+to those of an uninterrupted collection with the same seeds (the manifest's checksums pin every shard's
+bytes).
 
 Appends ``kill_resume`` rows to ``results/reliability.csv``::
 
@@ -48,10 +49,12 @@ class KillStats:
 
     kills: int = 0
     """attempts SIGKILLed while running"""
-    finished_early: int = 0
-    """attempts that completed before their kill moment"""
-    shards_before_kill: list[int] = field(default_factory=list)
+    rounds: int = 0
+    """datasets completed (a dataset finished before the last kill starts a new one)"""
+    shards_at_kill: list[int] = field(default_factory=list)
     """shards in the manifest after each kill"""
+    problems: list[str] = field(default_factory=list)
+    """what :func:`check` found wrong in any round's dataset (empty: every one equals the reference)"""
     seconds: float = 0.0
     """wall time of the whole session"""
 
@@ -80,40 +83,41 @@ def _started(proc: subprocess.Popen[bytes]) -> threading.Event:
     return event
 
 
-def kill_and_resume(out: Path, overrides: list[str], kills: int, seed: int, window: float,
+def kill_and_resume(root: Path, reference: Path, overrides: list[str], kills: int, seed: int, window: float,
                     cwd: Path) -> KillStats:
-    """Kill the collection into ``out`` ``kills`` times at random moments, then let it finish.
+    """Collect into ``root/round-<i>``, SIGKILLing attempts ``kills`` times in all, and check each dataset.
 
-    A kill moment is U(0, ``window``) seconds after the attempt started collecting. Raises if an attempt
-    fails on its own.
+    A kill moment is U(0, ``window``) seconds after the attempt started collecting. An attempt that
+    completes its dataset ends the round: the dataset is compared with ``reference`` and the next round
+    starts afresh, until ``kills`` kills have landed; the last round is then completed. Raises if an
+    attempt fails on its own.
     """
     rng = random.Random(seed)
     stats = KillStats()
     begin = time.monotonic()
-    while stats.kills < kills:
+    while True:
+        out = root / f"round-{stats.rounds}"
         proc = _cli(out, overrides, cwd)
         try:
             if not _started(proc).wait(START_TIMEOUT):
                 raise RuntimeError(f"collect did not start within {START_TIMEOUT:.0f} s")
-            try:
-                proc.wait(rng.uniform(0.0, window))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                stats.kills += 1
-                stats.shards_before_kill.append(len(load_manifest(out)) if (out / "manifest.json").exists() else 0)
-                continue
+            proc.wait(rng.uniform(0.0, window) if stats.kills < kills else START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            stats.kills += 1
+            stats.shards_at_kill.append(len(load_manifest(out)) if (out / "manifest.json").exists() else 0)
+            continue
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         if proc.returncode != 0:
             raise RuntimeError(f"collect failed on its own (exit {proc.returncode})")
-        stats.finished_early += 1
-    final = _cli(out, overrides, cwd)
-    _started(final)
-    if final.wait(START_TIMEOUT) != 0:
-        raise RuntimeError(f"the final resume failed (exit {final.returncode})")
+        stats.problems += [f"round {stats.rounds}: {problem}" for problem in check(out, reference)]
+        stats.rounds += 1
+        if stats.kills >= kills:
+            break
     stats.seconds = time.monotonic() - begin
     return stats
 
@@ -141,27 +145,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=20, help="SIGKILLs to land mid-run")
     parser.add_argument("--seed", type=int, default=0, help="seeds the kill moments")
-    parser.add_argument("--window", type=float, default=8.0, help="kill within this many seconds of the start")
+    parser.add_argument("--fraction", type=float, default=0.5,
+                        help="kill within this fraction of an uninterrupted collection's duration")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         reference = root / "reference"
-        if _cli(reference, [*TINY, "workers=2"], root).wait() != 0:
+        proc = _cli(reference, [*TINY, "workers=2"], root)
+        _started(proc).wait(START_TIMEOUT)
+        started = time.monotonic()
+        if proc.wait() != 0:
             raise RuntimeError("the uninterrupted reference collection failed")
-        stats = kill_and_resume(root / "killed", [*TINY, "workers=2"], args.kills, args.seed, args.window, root)
-        problems = check(root / "killed", reference)
+        window = args.fraction * (time.monotonic() - started)
+        stats = kill_and_resume(root / "killed", reference, [*TINY, "workers=2"], args.kills, args.seed, window, root)
+    at = stats.shards_at_kill
     figures = {
-        "kills": (stats.kills, f"SIGKILL of the CLI's process group U(0, {args.window:g}) s after collecting began"),
-        "attempts_finished_before_kill": (stats.finished_early, "not counted as kills"),
-        "kills_before_first_shard": (stats.shards_before_kill.count(0), "manifest still empty at the kill"),
-        "data_equal_to_uninterrupted": (int(not problems), "; ".join(problems) or
-                                        "manifest and config bytes equal, every shard verified, no strays"),
+        "kills": (stats.kills, f"SIGKILL of the CLI's process group U(0, {window:.1f}) s after collecting began"),
+        "kills_before_first_shard": (at.count(0), "manifest still empty at the kill"),
+        "kills_mid_dataset": (sum(0 < n < 6 for n in at), "1-5 of the 6 shards written at the kill"),
+        "datasets_completed": (stats.rounds, "a dataset completed before the last kill starts a new one"),
+        "data_equal_to_uninterrupted": (int(not stats.problems), "; ".join(stats.problems) or
+                                        "every round: manifest and config bytes equal, shards verified, no strays"),
         "wall_s": (round(stats.seconds, 1), "whole session on a shared 2-core machine"),
     }
     write_rows("kill_resume", figures)
     for name, (value, note) in figures.items():
         print(f"{name}: {value}  ({note})")
-    if problems:
+    if stats.problems:
         sys.exit(1)
 
 

@@ -138,7 +138,9 @@ def load_tensors(path: str | os.PathLike[str],
     refused, never unpickled).
     """
     header_file = meta_path(path)
-    if Path(path).exists() and not header_file.exists():
+    if not Path(path).exists():
+        raise UserError(f"{path} is missing")
+    if not header_file.exists():
         raise UserError(f"{path} comes without its metadata {header_file.name} beside it; "
                         "copy both files (it is not loaded without them)")
     header = read_json(header_file, expected_sha256)

@@ -244,7 +244,7 @@ class TaskFamily:
                 physics=physics,
                 split_seeds=seeds,
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise UserError(f"bad task family file {source}: {exc}") from exc
         if family.episode_length < 1:
             raise UserError(f"bad task family file {source}: episode_length must be >= 1")
