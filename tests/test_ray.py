@@ -2,16 +2,23 @@
 
 import builtins
 import json
+import os
 import pathlib
+import sys
+from collections.abc import Iterator
 
 import pytest
 from conftest import dataset_files, tiny_config
 
-from metaimprove.collect import collect
+from metaimprove.collect import _execute_ray, _Job, _Progress, collect, load_manifest, plan
 from metaimprove.errors import UserError
-from metaimprove.storage import atomic_write_json
+from metaimprove.policy import Policy
+from metaimprove.storage import atomic_write_json, meta_path
+from metaimprove.tasks import Task
+from metaimprove.teachers import PPO, ImprovementRecord
 
 ray = pytest.importorskip("ray")
+cloudpickle = pytest.importorskip("ray.cloudpickle")
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +70,35 @@ def test_missing_ray_is_one_line_naming_the_extra(tmp_path: pathlib.Path, monkey
     with pytest.raises(UserError, match=r"pip install metaimprove\[ray\]"):
         collect(tiny_config(tmp_path / "data", executor="ray"))
     assert not (tmp_path / "data").exists()
+
+
+class _DiesOnce(PPO):
+    """PPO whose worker process dies in the middle of its first attempt at a run (like a lost node)."""
+
+    marker = ""
+
+    def run(self, task: Task, policy: Policy, iterations: int, seed: int) -> Iterator[ImprovementRecord]:
+        for record in super().run(task, policy, iterations, seed):
+            if not os.path.exists(self.marker):
+                pathlib.Path(self.marker).touch()
+                os._exit(1)
+            yield record
+
+
+def test_a_run_whose_worker_dies_is_retried_into_the_same_single_shard(
+        local_ray: object, reference_dataset: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    _DiesOnce.marker = str(tmp_path / "died")
+    config = tiny_config(tmp_path / "data")
+    run = plan(config)[3]
+    (tmp_path / "data" / "shards").mkdir(parents=True)
+    job = _Job(run, str(tmp_path / "data"), _DiesOnce, config.teacher, config.iterations, tuple(config.hidden))
+    progress = _Progress(1, 0, 1)
+    entries = list(_execute_ray([job], progress))
+    assert (tmp_path / "died").exists(), "the worker never died: nothing was retried"
+    expected = load_manifest(reference_dataset)[3]
+    assert entries == [expected]
+    written = sorted(p.name for p in (tmp_path / "data" / "shards").iterdir())
+    assert written == sorted([pathlib.Path(run.shard).name, meta_path(run.shard).name])
+    for name in written:
+        assert (tmp_path / "data" / "shards" / name).read_bytes() == (reference_dataset / "shards" / name).read_bytes()
