@@ -1,9 +1,9 @@
 """Kill-safety: SIGKILL ``python -m metaimprove collect`` at random moments, resume each time, check the data.
 
 Each attempt starts the real CLI in its own session, waits until it has verified the dataset and started
-collecting (its progress bar appears), sleeps a random time drawn from a seeded RNG (up to half an
-uninterrupted collection's duration) and SIGKILLs the whole process group (the CLI and its workers, like
-a machine losing power); the next attempt resumes. An attempt that completes the dataset ends a round
+collecting (its progress bar appears), waits until the manifest lists a number of shards drawn from a
+seeded RNG (from those listed up to all but one), sleeps U(0, jitter) seconds and SIGKILLs the whole
+process group (the CLI and its workers, like a machine losing power); the next attempt resumes. An attempt that completes the dataset ends a round
 and the next round starts a new dataset, until all kills have landed. Every round's dataset must list
 every planned run exactly once, every shard must verify, and manifest and config must be byte-identical
 to those of an uninterrupted collection with the same seeds (the manifest's checksums pin every shard's
@@ -83,17 +83,20 @@ def _started(proc: subprocess.Popen[bytes]) -> threading.Event:
     return event
 
 
-def kill_and_resume(root: Path, reference: Path, overrides: list[str], kills: int, seed: int, window: float,
+def kill_and_resume(root: Path, reference: Path, overrides: list[str], kills: int, seed: int, jitter: float,
                     cwd: Path) -> KillStats:
     """Collect into ``root/round-<i>``, SIGKILLing attempts ``kills`` times in all, and check each dataset.
 
-    A kill moment is U(0, ``window``) seconds after the attempt started collecting. An attempt that
-    completes its dataset ends the round: the dataset is compared with ``reference`` and the next round
-    starts afresh, until ``kills`` kills have landed; the last round is then completed. Raises if an
-    attempt fails on its own.
+    Each attempt draws (seeded) how many shards the manifest must list before the kill, from those
+    already listed up to all but one, waits for them, then U(0, ``jitter``) seconds more, so kills land
+    all along a collection: in startup, mid-run, while shards and the manifest are written. An attempt
+    that completes its dataset ends the round: the dataset is compared with ``reference`` and the next
+    round starts afresh, until ``kills`` kills have landed; the last round is then completed. Raises if
+    an attempt fails on its own.
     """
     rng = random.Random(seed)
     stats = KillStats()
+    planned = len(load_manifest(reference))
     begin = time.monotonic()
     while True:
         out = root / f"round-{stats.rounds}"
@@ -101,12 +104,16 @@ def kill_and_resume(root: Path, reference: Path, overrides: list[str], kills: in
         try:
             if not _started(proc).wait(START_TIMEOUT):
                 raise RuntimeError(f"collect did not start within {START_TIMEOUT:.0f} s")
-            proc.wait(rng.uniform(0.0, window) if stats.kills < kills else START_TIMEOUT)
+            if stats.kills < kills:
+                target = rng.randint(min(_listed(out), planned - 1), planned - 1)
+                while _listed(out) < target and proc.poll() is None:
+                    time.sleep(0.02)
+            proc.wait(rng.uniform(0.0, jitter) if stats.kills < kills else START_TIMEOUT)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             stats.kills += 1
-            stats.shards_at_kill.append(len(load_manifest(out)) if (out / "manifest.json").exists() else 0)
+            stats.shards_at_kill.append(_listed(out))
             continue
         finally:
             if proc.poll() is None:
@@ -120,6 +127,10 @@ def kill_and_resume(root: Path, reference: Path, overrides: list[str], kills: in
             break
     stats.seconds = time.monotonic() - begin
     return stats
+
+
+def _listed(out: Path) -> int:
+    return len(load_manifest(out)) if (out / "manifest.json").exists() else 0
 
 
 def check(out: Path, reference: Path) -> list[str]:
@@ -145,22 +156,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=20, help="SIGKILLs to land mid-run")
     parser.add_argument("--seed", type=int, default=0, help="seeds the kill moments")
-    parser.add_argument("--fraction", type=float, default=0.5,
-                        help="kill within this fraction of an uninterrupted collection's duration")
+    parser.add_argument("--jitter", type=float, default=3.0,
+                        help="kill up to this many seconds after the drawn number of shards is listed")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         reference = root / "reference"
         proc = _cli(reference, [*TINY, "workers=2"], root)
-        _started(proc).wait(START_TIMEOUT)
-        started = time.monotonic()
+        _started(proc)
         if proc.wait() != 0:
             raise RuntimeError("the uninterrupted reference collection failed")
-        window = args.fraction * (time.monotonic() - started)
-        stats = kill_and_resume(root / "killed", reference, [*TINY, "workers=2"], args.kills, args.seed, window, root)
+        stats = kill_and_resume(root / "killed", reference, [*TINY, "workers=2"], args.kills, args.seed,
+                                args.jitter, root)
     at = stats.shards_at_kill
     figures = {
-        "kills": (stats.kills, f"SIGKILL of the CLI's process group U(0, {window:.1f}) s after collecting began"),
+        "kills": (stats.kills, "SIGKILL of the CLI's process group U(0, "
+                  f"{args.jitter:g}) s after a seeded-random number of shards was listed"),
         "kills_before_first_shard": (at.count(0), "manifest still empty at the kill"),
         "kills_mid_dataset": (sum(0 < n < 6 for n in at), "1-5 of the 6 shards written at the kill"),
         "datasets_completed": (stats.rounds, "a dataset completed before the last kill starts a new one"),

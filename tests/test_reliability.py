@@ -29,7 +29,7 @@ from kill_resume import kill_and_resume
 def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_dataset(
         kills: int, reference_dataset: pathlib.Path, tmp_path: pathlib.Path) -> None:
     stats = kill_and_resume(tmp_path / "data", reference_dataset, [*TINY_OVERRIDES, "workers=2"], kills,
-                            seed=kills, window=12.0, cwd=tmp_path)
+                            seed=kills, jitter=3.0, cwd=tmp_path)
     assert stats.kills == kills and stats.problems == []
     for round_dir in sorted((tmp_path / "data").iterdir()):
         assert dataset_files(round_dir) == dataset_files(reference_dataset)
