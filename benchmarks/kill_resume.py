@@ -3,11 +3,11 @@
 Each attempt starts the real CLI in its own session, waits until it has verified the dataset and started
 collecting (its progress bar appears), waits until the manifest lists a number of shards drawn from a
 seeded RNG (from those listed up to all but one), sleeps U(0, jitter) seconds and SIGKILLs the whole
-process group (the CLI and its workers, like a machine losing power); the next attempt resumes.
-An attempt that completes the dataset ends a round and the next round starts a new dataset, until all kills have landed. Every round's dataset must list
-every planned run exactly once, every shard must verify, and manifest and config must be byte-identical
-to those of an uninterrupted collection with the same seeds (the manifest's checksums pin every shard's
-bytes).
+process group (the CLI and its workers, like a machine losing power); the next attempt resumes. An
+attempt that completes the dataset ends a round and the next round starts a new dataset, until all
+kills have landed. Every round's dataset must list every planned run exactly once, every shard must
+verify, and manifest and config must be byte-identical to those of an uninterrupted collection with the
+same seeds (the manifest's checksums pin every shard's bytes).
 
 Appends ``kill_resume`` rows to ``results/reliability.csv``::
 
