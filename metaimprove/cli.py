@@ -47,6 +47,7 @@ HYDRA_FLAGS = {"--hydra-help": False, "--version": False, "--cfg": True, "-c": T
                "--config-name": True, "-cn": True, "--config-dir": True, "-cd": True,
                "--experimental-rerun": True, "--info": False, "-i": False}
 DIVERSITY_CSV = Path("results") / "task_diversity.csv"
+FAMILY_COST_CSV = Path("results") / "family_cost.csv"
 
 
 class _Refused(BaseException):
@@ -307,12 +308,13 @@ def _show(value: Any) -> str:
 def list_tasks(cfg: TasksConfig) -> None:
     """The ``tasks`` stage: print every family (or ``cfg.family``) with its ranges per split."""
     families = [get_family(cfg.family)] if cfg.family else list(load_families().values())
-    blocks = [_describe_family(family) for family in families]
+    costs = _family_costs()
+    blocks = [_describe_family(family, costs.get(family.name)) for family in families]
     diversity = _diversity_table()
     print("\n\n".join(blocks + ([diversity] if diversity else [])))
 
 
-def _describe_family(family: TaskFamily) -> str:
+def _describe_family(family: TaskFamily, cost: str | None) -> str:
     splits = [s for s in SPLITS if s in family.split_seeds]
     header = ["", *(f"{s} (seed {family.split_seeds[s]})" for s in splits)]
     rows = [header]
@@ -323,6 +325,10 @@ def _describe_family(family: TaskFamily) -> str:
         rows.append([f"{name} scale", *(_physics_text(physics, s) for s in splits)])
     lines = [f"{family.name}: {family.description}",
              f"  reward {family.reward}, episode length {family.episode_length}, env {family.env_id}"]
+    if family.terminate_when_unhealthy:
+        lines.append(f"  robot {family.robot}: an episode terminates when it falls (gymnasium's v5 health rule)")
+    if cost is not None:
+        lines.append(f"  cost: {cost}")
     lines += ["  " + line for line in _table(rows)]
     return "\n".join(lines)
 
@@ -341,18 +347,37 @@ def _physics_text(physics: PhysicsRange | None, split: str) -> str:
     return f"{physics.base:g}^" + (f"({exponent})" if "∪" in exponent else exponent)
 
 
+def _result_file(relative: Path) -> Path | None:
+    """``relative`` (a file under results/) in the working directory or in the repository, if it is there."""
+    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        if (base / relative).is_file():
+            return base / relative
+    return None
+
+
+def _family_costs() -> dict[str, str]:
+    """Each family's measured cost relative to halfcheetah_vel, from ``results/family_cost.csv`` (written by
+    ``benchmarks/family_cost.py``; timing here would slow every ``metaimprove tasks`` down)."""
+    path = _result_file(FAMILY_COST_CSV)
+    if path is None:
+        return {}
+    with open(path, newline="") as f:
+        return {row["family"]: f"{row['step_cost_ratio']}× a halfcheetah_vel env step, {row['ppo_update_cost_ratio']}× "
+                               f"its PPO update (measured {row['measured'][:10]}, {FAMILY_COST_CSV})"
+                for row in csv.DictReader(f)}
+
+
 def _diversity_table() -> str:
     """The summary of ``results/task_diversity.csv`` (another stage writes it), if there is one."""
-    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        path = base / DIVERSITY_CSV
-        if path.is_file():
-            with open(path, newline="") as f:
-                rows = [[row["name"], row["value"]] for row in csv.DictReader(f)
-                        if row.get("kind") == "summary" and row.get("name", "").startswith("halfcheetah")]
-            lines = ["task diversity: a policy trained on one task, evaluated on the family's other tasks "
-                     f"(benchmarks/task_diversity.py, {path}):"]
-            return "\n".join([*lines, *("  " + line for line in _table(rows))])
-    return ""
+    path = _result_file(DIVERSITY_CSV)
+    if path is None:
+        return ""
+    with open(path, newline="") as f:
+        rows = [[row["name"], row["value"]] for row in csv.DictReader(f)
+                if row.get("kind") == "summary" and row.get("name", "").startswith("halfcheetah")]
+    lines = ["task diversity: a policy trained on one task, evaluated on the family's other tasks "
+             f"(benchmarks/task_diversity.py, {path}):"]
+    return "\n".join([*lines, *("  " + line for line in _table(rows))])
 
 
 def _table(rows: list[list[str]]) -> list[str]:

@@ -38,6 +38,7 @@ from omegaconf import MISSING
 
 from metaimprove.apply import ApplyConfig
 from metaimprove.collect import CollectConfig, VerifyConfig
+from metaimprove.interop import ExportConfig
 from metaimprove.operator import ARCHS, OperatorConfig
 from metaimprove.plot import PlotConfig
 from metaimprove.tasks import TaskConfig, load_families
@@ -154,6 +155,7 @@ stage("verify", "metaimprove.collect:verify")(VerifyConfig)
 stage("train", "metaimprove.train:train", groups={"operator": "per_param"})(TrainConfig)
 stage("apply", "metaimprove.apply:apply", groups={"task": "halfcheetah_vel"})(ApplyConfig)
 stage("plot", "metaimprove.plot:run_plot")(PlotConfig)
+stage("export", "metaimprove.interop:export")(ExportConfig)
 
 
 @stage("pipeline", "metaimprove.pipeline:pipeline",

@@ -10,16 +10,19 @@ with ``info["unstable"] = True`` instead of crashing.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gymnasium
 import mujoco
 import numpy as np
-from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
+from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
+from gymnasium.spaces import Box
 
 from metaimprove.errors import UserError
 from metaimprove.tasks import (
@@ -33,32 +36,92 @@ from metaimprove.tasks import (
     settotalmass_accepted,
 )
 
-# Joint speeds beyond this mean the integrator has diverged (HalfCheetah stays well under 100).
+# Joint speeds beyond this mean the integrator has diverged (the robots here stay well under 100).
 QVEL_LIMIT = 1e3
-RESET_NOISE = 0.1
 BADQACC = int(mujoco.mjtWarning.mjWARN_BADQACC)
 
-# Control-cost weight of each reward kind.
+# Default control-cost weight of each reward kind (a family file may set its own ``ctrl_cost``).
 CTRL_COST = {"velocity": 0.05, "direction": 0.05, "forward": 0.1}
+# Reward kinds that need the robot to move in the plane (a 2-D root position).
+PLANAR_REWARDS = ("heading", "goal")
 
 
-def task_reward(kind: str, params: Mapping[str, float], x_velocity: np.ndarray, action: np.ndarray) -> np.ndarray:
-    """Reward of ``kind`` for forward velocities ``[...]`` and actions ``[..., act_dim]``.
+@dataclass(frozen=True)
+class Robot:
+    """How gymnasium's v5 env of a robot steps, observes, resets and judges health (its defaults)."""
 
-    ``velocity``: -|v_x - v*| - 0.05|a|^2; ``direction``: d v_x - 0.05|a|^2;
-    ``forward``: v_x - 0.1|a|^2.
+    frame_skip: int
+    """physics substeps per env step"""
+    reset_noise: float
+    """initial qpos ~ qpos0 + U(-r, r); qvel ~ r·N(0, 1) or U(-r, r) (see ``normal_qvel``)"""
+    normal_qvel: bool
+    """initial qvel noise is Gaussian (HalfCheetah, Ant) rather than uniform (Hopper, Walker, Swimmer)"""
+    ground_dims: int
+    """leading qpos entries that are the root's ground position (x, or x and y): velocity is theirs, the
+    observation leaves them out"""
+    qvel_clip: float | None = None
+    """the observation clips qvel to ±this (Hopper, Walker)"""
+    z_index: int | None = None
+    """qpos entry of the torso height, checked against ``healthy_z``"""
+    healthy_z: tuple[float, float] = (-math.inf, math.inf)
+    """healthy torso heights (open interval; closed when ``closed_z``)"""
+    closed_z: bool = False
+    """``healthy_z`` includes its ends (Ant) instead of excluding them (Hopper, Walker)"""
+    healthy_angle: tuple[float, float] = (-math.inf, math.inf)
+    """healthy torso pitch qpos[2] (open interval)"""
+    healthy_state: float = math.inf
+    """healthy |qpos[2:]|, |qvel| (strictly below, Hopper)"""
+
+
+ROBOTS = {
+    "half_cheetah": Robot(frame_skip=5, reset_noise=0.1, normal_qvel=True, ground_dims=1),
+    "hopper": Robot(frame_skip=4, reset_noise=5e-3, normal_qvel=False, ground_dims=1, qvel_clip=10.0, z_index=1,
+                    healthy_z=(0.7, math.inf), healthy_angle=(-0.2, 0.2), healthy_state=100.0),
+    "walker2d": Robot(frame_skip=4, reset_noise=5e-3, normal_qvel=False, ground_dims=1, qvel_clip=10.0, z_index=1,
+                      healthy_z=(0.8, 2.0), healthy_angle=(-1.0, 1.0)),
+    # Ant-v5 with include_cfrc_ext_in_observation=False and no contact cost (see tasks/README.md).
+    "ant": Robot(frame_skip=5, reset_noise=0.1, normal_qvel=True, ground_dims=2, z_index=2, healthy_z=(0.2, 1.0),
+                 closed_z=True),
+    "swimmer": Robot(frame_skip=4, reset_noise=0.1, normal_qvel=False, ground_dims=2),
+}
+
+
+def task_reward(kind: str, params: Mapping[str, float], velocity: np.ndarray, position: np.ndarray,
+                action: np.ndarray, ctrl_cost: float) -> np.ndarray:
+    """Task reward of ``kind`` (without healthy bonus) for root ground velocities and positions ``[..., g]``
+    (g = 1: x; g = 2: x, y) after the step, and actions ``[..., act_dim]``.
+
+    ``velocity``: -|v_x - v*|; ``direction``: d v_x; ``forward``: v_x; ``heading``: (cos φ, sin φ)·v_xy;
+    ``goal``: -‖p_xy - g‖ with g = r (cos α, sin α); each minus ``ctrl_cost``·|a|^2.
     """
-    ctrl = CTRL_COST[kind] * np.einsum("...i,...i->...", action, action)
+    ctrl = ctrl_cost * np.einsum("...i,...i->...", action, action)
     if kind == "velocity":
-        return -np.abs(x_velocity - params["target_velocity"]) - ctrl
+        return -np.abs(velocity[..., 0] - params["target_velocity"]) - ctrl
     if kind == "direction":
-        return params["direction"] * x_velocity - ctrl
-    return x_velocity - ctrl
+        return params["direction"] * velocity[..., 0] - ctrl
+    if kind == "heading":
+        angle = params["angle"]
+        return math.cos(angle) * velocity[..., 0] + math.sin(angle) * velocity[..., 1] - ctrl
+    if kind == "goal":
+        radius, angle = params["goal_radius"], params["goal_angle"]
+        offset = position - np.array([radius * math.cos(angle), radius * math.sin(angle)])
+        return -np.sqrt(np.einsum("...i,...i->...", offset, offset)) - ctrl
+    return velocity[..., 0] - ctrl
 
 
-def observe(qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
-    """HalfCheetah's observation for states ``[..., nq]``, ``[..., nv]``: qpos without root x, then qvel."""
-    return np.concatenate([qpos[..., 1:], qvel], axis=-1)
+def healthy(robot: Robot, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
+    """True where the robot is healthy as gymnasium's v5 env judges it (always, for robots without a check)."""
+    ok = np.isfinite(qpos).all(-1) & np.isfinite(qvel).all(-1)
+    if robot.z_index is not None:
+        z, (lo, hi) = qpos[..., robot.z_index], robot.healthy_z
+        ok &= ((lo <= z) & (z <= hi)) if robot.closed_z else ((lo < z) & (z < hi))
+    if math.isfinite(robot.healthy_angle[1]):
+        lo, hi = robot.healthy_angle
+        ok &= (lo < qpos[..., 2]) & (qpos[..., 2] < hi)
+    if math.isfinite(robot.healthy_state):
+        lim = robot.healthy_state
+        ok &= (np.abs(qpos[..., 2:]) < lim).all(-1) & (np.abs(qvel) < lim).all(-1)
+    return ok
 
 
 def unstable(qpos: np.ndarray, qvel: np.ndarray, badqacc: np.ndarray) -> np.ndarray:
@@ -68,10 +131,79 @@ def unstable(qpos: np.ndarray, qvel: np.ndarray, badqacc: np.ndarray) -> np.ndar
     return np.asarray(badqacc, dtype=bool) | ~calm
 
 
-def initial_states(model: mujoco.MjModel, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` initial (qpos, qvel) drawn as gymnasium's HalfCheetah-v5 ``reset_model`` draws them."""
-    qpos = model.qpos0 + rng.uniform(-RESET_NOISE, RESET_NOISE, size=(n, model.nq))
-    qvel = RESET_NOISE * rng.standard_normal((n, model.nv))
+@dataclass(frozen=True)
+class StepRules:
+    """What a family's env computes from the simulator state after a step: observation, reward, termination.
+
+    The gymnasium env (one state) and the batched :class:`metaimprove.rollout.Simulator` (``[E, ...]``
+    states) both call :meth:`outcome`, so they agree bit for bit.
+    """
+
+    robot: Robot
+    reward: str
+    params: Mapping[str, float]
+    ctrl_cost: float
+    healthy_reward: float
+    terminate_when_unhealthy: bool
+    dt: float
+
+    @staticmethod
+    def of(task: Task, timestep: float) -> StepRules:
+        """The rules of ``task``'s family, for a model whose physics timestep is ``timestep``."""
+        fam = get_family(task.family)
+        robot = ROBOTS[fam.robot]
+        if fam.reward in PLANAR_REWARDS and robot.ground_dims < 2:
+            raise UserError(f"family {fam.name}: reward '{fam.reward}' needs a robot moving in the plane, "
+                            f"{fam.robot} moves along x only")
+        if fam.ctrl_cost is None and fam.reward not in CTRL_COST:
+            raise UserError(f"family {fam.name}: reward '{fam.reward}' has no default ctrl_cost; set one in its file")
+        ctrl = CTRL_COST[fam.reward] if fam.ctrl_cost is None else fam.ctrl_cost
+        return StepRules(robot, fam.reward, dict(task.params), ctrl, fam.healthy_reward,
+                         fam.terminate_when_unhealthy, timestep * robot.frame_skip)
+
+    @property
+    def has_health(self) -> bool:
+        """Whether health matters to this family (a healthy reward or termination)."""
+        return self.healthy_reward != 0.0 or self.terminate_when_unhealthy
+
+    def observe(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
+        """Observation for states ``[..., nq]``, ``[..., nv]``: qpos without the root's ground position, then
+        qvel (clipped for Hopper and Walker), as gymnasium's v5 env."""
+        if self.robot.qvel_clip is not None:
+            qvel = np.clip(qvel, -self.robot.qvel_clip, self.robot.qvel_clip)
+        return np.concatenate([qpos[..., self.robot.ground_dims:], qvel], axis=-1)
+
+    def outcome(self, ground_before: np.ndarray, qpos: np.ndarray, qvel: np.ndarray, action: np.ndarray,
+                badqacc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(observation, reward, terminated, unstable) after a step from root ground position ``ground_before``.
+
+        A blown-up simulation is terminated with reward 0 and a zeroed observation.
+        """
+        ground = qpos[..., : self.robot.ground_dims]
+        velocity = (ground - ground_before) / self.dt
+        obs = self.observe(qpos, qvel)
+        blown = unstable(qpos, qvel, badqacc)
+        reward = task_reward(self.reward, self.params, velocity, ground, action, self.ctrl_cost)
+        terminated = blown
+        if self.has_health:
+            fit = healthy(self.robot, qpos, qvel)
+            # gymnasium adds the healthy reward to the forward reward before subtracting the control cost;
+            # the sum here is in a different order, which is why it is compared to gymnasium only approximately.
+            reward = reward + self.healthy_reward * fit
+            if self.terminate_when_unhealthy:
+                terminated = blown | ~fit
+        if blown.any():
+            obs = np.where(blown[..., None], 0.0, obs)
+            reward = np.where(blown, 0.0, reward)
+        return obs, reward, terminated, blown
+
+
+def initial_states(robot: Robot, model: mujoco.MjModel, rng: np.random.Generator,
+                   n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` initial (qpos, qvel) drawn as the robot's gymnasium v5 ``reset_model`` draws them."""
+    r = robot.reset_noise
+    qpos = model.qpos0 + rng.uniform(-r, r, size=(n, model.nq))
+    qvel = r * rng.standard_normal((n, model.nv)) if robot.normal_qvel else rng.uniform(-r, r, size=(n, model.nv))
     return qpos, qvel
 
 
@@ -93,8 +225,12 @@ def default_task(family: str, **params: float) -> Task:
     return Task(family, "custom", 0, tuple(sorted(values.items())), Physics.nominal(nominal_model(fam.robot)))
 
 
-class TaskEnv(HalfCheetahEnv):
-    """HalfCheetah-v5 with a family's reward and a task's physics.
+class TaskEnv(MujocoEnv):
+    """A gymnasium v5 MuJoCo robot (HalfCheetah, Hopper, Walker2d, Ant, Swimmer) with a family's reward and a
+    task's physics.
+
+    Steps, resets and observes as the robot's gymnasium v5 env does by default (Ant without contact forces in
+    its observation), with the family's reward and termination (:class:`StepRules`).
 
     Args:
         family: the task family's name (set by the registration).
@@ -102,6 +238,8 @@ class TaskEnv(HalfCheetahEnv):
         render_mode: as in gymnasium.
         **params: task parameters, used when ``task`` is None.
     """
+
+    metadata: dict[str, Any] = {"render_modes": ["human", "rgb_array", "depth_array", "rgbd_tuple"]}  # noqa: RUF012
 
     def __init__(self, family: str, task: Task | Mapping[str, Any] | None = None,
                  render_mode: str | None = None, **params: float) -> None:
@@ -112,30 +250,41 @@ class TaskEnv(HalfCheetahEnv):
             task = Task.from_dict(dict(task))
         if task.family != family:
             raise UserError(f"task of family {task.family} given to a {family} env")
+        self._robot = ROBOTS[fam.robot]
         with settotalmass_accepted():
-            super().__init__(xml_file=robot_xml_path(fam.robot), render_mode=render_mode,
-                             reset_noise_scale=RESET_NOISE)
-        self._reward_kind = fam.reward
+            MujocoEnv.__init__(self, robot_xml_path(fam.robot), self._robot.frame_skip, observation_space=None,
+                               render_mode=render_mode)
+        self.metadata = {**TaskEnv.metadata, "render_fps": int(np.round(1.0 / self.dt))}
+        obs_size = self.model.nq - self._robot.ground_dims + self.model.nv
+        self.observation_space = Box(low=-np.inf, high=np.inf, shape=(obs_size,), dtype=np.float64)
         self.set_task(task)
 
     def set_task(self, task: Task) -> None:
         """Switch to ``task``: its parameters and its physics, scaled from the nominal model."""
         self.task = task
-        self._params = dict(task.params)
+        self.rules = StepRules.of(task, self.model.opt.timestep)
         apply_physics(self.model, task.physics, nominal_model(get_family(task.family).robot))
 
+    def _get_obs(self) -> np.ndarray:
+        return self.rules.observe(self.data.qpos, self.data.qvel)
+
+    def reset_model(self) -> np.ndarray:
+        qpos, qvel = initial_states(self._robot, self.model, self.np_random, 1)
+        self.set_state(qpos[0], qvel[0])
+        return self._get_obs()
+
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        x_before = self.data.qpos[0]
+        ground_before = self.data.qpos[: self._robot.ground_dims].copy()
         bad_before = self.data.warning[BADQACC].number
         self.do_simulation(action, self.frame_skip)
-        x_velocity = (self.data.qpos[0] - x_before) / self.dt
-        obs = self._get_obs()
-        blown = bool(unstable(self.data.qpos, self.data.qvel, self.data.warning[BADQACC].number > bad_before))
-        reward = float(task_reward(self._reward_kind, self._params, np.asarray(x_velocity), np.asarray(action)))
-        if blown:
-            obs, reward = np.nan_to_num(obs, nan=0.0, posinf=0.0, neginf=0.0), 0.0
-        info = {"x_position": self.data.qpos[0], "x_velocity": x_velocity, "unstable": blown}
-        return obs, reward, blown, False, info
+        obs, reward, terminated, blown = self.rules.outcome(
+            ground_before, self.data.qpos, self.data.qvel, np.asarray(action),
+            np.asarray(self.data.warning[BADQACC].number > bad_before))
+        info = {"x_position": self.data.qpos[0], "x_velocity": (self.data.qpos[0] - ground_before[0]) / self.dt,
+                "unstable": bool(blown)}
+        if self.render_mode == "human":
+            self.render()
+        return obs, float(reward), bool(terminated), False, info
 
 
 def register_families() -> None:

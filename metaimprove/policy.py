@@ -256,9 +256,13 @@ def save_policy(path: str | Path, policy: Policy) -> None:
 
 
 def load_policy(path: str | Path) -> Policy:
-    """Read a policy written by :func:`save_policy`, validating shapes and values (one-line errors)."""
+    """Read a policy written by :func:`save_policy`, or a stable-baselines3 PPO ``MlpPolicy`` zip (its actor, see
+    :func:`metaimprove.interop.load_sb3`), validating shapes and values (one-line errors)."""
+    from metaimprove.interop import is_sb3_zip, load_sb3
     from metaimprove.storage import load_tensors
 
+    if is_sb3_zip(path):
+        return load_sb3(path)
     tensors, meta = load_tensors(path)
     if meta.get("format") != POLICY_FORMAT:
         raise UserError(f"{path} is not a policy file (format {meta.get('format')!r})")

@@ -15,12 +15,12 @@ import mujoco.batch
 import numpy as np
 import torch
 
-from metaimprove.envs import BADQACC, initial_states, observe, task_reward, unstable
+from metaimprove.envs import BADQACC, ROBOTS, StepRules, initial_states
 from metaimprove.policy import Policy
 from metaimprove.tasks import Task, build_model, get_family
 
-# gymnasium's HalfCheetah-v5 runs 5 physics substeps per env step.
-FRAME_SKIP = 5
+# HalfCheetah's physics substeps per env step (the baseline of benchmarks/throughput.py).
+FRAME_SKIP = ROBOTS["half_cheetah"].frame_skip
 
 
 @dataclass
@@ -30,8 +30,9 @@ class Experience:
     ``obs[t]`` is the raw observation the action ``action[t]`` was taken in; ``action`` holds the
     unclipped Gaussian samples (the env received them clipped to [-1, 1]) and ``log_prob`` their
     log-density. An episode that hit the time limit (or the end of the batch) has ``truncated``;
-    one whose simulation blew up has ``terminated``. ``trunc_obs[k]`` is the observation that
-    followed the truncation at ``trunc_index[k] = (t, e)``, for value bootstrapping.
+    one that ended for good (the robot fell: Hopper, Walker, Ant; or its simulation blew up) has
+    ``terminated``. ``trunc_obs[k]`` is the observation that followed the truncation at
+    ``trunc_index[k] = (t, e)``, for value bootstrapping.
     """
 
     obs: torch.Tensor  # [T, E, obs] float32
@@ -42,8 +43,8 @@ class Experience:
     truncated: torch.Tensor  # [T, E] bool
     trunc_obs: torch.Tensor  # [K, obs] float32
     trunc_index: torch.Tensor  # [K, 2] int64
-    episode_returns: torch.Tensor  # [n_episodes] float32, episodes that ran to their time limit
-    n_unstable: int  # episodes ended by a simulator blow-up
+    episode_returns: torch.Tensor  # [n_episodes] float32, episodes that ran to their time limit or terminated
+    n_unstable: int  # episodes ended by a simulator blow-up (not counted in episode_returns)
 
     @property
     def n_steps(self) -> int:
@@ -66,20 +67,18 @@ class Simulator:
     """
 
     def __init__(self, task: Task, n_envs: int, seed: int) -> None:
-        family = get_family(task.family)
         self.task = task
         self.n_envs = n_envs
-        self.episode_length = family.episode_length
+        self.episode_length = get_family(task.family).episode_length
         self.model = build_model(task)
-        self.dt = self.model.opt.timestep * FRAME_SKIP
-        self._reward_kind = family.reward
-        self._params = dict(task.params)
+        self.rules = StepRules.of(task, self.model.opt.timestep)
+        self.dt = self.rules.dt
         self._rng = np.random.default_rng(seed)
         self._batch = mujoco.batch.Batch(self.model, nsim=n_envs, nthread=1)
         self._qpos = self._batch.bind("qpos")
         self._qvel = self._batch.bind("qvel")
         self._ctrl = self._batch.bind("ctrl")
-        self.obs_dim = self.model.nq - 1 + self.model.nv
+        self.obs_dim = self.model.nq - self.rules.robot.ground_dims + self.model.nv
         self.act_dim = self.model.nu
 
     def reset(self, ids: np.ndarray | None = None) -> np.ndarray:
@@ -87,7 +86,7 @@ class Simulator:
         ids = np.arange(self.n_envs) if ids is None else ids
         if len(ids):
             self._batch.reset(ids, stage=mujoco.mjtStage.mjSTAGE_NONE)
-            qpos, qvel = initial_states(self.model, self._rng, len(ids))
+            qpos, qvel = initial_states(self.rules.robot, self.model, self._rng, len(ids))
             self.set_state(qpos, qvel, ids)
         return self.observation()
 
@@ -100,31 +99,24 @@ class Simulator:
 
     def observation(self) -> np.ndarray:
         """Current observations ``[n_envs, obs]`` (float64)."""
-        return observe(self._qpos, self._qvel)
+        return self.rules.observe(self._qpos, self._qvel)
 
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Apply ``action [n_envs, act]``; returns (obs, reward, unstable) as gymnasium's env would.
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Apply ``action [n_envs, act]``; returns (obs, reward, terminated, unstable) as gymnasium's env would.
 
-        Unstable envs get reward 0 and a zeroed observation; the caller must reset them.
+        Terminated envs (fallen or blown up) must be reset by the caller; unstable ones got reward 0 and a
+        zeroed observation.
         """
-        x_before = self._qpos[:, 0].copy()
+        ground_before = self._qpos[:, : self.rules.robot.ground_dims].copy()
         bad_before = self._batch.warning[:, BADQACC, 1].copy()
         self._ctrl[:] = action
         try:
-            self._batch.step(nstep=FRAME_SKIP)
-            failed = None
+            self._batch.step(nstep=self.rules.robot.frame_skip)
+            failed = np.zeros(self.n_envs, dtype=bool)
         except mujoco.batch.SimulationError as exc:
             failed = np.isin(np.arange(self.n_envs), exc.ids)
-        x_velocity = (self._qpos[:, 0] - x_before) / self.dt
-        obs = self.observation()
-        blown = unstable(self._qpos, self._qvel, self._batch.warning[:, BADQACC, 1] > bad_before)
-        if failed is not None:
-            blown |= failed
-        reward = task_reward(self._reward_kind, self._params, x_velocity, action)
-        if blown.any():
-            obs[blown] = 0.0
-            reward[blown] = 0.0
-        return obs, reward, blown
+        badqacc = (self._batch.warning[:, BADQACC, 1] > bad_before) | failed
+        return self.rules.outcome(ground_before, self._qpos, self._qvel, action, badqacc)
 
 
 class Collector:
@@ -163,24 +155,23 @@ class Collector:
             action = actor.mean(obs)
             if not deterministic:
                 action = action + actor.std * self._noise.standard_normal(action.shape)
-            next_obs, reward, blown = sim.step(np.minimum(np.maximum(action, -1.0), 1.0))
+            next_obs, reward, terminated, blown = sim.step(np.minimum(np.maximum(action, -1.0), 1.0))
             obs_buf[t], act_buf[t], rew_buf[t] = obs, action, reward
             ep_step += 1
             ep_return += reward
             obs = next_obs
-            any_blown = blown.any()
             # Most steps end no episode: skip the bookkeeping below unless one ends here.
-            if not any_blown and t < T - 1 and ep_step.max() < L:
+            if not terminated.any() and t < T - 1 and ep_step.max() < L:
                 continue
-            timeout = (ep_step >= L) & ~blown
-            cut = timeout | ((t == T - 1) & ~blown)
-            term_buf[t], trunc_buf[t] = blown, cut
+            timeout = (ep_step >= L) & ~terminated
+            cut = timeout | ((t == T - 1) & ~terminated)
+            term_buf[t], trunc_buf[t] = terminated, cut
             for e in np.flatnonzero(cut):
                 trunc_obs.append(next_obs[e].astype(np.float32))
                 trunc_index.append((t, e))
-            returns.extend(ep_return[timeout].tolist())
-            n_unstable += int(blown.sum()) if any_blown else 0
-            done = np.flatnonzero(timeout | blown)
+            returns.extend(ep_return[timeout | (terminated & ~blown)].tolist())
+            n_unstable += int(blown.sum())
+            done = np.flatnonzero(timeout | terminated)
             if len(done) and t < T - 1:
                 ep_step[done] = 0
                 ep_return[done] = 0.0
@@ -204,9 +195,13 @@ class Collector:
 def evaluate(policy: Policy, task: Task, n_episodes: int = 8, seed: int = 0) -> float:
     """Mean return of ``policy``'s deterministic mean action over ``n_episodes`` fixed episodes.
 
-    The evaluation protocol every method shares: same task, same seed, same initial states.
+    The evaluation protocol every method shares: same task, same seed, same initial states. An episode
+    counts up to its first end (time limit, fall or blow-up); what the env did after a reset is not in it.
     """
     collector = Collector(task, n_envs=n_episodes, seed=seed)
     exp = collector.collect(policy, get_family(task.family).episode_length, deterministic=True)
-    total = exp.reward.sum(0)
+    done = (exp.terminated | exp.truncated).int()
+    # Steps at or before each env's first end: no end has happened before them.
+    first_episode = (torch.cumsum(done, 0) - done) == 0
+    total = (exp.reward * first_episode).sum(0)
     return float(total.mean())

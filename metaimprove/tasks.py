@@ -180,6 +180,12 @@ class TaskFamily:
     params: dict[str, Range] = field(hash=False)
     physics: dict[str, PhysicsRange] = field(hash=False)
     split_seeds: dict[str, int] = field(hash=False)
+    ctrl_cost: float | None = None
+    """weight of |a|^2 in the reward (None: the reward kind's default, see ``metaimprove.envs.CTRL_COST``)"""
+    healthy_reward: float = 0.0
+    """reward per step while the robot is healthy (Hopper/Walker/Ant upright, as gymnasium's v5 envs)"""
+    terminate_when_unhealthy: bool = False
+    """end the episode (terminated) when the robot stops being healthy"""
 
     def task(self, split: str, index: int) -> Task:
         """The ``index``-th task of ``split`` (deterministic, independent of how many are drawn)."""
@@ -243,6 +249,9 @@ class TaskFamily:
                 params=params,
                 physics=physics,
                 split_seeds=seeds,
+                ctrl_cost=None if data.get("ctrl_cost") is None else float(data["ctrl_cost"]),
+                healthy_reward=float(data.get("healthy_reward", 0.0)),
+                terminate_when_unhealthy=bool(data.get("terminate_when_unhealthy", False)),
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise UserError(f"bad task family file {source}: {exc}") from exc
@@ -276,7 +285,14 @@ def _band(band: Any, where: str) -> tuple[float, float]:
 
 
 def family_dir() -> Path:
-    """Directory holding the shipped ``*.yaml`` family files (package data)."""
+    """Directory holding the shipped ``*.yaml`` family files (package data).
+
+    In a source checkout that is ``tasks/`` beside the package, even when an editable install of
+    another checkout owns the ``metaimprove.task_files`` name (a worktree run with ``PYTHONPATH``).
+    """
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "tasks" / "README.md").is_file():
+        return checkout / "tasks"
     return Path(str(resources.files("metaimprove.task_files")))
 
 
@@ -302,8 +318,14 @@ def get_family(name: str) -> TaskFamily:
     return families[name]
 
 
-# Robots: the gymnasium MuJoCo model each family randomizes.
-ROBOT_XML = {"half_cheetah": "half_cheetah.xml"}
+# Robots: the gymnasium MuJoCo model each family randomizes (the files gymnasium's v5 envs load).
+ROBOT_XML = {
+    "half_cheetah": "half_cheetah.xml",
+    "hopper": "hopper.xml",
+    "walker2d": "walker2d_v5.xml",
+    "ant": "ant.xml",
+    "swimmer": "swimmer.xml",
+}
 
 
 def robot_xml_path(robot: str) -> str:

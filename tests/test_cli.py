@@ -141,7 +141,7 @@ def test_a_stage_is_a_config_dataclass_plus_a_function(tmp_path: pathlib.Path, c
 BAD_INPUT = [
     ([], "name a stage"),
     (["nope"], "unknown stage 'nope'"),
-    (["collect", "task=nope"], "unknown task 'nope'; choose one of halfcheetah_dir"),
+    (["collect", "task=nope"], "unknown task 'nope'; choose one of ant_dir, ant_goal, halfcheetah_dir"),
     (["collect", "teacher=nope"], "unknown teacher 'nope'"),
     (["collect", "split=nope"], "split must be one of"),
     (["collect", "n_tasks=abc"], "n_tasks=abc"),

@@ -1,12 +1,13 @@
 """Batched collector: equal to gymnasium's env, seeded, whole episodes, blow-ups handled."""
 
 import numpy as np
+import pytest
 import torch
 
 from metaimprove.envs import default_task, make_env
 from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, init_params
 from metaimprove.rollout import Collector, Simulator, evaluate
-from metaimprove.tasks import get_family
+from metaimprove.tasks import get_family, load_families
 
 
 def _policy(seed: int = 0) -> Policy:
@@ -14,21 +15,40 @@ def _policy(seed: int = 0) -> Policy:
     return Policy(spec, init_params(spec, torch.Generator().manual_seed(seed)), ObsNormalizer.identity(17))
 
 
-def test_simulator_equals_gymnasium_env_for_same_actions():
-    task = get_family("halfcheetah_rand_params").task("train", 4)
+def _bold_policy(sim: Simulator, seed: int) -> Policy:
+    """A random policy with saturating actions, so that Hopper, Walker and Ant fall within a few dozen steps."""
+    spec = PolicySpec(sim.obs_dim, sim.act_dim, (16,))
+    theta = init_params(spec, torch.Generator().manual_seed(seed))
+    spec.unflatten(theta)["W1"].mul_(300.0)
+    return Policy(spec, theta, ObsNormalizer.identity(sim.obs_dim))
+
+
+@pytest.mark.parametrize("family", sorted(load_families()))
+def test_collector_equals_gymnasium_env_through_ends_and_resets(family):
+    """Collector (batched Simulator) vs the registered gymnasium env with its time limit: same initial states,
+    observations, rewards, terminations (falls) and truncations, bit for bit, across several episodes."""
+    task = get_family(family).task("train", 1)
+    exp = Collector(task, n_envs=1, seed=5).collect(_bold_policy(Simulator(task, 1, 0), 3), 300, deterministic=True)
+    actor = _bold_policy(Simulator(task, 1, 0), 3).actor()
     env = make_env(task)
-    obs, _ = env.reset(seed=0)
-    data = env.unwrapped.data
-    sim = Simulator(task, n_envs=3, seed=0)
-    sim.set_state(np.tile(data.qpos, (3, 1)), np.tile(data.qvel, (3, 1)))
-    np.testing.assert_array_equal(sim.observation()[1], obs)
-    rng = np.random.default_rng(0)
-    for _ in range(200):
-        action = rng.uniform(-1, 1, 6)
-        obs, reward, *_ = env.step(action)
-        sim_obs, sim_reward, blown = sim.step(np.tile(action, (3, 1)))
-        np.testing.assert_array_equal(sim_obs[2], obs)
-        assert sim_reward[2] == reward and not blown.any()
+    obs, _ = env.reset(seed=5)  # gymnasium seeds np_random exactly as the Simulator seeds its generator
+    ends, returns, ret = [], [], 0.0
+    for t in range(300):
+        assert np.array_equal(exp.obs[t, 0].numpy(), obs.astype(np.float32)), f"obs differ at step {t}"
+        action = np.clip(actor.mean(obs[None])[0], -1.0, 1.0)
+        obs, reward, terminated, truncated, info = env.step(action)
+        ret += reward
+        assert exp.reward[t, 0].item() == np.float32(reward), f"reward differs at step {t}"
+        assert bool(exp.terminated[t, 0]) == terminated and not info["unstable"]
+        if terminated or truncated:
+            ends.append((t, terminated))
+            returns.append(ret)
+            ret = 0.0
+            obs, _ = env.reset()
+    assert bool(exp.truncated[:-1, 0].any()) == any(not term for _, term in ends)
+    torch.testing.assert_close(exp.episode_returns, torch.tensor(returns, dtype=torch.float32))
+    if get_family(family).terminate_when_unhealthy:
+        assert sum(term for _, term in ends) >= 2, "the test policy should make the robot fall repeatedly"
 
 
 def test_collection_is_seeded_and_shaped():

@@ -9,8 +9,31 @@ from metaimprove.errors import UserError
 from metaimprove.tasks import Task, TaskFamily, build_model, get_family, load_families, nominal_model
 
 
-def test_three_families_are_shipped():
-    assert {"halfcheetah_vel", "halfcheetah_dir", "halfcheetah_rand_params"} <= set(load_families())
+def test_all_families_are_shipped():
+    assert {"halfcheetah_vel", "halfcheetah_dir", "halfcheetah_rand_params", "hopper_rand_params",
+            "walker2d_rand_params", "ant_dir", "ant_goal", "swimmer_vel"} <= set(load_families())
+
+
+def test_rand_params_scale_every_geom_floor_included():
+    """A contact takes the larger friction of its two geoms: scaling only the robot would leave the floor's
+    friction in charge whenever the robot's became smaller, so every geom (floor too) gets its own scale."""
+    for family in ("hopper_rand_params", "walker2d_rand_params"):
+        task = get_family(family).task("train", 0)
+        model, nominal = build_model(task), nominal_model(get_family(family).robot)
+        floor = 0  # the first geom of both robots
+        assert model.geom_friction[floor, 0] != nominal.geom_friction[floor, 0]
+        assert len(task.physics.geom_friction) == model.ngeom
+        exponents = np.log(np.array(task.physics.geom_friction)) / np.log(1.5)
+        assert np.all(np.abs(exponents) <= 3.0 + 1e-9)
+
+
+def test_ant_goal_ood_goals_lie_beyond_training_goals():
+    fam = get_family("ant_goal")
+    train = [t.param("goal_radius") for t in fam.tasks("train", 30)]
+    ood = [t.param("goal_radius") for t in fam.tasks("ood", 30)]
+    assert max(train) <= 2.0 <= min(ood) and max(ood) <= 3.0
+    angles = [t.param("goal_angle") for t in fam.tasks("train", 30)]
+    assert min(angles) >= 0.0 and max(angles) < 2 * np.pi and max(angles) - min(angles) > np.pi
 
 
 def test_sampling_is_seeded_and_index_stable():
@@ -95,3 +118,13 @@ def test_corrupt_task_json_is_refused():
         Task.from_dict(bad)
     with pytest.raises(UserError, match="invalid task"):
         Task.from_dict({"family": "halfcheetah_vel"})
+
+
+def test_tasks_listing_shows_each_family_cost(capsys):
+    from metaimprove.cli import list_tasks
+    from metaimprove.config import TasksConfig
+
+    list_tasks(TasksConfig(family="hopper_rand_params"))
+    out = capsys.readouterr().out
+    assert "terminates when it falls" in out
+    assert "× a halfcheetah_vel env step" in out and "results/family_cost.csv" in out
