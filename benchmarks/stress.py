@@ -107,8 +107,8 @@ def main() -> None:
                 # Episodes: the envs' first episodes, plus one restarted per blow-up.
                 counts[f"episodes_{key}"] = counts.get(f"episodes_{key}", 0) + N_ENVS + exp.n_unstable
     seconds = time.perf_counter() - begin
-    note = (f"{args.tasks} tasks (families round-robin; 2/3 widest train∪ood ranges, 1/3 physics exponent ranges ×2), "
-            f"1 episode × {N_ENVS} envs per policy")
+    note = (f"{args.tasks} tasks (round-robin over {', '.join(load_families())}; 2/3 widest train∪ood ranges, "
+            f"1/3 physics exponent ranges ×2), 1 episode × {N_ENVS} envs per policy")
     figures: dict[str, tuple[object, str]] = {
         "tasks": (args.tasks, note),
         "crashes": (counts.pop("crashes", 0), first_crash or "exceptions escaping a rollout"),
