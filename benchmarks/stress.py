@@ -5,8 +5,9 @@ of its train and ood bands; "beyond" tasks double those exponent ranges in log s
 of 1.5^[-4, 4] becomes 1.5^[-8, 8], ×0.04 .. ×26). Tasks are split evenly over families, a third of
 them beyond. Each task is rolled out for one full episode in 2 environments by each policy:
 
-- ``random``: a fresh initialization (near-zero mean action, unit Gaussian action noise);
-- ``trained``: PPO trained on a nominal-range halfcheetah_vel task (``--ppo-updates`` updates).
+- ``random``: a fresh initialization (near-zero mean action, unit Gaussian action noise), every task;
+- ``trained``: PPO trained on a halfcheetah_vel train task (``--ppo-updates`` updates), on the HalfCheetah
+  families' tasks (its sizes fit no other robot).
 
 A crash is any exception escaping a rollout; a rollout must also return only finite values. Unstable
 episodes (NaN or huge state, MuJoCo's BADQACC) are ended by the simulator and counted. Appends rows to
@@ -71,10 +72,15 @@ def trained_policy(updates: int) -> tuple[Policy, float, float]:
     return records[-1].next_policy, records[0].mean_return, records[-1].mean_return
 
 
-def rollout(policy: Policy, task: Task, seed: int) -> Experience:
-    """One full episode of ``policy`` in ``N_ENVS`` environments of ``task``."""
-    episode_length = load_families()[task.family].episode_length
-    return Collector(task, n_envs=N_ENVS, seed=seed).collect(policy, episode_length)
+def rollout(policy: Policy, collector: Collector, task: Task) -> Experience:
+    """One full episode of ``policy`` in the collector's environments of ``task``."""
+    return collector.collect(policy, load_families()[task.family].episode_length)
+
+
+def random_policy(obs_dim: int, act_dim: int, seed: int) -> Policy:
+    """A fresh initialization for the given sizes (near-zero mean action, unit Gaussian action noise)."""
+    spec = PolicySpec(obs_dim, act_dim)
+    return Policy(spec, init_params(spec, torch.Generator().manual_seed(seed)), ObsNormalizer.identity(obs_dim))
 
 
 def main() -> None:
@@ -86,17 +92,25 @@ def main() -> None:
     begin = time.perf_counter()
     with mujoco_log(None):
         trained, first, last = trained_policy(args.ppo_updates)
-        spec = trained.spec
-        policies = {"random": Policy(spec, init_params(spec, torch.Generator().manual_seed(1)),
-                                     ObsNormalizer.identity(spec.obs_dim)), "trained": trained}
         counts: dict[str, int] = {}
         first_crash = ""
         for seed, (kind, task) in enumerate(stress_tasks(args.tasks)):
+            try:
+                collector = Collector(task, n_envs=N_ENVS, seed=seed)
+                sizes = (collector.sim.obs_dim, collector.sim.act_dim)
+            except Exception:
+                counts["crashes"] = counts.get("crashes", 0) + 1
+                first_crash = first_crash or traceback.format_exc().strip().splitlines()[-1]
+                continue
+            policies = {"random": random_policy(*sizes, seed)}
+            # The trained policy fits only the robot it was trained on (HalfCheetah's sizes).
+            if sizes == (trained.spec.obs_dim, trained.spec.act_dim):
+                policies["trained"] = trained
             for name, policy in policies.items():
                 key = f"{name}_{kind}"
                 counts[f"rollouts_{key}"] = counts.get(f"rollouts_{key}", 0) + 1
                 try:
-                    exp = rollout(policy, task, seed)
+                    exp = rollout(policy, collector, task)
                 except Exception:
                     counts["crashes"] = counts.get("crashes", 0) + 1
                     first_crash = first_crash or traceback.format_exc().strip().splitlines()[-1]
@@ -104,8 +118,6 @@ def main() -> None:
                 finite = all(torch.isfinite(t).all() for t in (exp.obs, exp.action, exp.reward, exp.log_prob))
                 counts["non_finite_rollouts"] = counts.get("non_finite_rollouts", 0) + int(not finite)
                 counts[f"unstable_episodes_{key}"] = counts.get(f"unstable_episodes_{key}", 0) + exp.n_unstable
-                # Episodes: the envs' first episodes, plus one restarted per blow-up.
-                counts[f"episodes_{key}"] = counts.get(f"episodes_{key}", 0) + N_ENVS + exp.n_unstable
     seconds = time.perf_counter() - begin
     note = (f"{args.tasks} tasks (round-robin over {', '.join(load_families())}; 2/3 widest train∪ood ranges, "
             f"1/3 physics exponent ranges ×2), 1 episode × {N_ENVS} envs per policy")
