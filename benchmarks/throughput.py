@@ -1,16 +1,19 @@
 """Collector throughput against a raw ``mj_step`` loop on the same model, and its scaling to 2 workers.
 
-Prints one ``name: value`` line per figure (the 1 → 2 worker scaling ratio last) and appends them to
-``results/throughput.csv``. Every figure is a ratio measured in this one run: absolute env-steps/s on
-a shared machine are noise.
+Prints one ``name: value`` line per figure and appends them to ``results/throughput.csv``. Every figure
+is a ratio measured in this one run: absolute env-steps/s on a shared machine are noise. Worker scaling
+is measured for the process pool (``collect executor=local``) and, when Ray is installed, for Ray tasks
+on a local Ray instance (``collect executor=ray``): the same collector, one task per worker. The
+machine these figures come from has 2 CPU cores shared with other jobs, so 2 workers can at best double.
 
-    python benchmarks/throughput.py [--quick]
+    python benchmarks/throughput.py [--quick] [--no-ray]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import multiprocessing as mp
 import platform
 import time
@@ -76,9 +79,28 @@ def workers(n_workers: int, n_steps: int, repeats: int = 3) -> float:
     return float(np.median(rates))
 
 
+def ray_workers(n_workers: int, n_steps: int, repeats: int = 3) -> float:
+    """Total env-steps/s of ``n_workers`` collector Ray tasks running at once on a local ``n_workers``-CPU Ray."""
+    import ray
+
+    ray.init(num_cpus=n_workers, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    try:
+        remote = ray.remote(num_cpus=1)(collector)
+        ray.get([remote.remote(2048, i) for i in range(n_workers)])  # warm-up: worker start, imports, compile
+        rates = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            ray.get([remote.remote(n_steps, i) for i in range(n_workers)])
+            rates.append(n_workers * n_steps / (time.perf_counter() - start))
+    finally:
+        ray.shutdown()
+    return float(np.median(rates))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps (noisier)")
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray figures even if Ray is installed")
     args = parser.parse_args()
     n = 40_960 if args.quick else 163_840
     collector(2048)  # warm-up
@@ -94,6 +116,10 @@ def main() -> None:
         "workers_2_env_steps_per_s": two,
         "scaling_1_to_2_workers": two / one,
     }
+    if not args.no_ray and importlib.util.find_spec("ray") is not None:
+        ray_one, ray_two = ray_workers(1, n // 2), ray_workers(2, n // 2)
+        figures |= {"ray_workers_1_env_steps_per_s": ray_one, "ray_workers_2_env_steps_per_s": ray_two,
+                    "ray_scaling_1_to_2_workers": ray_two / ray_one}
     RESULTS.parent.mkdir(exist_ok=True)
     new = not RESULTS.exists()
     with RESULTS.open("a", newline="") as f:

@@ -87,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 out = DEFAULT_OUT.format(stage=name, time=datetime.datetime.now())
                 overrides.append(f"out={out}")
             created = [p for p in [Path(out).absolute(), *Path(out).absolute().parents] if not p.exists()]
+            _check_writable(out, created)
         run_stage(stage, flags + overrides)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
@@ -193,6 +194,15 @@ def _split_flags(args: list[str], stage: str) -> tuple[list[str], list[str]]:
         else:
             overrides.append(arg)
     return flags, overrides
+
+
+def _check_writable(out: str, created: list[Path]) -> None:
+    """Refuse an ``out`` that cannot be created or written before anything runs (not midway with a traceback)."""
+    existing = (created[-1].parent if created else Path(out).absolute())
+    if not existing.is_dir():
+        raise UserError(f"cannot write out={out}: {existing} is not a directory; choose another out=")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write out={out}: {existing} is not writable; choose another out=")
 
 
 def _out_override(overrides: list[str]) -> str | None:

@@ -23,12 +23,18 @@ A manifest entry is ``{"shard", "task_name", "task" (Task.to_dict()), "teacher",
 and its JSON meta holds the task, the teacher (name and config), seed, iteration range, policy
 spec, package and format versions.
 
-Runs execute in a pool of spawned worker processes, each single-threaded and reseeding every global
-RNG per run, so a shard depends on its task, seed and config only, never on the worker count or
-on which runs a worker did before. Workers write their shards; the parent alone writes the
-manifest. Rerunning into the same directory with the same config resumes: listed shards are
+Runs execute in a pool of spawned worker processes (``executor=local``) or as one Ray task per run
+(``executor=ray``, ``ray_address=auto|host:port``; every node must see ``out`` on a shared file
+system). Either way each run is single-threaded and reseeds every global RNG, so a shard depends on
+its task, seed and config only, never on the executor, the worker count or on which runs a worker did
+before: the two executors write byte-identical datasets. Workers write their shards; the parent alone
+writes the manifest. A Ray task whose worker dies is retried; its shard path is fixed by the run and
+written atomically, so a retry replaces its files and never adds a second copy.
+
+Rerunning into the same directory with the same config resumes: listed shards are
 verified and skipped, anything else in ``shards/`` is a leftover of an interrupted run and is
-removed and redone.
+removed and redone. ``metaimprove verify dataset=<out>`` checks every shard of a dataset against the
+manifest's checksums (reading a torn or tampered shard is always refused with a one-line error).
 """
 
 from __future__ import annotations
@@ -83,6 +89,12 @@ SHARD_DIR = "shards"
 # What a CLI run may leave in a directory before the collection config exists there.
 RUN_LEFTOVERS = {".hydra", "MUJOCO_LOG.TXT"}
 ENTRY_KEYS = ("shard", "task_name", "task", "teacher", "seed", "iterations", "sha256")
+EXECUTORS = ("local", "ray")
+# Settings that decide where and how fast runs execute, never what they produce: not part of config.yaml.
+EXECUTION_SETTINGS = ("out", "workers", "executor", "ray_address")
+# A Ray task whose worker process dies (a node lost, OOM-killed) is rerun this many times; its shard
+# path is fixed by the run and written atomically, so a rerun replaces, never duplicates, its files.
+RAY_MAX_RETRIES = 3
 
 
 @dataclass
@@ -108,7 +120,11 @@ class CollectConfig:
     hidden: list[int] = field(default_factory=lambda: [32, 32])
     """hidden layer sizes of the policy MLP"""
     workers: int = 0
-    """parallel worker processes; 0 = one per CPU (results do not depend on it)"""
+    """parallel worker processes; 0 = one per CPU (results do not depend on it; executor=local only)"""
+    executor: str = "local"
+    """where runs execute: 'local' (a process pool) or 'ray' (one Ray task per run; pip install metaimprove[ray])"""
+    ray_address: str | None = None
+    """executor=ray: null starts a Ray instance on this machine, 'auto' joins the running cluster, or host:port"""
     out: str = MISSING
     """dataset directory, also the run directory (default runs/collect/<date>_<time>); rerun to resume"""
 
@@ -122,6 +138,9 @@ class CollectConfig:
             (self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}"),
             (len(self.hidden) >= 1 and min(self.hidden) >= 1, f"hidden sizes must be >= 1, got {list(self.hidden)}"),
             (self.workers >= 0, f"workers must be >= 0 (0 = one per CPU), got {self.workers}"),
+            (self.executor in EXECUTORS, f"executor must be one of {list(EXECUTORS)}, got '{self.executor}'"),
+            (self.ray_address is None or self.executor == "ray",
+             f"ray_address={self.ray_address} needs executor=ray"),
         ]
         for ok, message in checks:
             if not ok:
@@ -180,59 +199,131 @@ def collect(cfg: CollectConfig) -> None:
     teacher_config = _as_declared(cfg.teacher)
     # Built once here so that a bad teacher config is refused before anything is written.
     steps_per_update = teacher_cls(teacher_config).steps_per_update
-    settings = _plain({key: value for key, value in dataclasses.asdict(cfg).items() if key not in ("out", "workers")}
+    settings = _plain({key: value for key, value in dataclasses.asdict(cfg).items() if key not in EXECUTION_SETTINGS}
                       | {"teacher": dataclasses.asdict(teacher_config), "teacher_name": teacher_cls.name})
     root = Path(cfg.out).absolute()
     runs = plan(cfg)
     if root.exists():
         _check_config(root, settings)
-    root.mkdir(parents=True, exist_ok=True)
-    with _exclusive(root):
-        _check_config(root, settings)
-        if not (root / CONFIG_FILE).exists():
-            atomic_write_bytes(root / CONFIG_FILE, yaml.safe_dump(settings, sort_keys=False).encode())
-        done = {entry["shard"]: entry for entry in _resume(root, runs)}
-        todo = [run for run in runs if run.shard not in done]
-        jobs = [_Job(run, str(root), teacher_cls, teacher_config, cfg.iterations, tuple(cfg.hidden)) for run in todo]
-        workers = min(cfg.workers or os.cpu_count() or 1, max(len(jobs), 1))
-        finished = _execute(jobs, workers, steps_per_update * cfg.iterations, len(runs) - len(todo), len(runs))
-        with contextlib.closing(finished):
-            for entry in finished:
-                done[entry["shard"]] = entry
-                _write_manifest(root, [done[run.shard] for run in runs if run.shard in done])
+    # Ray is started (or joined) before anything is written, so that a missing Ray or cluster leaves nothing.
+    session = _ray_session(cfg.ray_address) if cfg.executor == "ray" else contextlib.nullcontext()
+    with session:
+        root.mkdir(parents=True, exist_ok=True)
+        with _exclusive(root):
+            _check_config(root, settings)
+            if not (root / CONFIG_FILE).exists():
+                atomic_write_bytes(root / CONFIG_FILE, yaml.safe_dump(settings, sort_keys=False).encode())
+            done = {entry["shard"]: entry for entry in _resume(root, runs)}
+            todo = [run for run in runs if run.shard not in done]
+            jobs = [_Job(run, str(root), teacher_cls, teacher_config, cfg.iterations, tuple(cfg.hidden))
+                    for run in todo]
+            if jobs:
+                progress = _Progress(steps_per_update * cfg.iterations, len(runs) - len(todo), len(runs))
+                if cfg.executor == "ray":
+                    finished = _execute_ray(jobs, progress)
+                else:
+                    finished = _execute(jobs, min(cfg.workers or os.cpu_count() or 1, len(jobs)), progress)
+                with contextlib.closing(finished):
+                    for entry in finished:
+                        done[entry["shard"]] = entry
+                        _write_manifest(root, [done[run.shard] for run in runs if run.shard in done])
     skipped = f" ({len(runs) - len(todo)} were already done)" if len(todo) < len(runs) else ""
     print(f"collected {len(todo)} runs{skipped}: {len(runs)} shards in {root}")
 
 
-def _execute(jobs: list[_Job], workers: int, steps_per_run: int,
-             already: int, total: int) -> Generator[dict[str, Any], None, None]:
+class _Progress:
+    """The progress bar of a collection: env steps done, and finished runs out of all planned."""
+
+    def __init__(self, steps_per_run: int, already: int, total: int) -> None:
+        self.steps_per_run, self.finished, self.total = steps_per_run, already, total
+        self.bar = tqdm(total=steps_per_run * (total - already), unit="step", unit_scale=True, dynamic_ncols=True,
+                        desc=f"collect: {already}/{total} runs")
+
+    def run_done(self, steps: int = 0) -> None:
+        """Count one finished run (and ``steps`` of it that were not reported while it ran)."""
+        self.finished += 1
+        self.bar.update(steps)
+        self.bar.set_description(f"collect: {self.finished}/{self.total} runs")
+
+
+def _execute(jobs: list[_Job], workers: int, progress: _Progress) -> Generator[dict[str, Any], None, None]:
     """Run ``jobs`` on a process pool; yield each finished run's manifest entry as it completes."""
-    if not jobs:
-        return
     context = get_context("spawn")
-    progress: Queue[int] = context.Queue()
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(progress,))
-    bar = tqdm(total=steps_per_run * len(jobs), unit="step", unit_scale=True, dynamic_ncols=True,
-               desc=f"collect: {already}/{total} runs")
-    finished = already
+    steps: Queue[int] = context.Queue()
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(steps,))
     try:
         pending: set[Future[dict[str, Any]]] = {pool.submit(_collect_run, job) for job in jobs}
         while pending:
             done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            bar.update(_drain(progress))
+            progress.bar.update(_drain(steps))
             for future in done:
                 entry = future.result()
-                finished += 1
-                bar.set_description(f"collect: {finished}/{total} runs")
+                progress.run_done()
                 yield entry
         pool.shutdown()
     finally:
-        bar.close()
+        progress.bar.close()
         # On an error or an interrupt, stop the runs still going now rather than after they finish:
         # finished shards are in the manifest and the rest is redone on resume.
         for process in list((getattr(pool, "_processes", None) or {}).values()):
             process.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _ray_session(address: str | None) -> Iterator[None]:
+    """Use the Ray instance this process already initialized, else join ``address`` (None: start a local one,
+    shut down on exit); a one-line UserError if Ray is missing or the cluster cannot be reached."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("executor=ray needs Ray, which is not installed: pip install metaimprove[ray]") from None
+    if ray.is_initialized():
+        yield
+        return
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise UserError(f"cannot reach a Ray cluster at ray_address={address} ({str(exc).splitlines()[0]}); "
+                        "start one with `ray start --head` or leave ray_address unset for a local one") from exc
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _execute_ray(jobs: list[_Job], progress: _Progress) -> Generator[dict[str, Any], None, None]:
+    """Run ``jobs`` as Ray tasks, one per run; yield each finished run's manifest entry as it completes.
+
+    On a cluster every node must see the dataset directory at the same path (a shared file system).
+    """
+    import ray
+
+    remote = ray.remote(num_cpus=1, max_retries=RAY_MAX_RETRIES)(_collect_run_ray)
+    pending = [remote.remote(job) for job in jobs]
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                entry = ray.get(done[0])
+            except ray.exceptions.RayTaskError as exc:
+                # Ray wraps a worker's exception with its traceback; bad input stays one line.
+                if isinstance(exc.cause, UserError):
+                    raise exc.cause from None
+                raise
+            progress.run_done(progress.steps_per_run)
+            yield entry
+    finally:
+        progress.bar.close()
+        # As with the pool: runs still going are stopped now; finished shards are in the manifest.
+        for ref in pending:
+            ray.cancel(ref, force=True)
+
+
+def _collect_run_ray(job: _Job) -> dict[str, Any]:
+    """Ray task: one run in a Ray worker process, single-threaded like a pool worker."""
+    torch.set_num_threads(1)
+    return _collect_run(job)
 
 
 def _drain(progress: Queue[int]) -> int:

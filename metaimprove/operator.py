@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +106,7 @@ def parameter_roles(spec: PolicySpec) -> tuple[torch.Tensor, torch.Tensor, torch
     out = torch.full((spec.n_params,), spec.act_dim, dtype=torch.long)
     last = len(spec.layer_sizes) - 1
     for b, (name, shape, off) in enumerate(spec.layout()):
-        n = int(torch.tensor(shape).prod())
+        n = math.prod(shape)
         block[off : off + n] = b
         if name == "W0":
             inp[off : off + n] = torch.arange(shape[1]).repeat(shape[0])
@@ -250,27 +250,117 @@ class OperatorCheckpoint:
 
     @staticmethod
     def load(path: str | Path) -> tuple[ImprovementOperator, OperatorCheckpoint]:
-        """Read and validate a checkpoint; returns the operator (eval mode) and its description."""
+        """Read and validate a checkpoint; returns the operator (eval mode) and its description.
+
+        The file pair is checked by :func:`~metaimprove.storage.load_tensors` (safetensors + JSON, never
+        unpickled); then every metadata field's type, range and the format version are checked, and the
+        weights' names, shapes and values against the architecture the metadata describes, before any
+        of it is used. Anything wrong is a one-line :class:`UserError`.
+        """
         tensors, meta = load_tensors(path)
         try:
-            if meta.get("format") != CHECKPOINT_FORMAT:
-                raise ValueError(f"not an operator checkpoint (format {meta.get('format')!r})")
-            if meta.get("format_version") != CHECKPOINT_VERSION:
-                raise ValueError(f"checkpoint format version {meta.get('format_version')!r} is not supported by "
-                                 f"this metaimprove (reads version {CHECKPOINT_VERSION}); retrain or upgrade")
-            spec = PolicySpec.from_dict(meta["policy_spec"])
-            operator = OperatorConfig(**meta["operator"])
-            features = FeatureConfig(**meta["features"])
-            ks = [int(k) for k in meta["ks"]]
-            quantiles = {int(k): [float(x) for x in v] for k, v in meta["ask_quantiles"].items()}
-            if not ks or not quantiles or any(len(v) != 3 for v in quantiles.values()):
-                raise ValueError("ks / ask_quantiles are empty or malformed")
-            ckpt = OperatorCheckpoint(spec, operator, features, ks, quantiles,
-                                      [str(t) for t in meta["tasks"]], dict(meta["teacher"]))
-            op = ImprovementOperator(spec, operator)
-            state = {k.removeprefix("operator."): v for k, v in tensors.items() if k.startswith("operator.")}
-            op.load_state_dict(state, strict=True)
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            ckpt = _checkpoint_from_meta(meta)
+            # Shapes are compared on the meta device first, so that a forged size cannot make us allocate.
+            with torch.device("meta"):
+                expected = {f"operator.{k}": tuple(v.shape)
+                            for k, v in ImprovementOperator(ckpt.spec, ckpt.operator).state_dict().items()}
+            found = {k: tuple(v.shape) for k, v in tensors.items()}
+            if found != expected:
+                wrong = sorted(set(found) ^ set(expected)) or sorted(k for k in found if found[k] != expected[k])
+                raise ValueError(f"its weights do not fit the architecture its metadata describes ({wrong[0]})")
+            if not all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point()):
+                raise ValueError("its weights hold NaN or infinite values")
+            op = ImprovementOperator(ckpt.spec, ckpt.operator)
+            op.load_state_dict({k.removeprefix("operator."): v for k, v in tensors.items()}, strict=True)
+        except (KeyError, TypeError, ValueError, RuntimeError, UserError) as exc:
             raise UserError(f"operator checkpoint {path} is invalid: {str(exc).splitlines()[0]}") from exc
         op.eval()
         return op, ckpt
+
+
+# A bound on the policies a checkpoint may describe: the per-parameter operator keeps role indices for
+# every parameter, so a forged size must not make loading allocate gigabytes.
+MAX_POLICY_PARAMS = 10_000_000
+MAX_K = 1 << 20
+
+
+def _checkpoint_from_meta(meta: dict[str, Any]) -> OperatorCheckpoint:
+    """An :class:`OperatorCheckpoint` from a checkpoint's JSON metadata, every field validated (ValueError)."""
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"not an operator checkpoint (format {meta.get('format')!r})")
+    if meta.get("format_version") != CHECKPOINT_VERSION:
+        raise ValueError(f"checkpoint format version {meta.get('format_version')!r} is not supported by "
+                         f"this metaimprove (reads version {CHECKPOINT_VERSION}); retrain or upgrade")
+    raw_spec = meta["policy_spec"]
+    if not (isinstance(raw_spec, dict) and _is_int(raw_spec.get("obs_dim")) and _is_int(raw_spec.get("act_dim"))
+            and isinstance(raw_spec.get("hidden"), list) and all(_is_int(h) for h in raw_spec["hidden"])
+            and isinstance(raw_spec.get("activation"), str)):
+        raise ValueError(f"policy_spec must hold integer obs_dim, act_dim, hidden and a string activation, "
+                         f"got {str(raw_spec)[:80]}")
+    spec = PolicySpec.from_dict(raw_spec)
+    if spec.n_params > MAX_POLICY_PARAMS:
+        raise ValueError(f"its policy has {spec.n_params} parameters, more than this metaimprove loads "
+                         f"({MAX_POLICY_PARAMS})")
+    operator = _dataclass_from(OperatorConfig, meta["operator"], "operator")
+    if operator.arch not in ARCHS:
+        raise ValueError(f"operator.arch must be one of {list(ARCHS)}, got {operator.arch!r}")
+    sizes = {"hidden": operator.hidden, "context_dim": operator.context_dim,
+             "param_hidden": operator.param_hidden, "role_dim": operator.role_dim}
+    for name, size in sizes.items():
+        if not 1 <= size <= 65536:
+            raise ValueError(f"operator.{name} must be in [1, 65536], got {size}")
+    if not operator.step_scale > 0:
+        raise ValueError(f"operator.step_scale must be > 0, got {operator.step_scale}")
+    features = _dataclass_from(FeatureConfig, meta["features"], "features")
+    if features.n_transitions < 1 or features.n_states < 1 or not 0 < features.gamma <= 1 \
+            or features.baseline_ridge < 0:
+        raise ValueError(f"features out of range ({features}): need n_transitions, n_states >= 1, "
+                         "gamma in (0, 1], baseline_ridge >= 0")
+    ks = meta["ks"]
+    if not (isinstance(ks, list) and ks and all(_is_int(k) and 1 <= k <= MAX_K for k in ks)):
+        raise ValueError(f"ks must be a non-empty list of integers in [1, {MAX_K}], got {str(ks)[:80]}")
+    raw_quantiles = meta["ask_quantiles"]
+    if not (isinstance(raw_quantiles, dict) and raw_quantiles):
+        raise ValueError("ask_quantiles must be a non-empty mapping from k to 3 quantiles")
+    quantiles = {}
+    for key, values in raw_quantiles.items():
+        if not (key.isdecimal() and int(key) in ks):
+            raise ValueError(f"ask_quantiles has key {key!r}, which is not one of ks {ks}")
+        if not (isinstance(values, list) and len(values) == 3 and all(_is_number(v) for v in values)
+                and values[0] <= values[1] <= values[2]):
+            raise ValueError(f"ask_quantiles[{key}] must be 3 finite increasing numbers, got {str(values)[:80]}")
+        quantiles[int(key)] = [float(v) for v in values]
+    tasks, teacher = meta["tasks"], meta["teacher"]
+    if not (isinstance(tasks, list) and all(isinstance(t, str) for t in tasks)):
+        raise ValueError("tasks must be a list of task names")
+    if not (isinstance(teacher, dict) and isinstance(teacher.get("name"), str)
+            and isinstance(teacher.get("config", {}), dict)):
+        raise ValueError("teacher must be a mapping with a string name and a config mapping")
+    return OperatorCheckpoint(spec, operator, features, ks, quantiles, tasks, teacher)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _dataclass_from(cls: type[Any], data: Any, where: str) -> Any:
+    """An instance of config dataclass ``cls`` from JSON ``data``: known keys only, each of its field's type
+    (missing keys keep their defaults)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a mapping, got {str(data)[:80]}")
+    defaults = cls()
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where} has unknown settings {unknown}")
+    for key, value in data.items():
+        expected = type(getattr(defaults, key))
+        ok = _is_number(value) if expected is float else _is_int(value) if expected is int \
+            else isinstance(value, expected)
+        if not ok:
+            raise ValueError(f"{where}.{key} must be {expected.__name__}, got {value!r}")
+    return cls(**data)

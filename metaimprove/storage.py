@@ -138,6 +138,11 @@ def load_tensors(path: str | os.PathLike[str],
     refused, never unpickled).
     """
     header_file = meta_path(path)
+    if not Path(path).exists():
+        raise UserError(f"{path} is missing")
+    if not header_file.exists():
+        raise UserError(f"{path} comes without its metadata {header_file.name} beside it; "
+                        "copy both files (it is not loaded without them)")
     header = read_json(header_file, expected_sha256)
     if not (isinstance(header, dict) and header.get("format") == TENSOR_FORMAT
             and isinstance(header.get("tensors_sha256"), str) and isinstance(header.get("meta"), dict)):

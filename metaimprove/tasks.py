@@ -253,7 +253,7 @@ class TaskFamily:
                 healthy_reward=float(data.get("healthy_reward", 0.0)),
                 terminate_when_unhealthy=bool(data.get("terminate_when_unhealthy", False)),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise UserError(f"bad task family file {source}: {exc}") from exc
         if family.episode_length < 1:
             raise UserError(f"bad task family file {source}: episode_length must be >= 1")
