@@ -23,9 +23,10 @@ def pipeline(cfg: PipelineConfig) -> None:
     checkpoint = train(TrainConfig(dataset=str(dataset), out=str(out / "operator"), operator=cfg.operator,
                                    max_epochs=cfg.max_epochs))
     print(f"[3/4] apply: {cfg.test_tasks} {cfg.test_split} tasks × {cfg.test_seeds} seeds × {cfg.applications} "
-          f"applications, beside PPO and no update -> {out / 'apply'}", flush=True)
+          f"applications, beside PPO, no update and the nearest training checkpoint -> {out / 'apply'}", flush=True)
     apply(ApplyConfig(operator_path=str(checkpoint), out=str(out / "apply"), task=cfg.task, split=cfg.test_split,
                       n_tasks=cfg.test_tasks, seeds=cfg.test_seeds, applications=cfg.applications,
+                      methods=["operator", "ppo", "no_update", "nearest"], dataset=str(dataset),
                       workers=cfg.workers))
     print("[4/4] plot", flush=True)
     figure = run_plot(PlotConfig(runs=[str(out / "apply")], out=str(out / "plot")))[0]
