@@ -79,6 +79,25 @@ def _family_cost() -> list[str]:
     ]
 
 
+def _reliability() -> list[str]:
+    """The latest run of each reliability benchmark (``benchmarks/stress.py``, ``benchmarks/kill_resume.py``)."""
+    path = RESULTS / "reliability.csv"
+    if not path.exists():
+        return []
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    latest = {r["benchmark"]: r["date"] for r in rows}  # rows are appended in time order
+    return [
+        "### Reliability (`benchmarks/stress.py`, `benchmarks/kill_resume.py`)",
+        "",
+        "| benchmark | figure | value | note |",
+        "| --- | --- | --- | --- |",
+        *(f"| {r['benchmark']} | {r['name']} | {r['value']} | {r['note']} |" for r in rows
+          if r["date"] == latest[r["benchmark"]]),
+        "",
+    ]
+
+
 def _latest_throughput() -> dict[str, str]:
     path = RESULTS / "throughput.csv"
     if not path.exists():
@@ -138,6 +157,7 @@ def section() -> str:
             f"| 2 workers over 1 worker | **{throughput.get('scaling_1_to_2_workers')}×** (target ≥ 1.8×) |",
             "",
         ]
+    out += _reliability()
     out += _improvement()
     return "\n".join(out).rstrip() + "\n"
 
