@@ -150,8 +150,11 @@ def save_sb3(path: str | Path, policy: Policy) -> None:
     Our normalizer is folded into the first layer, so the zip takes raw observations (no VecNormalize).
     The critic is SB3's fresh initialization: we have no value function to give it.
     """
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.vec_env import DummyVecEnv
+    try:
+        from stable_baselines3 import PPO
+        from stable_baselines3.common.vec_env import DummyVecEnv
+    except ImportError as exc:
+        raise UserError("writing an SB3 zip needs stable-baselines3: pip install metaimprove[baselines]") from exc
 
     spec = policy.spec
     norm = policy.normalizer
