@@ -18,12 +18,18 @@ RESULTS = ROOT / "results"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
+def _rows(name: str) -> list[dict[str, str]]:
+    """The rows of ``results/<name>`` (none when the benchmark has not been run)."""
+    path = RESULTS / name
+    if not path.exists():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
 def _summary(path: Path) -> dict[str, str]:
     """``name -> value`` of a benchmark CSV: its summary rows, or every row of a two-column file."""
-    if not path.exists():
-        return {}
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
+    rows = _rows(path.name)
     if rows and set(rows[0]) == {"name", "value"}:
         return {r["name"]: r["value"] for r in rows}
     return {r["name"]: r["value"] for r in rows if r.get("name") and r.get("value")}
@@ -60,11 +66,9 @@ def _teacher_check(stem: str, ours: str, reference: str) -> list[str]:
 
 def _family_cost() -> list[str]:
     """Per-family cost relative to halfcheetah_vel (``benchmarks/family_cost.py``)."""
-    path = RESULTS / "family_cost.csv"
-    if not path.exists():
+    rows = _rows("family_cost.csv")
+    if not rows:
         return []
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
     return [
         "### What each task family costs (`benchmarks/family_cost.py`)",
         "",
@@ -81,11 +85,9 @@ def _family_cost() -> list[str]:
 
 def _reliability() -> list[str]:
     """The latest run of each reliability benchmark (``benchmarks/stress.py``, ``benchmarks/kill_resume.py``)."""
-    path = RESULTS / "reliability.csv"
-    if not path.exists():
+    rows = _rows("reliability.csv")
+    if not rows:
         return []
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
     latest = {r["benchmark"]: r["date"] for r in rows}  # rows are appended in time order
     return [
         "### Reliability (`benchmarks/stress.py`, `benchmarks/kill_resume.py`)",
@@ -99,11 +101,9 @@ def _reliability() -> list[str]:
 
 
 def _latest_throughput() -> dict[str, str]:
-    path = RESULTS / "throughput.csv"
-    if not path.exists():
+    rows = _rows("throughput.csv")
+    if not rows:
         return {}
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
     last = rows[-1]["date"]
     return {r["name"]: r["value"] for r in rows if r["date"] == last}
 
