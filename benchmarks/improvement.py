@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import shutil
 import tempfile
 import time
@@ -42,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metaimprove.apply import ApplyConfig, apply, method_names, start_policy, starts_from_theta0, teacher_config
+from metaimprove.apply import ApplyConfig, apply, method_names, operator_batch, start_policy, starts_from_theta0
 from metaimprove.baselines import DRConfig, train_dr
 from metaimprove.collect import load_manifest, load_shard
 from metaimprove.features import encode, stack
@@ -51,7 +52,7 @@ from metaimprove.plot import plot_curves, read_curves, select_splits
 from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, fold_normalizer, load_policy
 from metaimprove.stats import Curves, Estimate, common_grid, curve_band, iqm_ci, reach_ratio, step_values
 from metaimprove.tasks import TaskConfig, get_family
-from metaimprove.teachers import PPO
+from metaimprove.teachers import make_teacher
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
@@ -68,7 +69,7 @@ def step_time_ratio(operator_path: str, family: str, ask_k: int, reps: int = 15)
     op, ckpt = OperatorCheckpoint.load(operator_path)
     task = get_family(family).task("test", 0)
     start = start_policy(ckpt, 0)
-    ppo = PPO(teacher_config(ckpt, "ppo"))
+    ppo = make_teacher(ckpt.teacher, "ppo")
     ppo.start(task, start, seed=0)
     batch = ppo.collect()
     ask = ckpt.default_ask(ask_k).unsqueeze(0)
@@ -223,7 +224,7 @@ def main() -> None:
         writer.writerows(rows)
     curves = read_curves([curves_csv])
     _, ckpt = OperatorCheckpoint.load(args.operator)
-    batch = teacher_config(ckpt).n_envs * teacher_config(ckpt).n_steps
+    batch = math.prod(operator_batch(ckpt))
     budget = float(applications * batch)
     labels = [label for m in methods for label in ((m, m + TRAIN_INIT) if starts_from_theta0(m) else (m,))]
     table: dict[tuple[str, str], tuple[Estimate, float]] = {}

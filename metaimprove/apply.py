@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -46,7 +45,7 @@ from metaimprove.operator import ImprovementOperator, OperatorCheckpoint
 from metaimprove.policy import ObsNormalizer, Policy, init_params, load_policy, save_policy
 from metaimprove.rollout import Collector, Experience, Simulator, evaluate
 from metaimprove.tasks import Task, TaskConfig, get_family
-from metaimprove.teachers import TEACHERS, Teacher, make_teacher, recorded_config
+from metaimprove.teachers import TEACHERS, Teacher, make_teacher
 
 OPERATOR_METHODS = ("operator", "operator_guarded")
 CHECKPOINT_METHODS = ("nearest", "nearest_noise", "nearest_avg", "avg_weights", "transferred")
@@ -154,16 +153,9 @@ def initial_policy(config: ApplyConfig, ckpt: OperatorCheckpoint, seed: int) -> 
     return start_policy(ckpt, seed)
 
 
-def teacher_config(ckpt: OperatorCheckpoint, name: str | None = None) -> Any:
-    """The config of teacher ``name`` (default: the one whose pairs trained ``ckpt``, with the settings it ran
-    with, so its batch is the operator's; another teacher gets its defaults)."""
-    return recorded_config(ckpt.teacher, name)
-
-
 def operator_batch(ckpt: OperatorCheckpoint) -> tuple[int, int]:
     """``(n_envs, n_steps)`` of the batch the operator improves from: its teacher's batch."""
-    cfg = teacher_config(ckpt)
-    return cfg.n_envs, cfg.n_steps
+    return make_teacher(ckpt.teacher).batch_shape
 
 
 def run_budget(config: ApplyConfig, batch: int) -> int:

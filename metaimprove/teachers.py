@@ -84,9 +84,15 @@ class Teacher:
     name: str = "teacher"
 
     @property
+    def batch_shape(self) -> tuple[int, int]:
+        """``(envs, steps per env)`` of the batch collected per update."""
+        raise NotImplementedError
+
+    @property
     def steps_per_update(self) -> int:
         """Environment steps collected per update."""
-        raise NotImplementedError
+        n_envs, n_steps = self.batch_shape
+        return n_envs * n_steps
 
     def start(self, task: Task, policy: Policy, seed: int) -> None:
         """Begin a run on ``task`` from ``policy`` (copied); resets all teacher state (value net, optimizer)."""
@@ -193,9 +199,9 @@ class PPO(Teacher):
         self._policy: Policy | None = None
 
     @property
-    def steps_per_update(self) -> int:
-        """Environment steps collected per update (``n_envs × n_steps``)."""
-        return self.config.n_envs * self.config.n_steps
+    def batch_shape(self) -> tuple[int, int]:
+        """``(n_envs, n_steps)``."""
+        return self.config.n_envs, self.config.n_steps
 
     @property
     def policy(self) -> Policy:
@@ -486,9 +492,9 @@ class ARS(Teacher):
         self._deltas: torch.Tensor | None = None
 
     @property
-    def steps_per_update(self) -> int:
-        """Environment steps collected per update (``2 × n_directions × n_steps``)."""
-        return 2 * self.config.n_directions * self.config.n_steps
+    def batch_shape(self) -> tuple[int, int]:
+        """``(2 × n_directions, n_steps)``: one env per perturbed policy."""
+        return 2 * self.config.n_directions, self.config.n_steps
 
     @property
     def policy(self) -> Policy:

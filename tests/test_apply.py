@@ -6,13 +6,14 @@ import csv
 import dataclasses
 import pathlib
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from conftest import TINY_TEACHER, run_cli
 
-from metaimprove.apply import ApplyConfig, apply, guarded_steps, initial_policy, method_names
+from metaimprove.apply import ApplyConfig, apply, guarded_steps, initial_policy, method_names, operator_batch
 from metaimprove.baselines import (
     DRConfig,
     add_noise,
@@ -296,3 +297,11 @@ def test_cli_names_the_command_that_makes_missing_data(operator_path: pathlib.Pa
     assert len(lines) == 1 and "metaimprove dr task=halfcheetah_vel" in lines[0]
     assert not (tmp_path / "out").exists()
 
+
+
+def test_operator_batch_is_its_teachers_batch_for_every_teacher() -> None:
+    # An operator trained on ARS pairs improves from ARS-shaped batches: one env per perturbed policy.
+    ars = SimpleNamespace(teacher={"name": "ars", "config": {"n_directions": 4, "n_steps": 64}})
+    ppo = SimpleNamespace(teacher={"name": "ppo", "config": {"n_envs": 3, "n_steps": 32}})
+    assert operator_batch(ars) == (8, 64)  # type: ignore[arg-type]
+    assert operator_batch(ppo) == (3, 32)  # type: ignore[arg-type]
