@@ -141,31 +141,46 @@ def _parse_int(text: str, where: str, column: str) -> int:
 
 # --------------------------------------------------------------------------------------------- colors
 
-# Fixed colors for the methods DESIGN.md names, so every figure from every run agrees on them.
+# Fixed colors for the methods apply runs (and the names DESIGN.md uses), so every figure agrees on them.
 KNOWN_COLORS: dict[str, str] = {
     "ppo": "#1f77b4",  # blue: the teacher
     "operator": "#d62728",  # red: what we are testing
     "metaimprove": "#d62728",
+    "operator_guarded": "#ff9896",  # light red: the operator with its fallback
     "ars": "#ff7f0e",  # orange
     "domain_randomized": "#9467bd",  # purple
     "dr": "#9467bd",
-    "nearest_checkpoint": "#8c564b",  # brown
-    "nearest_checkpoint_noise": "#e377c2",  # pink
+    "dr_ppo": "#5254a3",  # indigo: DR, then PPO
+    "nearest": "#8c564b",  # brown: the checkpoint baselines
+    "nearest_checkpoint": "#8c564b",
+    "nearest_noise": "#e377c2",  # pink
+    "nearest_checkpoint_noise": "#e377c2",
+    "nearest_avg": "#bcbd22",  # olive
+    "avg_weights": "#17becf",  # cyan
+    "transferred": "#2ca02c",  # green
     "no_update": "#7f7f7f",  # gray: the floor
 }
 # Other names hash into colors none of the known methods use.
-EXTRA_COLORS = ("#2ca02c", "#17becf", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd")
+EXTRA_COLORS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1")
+START_SEPARATOR = "@"
+"""``<method>@<start>`` (e.g. ``ppo@train_init``): the method from another start, drawn in its color, dashed"""
 
 
 def _normalize(name: str) -> str:
-    return name.strip().lower().replace("-", "_").replace(" ", "_")
+    return name.split(START_SEPARATOR)[0].strip().lower().replace("-", "_").replace(" ", "_")
+
+
+def line_style(method: str) -> str:
+    """Solid for a method, dashed for the same method from another start (``<method>@<start>``)."""
+    return "--" if START_SEPARATOR in method else "-"
 
 
 def method_colors(methods: list[str]) -> dict[str, str]:
     """A color per method, the same in every figure: fixed for known names, a name hash for the rest.
 
-    Two unknown names whose hashes collide in one figure are moved apart (the later one takes the next
-    free color), which is the only case where a color depends on which other methods are drawn.
+    ``<method>@<start>`` takes ``<method>``'s color (it is drawn dashed). Two unknown names whose hashes
+    collide in one figure are moved apart (the later one takes the next free color), which is the only case
+    where a color depends on which other methods are drawn.
     """
     colors: dict[str, str] = {}
     taken: set[str] = set()
@@ -174,13 +189,17 @@ def method_colors(methods: list[str]) -> dict[str, str]:
         if known is not None:
             colors[name] = known
             taken.add(known)
+    by_base: dict[str, str] = {}
     for name in methods:
         if name in colors:
             continue
-        start = zlib.crc32(_normalize(name).encode())
-        choices = [EXTRA_COLORS[(start + k) % len(EXTRA_COLORS)] for k in range(len(EXTRA_COLORS))]
-        colors[name] = next((c for c in choices if c not in taken), choices[0])
-        taken.add(colors[name])
+        base = _normalize(name)
+        if base not in by_base:
+            start = zlib.crc32(base.encode())
+            choices = [EXTRA_COLORS[(start + k) % len(EXTRA_COLORS)] for k in range(len(EXTRA_COLORS))]
+            by_base[base] = next((c for c in choices if c not in taken), choices[0])
+            taken.add(by_base[base])
+        colors[name] = by_base[base]
     return colors
 
 
@@ -267,7 +286,7 @@ def build_figure(
 
     # One legend for the figure: the same method has the same color in every panel.
     runs = {name: _run_count(curves.where(method=name)) for name in methods}
-    handles = [Line2D([], [], color=colors[m], lw=2, label=f"{m} ({runs[m]})") for m in methods]
+    handles = [Line2D([], [], color=colors[m], ls=line_style(m), lw=2, label=f"{m} ({runs[m]})") for m in methods]
     if budget is not None:
         handles.append(Line2D([], [], color="black", ls="--", lw=1, label=f"budget B = {_eng(budget)}"))
     per_row = 2 if n_cols == 1 else 4
@@ -285,7 +304,7 @@ def _draw_panel(ax: Axes, bands: list[Band], colors: dict[str, str], budget: flo
         color = colors[band.method]
         # Returns change only at evaluations, so the curve is drawn as the step function it is.
         ax.fill_between(band.env_steps, band.lo, band.hi, step="post", color=color, alpha=0.2, lw=0)
-        ax.plot(band.env_steps, band.iqm, drawstyle="steps-post", color=color, lw=1.8)
+        ax.plot(band.env_steps, band.iqm, drawstyle="steps-post", color=color, ls=line_style(band.method), lw=1.8)
     if budget is not None:
         ax.axvline(budget, color="black", ls="--", lw=1)
         # Named on the axes too, so a cropped panel still says which line is the budget.

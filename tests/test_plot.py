@@ -13,6 +13,7 @@ from metaimprove.errors import UserError
 from metaimprove.plot import (
     PlotConfig,
     build_figure,
+    line_style,
     method_colors,
     plot_curves,
     read_curves,
@@ -94,6 +95,10 @@ def test_method_colors_are_consistent_across_figures(runs: list[Path]) -> None:
     assert line_colors(both)[1] == line_colors(only_operator)[0] == method_colors(["operator"])["operator"]
     assert len(set(method_colors(["ppo", "operator", "no_update", "mystery", "other"]).values())) == 5
     assert method_colors(["mystery"])["mystery"] == method_colors(["ppo", "mystery"])["mystery"]
+    # the same method from another start keeps its color and is told apart by a dashed line
+    starts = method_colors(["ppo", "ppo@train_init", "mystery", "mystery@train_init"])
+    assert starts["ppo@train_init"] == starts["ppo"] and starts["mystery@train_init"] == starts["mystery"]
+    assert (line_style("ppo"), line_style("ppo@train_init")) == ("-", "--")
 
 
 def test_budget_line_drawn(runs: list[Path]) -> None:
