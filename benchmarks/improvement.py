@@ -24,10 +24,9 @@ iterations=1536``); when it is missing the benchmark trains it first.
 
     python benchmarks/improvement.py [--quick] [--dataset runs/vel32x48]
 
-Full run: 4 tasks × 5 seeds per split, 30 batches (61,440 env steps) per run. Estimated from per-step costs
-measured on an idle core (collect a batch 0.11 s, evaluate 0.12 s, PPO update 0.16 s): about 60 CPU-minutes with
-PPO and ARS, so ≈ 30–40 minutes on 2 free cores. ``--quick`` (2 tasks × 3 seeds, 10 batches) is about a fifth of
-that and leaves results/ alone.
+Full run: 4 tasks × 5 seeds per split, 30 batches (61,440 env steps) per run, every method: measured 58.8 minutes
+of apply on the shared 2-core machine while other jobs ran. ``--quick`` (2 tasks × 3 seeds, 10 batches) took
+5.1 minutes end to end on the same machine when idle, and leaves results/ alone.
 """
 
 from __future__ import annotations
