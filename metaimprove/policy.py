@@ -204,22 +204,30 @@ class NumpyActor:
     def __init__(self, policy: Policy) -> None:
         blocks = {k: v.detach().double().numpy() for k, v in policy.spec.unflatten(policy.theta).items()}
         n_layers = len(policy.spec.layer_sizes)
-        self._weights = [(blocks[f"W{i}"].T.copy(), blocks[f"b{i}"]) for i in range(n_layers)]
+        # A batch of θs [E, P] (ARS's perturbed policies as one batch of envs) runs observation row e through θ_e.
+        self._batched = policy.theta.dim() == 2
+        if self._batched:
+            self._weights = [(blocks[f"W{i}"].transpose(0, 2, 1).copy(), blocks[f"b{i}"][:, None, :])
+                             for i in range(n_layers)]
+        else:
+            self._weights = [(blocks[f"W{i}"].T.copy(), blocks[f"b{i}"]) for i in range(n_layers)]
         self._act = np.tanh if policy.spec.activation == "tanh" else (lambda x: np.maximum(x, 0.0))
         self.std = np.exp(blocks["log_std"])
         self._mean = policy.normalizer.mean
         self._inv_std = 1.0 / np.sqrt(policy.normalizer.var + NORM_EPS)
 
     def mean(self, obs: np.ndarray) -> np.ndarray:
-        """Action means ``[N, act]`` for raw observations ``[N, obs]``."""
+        """Action means ``[N, act]`` for raw observations ``[N, obs]`` (N = E for a batch of θs)."""
         h = (obs - self._mean) * self._inv_std
         # The ufuncs in place: np.clip's Python wrapper costs as much as the matmuls at this size.
         np.minimum(np.maximum(h, -OBS_CLIP, out=h), OBS_CLIP, out=h)
+        if self._batched:
+            h = h[:, None, :]
         for i, (w, b) in enumerate(self._weights):
             h = h @ w + b
             if i < len(self._weights) - 1:
                 h = self._act(h)
-        return h
+        return h[:, 0, :] if self._batched else h
 
 
 def fold_normalizer(spec: PolicySpec, theta: torch.Tensor, norm: ObsNormalizer,

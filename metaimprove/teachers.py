@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from metaimprove.errors import UserError
-from metaimprove.policy import NORM_EPS, OBS_CLIP, ObsNormalizer, Policy, PolicySpec, forward, log_prob
+from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, forward, log_prob
 from metaimprove.rollout import Collector, Experience
 from metaimprove.tasks import Task
 
@@ -531,7 +531,7 @@ class ARS(Teacher):
         step = torch.zeros(cfg.n_directions, policy.spec.n_params)
         step[:, :self._n_perturbed] = cfg.noise_std * deltas
         thetas = torch.cat([policy.theta + step, policy.theta - step])
-        exp = self._collector.collect(_Perturbed(policy.spec, thetas, policy.normalizer), cfg.n_steps,
+        exp = self._collector.collect(Policy(policy.spec, thetas, policy.normalizer), cfg.n_steps,
                                       deterministic=True)
         self._deltas = deltas
         exp.log_prob = policy.log_prob(exp.obs, exp.action)
@@ -557,42 +557,6 @@ class ARS(Teacher):
         self._policy = Policy(old.spec, theta, norm)
         self.last_stats = {"return_std": return_std, "step_size": step_size, "step_norm": float(step.norm())}
         return self._policy
-
-
-class _Perturbed(Policy):
-    """A batch of policies θ ``[E, P]`` sharing one normalizer; env e of the collector runs θ_e."""
-
-    def actor(self) -> _PerturbedActor:  # type: ignore[override]
-        """The batch's mean actions as numpy, one θ per env."""
-        return _PerturbedActor(self)
-
-
-class _PerturbedActor:
-    """Mean actions of a batch of θs, row e of the observations through θ_e, in float64 numpy as NumpyActor."""
-
-    def __init__(self, policies: _Perturbed) -> None:
-        spec = policies.spec
-        blocks = {k: v.detach().double().numpy() for k, v in spec.unflatten(policies.theta).items()}
-        n_layers = len(spec.layer_sizes)
-        self._weights = [(blocks[f"W{i}"].transpose(0, 2, 1).copy(), blocks[f"b{i}"][:, None, :])
-                         for i in range(n_layers)]
-        self._tanh = spec.activation == "tanh"
-        self.std = np.exp(blocks["log_std"])
-        self._mean = policies.normalizer.mean
-        self._inv_std = 1.0 / np.sqrt(policies.normalizer.var + NORM_EPS)
-
-    def mean(self, obs: np.ndarray) -> np.ndarray:
-        """Action means ``[E, act]`` for raw observations ``[E, obs]``."""
-        h = (obs - self._mean) * self._inv_std
-        np.minimum(np.maximum(h, -OBS_CLIP, out=h), OBS_CLIP, out=h)
-        h = h[:, None, :]
-        last = len(self._weights) - 1
-        for i, (w, b) in enumerate(self._weights):
-            h = h @ w
-            h += b
-            if i < last:
-                h = np.tanh(h, out=h) if self._tanh else np.maximum(h, 0.0, out=h)
-        return h[:, 0, :]
 
 
 def _check_policy(policy: Policy, collector: Collector, teacher: str) -> None:
