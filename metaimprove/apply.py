@@ -9,15 +9,18 @@ training runs used (``start=train_init``).
 * ``operator``: per batch τ collected with θ: θ ← f(θ, τ, ask)   (the normalizer updated with τ, as the teacher does)
 * ``operator_guarded``: the operator, except that when the batch a new operator policy collects returns more
   than ``guard_threshold`` below the best batch so far, it rolls back to that best policy and takes a teacher
-  step instead (every fallback is counted in the ``fallbacks`` column)
+  step instead (every fallback is counted in the ``fallbacks`` column); and it deploys a policy only after
+  verifying it: ``guard_episodes`` deterministic episodes (the evaluation's kind of episode, on seeds of their
+  own) must beat the deployed policy's by ``guard_margin``. Verification is charged to the run's env steps
+  (``guard_steps`` column)
 * each teacher of :data:`~metaimprove.teachers.TEACHERS` (``ppo``, ...): its own updates from the same start
 * ``no_update``: the starting policy, never updated
 * ``nearest``, ``nearest_noise``, ``nearest_avg``, ``avg_weights``, ``transferred``: zero-adaptation
   policies built from the training runs (``dataset=``; see :mod:`metaimprove.baselines`)
 * ``dr``: the domain-randomized policy (``dr_policy=``) as-is; ``dr_ppo``: PPO fine-tuning it
 
-Rows go to ``curves.csv``: method, task, seed, env_steps, return, fallbacks (a curve is flat where a
-method does not update; ``transferred`` starts at the env steps its selection used).
+Rows go to ``curves.csv``: method, task, seed, env_steps, return, fallbacks, guard_steps (a curve is flat where
+a method does not update; ``transferred`` starts at the env steps its selection used).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -50,7 +54,7 @@ from metaimprove.teachers import TEACHERS, Teacher, make_teacher
 OPERATOR_METHODS = ("operator", "operator_guarded")
 CHECKPOINT_METHODS = ("nearest", "nearest_noise", "nearest_avg", "avg_weights", "transferred")
 DR_METHODS = ("dr", "dr_ppo")
-CURVE_FIELDS = ["method", "task", "seed", "env_steps", "return", "fallbacks"]
+CURVE_FIELDS = ["method", "task", "seed", "env_steps", "return", "fallbacks", "guard_steps"]
 STARTS = ("fresh", "train_init")
 # Fresh initializations: collection uses small seeds (0, 1, ...), so these were never seen in training.
 FRESH_INIT_OFFSET = 100_000
@@ -103,6 +107,10 @@ class ApplyConfig:
     """the domain-randomized policy (`metaimprove dr` out=/policy.safetensors): needed by dr and dr_ppo"""
     guard_threshold: float = 10.0
     """operator_guarded: roll back when a new operator policy's batch returns this much below the best batch"""
+    guard_episodes: int = 2
+    """operator_guarded: deterministic episodes that verify a policy before it is deployed (charged to the run)"""
+    guard_margin: float = 5.0
+    """operator_guarded: a verified policy is deployed only when it beats the deployed one's return by this much"""
     nearest_k: int = 4
     """nearest_avg: number of nearest training runs averaged"""
     noise_scale: float = 0.1
@@ -178,8 +186,20 @@ def selection_seed(seed: int) -> int:
     return 1_000_003 * seed + 29
 
 
-Point = tuple[int, Policy, int]
-"""(env steps used so far, the policy after them, guard fallbacks so far)"""
+def verify_seed(seed: int) -> int:
+    """Seed of run ``seed``'s ``operator_guarded`` verification episodes (never the evaluation's)."""
+    return 1_000_003 * seed + 41
+
+
+class Point(NamedTuple):
+    """One point of a run: the env steps used so far and the policy the run deploys after them."""
+
+    steps: int
+    policy: Policy
+    fallbacks: int = 0
+    """guarded runs: rollbacks to a teacher step so far"""
+    guard_steps: int = 0
+    """guarded runs: env steps spent so far verifying policies before deploying them"""
 
 
 def operator_update(op: ImprovementOperator, ckpt: OperatorCheckpoint, task: Task, ask: torch.Tensor,
@@ -203,41 +223,71 @@ def operator_update(op: ImprovementOperator, ckpt: OperatorCheckpoint, task: Tas
     return update
 
 
+@dataclass(frozen=True)
+class Guard:
+    """How :func:`guarded_steps` protects a run."""
+
+    threshold: float
+    """roll back when a batch of a new operator policy scores this much below the best batch so far"""
+    verify: Callable[[Policy], float]
+    """a policy's return on the run's verification episodes (deterministic, the same episodes every time)"""
+    verify_steps: int
+    """env steps one verification costs"""
+    margin: float
+    """a verified policy replaces the deployed one only when its verified return beats that one's by this much"""
+
+
 def guarded_steps(start: Policy, collect: Callable[[Policy], Experience],
                   update: Callable[[Policy, Experience], Policy],
                   fallback: Callable[[Policy, int, int], tuple[Policy, int]],
-                  score: Callable[[Experience], float], threshold: float, batch: int,
-                  budget: int) -> Iterator[tuple[int, Policy, Policy, int]]:
-    """Improve ``start`` with ``update`` one collected batch at a time, guarded against drops.
+                  score: Callable[[Experience], float], guard: Guard | None, batch: int,
+                  budget: int) -> Iterator[Point]:
+    """Improve ``start`` with ``update`` one collected batch at a time; with ``guard``, protected against drops.
 
-    Each step collects a batch with the current policy. If that policy came from ``update`` and the batch
-    scores more than ``threshold`` below the best batch so far, the step rolls back to the best policy and
-    calls ``fallback(best, remaining_env_steps, n)`` (n: fallbacks before this one) for a teacher step,
-    which returns the new policy and the env steps it used. Otherwise ``update`` takes the step.
-    ``threshold = inf`` is the unguarded operator. Stops when the next batch would exceed ``budget``.
+    Each step collects a batch with the current policy and ``update`` takes the step from it. With a guard:
 
-    Yields ``(env steps, current policy, verified policy, fallbacks)`` after each step; the verified policy
-    is the one whose batch scored best so far (``start`` until a later batch beats its own): what a guarded
-    run deploys, since the newest policy has not collected a batch yet.
+    * rollback: if the current policy came from ``update`` and its batch scores more than ``guard.threshold``
+      below the best batch so far, the step instead rolls back to the policy of that best batch and calls
+      ``fallback(best, remaining_env_steps, n)`` (n: fallbacks before this one) for a teacher step, which
+      returns the new policy and the env steps it used;
+    * deployment: batches are stochastic and a batch's score is a noisy, upward-selected estimate, while a
+      run is judged by its deterministic policy. So the run deploys ``start`` (verified first) until a policy
+      whose batch is a new best is verified with ``guard.verify`` and beats the deployed one's verified return
+      by ``guard.margin``. Verifications are charged to the env steps, and skipped when they would not fit in
+      ``budget`` (the deployed policy then stays).
+
+    Without a guard every point deploys the newest policy (the plain operator). Stops when the next batch
+    would exceed ``budget``. Yields one :class:`Point` (the deployed policy) per step.
     """
-    policy, steps, fallbacks = start, 0, 0
+    policy, steps, fallbacks, guard_steps = start, 0, 0, 0
+    deployed, deployed_value = start, math.inf  # a start that cannot be verified is never replaced
+    if guard is not None and guard.verify_steps + batch <= budget:
+        deployed_value = guard.verify(start)
+        steps += guard.verify_steps
+        guard_steps += guard.verify_steps
     best: tuple[float, Policy] | None = None
-    from_update = False
+    from_update = unverified = False
     while steps + batch <= budget:
         exp = collect(policy)
         steps += exp.n_steps
         value = score(exp)
-        if from_update and best is not None and value < best[0] - threshold:
+        if guard is not None and from_update and best is not None and value < best[0] - guard.threshold:
             policy, used = fallback(best[1], budget - steps, fallbacks)
             steps += used
             fallbacks += 1
-            from_update = False
+            from_update, unverified = False, used > 0
         else:
             if best is None or value > best[0]:
                 best = (value, policy)
+                if guard is not None and unverified and steps + guard.verify_steps <= budget:
+                    steps += guard.verify_steps
+                    guard_steps += guard.verify_steps
+                    verified = guard.verify(policy)
+                    if verified > deployed_value + guard.margin:
+                        deployed, deployed_value = policy, verified
             policy = update(policy, exp)
-            from_update = True
-        yield steps, policy, best[1], fallbacks
+            from_update = unverified = True
+        yield Point(steps, policy if guard is None else deployed, fallbacks, guard_steps)
 
 
 def teacher_steps(teacher: Teacher, task: Task, start: Policy, seed: int, budget: int,
@@ -251,7 +301,7 @@ def teacher_steps(teacher: Teacher, task: Task, start: Policy, seed: int, budget
         begin = time.perf_counter()
         policy = teacher.improve(exp)
         timings.append(time.perf_counter() - begin)
-        yield steps, policy, 0
+        yield Point(steps, policy)
 
 
 def zero_adaptation_policy(config: ApplyConfig, ckpt: OperatorCheckpoint, job: Job) -> tuple[Policy, int]:
@@ -290,10 +340,10 @@ def _run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], di
     batch = n_envs * n_steps
     budget = run_budget(config, batch)
 
-    def row(steps: int, policy: Policy, fallbacks: int = 0) -> dict[str, object]:
-        ret = evaluate(policy, job.task, config.eval_episodes, seed=eval_seed(job.seed))
-        return {"method": job.method, "task": job.task.name, "seed": job.seed, "env_steps": steps, "return": ret,
-                "fallbacks": fallbacks}
+    def row(point: Point) -> dict[str, object]:
+        ret = evaluate(point.policy, job.task, config.eval_episodes, seed=eval_seed(job.seed))
+        return {"method": job.method, "task": job.task.name, "seed": job.seed, "env_steps": point.steps,
+                "return": ret, "fallbacks": point.fallbacks, "guard_steps": point.guard_steps}
 
     timings: dict[str, list[float]] = {}
     points: Iterator[Point]
@@ -311,13 +361,15 @@ def _run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], di
                 return best, 0  # no budget left for a teacher step: the rollback alone
             last = list(teacher_steps(teacher, job.task, best, eval_seed(job.seed) + 1 + n, teacher.steps_per_update,
                                       timings.setdefault("fallback_teacher_update", [])))[-1]
-            return last[1], last[0]
+            return last.policy, last.steps
 
-        guarded = job.method == "operator_guarded"
-        steps = guarded_steps(start, lambda p: collector.collect(p, n_steps), update, fallback,
-                              lambda exp: batch_return(exp, length), config.guard_threshold if guarded else math.inf,
-                              batch, budget)
-        points = ((n, verified if guarded else current, f) for n, current, verified, f in steps)
+        guard = None
+        if job.method == "operator_guarded":
+            guard = Guard(config.guard_threshold,
+                          lambda p: evaluate(p, job.task, config.guard_episodes, seed=verify_seed(job.seed)),
+                          config.guard_episodes * length, config.guard_margin)
+        points = guarded_steps(start, lambda p: collector.collect(p, n_steps), update, fallback,
+                               lambda exp: batch_return(exp, length), guard, batch, budget)
     elif job.method in TEACHERS or job.method == "dr_ppo":
         name = "ppo" if job.method == "dr_ppo" else job.method
         start = load_policy(Path(str(config.dr_policy))) if job.method == "dr_ppo" else initial_policy(config, ckpt,
@@ -326,16 +378,16 @@ def _run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], di
                                timings.setdefault(f"{name}_update", []))
     else:
         start, charged = zero_adaptation_policy(config, ckpt, job)
-        first = row(charged, start)
+        first = row(Point(charged, start))
         # A fixed policy's return is the same wherever it is read: one evaluation, drawn flat to the budget.
         rows = [first] + [{**first, "env_steps": i * batch} for i in range(charged // batch + 1, budget // batch + 1)]
         _save_final(config, job, start)
         return rows, timings
-    rows = [row(0, start)]
-    policy = start
-    for steps, policy, fallbacks in points:
-        rows.append(row(steps, policy, fallbacks))
-    _save_final(config, job, policy)
+    last = Point(0, start)
+    rows = [row(last)]
+    for last in points:
+        rows.append(row(last))
+    _save_final(config, job, last.policy)
     return rows, timings
 
 
@@ -366,8 +418,10 @@ def _validate(config: ApplyConfig, ckpt: OperatorCheckpoint) -> list[Task]:
         raise UserError(f"unknown methods {unknown}; choose from {valid}")
     if config.n_tasks < 1 or config.seeds < 1 or config.applications < 1 or config.eval_episodes < 1:
         raise UserError("n_tasks, seeds, applications and eval_episodes must all be >= 1")
-    if config.nearest_k < 1 or config.transfer_episodes < 1 or config.noise_scale < 0 or config.guard_threshold < 0:
-        raise UserError("nearest_k and transfer_episodes must be >= 1, noise_scale and guard_threshold >= 0")
+    if min(config.nearest_k, config.transfer_episodes, config.guard_episodes) < 1:
+        raise UserError("nearest_k, transfer_episodes and guard_episodes must be >= 1")
+    if min(config.noise_scale, config.guard_threshold, config.guard_margin) < 0:
+        raise UserError("noise_scale, guard_threshold and guard_margin must be >= 0")
     if config.start not in STARTS:
         raise UserError(f"start must be one of {list(STARTS)}, got '{config.start}'")
     if config.init is not None and config.start != "fresh":
@@ -473,15 +527,21 @@ def _write_csv(path: Path, fields: list[str], rows: list[dict[str, object]]) -> 
 
 def _print_summary(rows: list[dict[str, object]], timing_rows: list[dict[str, object]], config: ApplyConfig) -> None:
     for method in config.methods:
-        mine = [r for r in rows if r["method"] == method]
-        first, last = min(int(r["env_steps"]) for r in mine), max(int(r["env_steps"]) for r in mine)  # type: ignore[call-overload]
-        start = [float(r["return"]) for r in mine if r["env_steps"] == first]  # type: ignore[arg-type]
-        final = [float(r["return"]) for r in mine if r["env_steps"] == last]  # type: ignore[arg-type]
+        # Rows are in run order, each run's from its first point to its last (guarded runs end where
+        # their verifications left them, below the budget).
+        runs: dict[tuple[object, object], list[dict[str, object]]] = {}
+        for r in rows:
+            if r["method"] == method:
+                runs.setdefault((r["task"], r["seed"]), []).append(r)
+        start = [float(rs[0]["return"]) for rs in runs.values()]  # type: ignore[arg-type]
+        final = [float(rs[-1]["return"]) for rs in runs.values()]  # type: ignore[arg-type]
+        last = max(int(rs[-1]["env_steps"]) for rs in runs.values())  # type: ignore[call-overload]
         line = (f"{method}: mean return {sum(start) / len(start):.1f} -> {sum(final) / len(final):.1f} "
-                f"after {last} env steps")
+                f"after at most {last} env steps")
         if method == "operator_guarded":
-            fallbacks = sum(int(r["fallbacks"]) for r in mine if r["env_steps"] == last)  # type: ignore[call-overload]
-            line += f" ({fallbacks} fallbacks to teacher steps over {len(final)} runs)"
+            fallbacks = sum(int(rs[-1]["fallbacks"]) for rs in runs.values())  # type: ignore[call-overload]
+            below = sum(f < s for s, f in zip(start, final, strict=True))
+            line += f" ({fallbacks} fallbacks to teacher steps, {below} of {len(final)} runs ending below their start)"
         print(line)
     means = {}
     for name in ("operator_step", "ppo_update"):
