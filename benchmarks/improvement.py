@@ -22,7 +22,12 @@ in git; recreate it (about 40 CPU-minutes) with::
 (``results/operators/halfcheetah_vel.dr.safetensors``, from ``metaimprove dr task=halfcheetah_vel n_tasks=32
 iterations=1536``); when it is missing the benchmark trains it first.
 
-    python benchmarks/improvement.py [--quick] [--dataset runs/vel32x48]
+    python benchmarks/improvement.py [--quick] [--dataset runs/vel32x48] [--only METHOD ...]
+
+``--only`` reruns just the methods named (both starts where the start matters) and replaces their rows in the
+committed ``results/improvement.csv``; every other method's rows, and the figures that need methods not rerun
+(the memorization audit needs ``operator`` and ``ppo``), are kept from ``results/improvement_figures.csv``.
+Runs are seeded, so a method's rows do not depend on which other methods ran beside it.
 
 Full run: 4 tasks × 5 seeds per split, 30 batches (61,440 env steps) per run, every method: measured 58.8 minutes
 of apply on the shared 2-core machine while other jobs ran. ``--quick`` (2 tasks × 3 seeds, 10 batches) took
@@ -188,8 +193,15 @@ def main() -> None:
     parser.add_argument("--ask-k", type=int, default=4,
                         help="jump size to ask for (4 was chosen on validation tasks train/32-35, not on test)")
     parser.add_argument("--guard-threshold", type=float, default=ApplyConfig.guard_threshold)
+    parser.add_argument("--guard-episodes", type=int, default=ApplyConfig.guard_episodes)
+    parser.add_argument("--guard-margin", type=float, default=ApplyConfig.guard_margin)
+    parser.add_argument("--only", nargs="+", choices=method_names(), metavar="METHOD",
+                        help="rerun only these methods; keep the other rows of results/improvement.csv")
     parser.add_argument("--workers", type=int, default=0)
     args = parser.parse_args()
+    if args.only and (args.quick or not (RESULTS / "improvement.csv").exists()):
+        raise SystemExit("--only replaces rows of a full run's results/improvement.csv: run the full benchmark "
+                         "first, and not with --quick")
     n_tasks = args.tasks or (2 if args.quick else 4)
     n_seeds = args.seeds or (3 if args.quick else 5)
     applications = args.applications or (10 if args.quick else 30)
@@ -197,16 +209,19 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="improvement-"))
     dr = dr_policy(Path(args.dr_policy), args.family, args.quick, scratch)
     began = time.perf_counter()
-    methods = method_names()
+    methods = args.only or method_names()
     rows: list[dict[str, object]] = []
     for split in SPLITS:
         for start in ("fresh", "train_init"):
             chosen = methods if start == "fresh" else [m for m in methods if starts_from_theta0(m)]
+            if not chosen:
+                continue
             out = scratch / f"{split}-{start}"
             apply(ApplyConfig(operator_path=args.operator, out=str(out), task=TaskConfig(args.family), split=split,
                               n_tasks=n_tasks, seeds=n_seeds, applications=applications, methods=chosen,
                               start=start, dataset=str(dataset), dr_policy=str(dr), ask_k=args.ask_k,
-                              guard_threshold=args.guard_threshold, save_policies=start == "fresh",
+                              guard_threshold=args.guard_threshold, guard_episodes=args.guard_episodes,
+                              guard_margin=args.guard_margin, save_policies=start == "fresh",
                               workers=args.workers))
             with (out / "curves.csv").open() as f:
                 for row in csv.DictReader(f):
@@ -217,6 +232,8 @@ def main() -> None:
     apply_minutes = (time.perf_counter() - began) / 60
     target = scratch if args.quick else RESULTS  # only the full run is committed
     curves_csv = target / "improvement.csv"
+    if args.only:
+        rows = merged(curves_csv, rows, set(args.only))
     with curves_csv.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -225,7 +242,9 @@ def main() -> None:
     _, ckpt = OperatorCheckpoint.load(args.operator)
     batch = math.prod(operator_batch(ckpt))
     budget = float(applications * batch)
-    labels = [label for m in methods for label in ((m, m + TRAIN_INIT) if starts_from_theta0(m) else (m,))]
+    present = {str(r["method"]) for r in rows}
+    labels = [label for m in method_names() for label in ((m, m + TRAIN_INIT) if starts_from_theta0(m) else (m,))
+              if label in present]
     table: dict[tuple[str, str], tuple[Estimate, float]] = {}
     for split in SPLITS:
         in_split = select_splits(curves, [split])
@@ -235,20 +254,43 @@ def main() -> None:
             ppo = "ppo" + (TRAIN_INIT if label.endswith(TRAIN_INIT) else "")
             table[label, split] = (iqm_ci(finals(in_split.where(method=label), budget)),
                                    reach_ratio(bands[label], bands[ppo], budget))
-    figures = key_figures(curves, rows, table, budget, batch)
-    snapshots = training_snapshots(dataset)
-    for split in SPLITS:
-        audit = memorization(scratch / f"{split}-fresh", snapshots)
-        figures.update({f"{split}_{k}": f"{v:.2f}" for k, v in audit.items()})
-        figures[f"{split}_memorization_ratio"] = (
-            f"{audit['operator_to_nearest_checkpoint'] / audit['ppo_seed_to_seed']:.3f}")
+    figures_csv = target / "improvement_figures.csv"
+    figures = read_figures(figures_csv) if args.only else {}
+    figures.update(key_figures(curves, rows, table, budget, batch))
+    if {"operator", "ppo"} <= set(methods):
+        snapshots = training_snapshots(dataset)
+        for split in SPLITS:
+            audit = memorization(scratch / f"{split}-fresh", snapshots)
+            figures.update({f"{split}_{k}": f"{v:.2f}" for k, v in audit.items()})
+            figures[f"{split}_memorization_ratio"] = (
+                f"{audit['operator_to_nearest_checkpoint'] / audit['ppo_seed_to_seed']:.3f}")
     figures["operator_step_vs_ppo_update_time"] = f"{step_time_ratio(args.operator, args.family, args.ask_k):.3f}"
-    figures["apply_wall_minutes"] = f"{apply_minutes:.1f}"
+    if args.only:
+        figures["rerun"] = f"{' '.join(args.only)} on {time.strftime('%Y-%m-%d')}, {apply_minutes:.1f} min of apply"
+    else:
+        figures["apply_wall_minutes"] = f"{apply_minutes:.1f}"
     summary = render(table, labels, figures, args, n_tasks, n_seeds, applications, batch, dataset)
     (target / "summary.md").write_text(summary)
+    with figures_csv.open("w", newline="") as f:
+        csv.writer(f).writerows([["name", "value"], *figures.items()])
     for name, value in figures.items():
         print(f"{name}: {value}")
     print(f"outputs: {target}")
+
+
+def merged(curves_csv: Path, rows: list[dict[str, object]], rerun: set[str]) -> list[dict[str, object]]:
+    """The committed rows of every method not in ``rerun``, then ``rows``. A column the older rows lack is a
+    count the code that wrote them did not have (such as ``guard_steps``): 0."""
+    with curves_csv.open() as f:
+        kept = [r for r in csv.DictReader(f) if r["method"].removesuffix(TRAIN_INIT) not in rerun]
+    columns = list(dict.fromkeys([*kept[0], *rows[0]])) if kept else list(rows[0])
+    return [{c: r.get(c, 0) for c in columns} for r in [*kept, *rows]]
+
+
+def read_figures(path: Path) -> dict[str, str]:
+    """The key figures a previous full run wrote (``name,value`` rows)."""
+    with path.open() as f:
+        return {r["name"]: r["value"] for r in csv.DictReader(f)}
 
 
 def key_figures(curves: Curves, rows: list[dict[str, object]], table: dict[tuple[str, str], tuple[Estimate, float]],
@@ -266,18 +308,20 @@ def key_figures(curves: Curves, rows: list[dict[str, object]], table: dict[tuple
         gain = np.concatenate([(finals(r, budget) - starts(r)).ravel() for r in runs])
         figures[f"{label}_runs_ending_below_start"] = f"{int((gain < 0).sum())}/{gain.size}"
         figures[f"{label}_worst_final_minus_start"] = f"{gain.min():.2f}"
-    # A guarded run's last row holds its fallback count.
-    last: dict[tuple[object, ...], tuple[float, int]] = {}
+    # A guarded run's last row holds its fallback count and the env steps it spent verifying.
+    last: dict[tuple[object, ...], tuple[float, int, int]] = {}
     for row in rows:
         if str(row["method"]).startswith("operator_guarded"):
             key = (row["method"], row["split"], row["task"], row["seed"])
             steps = float(row["env_steps"])  # type: ignore[arg-type]
             if key not in last or steps > last[key][0]:
-                last[key] = (steps, int(row["fallbacks"]))  # type: ignore[call-overload]
-    fallbacks = np.array([n for _, n in last.values()])
+                last[key] = (steps, int(row["fallbacks"]), int(row["guard_steps"]))  # type: ignore[call-overload]
+    fallbacks = np.array([n for _, n, _ in last.values()])
+    verification = np.array([v for _, _, v in last.values()])
     figures["guard_fallbacks_per_run"] = f"{fallbacks.mean():.2f}"
     # Each fallback spends one batch on a rejected policy before the teacher's step.
     figures["guard_rejected_env_steps_share_of_budget"] = f"{fallbacks.mean() * batch / budget:.3f}"
+    figures["guard_verification_env_steps_share_of_budget"] = f"{verification.mean() / budget:.3f}"
     return figures
 
 
@@ -317,13 +361,17 @@ def render(table: dict[tuple[str, str], tuple[Estimate, float]], labels: list[st
         "## Guarded operator",
         "",
         f"After each operator step, a batch whose return falls more than {args.guard_threshold:g} below the best batch "
-        "so far rolls the policy back to that best one and takes a PPO step from it instead. Runs (both splits, both "
+        "so far rolls the policy back to that best one and takes a PPO step from it instead. The run deploys θ⁰ "
+        f"until a policy whose batch is a new best returns more than {args.guard_margin:g} above the deployed one "
+        f"on {args.guard_episodes} deterministic verification episodes (seeds of their own, never the evaluation's; "
+        "their env steps are charged to the run). Runs (both splits, both "
         f"starts) ending below their starting return: guarded {figures['operator_guarded_runs_ending_below_start']}, "
         f"unguarded {figures['operator_runs_ending_below_start']}; worst final − start: guarded "
         f"{figures['operator_guarded_worst_final_minus_start']}, "
         f"unguarded {figures['operator_worst_final_minus_start']}. "
         f"Fallbacks per run: {figures['guard_fallbacks_per_run']}; env steps spent on rejected batches: "
-        f"{figures['guard_rejected_env_steps_share_of_budget']} of B.",
+        f"{figures['guard_rejected_env_steps_share_of_budget']} of B, on verification: "
+        f"{figures['guard_verification_env_steps_share_of_budget']} of B.",
         "",
         "## Memorization audit",
         "",
