@@ -6,8 +6,8 @@ of 1.5^[-4, 4] becomes 1.5^[-8, 8], ×0.04 .. ×26). Tasks are split evenly over
 them beyond. Each task is rolled out for one full episode in 2 environments by each policy:
 
 - ``random``: a fresh initialization (near-zero mean action, unit Gaussian action noise), every task;
-- ``trained``: PPO trained on a halfcheetah_vel train task (``--ppo-updates`` updates), on the HalfCheetah
-  families' tasks (its sizes fit no other robot).
+- ``trained``: for each robot, PPO trained (``--ppo-updates`` updates) on train task 0 of the first family
+  using that robot, rolled out on every task of that robot's families.
 
 A crash is any exception escaping a rollout; a rollout must also return only finite values. Unstable
 episodes (NaN or huge state, MuJoCo's BADQACC) are ended by the simulator and counted. Appends rows to
@@ -63,13 +63,19 @@ def stress_tasks(n: int) -> list[tuple[str, Task]]:
     return tasks
 
 
-def trained_policy(updates: int) -> tuple[Policy, float, float]:
-    """PPO's policy after ``updates`` updates on halfcheetah_vel train task 0, with the first and last batch returns."""
-    task = load_families()["halfcheetah_vel"].task("train", 0)
-    spec = PolicySpec(17, 6)
-    policy = Policy(spec, init_params(spec, torch.Generator().manual_seed(0)), ObsNormalizer.identity(17))
-    records = list(PPO(PPOConfig()).run(task, policy, updates, seed=0))
-    return records[-1].next_policy, records[0].mean_return, records[-1].mean_return
+def trained_policies(updates: int) -> dict[str, tuple[Policy, float, float]]:
+    """Per robot: PPO's policy after ``updates`` updates on train task 0 of the robot's first family, with the
+    first and last batch mean returns."""
+    trained: dict[str, tuple[Policy, float, float]] = {}
+    for family in load_families().values():
+        if family.robot in trained:
+            continue
+        task = family.task("train", 0)
+        collector = Collector(task, n_envs=1, seed=0)
+        policy = random_policy(collector.sim.obs_dim, collector.sim.act_dim, 0)
+        records = list(PPO(PPOConfig()).run(task, policy, updates, seed=0))
+        trained[family.robot] = (records[-1].next_policy, records[0].mean_return, records[-1].mean_return)
+    return trained
 
 
 def rollout(policy: Policy, collector: Collector, task: Task) -> Experience:
@@ -90,8 +96,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     begin = time.perf_counter()
+    families = load_families()
     with mujoco_log(None):
-        trained, first, last = trained_policy(args.ppo_updates)
+        trained = trained_policies(args.ppo_updates)
         counts: dict[str, int] = {}
         first_crash = ""
         for seed, (kind, task) in enumerate(stress_tasks(args.tasks)):
@@ -102,10 +109,7 @@ def main() -> None:
                 counts["crashes"] = counts.get("crashes", 0) + 1
                 first_crash = first_crash or traceback.format_exc().strip().splitlines()[-1]
                 continue
-            policies = {"random": random_policy(*sizes, seed)}
-            # The trained policy fits only the robot it was trained on (HalfCheetah's sizes).
-            if sizes == (trained.spec.obs_dim, trained.spec.act_dim):
-                policies["trained"] = trained
+            policies = {"random": random_policy(*sizes, seed), "trained": trained[families[task.family].robot][0]}
             for name, policy in policies.items():
                 key = f"{name}_{kind}"
                 counts[f"rollouts_{key}"] = counts.get(f"rollouts_{key}", 0) + 1
@@ -126,9 +130,9 @@ def main() -> None:
         "crashes": (counts.pop("crashes", 0), first_crash or "exceptions escaping a rollout"),
         "non_finite_rollouts": (counts.pop("non_finite_rollouts", 0), "rollouts returning NaN/inf"),
         **{name: (value, "") for name, value in sorted(counts.items())},
-        "trained_policy_return_first_last": (f"{first:.1f}->{last:.1f}",
-                                             f"PPO {args.ppo_updates} updates on halfcheetah_vel/train/0 "
-                                             "(batch mean returns)"),
+        **{f"trained_{robot}_return_first_last": (f"{first:.1f}->{last:.1f}",
+                                                  f"PPO {args.ppo_updates} updates (batch mean returns)")
+           for robot, (_, first, last) in trained.items()},
         "wall_s": (round(seconds, 1), "shared 2-core machine"),
     }
     write_rows("stress", figures)
