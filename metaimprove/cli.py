@@ -34,7 +34,16 @@ from metaimprove.config import CONFIG_MODULE, HYDRA_VERSION_BASE, STAGES, Stage,
 from metaimprove.envs import mujoco_log
 from metaimprove.errors import UserError
 from metaimprove.storage import atomic_write_bytes
-from metaimprove.tasks import PHYSICS_FIELDS, SPLITS, PhysicsRange, Range, TaskFamily, get_family, load_families
+from metaimprove.tasks import (
+    PHYSICS_FIELDS,
+    PIPELINE_SIZES,
+    SPLITS,
+    PhysicsRange,
+    Range,
+    TaskFamily,
+    get_family,
+    load_families,
+)
 
 PROG = "metaimprove"
 EXIT_BAD_INPUT = 2
@@ -329,6 +338,8 @@ def _describe_family(family: TaskFamily, cost: str | None) -> str:
         lines.append(f"  robot {family.robot}: an episode terminates when it falls (gymnasium's v5 health rule)")
     if cost is not None:
         lines.append(f"  cost: {cost}")
+    sizes = {**PIPELINE_SIZES, **family.pipeline}
+    lines.append("  pipeline: " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
     lines += ["  " + line for line in _table(rows)]
     return "\n".join(lines)
 

@@ -164,7 +164,7 @@ stage("export", "metaimprove.interop:export")(ExportConfig)
        groups={"task": "halfcheetah_vel", "teacher": "ppo", "operator": "per_param"})
 @dataclass
 class PipelineConfig:
-    """Collect → train → apply → plot end to end (small default: within 15 minutes on 2 cores)."""
+    """Collect → train → apply → plot end to end (each family's small default: about 15 minutes on 2 cores)."""
 
     task: TaskConfig = MISSING
     """the task family (config group: task=<family>)"""
@@ -172,22 +172,22 @@ class PipelineConfig:
     """the teacher that makes the data and is compared against (config group: teacher=<name>)"""
     operator: OperatorConfig = MISSING
     """operator architecture (config group: operator=<arch>)"""
-    n_tasks: int = 12
-    """training tasks to collect (train split)"""
+    n_tasks: int | None = None
+    """training tasks to collect, train split (default: the family's, see `metaimprove tasks`)"""
     seeds: int = 1
     """teacher runs per training task"""
-    iterations: int = 30
-    """teacher updates per run"""
+    iterations: int | None = None
+    """teacher updates per run (default: the family's)"""
     max_epochs: int = 20
     """upper bound on training epochs (early stopping may end sooner)"""
     test_split: str = "test"
     """split the operator is applied on: test (interpolation) or ood (extrapolation)"""
-    test_tasks: int = 2
-    """held-out tasks to apply on"""
-    test_seeds: int = 3
-    """seeds per held-out task"""
-    applications: int = 30
-    """operator applications (and PPO updates) per held-out run"""
+    test_tasks: int | None = None
+    """held-out tasks to apply on (default: the family's)"""
+    test_seeds: int | None = None
+    """seeds per held-out task (default: the family's)"""
+    applications: int | None = None
+    """operator applications (and PPO updates) per held-out run (default: the family's)"""
     workers: int = 0
     """parallel worker processes; 0 = one per CPU"""
     out: str = MISSING

@@ -1,4 +1,10 @@
-"""The whole job on a small default: collect → train → apply → plot, in one run directory."""
+"""The whole job on a small default: collect → train → apply → plot, in one run directory.
+
+The sizes (training tasks, teacher updates, held-out tasks, seeds, applications) left unset come from the
+family's ``pipeline:`` block in ``tasks/<family>.yaml``, chosen so that the run takes about 15 minutes on 2
+cores for that family's cost (a Hopper step costs 2.5 HalfCheetah steps, an Ant step 4 to 6), else from
+:data:`~metaimprove.tasks.PIPELINE_SIZES`.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +13,38 @@ from pathlib import Path
 from metaimprove.apply import ApplyConfig, apply
 from metaimprove.collect import CollectConfig, collect
 from metaimprove.config import PipelineConfig
+from metaimprove.errors import UserError
 from metaimprove.plot import PlotConfig, run_plot
+from metaimprove.tasks import PIPELINE_SIZES, get_family
 from metaimprove.train import TrainConfig, train
+
+
+def pipeline_sizes(cfg: PipelineConfig) -> dict[str, int]:
+    """The sizes the pipeline runs with: ``cfg``'s where set, else the family's, else the shared defaults."""
+    family = get_family(cfg.task.family).pipeline
+    sizes = {k: getattr(cfg, k) if getattr(cfg, k) is not None else family.get(k, v) for k, v in PIPELINE_SIZES.items()}
+    bad = [k for k, v in sizes.items() if v < 1]
+    if bad:
+        raise UserError(f"pipeline sizes {bad} must be >= 1")
+    return sizes
 
 
 def pipeline(cfg: PipelineConfig) -> None:
     """Run every stage with ``cfg``'s settings; each stage's output is a subdirectory of ``cfg.out``."""
     out = Path(cfg.out)
     dataset = out / "dataset"
-    print(f"[1/4] collect: {cfg.n_tasks} {cfg.task.family} train tasks × {cfg.seeds} seeds × {cfg.iterations} "
+    n = pipeline_sizes(cfg)
+    print(f"[1/4] collect: {n['n_tasks']} {cfg.task.family} train tasks × {cfg.seeds} seeds × {n['iterations']} "
           f"teacher updates -> {dataset}", flush=True)
-    collect(CollectConfig(task=cfg.task, teacher=cfg.teacher, split="train", n_tasks=cfg.n_tasks, seeds=cfg.seeds,
-                          iterations=cfg.iterations, workers=cfg.workers, out=str(dataset)))
+    collect(CollectConfig(task=cfg.task, teacher=cfg.teacher, split="train", n_tasks=n["n_tasks"], seeds=cfg.seeds,
+                          iterations=n["iterations"], workers=cfg.workers, out=str(dataset)))
     print(f"[2/4] train: {cfg.operator.arch} operator -> {out / 'operator'}", flush=True)
     checkpoint = train(TrainConfig(dataset=str(dataset), out=str(out / "operator"), operator=cfg.operator,
                                    max_epochs=cfg.max_epochs))
-    print(f"[3/4] apply: {cfg.test_tasks} {cfg.test_split} tasks × {cfg.test_seeds} seeds × {cfg.applications} "
+    print(f"[3/4] apply: {n['test_tasks']} {cfg.test_split} tasks × {n['test_seeds']} seeds × {n['applications']} "
           f"applications, beside PPO, no update and the nearest training checkpoint -> {out / 'apply'}", flush=True)
     apply(ApplyConfig(operator_path=str(checkpoint), out=str(out / "apply"), task=cfg.task, split=cfg.test_split,
-                      n_tasks=cfg.test_tasks, seeds=cfg.test_seeds, applications=cfg.applications,
+                      n_tasks=n["test_tasks"], seeds=n["test_seeds"], applications=n["applications"],
                       methods=["operator", "ppo", "no_update", "nearest"], dataset=str(dataset),
                       workers=cfg.workers))
     print("[4/4] plot", flush=True)

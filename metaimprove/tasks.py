@@ -167,6 +167,10 @@ class Task:
         return Task.from_dict(json.loads(text))
 
 
+PIPELINE_SIZES = {"n_tasks": 12, "iterations": 30, "test_tasks": 2, "test_seeds": 3, "applications": 30}
+"""``metaimprove pipeline``'s sizes for a family whose YAML gives no ``pipeline:`` block (HalfCheetah's cost)"""
+
+
 @dataclass(frozen=True)
 class TaskFamily:
     """A distribution of tasks declared by one ``tasks/<name>.yaml`` file."""
@@ -186,6 +190,8 @@ class TaskFamily:
     """reward per step while the robot is healthy (Hopper/Walker/Ant upright, as gymnasium's v5 envs)"""
     terminate_when_unhealthy: bool = False
     """end the episode (terminated) when the robot stops being healthy"""
+    pipeline: dict[str, int] = field(default_factory=dict, hash=False)
+    """this family's sizes for ``metaimprove pipeline`` (keys of :data:`PIPELINE_SIZES`), chosen to fit its cost"""
 
     def task(self, split: str, index: int) -> Task:
         """The ``index``-th task of ``split`` (deterministic, independent of how many are drawn)."""
@@ -252,7 +258,11 @@ class TaskFamily:
                 ctrl_cost=None if data.get("ctrl_cost") is None else float(data["ctrl_cost"]),
                 healthy_reward=float(data.get("healthy_reward", 0.0)),
                 terminate_when_unhealthy=bool(data.get("terminate_when_unhealthy", False)),
+                pipeline={str(k): int(v) for k, v in (data.get("pipeline") or {}).items()},
             )
+            unknown = set(family.pipeline) - set(PIPELINE_SIZES)
+            if unknown or any(v < 1 for v in family.pipeline.values()):
+                raise ValueError(f"pipeline takes positive integers for {list(PIPELINE_SIZES)}, got {family.pipeline}")
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise UserError(f"bad task family file {source}: {exc}") from exc
         if family.episode_length < 1:

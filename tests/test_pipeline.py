@@ -8,11 +8,14 @@ import torch
 from conftest import TINY_TEACHER, run_cli
 
 from metaimprove.apply import ApplyConfig, apply, start_policy
+from metaimprove.config import PipelineConfig
+from metaimprove.errors import UserError
 from metaimprove.features import FeatureConfig
 from metaimprove.operator import ImprovementOperator, OperatorCheckpoint, OperatorConfig
+from metaimprove.pipeline import pipeline_sizes
 from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, save_policy
 from metaimprove.rollout import evaluate
-from metaimprove.tasks import Task, TaskConfig, get_family
+from metaimprove.tasks import PIPELINE_SIZES, Task, TaskConfig, TaskFamily, get_family
 
 PIPELINE = [f"teacher.{k}={v}" for k, v in TINY_TEACHER.items()] + [
     "n_tasks=3", "iterations=6", "max_epochs=2", "test_tasks=1", "test_seeds=2", "applications=2", "workers=1",
@@ -153,3 +156,22 @@ def test_corrupt_checkpoint_is_refused(pipeline_run: pathlib.Path, tmp_path: pat
     (tmp_path / "bad.json").write_bytes((pipeline_run / "operator" / "operator.json").read_bytes())
     result = run_cli(["apply", f"operator_path={bad}", f"out={tmp_path / 'out'}"], cwd=tmp_path)
     assert result.returncode == 2 and "corrupt" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_pipeline_sizes_come_from_the_family_unless_given() -> None:
+    ant = pipeline_sizes(PipelineConfig(task=TaskConfig("ant_dir"), out="x"))
+    assert ant == {**PIPELINE_SIZES, **get_family("ant_dir").pipeline}
+    assert ant["applications"] < PIPELINE_SIZES["applications"]  # an Ant step costs 4-6 HalfCheetah steps
+    assert pipeline_sizes(PipelineConfig(task=TaskConfig("ant_dir"), applications=3, out="x"))["applications"] == 3
+    assert pipeline_sizes(PipelineConfig(task=TaskConfig("halfcheetah_vel"), out="x")) == PIPELINE_SIZES
+    with pytest.raises(UserError, match="must be >= 1"):
+        pipeline_sizes(PipelineConfig(task=TaskConfig("halfcheetah_vel"), n_tasks=0, out="x"))
+
+
+def test_a_family_file_with_unknown_pipeline_sizes_is_refused() -> None:
+    family = get_family("swimmer_vel")
+    data = {"name": family.name, "robot": family.robot, "reward": family.reward, "env_id": family.env_id,
+            "episode_length": 16, "splits": {"train": {"seed": 1}}, "pipeline": {"n_task": 4}}
+    with pytest.raises(UserError, match=r"bad task family file x.yaml: pipeline takes positive integers for"):
+        TaskFamily.from_dict(data, "x.yaml")
+    assert TaskFamily.from_dict({**data, "pipeline": {"n_tasks": 4}}, "x.yaml").pipeline == {"n_tasks": 4}
