@@ -23,6 +23,7 @@ from pathlib import Path
 import mujoco
 import numpy as np
 import torch
+from kill_resume import write_rows
 
 from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, init_params
 from metaimprove.rollout import FRAME_SKIP, Collector
@@ -118,8 +119,12 @@ def main() -> None:
     }
     if not args.no_ray and importlib.util.find_spec("ray") is not None:
         ray_one, ray_two = ray_workers(1, n // 2), ray_workers(2, n // 2)
-        figures |= {"ray_workers_1_env_steps_per_s": ray_one, "ray_workers_2_env_steps_per_s": ray_two,
-                    "ray_scaling_1_to_2_workers": ray_two / ray_one}
+        ray = {"ray_workers_1_env_steps_per_s": ray_one, "ray_workers_2_env_steps_per_s": ray_two,
+               "ray_scaling_1_to_2_workers": ray_two / ray_one}
+        figures |= ray
+        # Ray collection is a reliability/scale-out figure too (issue: every such figure in reliability.csv).
+        note = f"local Ray instance, num_cpus = workers, {n // 2} collector env steps per worker, median of 3"
+        write_rows("ray_throughput", {k: (f"{v:.4g}", note) for k, v in ray.items()})
     RESULTS.parent.mkdir(exist_ok=True)
     new = not RESULTS.exists()
     with RESULTS.open("a", newline="") as f:
