@@ -7,12 +7,14 @@ A simulator blow-up (MuJoCo's BADQACC warning, a non-finite or exploding state) 
 with ``info["unstable"] = True`` instead of crashing.
 
 A family's robot is one of gymnasium's (:data:`ROBOTS`) or a user's own MJCF file, which gets the generic rules
-of :func:`robot_of`.
+of :func:`robot_of`. A user's own gymnasium env (any registered id or ``module:Class``) runs in place of a task
+as a :class:`UserEnv`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import time
 import warnings
@@ -344,6 +346,75 @@ def make_env(task: Task, render_mode: str | None = None) -> gymnasium.Env:
     """A gymnasium env (with the family's time limit) simulating ``task``; deterministic given the task."""
     register_families()
     return gymnasium.make(get_family(task.family).env_id, task=task, render_mode=render_mode)
+
+
+@dataclass(frozen=True)
+class UserEnv:
+    """A user's own gymnasium env, run in place of a task: a registered id (``Hopper-v5``) or ``module:Class``.
+
+    ``module:Class`` names a gymnasium env class (or any callable returning an env) in an importable module; it
+    is built with no arguments. An id is built by ``gymnasium.make`` with ``episode_length`` as its time limit
+    (``module:Id`` imports the module first, as gymnasium does). Make one with :meth:`resolve`.
+    """
+
+    env: str
+    """the id or ``module:Class``"""
+    episode_length: int
+    """steps per episode"""
+
+    @property
+    def name(self) -> str:
+        """The env string (what result rows call the task)."""
+        return self.env
+
+    @staticmethod
+    def resolve(env: str, episode_length: int | None = None) -> UserEnv:
+        """Check that ``env`` names a registered id or an importable ``module:Class`` (one-line errors otherwise);
+        ``episode_length`` defaults to the id's ``max_episode_steps``."""
+        factory, env_id = _factory(env)
+        if episode_length is None and factory is None:
+            try:
+                episode_length = gymnasium.spec(env_id).max_episode_steps
+            except gymnasium.error.Error as exc:
+                raise UserError(f"unknown env '{env}': {' '.join(str(exc).split())} Give a registered gymnasium id "
+                                "(e.g. Hopper-v5) or module:Class") from exc
+        if episode_length is None:
+            raise UserError(f"env {env} declares no episode length (max_episode_steps); give episode_length=<steps>")
+        if episode_length < 1:
+            raise UserError(f"episode_length must be >= 1, got {episode_length}")
+        return UserEnv(env, int(episode_length))
+
+    def make(self) -> gymnasium.Env:
+        """A new instance of the env."""
+        factory, env_id = _factory(self.env)
+        # Gymnasium's MuJoCo robot files still use settotalmass; see settotalmass_accepted.
+        with settotalmass_accepted():
+            try:
+                env = (gymnasium.make(env_id, max_episode_steps=self.episode_length) if factory is None
+                       else factory())
+            except gymnasium.error.Error as exc:
+                raise UserError(f"cannot make env '{self.env}': {' '.join(str(exc).split())}") from exc
+        if not isinstance(env, gymnasium.Env):
+            raise UserError(f"{self.env} made a {type(env).__name__}, not a gymnasium.Env")
+        return env
+
+
+AnyTask = Task | UserEnv
+"""what an experience can be collected on: a task of a family, or a user's own env"""
+
+
+def _factory(env: str) -> tuple[Callable[[], Any] | None, str]:
+    """``(the class of a module:Class, env)`` or ``(None, the gymnasium id)`` that ``env`` names."""
+    register_families()  # our own families' ids are envs too
+    module_name, _, attr = env.rpartition(":")
+    if not module_name:
+        return None, env
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(f"cannot import module '{module_name}' of env {env} ({exc}); put it on PYTHONPATH") from exc
+    factory = getattr(module, attr, None)
+    return (factory, env) if callable(factory) else (None, attr)
 
 
 def route_mujoco_warnings(directory: Path | None) -> Callable[[str], None] | None:
