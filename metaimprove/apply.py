@@ -19,6 +19,9 @@ training runs used (``start=train_init``).
   policies built from the training runs (``dataset=``; see :mod:`metaimprove.baselines`)
 * ``dr``: the domain-randomized policy (``dr_policy=``) as-is; ``dr_ppo``: PPO fine-tuning it
 
+With ``env=<gymnasium id or module:Class>`` the runs are on a user's own env instead of the family's tasks
+(:class:`~metaimprove.envs.UserEnv`; the methods that need training tasks are refused there).
+
 Rows go to ``curves.csv``: method, task, seed, env_steps, return, fallbacks, guard_steps (a curve is flat where
 a method does not update; ``transferred`` starts at the env steps its selection used).
 """
@@ -31,7 +34,7 @@ import math
 import multiprocessing as mp
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,18 +45,20 @@ from tqdm import tqdm
 
 from metaimprove import baselines
 from metaimprove.baselines import batch_return, training_runs
-from metaimprove.envs import mujoco_log
+from metaimprove.envs import AnyTask, UserEnv, mujoco_log
 from metaimprove.errors import UserError
 from metaimprove.features import encode, next_normalizer, stack
 from metaimprove.operator import ImprovementOperator, OperatorCheckpoint
 from metaimprove.policy import ObsNormalizer, Policy, init_params, load_policy, save_policy
-from metaimprove.rollout import Collector, Experience, Simulator, evaluate
+from metaimprove.rollout import Collector, Experience, GymSimulator, Simulator, evaluate
 from metaimprove.tasks import Task, TaskConfig, get_family
 from metaimprove.teachers import TEACHERS, Teacher, make_teacher
 
 OPERATOR_METHODS = ("operator", "operator_guarded")
 CHECKPOINT_METHODS = ("nearest", "nearest_noise", "nearest_avg", "avg_weights", "transferred")
 DR_METHODS = ("dr", "dr_ppo")
+# What runs on a user's env: the methods that need no training tasks of a family.
+ENV_METHODS = (*OPERATOR_METHODS, *TEACHERS, "no_update")
 CURVE_FIELDS = ["method", "task", "seed", "env_steps", "return", "fallbacks", "guard_steps"]
 STARTS = ("fresh", "train_init")
 # Fresh initializations: collection uses small seeds (0, 1, ...), so these were never seen in training.
@@ -88,6 +93,10 @@ class ApplyConfig:
     """index of the first task"""
     task_file: str | None = None
     """a JSON file holding one task (``Task.to_json()``, explicit parameters and physics) to apply on instead"""
+    env: str | None = None
+    """a gymnasium id (Hopper-v5) or module:Class whose spaces fit the operator's policies, run instead of task"""
+    episode_length: int | None = None
+    """env=: steps per episode (default: the env id's max_episode_steps)"""
     init: str | None = None
     """a policy file (``policy.save_policy``) every run starts from, instead of start=fresh|train_init"""
     start: str = "fresh"
@@ -134,7 +143,7 @@ class Job:
     """One (method, task, seed) run."""
 
     method: str
-    task: Task
+    task: AnyTask
     seed: int
 
 
@@ -202,7 +211,7 @@ class Point(NamedTuple):
     """guarded runs: env steps spent so far verifying policies before deploying them"""
 
 
-def operator_update(op: ImprovementOperator, ckpt: OperatorCheckpoint, task: Task, ask: torch.Tensor,
+def operator_update(op: ImprovementOperator, ckpt: OperatorCheckpoint, task: AnyTask, ask: torch.Tensor,
                     generator: torch.Generator,
                     timings: list[float] | None = None) -> Callable[[Policy, Experience], Policy]:
     """The operator as an update ``(θ, τ) -> θ'``: τ's observations are folded into θ's normalizer (as the
@@ -290,7 +299,7 @@ def guarded_steps(start: Policy, collect: Callable[[Policy], Experience],
         yield Point(steps, policy if guard is None else deployed, fallbacks, guard_steps)
 
 
-def teacher_steps(teacher: Teacher, task: Task, start: Policy, seed: int, budget: int,
+def teacher_steps(teacher: Teacher, task: AnyTask, start: Policy, seed: int, budget: int,
                   timings: list[float]) -> Iterator[Point]:
     """A teacher's updates from ``start`` on ``task`` while its next batch fits in ``budget``."""
     teacher.start(task, start, seed)
@@ -353,7 +362,7 @@ def _run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], di
         ask = ckpt.default_ask(config.ask_k, config.ask_improvement)
         update = operator_update(op, ckpt, job.task, ask, torch.Generator().manual_seed(job.seed),
                                  timings.setdefault("operator_step", []))
-        length = get_family(job.task.family).episode_length
+        length = collector.sim.episode_length
 
         def fallback(best: Policy, remaining: int, n: int) -> tuple[Policy, int]:
             teacher = make_teacher(ckpt.teacher)
@@ -411,7 +420,7 @@ def _read_task(path: Path) -> Task:
     return task
 
 
-def _validate(config: ApplyConfig, ckpt: OperatorCheckpoint) -> list[Task]:
+def _validate(config: ApplyConfig, ckpt: OperatorCheckpoint) -> Sequence[AnyTask]:
     valid = method_names()
     unknown = [m for m in config.methods if m not in valid]
     if unknown or not config.methods:
@@ -426,6 +435,12 @@ def _validate(config: ApplyConfig, ckpt: OperatorCheckpoint) -> list[Task]:
         raise UserError(f"start must be one of {list(STARTS)}, got '{config.start}'")
     if config.init is not None and config.start != "fresh":
         raise UserError(f"init= and start={config.start} both choose θ⁰; give one of them")
+    if config.init is not None:
+        _check_spec(load_policy(Path(config.init)), ckpt, f"initial policy {config.init}")
+    if config.env is not None:
+        return [_validate_env(config, ckpt, config.env)]
+    if config.episode_length is not None:
+        raise UserError("episode_length= sets the episodes of env=; a task family sets its own")
     if config.task_file is not None:
         tasks = [_read_task(Path(config.task_file))]
     else:
@@ -435,8 +450,6 @@ def _validate(config: ApplyConfig, ckpt: OperatorCheckpoint) -> list[Task]:
     if (sim.obs_dim, sim.act_dim) != (ckpt.spec.obs_dim, ckpt.spec.act_dim):
         raise UserError(f"operator {config.operator_path} improves policies with obs {ckpt.spec.obs_dim} / act "
                         f"{ckpt.spec.act_dim} but {family} has obs {sim.obs_dim} / act {sim.act_dim}")
-    if config.init is not None:
-        _check_spec(load_policy(Path(config.init)), ckpt, f"initial policy {config.init}")
     needs_data = [m for m in config.methods if m in CHECKPOINT_METHODS]
     needs_data += ["start=train_init"] if config.start == "train_init" else []
     if needs_data and config.dataset is None:
@@ -459,6 +472,24 @@ def _validate(config: ApplyConfig, ckpt: OperatorCheckpoint) -> list[Task]:
         raise UserError(f"tasks {sorted(seen)} were used to train this operator; apply on another split or range")
     _check_budget(config, ckpt, family)
     return tasks
+
+
+def _validate_env(config: ApplyConfig, ckpt: OperatorCheckpoint, name: str) -> UserEnv:
+    """The user's env of ``env=``, checked against the operator and the other settings."""
+    if config.task_file is not None:
+        raise UserError("env= and task_file= both say what to apply on; give one of them")
+    ours = [m for m in config.methods if m not in ENV_METHODS]
+    ours += ["start=train_init"] if config.start == "train_init" else []
+    if ours:
+        raise UserError(f"{', '.join(ours)} need(s) a task family's training runs; with env= run "
+                        f"{', '.join(ENV_METHODS)} from start=fresh or init=<policy>")
+    env = UserEnv.resolve(name, config.episode_length)
+    sim = GymSimulator(env, n_envs=1, seed=0)
+    if (sim.obs_dim, sim.act_dim) != (ckpt.spec.obs_dim, ckpt.spec.act_dim):
+        raise UserError(f"env {name} has obs ({sim.obs_dim},) / act ({sim.act_dim},) but operator "
+                        f"{config.operator_path} improves obs {ckpt.spec.obs_dim} / act {ckpt.spec.act_dim}")
+    _check_budget(config, ckpt, name)
+    return env
 
 
 def _check_spec(policy: Policy, ckpt: OperatorCheckpoint, what: str) -> None:

@@ -5,16 +5,22 @@ Each family registers as ``metaimprove/<Name>-v0`` and takes either a whole ``ta
 parameters as keyword arguments (``gymnasium.make("metaimprove/HalfCheetahVel-v0", target_velocity=1.0)``).
 A simulator blow-up (MuJoCo's BADQACC warning, a non-finite or exploding state) ends the episode
 with ``info["unstable"] = True`` instead of crashing.
+
+A family's robot is one of gymnasium's (:data:`ROBOTS`) or a user's own MJCF file, which gets the generic rules
+of :func:`robot_of`. A user's own gymnasium env (any registered id or ``module:Class``) runs in place of a task
+as a :class:`UserEnv`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +34,7 @@ from metaimprove.errors import UserError
 from metaimprove.tasks import (
     Physics,
     Task,
+    TaskFamily,
     apply_physics,
     get_family,
     load_families,
@@ -35,6 +42,9 @@ from metaimprove.tasks import (
     robot_xml_path,
     settotalmass_accepted,
 )
+
+GROUND_AXES = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
+"""the axes, in order, of the root slide joints that make up an own MJCF robot's ground position (x, then y)"""
 
 # Joint speeds beyond this mean the integrator has diverged (the robots here stay well under 100).
 QVEL_LIMIT = 1e3
@@ -84,6 +94,40 @@ ROBOTS = {
                  closed_z=True),
     "swimmer": Robot(frame_skip=4, reset_noise=0.1, normal_qvel=False, ground_dims=2),
 }
+
+
+def root_ground_dims(model: mujoco.MjModel) -> int:
+    """Leading qpos entries that are the root's ground position in an MJCF model: 2 (x, y) when the first joint
+    is free; else the leading slide joints of the first joint's body along x, then y (HalfCheetah: rootx, 1);
+    0 when there are none."""
+    if model.njnt == 0:
+        return 0
+    if model.jnt_type[0] == mujoco.mjtJoint.mjJNT_FREE:
+        return 2
+    dims = 0
+    for j, axis in enumerate(GROUND_AXES):
+        if not (j < model.njnt and model.jnt_type[j] == mujoco.mjtJoint.mjJNT_SLIDE and model.jnt_qposadr[j] == j
+                and model.jnt_bodyid[j] == model.jnt_bodyid[0] and np.allclose(model.jnt_axis[j], axis)):
+            break
+        dims += 1
+    return dims
+
+
+def robot_of(family: TaskFamily) -> Robot:
+    """How ``family``'s robot steps, resets and observes: a named robot's gymnasium v5 rules, or for an own MJCF
+    file HalfCheetah's (frame skip 5, reset noise 0.1 with Gaussian qvel, no health check; ``frame_skip`` and
+    ``reset_noise`` as the family sets them) with the root's ground position found by :func:`root_ground_dims`."""
+    if family.robot in ROBOTS:
+        return ROBOTS[family.robot]
+    return _mjcf_robot(family.robot, family.frame_skip, family.reset_noise)
+
+
+@cache
+def _mjcf_robot(xml: str, frame_skip: int | None, reset_noise: float | None) -> Robot:
+    cheetah = ROBOTS["half_cheetah"]
+    return Robot(frame_skip=cheetah.frame_skip if frame_skip is None else frame_skip,
+                 reset_noise=cheetah.reset_noise if reset_noise is None else reset_noise, normal_qvel=True,
+                 ground_dims=root_ground_dims(nominal_model(xml)))
 
 
 def task_reward(kind: str, params: Mapping[str, float], velocity: np.ndarray, position: np.ndarray,
@@ -151,7 +195,10 @@ class StepRules:
     def of(task: Task, timestep: float) -> StepRules:
         """The rules of ``task``'s family, for a model whose physics timestep is ``timestep``."""
         fam = get_family(task.family)
-        robot = ROBOTS[fam.robot]
+        robot = robot_of(fam)
+        if robot.ground_dims == 0:
+            raise UserError(f"family {fam.name}: reward '{fam.reward}' needs the root's ground motion, but "
+                            f"{fam.robot} has no root slide joint along x nor a free joint as its first joint")
         if fam.reward in PLANAR_REWARDS and robot.ground_dims < 2:
             raise UserError(f"family {fam.name}: reward '{fam.reward}' needs a robot moving in the plane, "
                             f"{fam.robot} moves along x only")
@@ -226,8 +273,8 @@ def default_task(family: str, **params: float) -> Task:
 
 
 class TaskEnv(MujocoEnv):
-    """A gymnasium v5 MuJoCo robot (HalfCheetah, Hopper, Walker2d, Ant, Swimmer) with a family's reward and a
-    task's physics.
+    """A gymnasium v5 MuJoCo robot (HalfCheetah, Hopper, Walker2d, Ant, Swimmer) or a user's own MJCF robot, with a
+    family's reward and a task's physics.
 
     Steps, resets and observes as the robot's gymnasium v5 env does by default (Ant without contact forces in
     its observation), with the family's reward and termination (:class:`StepRules`).
@@ -250,7 +297,7 @@ class TaskEnv(MujocoEnv):
             task = Task.from_dict(dict(task))
         if task.family != family:
             raise UserError(f"task of family {task.family} given to a {family} env")
-        self._robot = ROBOTS[fam.robot]
+        self._robot = robot_of(fam)
         with settotalmass_accepted():
             MujocoEnv.__init__(self, robot_xml_path(fam.robot), self._robot.frame_skip, observation_space=None,
                                render_mode=render_mode)
@@ -299,6 +346,75 @@ def make_env(task: Task, render_mode: str | None = None) -> gymnasium.Env:
     """A gymnasium env (with the family's time limit) simulating ``task``; deterministic given the task."""
     register_families()
     return gymnasium.make(get_family(task.family).env_id, task=task, render_mode=render_mode)
+
+
+@dataclass(frozen=True)
+class UserEnv:
+    """A user's own gymnasium env, run in place of a task: a registered id (``Hopper-v5``) or ``module:Class``.
+
+    ``module:Class`` names a gymnasium env class (or any callable returning an env) in an importable module; it
+    is built with no arguments. An id is built by ``gymnasium.make`` with ``episode_length`` as its time limit
+    (``module:Id`` imports the module first, as gymnasium does). Make one with :meth:`resolve`.
+    """
+
+    env: str
+    """the id or ``module:Class``"""
+    episode_length: int
+    """steps per episode"""
+
+    @property
+    def name(self) -> str:
+        """The env string (what result rows call the task)."""
+        return self.env
+
+    @staticmethod
+    def resolve(env: str, episode_length: int | None = None) -> UserEnv:
+        """Check that ``env`` names a registered id or an importable ``module:Class`` (one-line errors otherwise);
+        ``episode_length`` defaults to the id's ``max_episode_steps``."""
+        factory, env_id = _factory(env)
+        if episode_length is None and factory is None:
+            try:
+                episode_length = gymnasium.spec(env_id).max_episode_steps
+            except gymnasium.error.Error as exc:
+                raise UserError(f"unknown env '{env}': {' '.join(str(exc).split())} Give a registered gymnasium id "
+                                "(e.g. Hopper-v5) or module:Class") from exc
+        if episode_length is None:
+            raise UserError(f"env {env} declares no episode length (max_episode_steps); give episode_length=<steps>")
+        if episode_length < 1:
+            raise UserError(f"episode_length must be >= 1, got {episode_length}")
+        return UserEnv(env, int(episode_length))
+
+    def make(self) -> gymnasium.Env:
+        """A new instance of the env."""
+        factory, env_id = _factory(self.env)
+        # Gymnasium's MuJoCo robot files still use settotalmass; see settotalmass_accepted.
+        with settotalmass_accepted():
+            try:
+                env = (gymnasium.make(env_id, max_episode_steps=self.episode_length) if factory is None
+                       else factory())
+            except gymnasium.error.Error as exc:
+                raise UserError(f"cannot make env '{self.env}': {' '.join(str(exc).split())}") from exc
+        if not isinstance(env, gymnasium.Env):
+            raise UserError(f"{self.env} made a {type(env).__name__}, not a gymnasium.Env")
+        return env
+
+
+AnyTask = Task | UserEnv
+"""what an experience can be collected on: a task of a family, or a user's own env"""
+
+
+def _factory(env: str) -> tuple[Callable[[], Any] | None, str]:
+    """``(the class of a module:Class, env)`` or ``(None, the gymnasium id)`` that ``env`` names."""
+    register_families()  # our own families' ids are envs too
+    module_name, _, attr = env.rpartition(":")
+    if not module_name:
+        return None, env
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(f"cannot import module '{module_name}' of env {env} ({exc}); put it on PYTHONPATH") from exc
+    factory = getattr(module, attr, None)
+    return (factory, env) if callable(factory) else (None, attr)
 
 
 def route_mujoco_warnings(directory: Path | None) -> Callable[[str], None] | None:

@@ -14,8 +14,10 @@ import mujoco
 import mujoco.batch
 import numpy as np
 import torch
+from gymnasium.spaces import Box
 
-from metaimprove.envs import BADQACC, ROBOTS, StepRules, initial_states
+from metaimprove.envs import BADQACC, ROBOTS, AnyTask, StepRules, UserEnv, initial_states
+from metaimprove.errors import UserError
 from metaimprove.policy import Policy
 from metaimprove.tasks import Task, build_model, get_family
 
@@ -119,20 +121,87 @@ class Simulator:
         return self.rules.outcome(ground_before, self._qpos, self._qvel, action, badqacc)
 
 
+class GymSimulator:
+    """``n_envs`` instances of a user's own gymnasium env behind :class:`Simulator`'s interface, stepped in turn.
+
+    The policy's actions lie in [-1, 1]; an env whose action Box has other (finite) bounds gets them rescaled
+    linearly onto ``[low, high]``. Env ``e`` is seeded with ``seed · n_envs + e`` at its first reset and draws
+    its later resets from its own generator. An episode the env truncates before ``episode_length`` counts as
+    terminated (never bootstrapped); a non-finite observation or reward counts as a blow-up (``unstable``).
+
+    Args:
+        task: the env (its episode length included).
+        n_envs: number of env instances.
+        seed: seeds the envs' resets.
+    """
+
+    def __init__(self, task: UserEnv, n_envs: int, seed: int) -> None:
+        self.task = task
+        self.n_envs = n_envs
+        self.episode_length = task.episode_length
+        self._envs = [task.make() for _ in range(n_envs)]
+        obs_space, act_space = self._envs[0].observation_space, self._envs[0].action_space
+        if not (isinstance(obs_space, Box) and isinstance(act_space, Box) and len(obs_space.shape) == 1
+                and len(act_space.shape) == 1):
+            raise UserError(f"env {task.env} has observation space {obs_space} and action space {act_space}; "
+                            "metaimprove's policies need one-dimensional Box spaces")
+        low, high = act_space.low.astype(np.float64), act_space.high.astype(np.float64)
+        if not (np.isfinite(low).all() and np.isfinite(high).all()):
+            raise UserError(f"env {task.env} has an unbounded action space {act_space}; metaimprove's policies act "
+                            "in [-1, 1] and rescale onto finite bounds")
+        # None: the env acts in [-1, 1] itself, and actions pass unchanged.
+        self._scale = None if (low == -1).all() and (high == 1).all() else ((high - low) / 2, (high + low) / 2)
+        self.obs_dim, self.act_dim = obs_space.shape[0], act_space.shape[0]
+        self._seeds: list[int | None] = [seed * n_envs + e for e in range(n_envs)]
+        self._obs = np.zeros((n_envs, self.obs_dim))
+        self._steps = np.zeros(n_envs, dtype=np.int64)
+
+    def reset(self, ids: np.ndarray | None = None) -> np.ndarray:
+        """Reset ``ids`` (default all); returns every env's observation."""
+        for e in np.arange(self.n_envs) if ids is None else ids:
+            seed, self._seeds[e] = self._seeds[e], None
+            self._obs[e] = self._envs[e].reset(seed=seed)[0]
+            self._steps[e] = 0
+        return self._obs.copy()
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Apply ``action [n_envs, act]`` (in [-1, 1]); returns (obs, reward, terminated, unstable) as
+        :class:`Simulator` does."""
+        if self._scale is not None:
+            action = action * self._scale[0] + self._scale[1]
+        reward = np.zeros(self.n_envs)
+        terminated = np.zeros(self.n_envs, dtype=bool)
+        self._steps += 1
+        for e, env in enumerate(self._envs):
+            obs, reward[e], term, trunc, _ = env.step(action[e])
+            self._obs[e] = obs
+            # The time limit at episode_length is the Collector's to handle (it bootstraps there).
+            terminated[e] = term or (trunc and self._steps[e] < self.episode_length)
+        blown = ~(np.isfinite(self._obs).all(-1) & np.isfinite(reward))
+        self._obs[blown] = 0.0
+        reward[blown] = 0.0
+        return self._obs.copy(), reward, terminated | blown, blown
+
+
+def simulator(task: AnyTask, n_envs: int, seed: int) -> Simulator | GymSimulator:
+    """The simulator of ``task``: batched MuJoCo for a family's task, a :class:`GymSimulator` for a user's env."""
+    return Simulator(task, n_envs, seed) if isinstance(task, Task) else GymSimulator(task, n_envs, seed)
+
+
 class Collector:
-    """Collects whole batches of experience of a policy on one task.
+    """Collects whole batches of experience of a policy on one task (or a user's env, see :func:`simulator`).
 
     Every :meth:`collect` call starts fresh episodes in all envs, so a batch holds the experience
     of exactly one policy; with ``n_steps`` a multiple of the episode length it holds whole episodes.
 
     Args:
-        task: the task to run.
+        task: the task (or user env) to run.
         n_envs: environments stepped together.
         seed: seeds initial states and action noise; same seed, same numbers.
     """
 
-    def __init__(self, task: Task, n_envs: int, seed: int) -> None:
-        self.sim = Simulator(task, n_envs, seed)
+    def __init__(self, task: AnyTask, n_envs: int, seed: int) -> None:
+        self.sim = simulator(task, n_envs, seed)
         # Action noise has its own stream so that resets and actions never shift each other.
         self._noise = np.random.default_rng([seed, 1])
 
@@ -192,14 +261,14 @@ class Collector:
         )
 
 
-def evaluate(policy: Policy, task: Task, n_episodes: int = 8, seed: int = 0) -> float:
+def evaluate(policy: Policy, task: AnyTask, n_episodes: int = 8, seed: int = 0) -> float:
     """Mean return of ``policy``'s deterministic mean action over ``n_episodes`` fixed episodes.
 
     The evaluation protocol every method shares: same task, same seed, same initial states. An episode
     counts up to its first end (time limit, fall or blow-up); what the env did after a reset is not in it.
     """
     collector = Collector(task, n_envs=n_episodes, seed=seed)
-    exp = collector.collect(policy, get_family(task.family).episode_length, deterministic=True)
+    exp = collector.collect(policy, collector.sim.episode_length, deterministic=True)
     done = (exp.terminated | exp.truncated).int()
     # Steps at or before each env's first end: no end has happened before them.
     first_episode = (torch.cumsum(done, 0) - done) == 0

@@ -1,6 +1,8 @@
 """Task distribution: families declared in ``tasks/*.yaml``, frozen ``Task`` draws, physics randomization.
 
-A :class:`TaskFamily` is read from one YAML file. ``family.task(split, index)`` returns the
+A :class:`TaskFamily` is read from one YAML file: the shipped ones in ``tasks/``, and a user's own in the
+directories (or files) listed on ``METAIMPROVE_TASK_PATH``. Its robot is one of gymnasium's MuJoCo robots
+or the user's own MJCF file (``xml:``). ``family.task(split, index)`` returns the
 ``index``-th task of a split; each split has its own seed stream, so ``test`` never repeats a
 ``train`` draw and the ``i``-th task does not depend on how many tasks are asked for.
 
@@ -15,6 +17,7 @@ import contextlib
 import copy
 import json
 import math
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +33,8 @@ import yaml
 from metaimprove.errors import UserError
 
 SPLITS = ("train", "test", "ood")
+TASK_PATH_ENV = "METAIMPROVE_TASK_PATH"
+"""environment variable: directories (or single ``.yaml`` files) of a user's own families, ``os.pathsep``-separated"""
 PHYSICS_FIELDS = ("body_mass", "geom_friction", "dof_damping", "actuator_gear", "gravity")
 
 
@@ -38,7 +43,7 @@ class TaskConfig:
     """Which task family to draw tasks from."""
 
     family: str = "???"
-    """task family: the name of a file in tasks/ (list them with `metaimprove tasks`)"""
+    """task family: the name of a file in tasks/ or on METAIMPROVE_TASK_PATH (list them with `metaimprove tasks`)"""
 
 
 @dataclass(frozen=True)
@@ -178,6 +183,7 @@ class TaskFamily:
     name: str
     description: str
     robot: str
+    """a gymnasium robot's name (``half_cheetah``, ...) or the absolute path of the family's own MJCF file"""
     reward: str
     env_id: str
     episode_length: int
@@ -192,6 +198,10 @@ class TaskFamily:
     """end the episode (terminated) when the robot stops being healthy"""
     pipeline: dict[str, int] = field(default_factory=dict, hash=False)
     """this family's sizes for ``metaimprove pipeline`` (keys of :data:`PIPELINE_SIZES`), chosen to fit its cost"""
+    frame_skip: int | None = None
+    """own MJCF robot: physics substeps per env step (None: 5, as HalfCheetah)"""
+    reset_noise: float | None = None
+    """own MJCF robot: initial qpos ~ qpos0 + U(-r, r), qvel ~ r·N(0, 1) (None: 0.1, as HalfCheetah)"""
 
     def task(self, split: str, index: int) -> Task:
         """The ``index``-th task of ``split`` (deterministic, independent of how many are drawn)."""
@@ -229,8 +239,9 @@ class TaskFamily:
         return self.task(split, int(rng.integers(0, 2**31 - 1)))
 
     @staticmethod
-    def from_dict(data: dict[str, Any], source: str = "<dict>") -> TaskFamily:
-        """Parse and validate a family declaration (the YAML's content)."""
+    def from_dict(data: dict[str, Any], source: str = "<dict>", folder: Path | None = None) -> TaskFamily:
+        """Parse and validate a family declaration (the YAML's content); a relative ``xml`` path is resolved
+        from ``folder`` (the YAML file's directory; default the working directory)."""
         try:
             params = {k: _parse_range(v, f"params.{k}") for k, v in (data.get("params") or {}).items()}
             physics = {}
@@ -248,7 +259,7 @@ class TaskFamily:
             family = TaskFamily(
                 name=str(data["name"]),
                 description=str(data.get("description", "")),
-                robot=str(data["robot"]),
+                robot=_robot(data, folder or Path.cwd()),
                 reward=str(data["reward"]),
                 env_id=str(data["env_id"]),
                 episode_length=int(data["episode_length"]),
@@ -259,6 +270,8 @@ class TaskFamily:
                 healthy_reward=float(data.get("healthy_reward", 0.0)),
                 terminate_when_unhealthy=bool(data.get("terminate_when_unhealthy", False)),
                 pipeline={str(k): int(v) for k, v in (data.get("pipeline") or {}).items()},
+                frame_skip=None if data.get("frame_skip") is None else int(data["frame_skip"]),
+                reset_noise=None if data.get("reset_noise") is None else float(data["reset_noise"]),
             )
             unknown = set(family.pipeline) - set(PIPELINE_SIZES)
             if unknown or any(v < 1 for v in family.pipeline.values()):
@@ -267,7 +280,26 @@ class TaskFamily:
             raise UserError(f"bad task family file {source}: {exc}") from exc
         if family.episode_length < 1:
             raise UserError(f"bad task family file {source}: episode_length must be >= 1")
+        if (family.frame_skip is not None and family.frame_skip < 1) or not (
+                family.reset_noise is None or family.reset_noise >= 0):
+            raise UserError(f"bad task family file {source}: frame_skip must be >= 1 and reset_noise >= 0")
         return family
+
+
+def _robot(data: dict[str, Any], folder: Path) -> str:
+    """The family's robot: ``robot``'s name, or ``xml``'s file as an absolute path (checked to exist)."""
+    if "xml" not in data:
+        if data.get("frame_skip") is not None or data.get("reset_noise") is not None:
+            raise ValueError("frame_skip and reset_noise belong to an xml robot; a named robot steps and resets as "
+                             "its gymnasium env")
+        return str(data["robot"])
+    if "robot" in data:
+        raise ValueError("give either robot (a gymnasium robot's name) or xml (your MJCF file), not both")
+    path = Path(str(data["xml"])).expanduser()
+    path = (path if path.is_absolute() else folder / path).resolve()
+    if not path.is_file():
+        raise ValueError(f"xml file {path} does not exist")
+    return str(path)
 
 
 def _jsonable(value: float | tuple[float, ...]) -> float | list[float]:
@@ -306,17 +338,38 @@ def family_dir() -> Path:
     return Path(str(resources.files("metaimprove.task_files")))
 
 
+def family_files() -> list[Path]:
+    """The shipped family files, then a user's: each ``*.yaml`` of the directories on ``METAIMPROVE_TASK_PATH``
+    (and each ``.yaml`` file named there), in order."""
+    files = sorted(family_dir().glob("*.yaml"))
+    for entry in filter(None, os.environ.get(TASK_PATH_ENV, "").split(os.pathsep)):
+        path = Path(entry).expanduser()
+        if path.is_dir():
+            files += sorted(path.glob("*.yaml"))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"{TASK_PATH_ENV} names {path}, which is neither a directory nor a file")
+    return files
+
+
 @cache
 def load_families() -> dict[str, TaskFamily]:
-    """All families shipped in ``tasks/``, by name."""
-    families = {}
-    for path in sorted(family_dir().glob("*.yaml")):
+    """All families (shipped in ``tasks/`` and on ``METAIMPROVE_TASK_PATH``), by name."""
+    families: dict[str, TaskFamily] = {}
+    sources: dict[str, Path] = {}
+    for path in family_files():
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
             raise UserError(f"task family file {path} is not valid YAML: {exc}") from exc
-        fam = TaskFamily.from_dict(data, str(path))
-        families[fam.name] = fam
+        if not isinstance(data, dict):
+            raise UserError(f"task family file {path} must hold a mapping (see tasks/README.md)")
+        fam = TaskFamily.from_dict(data, str(path), folder=path.parent)
+        if fam.name in families:
+            raise UserError(f"task family '{fam.name}' is declared twice, in {sources[fam.name]} and {path}; "
+                            "rename one")
+        families[fam.name], sources[fam.name] = fam, path
     return families
 
 
@@ -324,7 +377,8 @@ def get_family(name: str) -> TaskFamily:
     """The family called ``name``, or a one-line error listing the known ones."""
     families = load_families()
     if name not in families:
-        raise UserError(f"unknown task family '{name}'; choose one of {sorted(families)} (see `metaimprove tasks`)")
+        raise UserError(f"unknown task family '{name}'; choose one of {sorted(families)} (see `metaimprove tasks`; "
+                        f"add your own with {TASK_PATH_ENV}=<dir of family .yaml files>)")
     return families[name]
 
 
@@ -339,9 +393,11 @@ ROBOT_XML = {
 
 
 def robot_xml_path(robot: str) -> str:
-    """Path of the robot's MJCF file inside gymnasium's assets."""
+    """Path of the robot's MJCF file: a named robot's inside gymnasium's assets, or the user's own (absolute)."""
+    if Path(robot).is_absolute():
+        return robot
     if robot not in ROBOT_XML:
-        raise UserError(f"unknown robot '{robot}'; known robots: {sorted(ROBOT_XML)}")
+        raise UserError(f"unknown robot '{robot}'; known robots: {sorted(ROBOT_XML)} (or give xml: <your MJCF file>)")
     import gymnasium.envs.mujoco as gm
 
     return str(Path(gm.__file__).parent / "assets" / ROBOT_XML[robot])
@@ -375,14 +431,17 @@ def settotalmass_accepted() -> Iterator[None]:
 
 
 def compile_quietly(xml_path: str) -> mujoco.MjModel:
-    """Compile an MJCF file (see :func:`settotalmass_accepted`)."""
+    """Compile an MJCF file (see :func:`settotalmass_accepted`); a file MuJoCo rejects is a one-line error."""
     with settotalmass_accepted():
-        return mujoco.MjModel.from_xml_path(xml_path)
+        try:
+            return mujoco.MjModel.from_xml_path(xml_path)
+        except ValueError as exc:
+            raise UserError(f"MuJoCo cannot compile {xml_path}: {' '.join(str(exc).split())}") from exc
 
 
 @cache
 def nominal_model(robot: str) -> mujoco.MjModel:
-    """The robot's unmodified compiled model (cached; never mutate it)."""
+    """The robot's unmodified compiled model (cached; never mutate it); ``robot`` as :attr:`TaskFamily.robot`."""
     return compile_quietly(robot_xml_path(robot))
 
 

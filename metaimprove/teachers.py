@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from metaimprove.envs import AnyTask
 from metaimprove.errors import UserError
 from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, forward, log_prob
 from metaimprove.rollout import Collector, Experience
@@ -94,7 +95,7 @@ class Teacher:
         n_envs, n_steps = self.batch_shape
         return n_envs * n_steps
 
-    def start(self, task: Task, policy: Policy, seed: int) -> None:
+    def start(self, task: AnyTask, policy: Policy, seed: int) -> None:
         """Begin a run on ``task`` from ``policy`` (copied); resets all teacher state (value net, optimizer)."""
         raise NotImplementedError
 
@@ -220,7 +221,7 @@ class PPO(Teacher):
         """The value network's current flat parameters φ (layout of :attr:`value_spec`), a copy."""
         return torch.from_numpy(self._flat[self._n_theta:].copy())
 
-    def start(self, task: Task, policy: Policy, seed: int) -> None:
+    def start(self, task: AnyTask, policy: Policy, seed: int) -> None:
         """Begin a run on ``task`` from a copy of ``policy``: fresh value network, optimizer and collector.
 
         ``seed`` seeds the collector (initial states, action noise), the value network's initialization and
@@ -503,7 +504,7 @@ class ARS(Teacher):
             raise RuntimeError("ARS.start() must be called first")
         return self._policy
 
-    def start(self, task: Task, policy: Policy, seed: int) -> None:
+    def start(self, task: AnyTask, policy: Policy, seed: int) -> None:
         """Begin a run on ``task`` from a copy of ``policy`` with a fresh collector of 2N envs.
 
         ``seed`` seeds the initial states and the directions δ: the same seed gives bitwise the same run.
