@@ -95,9 +95,12 @@ def step_time_ratio(operator_path: str, family: str, ask_k: int, reps: int = 15)
 
 
 def finals(curves: Curves, budget: float) -> np.ndarray:
-    """Each run's return at the budget (its last evaluation at or before B), shaped [seeds, tasks]."""
+    """Each run's return at the budget (its last evaluation at or before B), shaped [seeds, tasks].
+
+    A run may end before B with budget to spare but not enough for another batch (a guarded run after its
+    verifications); what it deploys at B is its last policy."""
     runs = curves.runs()
-    return np.array([[step_values(s, r, [budget])[0] for _, s, r in runs[t]] for t in runs]).T
+    return np.array([[step_values(s, r, [min(budget, s[-1])])[0] for _, s, r in runs[t]] for t in runs]).T
 
 
 def starts(curves: Curves) -> np.ndarray:
