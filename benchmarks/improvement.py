@@ -24,7 +24,8 @@ iterations=1536``); when it is missing the benchmark trains it first.
 
     python benchmarks/improvement.py [--quick] [--dataset runs/vel32x48] [--only METHOD ...]
 
-``--only`` reruns just the methods named (both starts where the start matters) and replaces their rows in the
+``--render`` runs nothing and rewrites the summary, plots and figures from the committed curves. ``--only`` reruns
+just the methods named (both starts where the start matters) and replaces their rows in the
 committed ``results/improvement.csv``; every other method's rows, and the figures that need methods not rerun
 (the memorization audit needs ``operator`` and ``ppo``), are kept from ``results/improvement_figures.csv``.
 Runs are seeded, so a method's rows do not depend on which other methods ran beside it.
@@ -200,10 +201,13 @@ def main() -> None:
     parser.add_argument("--guard-margin", type=float, default=ApplyConfig.guard_margin)
     parser.add_argument("--only", nargs="+", choices=method_names(), metavar="METHOD",
                         help="rerun only these methods; keep the other rows of results/improvement.csv")
+    parser.add_argument("--render", action="store_true",
+                        help="run nothing: rewrite summary, plots and figures from results/improvement.csv")
     parser.add_argument("--workers", type=int, default=0)
     args = parser.parse_args()
-    if args.only and (args.quick or not (RESULTS / "improvement.csv").exists()):
-        raise SystemExit("--only replaces rows of a full run's results/improvement.csv: run the full benchmark "
+    committed = bool(args.only or args.render)
+    if committed and (args.quick or not (RESULTS / "improvement.csv").exists()):
+        raise SystemExit("--only and --render work on a full run's results/improvement.csv: run the full benchmark "
                          "first, and not with --quick")
     n_tasks = args.tasks or (2 if args.quick else 4)
     n_seeds = args.seeds or (3 if args.quick else 5)
@@ -212,7 +216,7 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="improvement-"))
     dr = dr_policy(Path(args.dr_policy), args.family, args.quick, scratch)
     began = time.perf_counter()
-    methods = args.only or method_names()
+    methods = [] if args.render else args.only or method_names()
     rows: list[dict[str, object]] = []
     for split in SPLITS:
         for start in ("fresh", "train_init"):
@@ -235,8 +239,8 @@ def main() -> None:
     apply_minutes = (time.perf_counter() - began) / 60
     target = scratch if args.quick else RESULTS  # only the full run is committed
     curves_csv = target / "improvement.csv"
-    if args.only:
-        rows = merged(curves_csv, rows, set(args.only))
+    if committed:
+        rows = merged(curves_csv, rows, set(methods))
     with curves_csv.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -258,7 +262,7 @@ def main() -> None:
             table[label, split] = (iqm_ci(finals(in_split.where(method=label), budget)),
                                    reach_ratio(bands[label], bands[ppo], budget))
     figures_csv = target / "improvement_figures.csv"
-    figures = read_figures(figures_csv) if args.only else {}
+    figures = read_figures(figures_csv) if committed else {}
     figures.update(key_figures(curves, rows, table, budget, batch))
     if {"operator", "ppo"} <= set(methods):
         snapshots = training_snapshots(dataset)
@@ -267,10 +271,11 @@ def main() -> None:
             figures.update({f"{split}_{k}": f"{v:.2f}" for k, v in audit.items()})
             figures[f"{split}_memorization_ratio"] = (
                 f"{audit['operator_to_nearest_checkpoint'] / audit['ppo_seed_to_seed']:.3f}")
-    figures["operator_step_vs_ppo_update_time"] = f"{step_time_ratio(args.operator, args.family, args.ask_k):.3f}"
+    if not args.render:
+        figures["operator_step_vs_ppo_update_time"] = f"{step_time_ratio(args.operator, args.family, args.ask_k):.3f}"
     if args.only:
         figures["rerun"] = f"{' '.join(args.only)} on {time.strftime('%Y-%m-%d')}, {apply_minutes:.1f} min of apply"
-    else:
+    elif not args.render:
         figures["apply_wall_minutes"] = f"{apply_minutes:.1f}"
     summary = render(table, labels, figures, args, n_tasks, n_seeds, applications, batch, dataset)
     (target / "summary.md").write_text(summary)
@@ -286,7 +291,7 @@ def merged(curves_csv: Path, rows: list[dict[str, object]], rerun: set[str]) -> 
     count the code that wrote them did not have (such as ``guard_steps``): 0."""
     with curves_csv.open() as f:
         kept = [r for r in csv.DictReader(f) if r["method"].removesuffix(TRAIN_INIT) not in rerun]
-    columns = list(dict.fromkeys([*kept[0], *rows[0]])) if kept else list(rows[0])
+    columns = list(dict.fromkeys([*(kept[:1] or [{}])[0], *(rows[:1] or [{}])[0]]))
     return [{c: r.get(c, 0) for c in columns} for r in [*kept, *rows]]
 
 
