@@ -40,6 +40,8 @@ class PairConfig:
     """fraction of tasks held out for validation (whole tasks, never single pairs)"""
     seed: int = 0
     """seeds the task split and the transition subsamples"""
+    max_tasks: int | None = None
+    """use only the runs of each dataset's first N tasks by index (a task-count scaling study); default all"""
 
 
 @dataclass
@@ -145,6 +147,13 @@ def build_pairs(dataset: str | Path, config: PairConfig, features: FeatureConfig
     entries = load_manifest(dataset)
     if not entries:
         raise UserError(f"dataset {dataset} has no shards; run `metaimprove collect out={dataset}` first")
+    if config.max_tasks is not None:
+        indices = sorted({int(e["task"]["index"]) for e in entries})
+        if not 1 <= config.max_tasks <= len(indices):
+            raise UserError(f"pairs.max_tasks={config.max_tasks} but dataset {dataset} holds {len(indices)} tasks; "
+                            f"give 1 .. {len(indices)}")
+        kept = set(indices[:config.max_tasks])
+        entries = [e for e in entries if int(e["task"]["index"]) in kept]
     generator = torch.Generator().manual_seed(config.seed)
     parts: list[Pairs] = []
     for entry in entries:

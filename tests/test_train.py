@@ -201,3 +201,16 @@ def test_dataset_setting_takes_one_directory_a_list_or_a_comma_list() -> None:
     assert dataset_dirs(["a", "b"]) == dataset_dirs("a, b") == ["a", "b"]
     with pytest.raises(UserError, match="names no directory"):
         dataset_dirs(" , ")
+
+
+def test_max_tasks_keeps_the_first_tasks_runs_only(reference_dataset: pathlib.Path) -> None:
+    feats = FeatureConfig(n_transitions=32, n_states=16)
+    every = build_pairs(reference_dataset, PairConfig(ks=[1]), feats)
+    two = build_pairs(reference_dataset, PairConfig(ks=[1], max_tasks=2), feats)
+    assert sorted(set(every.task_of_pair)) == [f"halfcheetah_vel/train/{i}" for i in range(3)]
+    assert sorted(set(two.task_of_pair)) == ["halfcheetah_vel/train/0", "halfcheetah_vel/train/1"]
+    # Same pairs as the full dataset's for those tasks (2 seeds each): a subset, not a different collection.
+    kept = [i for i, t in enumerate(every.task_of_pair) if t != "halfcheetah_vel/train/2"]
+    assert torch.equal(two.targets, every.targets[kept])
+    with pytest.raises(UserError, match=r"pairs.max_tasks=4 but dataset .* holds 3 tasks; give 1 .. 3"):
+        build_pairs(reference_dataset, PairConfig(ks=[1], max_tasks=4), feats)

@@ -1,0 +1,111 @@
+"""Does more task diversity generalize better? Held-out return at budget B against the number of training tasks.
+
+Trains one operator per task count N on the runs of the first N tasks of one collection (``pairs.max_tasks=N``,
+every other training setting the default, as the shipped operator), applies each on the same held-out ``test``
+tasks from the same fresh starts with the same budget, and writes:
+
+* ``results/scaling.csv``: N, the tasks left for fitting after the validation split, the operator's IQM return
+  at B [95% CI], and PPO's and the start's on the same runs;
+* ``results/scaling.png``: the curve (N → IQM return at B with its CI), PPO and the start as bands.
+
+The collection is ``benchmarks/improvement.py``'s (32 tasks × 48 PPO updates; see its docstring to recreate it).
+Nothing is chosen on the test tasks: the ask (k = 4) is the one chosen for the shipped operator on validation tasks.
+
+    python benchmarks/scaling.py [--dataset runs/vel32x48] [--counts 4 8 16 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+from improvement import dataset_or_exit, finals, fmt
+
+from metaimprove.apply import ApplyConfig, apply, operator_batch
+from metaimprove.dataset import PairConfig
+from metaimprove.operator import OperatorCheckpoint
+from metaimprove.plot import read_curves
+from metaimprove.stats import iqm_ci
+from metaimprove.tasks import TaskConfig
+from metaimprove.train import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results"
+FIELDS = ["n_tasks", "train_tasks", "operator_at_B", "operator_iqm", "operator_lo", "operator_hi",
+          "train_minutes"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default=str(ROOT / "runs" / "vel32x48"))
+    parser.add_argument("--counts", type=int, nargs="+", default=[4, 8, 16, 32])
+    parser.add_argument("--tasks", type=int, default=4, help="held-out test tasks")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per test task")
+    parser.add_argument("--applications", type=int, default=30, help="budget B in operator batches")
+    parser.add_argument("--ask-k", type=int, default=4)
+    args = parser.parse_args()
+    dataset = dataset_or_exit(Path(args.dataset))
+    scratch = Path(tempfile.mkdtemp(prefix="scaling-"))
+    common = dict(task=TaskConfig("halfcheetah_vel"), split="test", n_tasks=args.tasks, seeds=args.seeds,
+                  applications=args.applications, ask_k=args.ask_k, workers=1)
+    rows, budget = [], 0.0
+    for i, n in enumerate(args.counts):
+        began = time.perf_counter()
+        checkpoint = train(TrainConfig(dataset=str(dataset), out=str(scratch / f"op{n}"),
+                                       pairs=PairConfig(max_tasks=n)))
+        minutes = (time.perf_counter() - began) / 60
+        _, ckpt = OperatorCheckpoint.load(checkpoint)
+        budget = float(args.applications * math.prod(operator_batch(ckpt)))
+        # PPO and the start do not depend on the operator: run them once, beside the first.
+        methods = ["operator", "ppo", "no_update"] if i == 0 else ["operator"]
+        out = scratch / f"apply{n}"
+        apply(ApplyConfig(operator_path=str(checkpoint), out=str(out), methods=methods, **common))  # type: ignore[arg-type]
+        curves = read_curves([out / "curves.csv"])
+        if i == 0:
+            peers = {m: iqm_ci(finals(curves.where(method=m), budget)) for m in ("ppo", "no_update")}
+        est = iqm_ci(finals(curves.where(method="operator"), budget))
+        rows.append({"n_tasks": n, "train_tasks": len(ckpt.tasks),
+                     "operator_at_B": fmt(est), "operator_iqm": f"{est.iqm:.2f}", "operator_lo": f"{est.lo:.2f}",
+                     "operator_hi": f"{est.hi:.2f}", "train_minutes": f"{minutes:.1f}"})
+        print(", ".join(f"{k}: {v}" for k, v in rows[-1].items()), flush=True)
+    with (RESULTS / "scaling.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*FIELDS, "ppo_at_B", "start_at_B", "budget_env_steps", "runs"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "ppo_at_B": fmt(peers["ppo"]), "start_at_B": fmt(peers["no_update"]),
+                             "budget_env_steps": int(budget), "runs": f"{args.tasks} test tasks × {args.seeds} seeds"})
+    plot(rows, peers, budget)
+    print(f"wrote {RESULTS / 'scaling.csv'} and {RESULTS / 'scaling.png'}")
+
+
+def plot(rows: list[dict[str, object]], peers: dict, budget: float) -> None:
+    """N → the operator's IQM return at B with 95% CIs; PPO's and the start's as horizontal bands."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    n = [int(r["n_tasks"]) for r in rows]  # type: ignore[call-overload]
+    iqm = [float(r["operator_iqm"]) for r in rows]  # type: ignore[arg-type]
+    lo = [float(r["operator_lo"]) for r in rows]  # type: ignore[arg-type]
+    hi = [float(r["operator_hi"]) for r in rows]  # type: ignore[arg-type]
+    ax.errorbar(n, iqm, yerr=[[m - a for m, a in zip(iqm, lo, strict=True)], [b - m for m, b in zip(iqm, hi,
+                strict=True)]], marker="o", capsize=3, color="C0", label="operator")
+    for name, color in (("ppo", "C1"), ("no_update", "0.5")):
+        est = peers[name]
+        ax.axhspan(est.lo, est.hi, color=color, alpha=0.2)
+        ax.axhline(est.iqm, color=color, lw=1, label="PPO" if name == "ppo" else "start (no update)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(n, [str(v) for v in n])
+    ax.set_xlabel("training tasks")
+    ax.set_ylabel(f"IQM return at B = {int(budget)} env steps")
+    ax.set_title("halfcheetah_vel, held-out test tasks", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "scaling.png", dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
