@@ -125,6 +125,29 @@ def _families() -> list[str]:
     ]
 
 
+def _scaling() -> list[str]:
+    """Held-out return at B against the number of training tasks (``benchmarks/scaling.py``)."""
+    rows = _rows("scaling.csv")
+    if not rows:
+        return []
+    first = rows[0]
+    return [
+        "### More training tasks, better held-out returns? (`benchmarks/scaling.py`)",
+        "",
+        f"One operator per task count N, trained on the first N tasks of the 32-task collection (the rest of the "
+        f"training settings as the shipped operator's), applied on {first['runs']} from fresh starts, B = "
+        f"{first['budget_env_steps']} env steps. PPO at B on the same runs: {first['ppo_at_B']}; the start: "
+        f"{first['start_at_B']}. IQM return at B with 95% CIs ([plot](results/scaling.png)).",
+        "",
+        "| training tasks N | fitted on (rest validate) | operator at B |",
+        "| --- | --- | --- |",
+        *(f"| {r['n_tasks']} | {r['train_tasks']} | {r['operator_at_B']} |" for r in rows),
+        "",
+        "![scaling](results/scaling.png)",
+        "",
+    ]
+
+
 def _latest_throughput() -> dict[str, str]:
     rows = _rows("throughput.csv")
     if not rows:
@@ -190,6 +213,7 @@ def section() -> str:
         ]
     out += _reliability()
     out += _improvement()
+    out += _scaling()
     out += _families()
     return "\n".join(out).rstrip() + "\n"
 
