@@ -214,12 +214,12 @@ class Point(NamedTuple):
 def operator_update(op: ImprovementOperator, ckpt: OperatorCheckpoint, task: AnyTask, ask: torch.Tensor,
                     generator: torch.Generator,
                     timings: list[float] | None = None) -> Callable[[Policy, Experience], Policy]:
-    """The operator as an update ``(θ, τ) -> θ'``: τ's observations are folded into θ's normalizer (as the
-    teacher does) and θ' = f(θ, τ, ask) for that normalizer."""
+    """The operator as an update ``(θ, τ) -> θ'`` on ``task``: τ's observations are folded into θ's normalizer (as
+    the teacher does) and θ' = f(θ, τ, ask) for that normalizer (an oracle operator also reads ``task``)."""
 
     def update(policy: Policy, exp: Experience) -> Policy:
         begin = time.perf_counter()
-        feats = encode(policy, exp, ckpt.features, generator)
+        feats = encode(policy, exp, ckpt.features, generator, task)
         with torch.no_grad():
             theta = op(stack([feats]), ask.unsqueeze(0))[0]
         if timings is not None:
@@ -519,6 +519,7 @@ def apply(config: ApplyConfig) -> Path:
     _, ckpt = OperatorCheckpoint.load(config.operator_path)
     tasks = _validate(config, ckpt)
     if any(m in OPERATOR_METHODS for m in config.methods):
+        ckpt.check_task(tasks[0])  # an oracle operator reads only its family's tasks (all of them share one)
         ckpt.default_ask(config.ask_k, config.ask_improvement)  # warn once, up front, if outside the trained range
     jobs = [Job(m, t, s) for t in tasks for s in range(config.seeds) for m in config.methods]
     workers = min(config.workers or os.cpu_count() or 1, len(jobs))

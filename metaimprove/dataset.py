@@ -9,7 +9,8 @@ where r̄ is the mean reward per step of a batch: the ask is labelled in hindsig
 θⁿ⁺ᵏ actually reached (as Decision Transformer and G.pt condition on outcomes). The operator's output
 goes with the normalizer Nⁿ⁺¹ (θⁿ's, updated with τⁿ: see :mod:`metaimprove.features`), so the target
 θⁿ⁺ᵏ is folded from its own normalizer Nⁿ⁺ᵏ into Nⁿ⁺¹ — the same policy, written in the output's
-coordinates. Validation holds out whole *tasks*.
+coordinates. Validation holds out whole *tasks*. With ``features.task_input`` each encoding also carries
+its task's vector (the oracle ablation), and every pair must then come from one task family.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class Pairs:
     """the teacher (name, config) that produced the runs"""
     batch_shape: tuple[int, ...] = ()
     """steps × environments of every τ (what the features are computed from)"""
+    task_family: str | None = None
+    """with ``features.task_input``: the family whose task vectors the items carry (None otherwise)"""
 
     def select(self, tasks: set[str]) -> torch.Tensor:
         """Indices of the pairs whose task is in ``tasks``."""
@@ -96,10 +99,11 @@ def run_pairs(t: dict[str, torch.Tensor], meta: dict[str, Any], config: PairConf
     n_iter = t["reward"].shape[0]
     norms = [ObsNormalizer(t["norm_mean"][n].double().numpy(), t["norm_var"][n].double().numpy())
              for n in range(n_iter + 1)]
-    items = [encode(Policy(spec, t["theta"][n].float(), norms[n]), _experience(t, n), features, generator)
+    task = Task.from_dict(meta["task"])
+    items = [encode(Policy(spec, t["theta"][n].float(), norms[n]), _experience(t, n), features, generator, task)
              for n in range(n_iter)]
     reward_rate = t["reward"].double().mean(dim=(1, 2))
-    name = Task.from_dict(meta["task"]).name
+    name = task.name
     targets, source, target_item, ask = [], [], [], []
     for n in range(n_iter):
         for k in config.ks:
@@ -119,15 +123,21 @@ def run_pairs(t: dict[str, torch.Tensor], meta: dict[str, Any], config: PairConf
         task_of_pair=[name] * len(source),
         teacher=meta["teacher"],
         batch_shape=tuple(t["reward"].shape[1:]),
+        task_family=task.family if features.task_input else None,
     )
 
 
 def concat_pairs(parts: list[Pairs]) -> Pairs:
     """One :class:`Pairs` holding every part's items and pairs (indices shifted); the first part's teacher.
 
-    The parts must share the policy spec and the experience batch shape (callers name the sources in errors).
+    The parts must share the policy spec and the experience batch shape (callers name the sources in errors);
+    parts that carry task vectors must share their family (a vector's entries mean different things in another).
     """
     first = parts[0]
+    families = sorted({p.task_family for p in parts if p.task_family is not None})
+    if len(families) > 1:
+        raise UserError(f"features.task_input reads one family's task vectors, but the pairs come from {families}; "
+                        "train an oracle operator on one family")
     offsets = np.cumsum([0] + [len(p.items["theta"]) for p in parts[:-1]]).tolist()
     return Pairs(
         spec=first.spec,
@@ -139,6 +149,7 @@ def concat_pairs(parts: list[Pairs]) -> Pairs:
         task_of_pair=[name for p in parts for name in p.task_of_pair],
         teacher=first.teacher,
         batch_shape=first.batch_shape,
+        task_family=first.task_family,
     )
 
 

@@ -4,7 +4,8 @@ The observation normalizer is part of the policy's state. Like the PPO teacher, 
 first folds τ's observations into the normalizer (a closed-form part of the update that is computed,
 not learned) and then works in the coordinates of that updated normalizer N': θ' is the policy for
 N'. Everything here is a function of (θ, τ) alone — no task identity — so the operator must infer the
-world from the experience, as domain randomization intends:
+world from the experience, as domain randomization intends (``task_input`` is the oracle ablation that
+adds the task itself):
 
 * ``theta``: θ, read in N' coordinates
 * ``grad``: the policy-gradient direction of τ (REINFORCE with a linear state-time baseline, as rllab's
@@ -14,6 +15,7 @@ world from the experience, as domain randomization intends:
 * ``transitions``: a fixed-size subsample of (normalized obs, z-scored action, reward, advantage, phase)
 * ``returns``: mean and spread over environments of the mean reward per step
 * ``states`` (raw observations) with ``norm_mean``/``norm_std`` (N'), for the behavioural loss only
+* ``task`` (only with ``task_input``): :func:`task_vector` of the task τ was collected on
 """
 
 from __future__ import annotations
@@ -24,8 +26,12 @@ import numpy as np
 import torch
 from torch.func import grad, vmap
 
+from metaimprove.baselines import task_coordinates
+from metaimprove.envs import AnyTask
+from metaimprove.errors import UserError
 from metaimprove.policy import NORM_EPS, OBS_CLIP, ObsNormalizer, Policy, PolicySpec, forward, log_prob
 from metaimprove.rollout import Experience
+from metaimprove.tasks import Task
 
 Features = dict[str, torch.Tensor]
 """One encoded (θ, τ) (keys in the module docstring); a batch stacks a leading dimension on each."""
@@ -45,6 +51,21 @@ class FeatureConfig:
     """discount of the reward-to-go behind the policy-gradient direction"""
     baseline_ridge: float = 1e-3
     """ridge penalty of the linear state-time value baseline"""
+    task_input: bool = False
+    """oracle ablation: also give the operator the task itself (its normalized parameters and physics scales)"""
+
+
+def task_vector(task: AnyTask) -> torch.Tensor:
+    """The task as the oracle operator reads it ``[D]``: :func:`~metaimprove.baselines.task_coordinates` (the
+    normalization of the oracle task distance: a task parameter over the width of its training range, a physics
+    scale ``base ** u`` as ``u`` over the width of ``u``'s training range) flattened in the family's order.
+
+    A user's env (``apply env=``) has no task parameters, so an oracle operator cannot run on it.
+    """
+    if not isinstance(task, Task):
+        raise UserError(f"an operator trained with features.task_input=true reads the task's parameters, and the "
+                        f"user env {task.name} has none; apply it on tasks of its family (task=<family>)")
+    return torch.cat([torch.as_tensor(v, dtype=torch.float32) for v in task_coordinates(task).values()])
 
 
 def transition_dim(spec: PolicySpec) -> int:
@@ -101,8 +122,10 @@ def next_normalizer(policy: Policy, exp: Experience) -> ObsNormalizer:
     return norm
 
 
-def encode(policy: Policy, exp: Experience, config: FeatureConfig, generator: torch.Generator) -> Features:
-    """Encode θ (``policy``, which collected ``exp``) and τ (``exp``) for the operator, in N' coordinates."""
+def encode(policy: Policy, exp: Experience, config: FeatureConfig, generator: torch.Generator,
+           task: AnyTask | None = None) -> Features:
+    """Encode θ (``policy``, which collected ``exp``) and τ (``exp``) for the operator, in N' coordinates; with
+    ``config.task_input`` also ``task``, the task τ was collected on."""
     spec = policy.spec
     norm = next_normalizer(policy, exp)
     T, E = exp.reward.shape
@@ -121,7 +144,7 @@ def encode(policy: Policy, exp: Experience, config: FeatureConfig, generator: to
     # Per-environment mean reward: always defined (unlike completed-episode returns) and equal in training
     # data and at apply time.
     per_step = exp.reward.mean(0)
-    return {
+    feats = {
         "theta": policy.theta.float(),
         "grad": g / (g_norm / spec.n_params**0.5 + 1e-12),
         "grad_log_norm": torch.log(g_norm + 1e-12).reshape(1),
@@ -132,6 +155,11 @@ def encode(policy: Policy, exp: Experience, config: FeatureConfig, generator: to
         "norm_mean": torch.as_tensor(norm.mean, dtype=torch.float32),
         "norm_std": torch.as_tensor(np.sqrt(norm.var + NORM_EPS), dtype=torch.float32),
     }
+    if config.task_input:
+        if task is None:
+            raise UserError("features.task_input=true: the operator reads the task, so encode needs task=")
+        feats["task"] = task_vector(task)
+    return feats
 
 
 def normalize_states(raw: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,9 @@ statistics, the size of the policy gradient) and the ask into a context vector, 
 
 The ask is ``[log2 k, requested return improvement per step]``: "do the work of k teacher updates and
 gain this much". Both are zero-initialized at the output so an untrained operator returns θ unchanged.
+
+With ``features.task_input`` (the oracle ablation) the task's vector (:func:`~metaimprove.features.task_vector`)
+joins the set encoder's pooled τ before its head, so both architectures see it through the context.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from metaimprove.envs import AnyTask
 from metaimprove.errors import UserError
-from metaimprove.features import SNR_CLIP, FeatureConfig, Features, transition_dim
+from metaimprove.features import SNR_CLIP, FeatureConfig, Features, task_vector, transition_dim
 from metaimprove.policy import PolicySpec
 from metaimprove.storage import load_tensors, save_tensors
+from metaimprove.tasks import Task
 
 ARCHS = ("flat", "per_param")
 ASK_DIM = 2
@@ -71,18 +76,20 @@ def _mlp(sizes: list[int], final_zero: bool = False) -> nn.Sequential:
 
 
 class ContextEncoder(nn.Module):
-    """τ and the ask → a context vector: a DeepSets encoder (mean and max pool) over transitions."""
+    """τ, the ask (and the task's vector, ``task_dim`` wide, if any) → a context vector: a DeepSets encoder (mean
+    and max pool) over transitions."""
 
-    def __init__(self, spec: PolicySpec, config: OperatorConfig) -> None:
+    def __init__(self, spec: PolicySpec, config: OperatorConfig, task_dim: int = 0) -> None:
         super().__init__()
         h = config.hidden
+        self.task_dim = task_dim
         self.point = _mlp([transition_dim(spec), h, h])
-        self.head = _mlp([2 * h + 2 + 1 + ASK_DIM, h, config.context_dim])
+        self.head = _mlp([2 * h + 2 + 1 + ASK_DIM + task_dim, h, config.context_dim])
 
     def forward(self, feats: Features, ask: torch.Tensor) -> torch.Tensor:
         h = self.point(feats["transitions"])
-        pooled = torch.cat([h.mean(-2), h.amax(-2)], dim=-1)
-        return self.head(torch.cat([pooled, feats["returns"], feats["grad_log_norm"], ask], dim=-1))
+        parts = [h.mean(-2), h.amax(-2), feats["returns"], feats["grad_log_norm"], ask]
+        return self.head(torch.cat([*parts, feats["task"]] if self.task_dim else parts, dim=-1))
 
 
 class FlatOperator(nn.Module):
@@ -155,15 +162,16 @@ class ImprovementOperator(nn.Module):
     Args:
         spec: the policy architecture it improves.
         config: the operator architecture.
+        task_dim: width of the task vector it reads (``features.task_input``); 0: it reads no task.
     """
 
-    def __init__(self, spec: PolicySpec, config: OperatorConfig) -> None:
+    def __init__(self, spec: PolicySpec, config: OperatorConfig, task_dim: int = 0) -> None:
         super().__init__()
         if config.arch not in ARCHS:
             raise UserError(f"unknown operator architecture '{config.arch}'; choose one of {list(ARCHS)}")
         self.spec = spec
         self.config = config
-        self.context = ContextEncoder(spec, config)
+        self.context = ContextEncoder(spec, config, task_dim)
         self.update = (FlatOperator if config.arch == "flat" else PerParamOperator)(spec, config)
 
     def forward(self, feats: Features, ask: torch.Tensor) -> torch.Tensor:
@@ -193,17 +201,40 @@ class OperatorCheckpoint:
     """training tasks (never evaluate on these)"""
     teacher: dict[str, Any]
     """name and config of the teacher the pairs came from (its batch size is the operator's)"""
+    task_family: str | None = None
+    """with ``features.task_input``: the family whose task vectors the operator reads (None otherwise)"""
+    task_dim: int = 0
+    """with ``features.task_input``: the width of those task vectors (0 otherwise)"""
 
     @staticmethod
     def from_training(features: FeatureConfig, operator: OperatorConfig, spec: PolicySpec, ks: list[int],
-                      asks: torch.Tensor, tasks: list[str], teacher: dict[str, Any]) -> OperatorCheckpoint:
+                      asks: torch.Tensor, tasks: list[str], teacher: dict[str, Any], task_family: str | None = None,
+                      task_dim: int = 0) -> OperatorCheckpoint:
         """The checkpoint description of an operator trained on pairs with hindsight ``asks [n, 2]``."""
         quantiles = {}
         for k in ks:
             sel = asks[asks[:, 0] == math.log2(k), 1]
             if len(sel):
                 quantiles[k] = [float(q) for q in torch.quantile(sel, torch.tensor([0.1, 0.5, 0.9]))]
-        return OperatorCheckpoint(spec, operator, features, list(ks), quantiles, tasks, teacher)
+        return OperatorCheckpoint(spec, operator, features, list(ks), quantiles, tasks, teacher, task_family, task_dim)
+
+    def new_operator(self) -> ImprovementOperator:
+        """An (untrained) operator of the architecture this checkpoint describes."""
+        return ImprovementOperator(self.spec, self.operator, self.task_dim)
+
+    def check_task(self, task: AnyTask) -> None:
+        """Refuse a task the operator cannot read: an oracle operator (``features.task_input``) reads only tasks
+        of its training family (one-line :class:`UserError`; a user env has no task vector at all)."""
+        if not self.features.task_input:
+            return
+        if not isinstance(task, Task):
+            raise UserError(f"this operator reads the task's parameters (trained with features.task_input=true), and "
+                            f"the user env {task.name} has none; apply it on task={self.task_family}")
+        width = len(task_vector(task))
+        if (task.family, width) != (self.task_family, self.task_dim):
+            raise UserError(f"this operator reads task vectors of {self.task_family} ({self.task_dim} wide; trained "
+                            f"with features.task_input=true), not of {task.family} ({width} wide); apply it on "
+                            f"task={self.task_family}")
 
     def default_ask(self, k: int | None = None, improvement: float | None = None) -> torch.Tensor:
         """The ask ``[2]``: jump ``k`` (default the largest trained) and the requested improvement per step
@@ -240,6 +271,8 @@ class OperatorCheckpoint:
             "ask_quantiles": {str(k): v for k, v in self.ask_quantiles.items()},
             "tasks": self.tasks,
             "teacher": self.teacher,
+            "task_family": self.task_family,
+            "task_dim": self.task_dim,
             "summary": summary,
         }
 
@@ -263,14 +296,14 @@ class OperatorCheckpoint:
             # Shapes are compared on the meta device first, so that a forged size cannot make us allocate.
             with torch.device("meta"):
                 expected = {f"operator.{k}": tuple(v.shape)
-                            for k, v in ImprovementOperator(ckpt.spec, ckpt.operator).state_dict().items()}
+                            for k, v in ckpt.new_operator().state_dict().items()}
             found = {k: tuple(v.shape) for k, v in tensors.items()}
             if found != expected:
                 wrong = sorted(set(found) ^ set(expected)) or sorted(k for k in found if found[k] != expected[k])
                 raise ValueError(f"its weights do not fit the architecture its metadata describes ({wrong[0]})")
             if not all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point()):
                 raise ValueError("its weights hold NaN or infinite values")
-            op = ImprovementOperator(ckpt.spec, ckpt.operator)
+            op = ckpt.new_operator()
             op.load_state_dict({k.removeprefix("operator."): v for k, v in tensors.items()}, strict=True)
         except (KeyError, TypeError, ValueError, RuntimeError, UserError) as exc:
             raise UserError(f"operator checkpoint {path} is invalid: {str(exc).splitlines()[0]}") from exc
@@ -282,6 +315,7 @@ class OperatorCheckpoint:
 # every parameter, so a forged size must not make loading allocate gigabytes.
 MAX_POLICY_PARAMS = 10_000_000
 MAX_K = 1 << 20
+MAX_TASK_DIM = 65536
 
 
 def _checkpoint_from_meta(meta: dict[str, Any]) -> OperatorCheckpoint:
@@ -336,7 +370,15 @@ def _checkpoint_from_meta(meta: dict[str, Any]) -> OperatorCheckpoint:
     if not (isinstance(teacher, dict) and isinstance(teacher.get("name"), str)
             and isinstance(teacher.get("config", {}), dict)):
         raise ValueError("teacher must be a mapping with a string name and a config mapping")
-    return OperatorCheckpoint(spec, operator, features, ks, quantiles, tasks, teacher)
+    # Checkpoints from before the oracle ablation have neither key: they read no task.
+    task_family, task_dim = meta.get("task_family"), meta.get("task_dim", 0)
+    if features.task_input and not (isinstance(task_family, str) and task_family and _is_int(task_dim)
+                                    and 1 <= task_dim <= MAX_TASK_DIM):
+        raise ValueError(f"features.task_input needs a task_family name and a task_dim in [1, {MAX_TASK_DIM}], got "
+                         f"{task_family!r} and {task_dim!r}")
+    if not features.task_input and (task_family is not None or task_dim != 0):
+        raise ValueError(f"task_family / task_dim ({task_family!r}, {task_dim!r}) without features.task_input")
+    return OperatorCheckpoint(spec, operator, features, ks, quantiles, tasks, teacher, task_family, task_dim)
 
 
 def _is_int(value: Any) -> bool:

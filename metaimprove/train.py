@@ -12,6 +12,9 @@ from the current best weights (with a fresh optimizer and early stopping): the a
 everything the previous fit learned from, so it starts close to a good solution, and on 2 cores a refit from
 scratch would cost as much as the first fit every round. ``dataset`` may name several datasets (e.g. PPO and
 ARS collections of one family): their union is trained on, and their policy specs and batch shapes must agree.
+``features.task_input=true`` trains the oracle ablation: the operator also reads each pair's task
+(:func:`~metaimprove.features.task_vector`), so it need not infer the world from τ; the datasets must then hold
+one family, and the checkpoint records it.
 """
 
 from __future__ import annotations
@@ -227,11 +230,16 @@ class _Trainer:
 
     def __init__(self, config: TrainConfig, pairs: Pairs, train_tasks: set[str], val_tasks: set[str]) -> None:
         self.config, self.pairs, self.train_tasks, self.val_tasks = config, pairs, train_tasks, val_tasks
-        self.op = ImprovementOperator(pairs.spec, config.operator)
+        task_dim = pairs.items["task"].shape[-1] if config.features.task_input else 0
+        if config.features.task_input and not task_dim:
+            raise UserError(f"features.task_input=true, but family {pairs.task_family} randomizes nothing: there is "
+                            "no task vector to give the operator")
         # The ask range comes from the source pairs only: relabeled pairs must not move apply's default ask.
         self.checkpoint = OperatorCheckpoint.from_training(config.features, config.operator, pairs.spec,
                                                            config.pairs.ks, pairs.ask[pairs.select(train_tasks)],
-                                                           sorted(train_tasks), pairs.teacher)
+                                                           sorted(train_tasks), pairs.teacher, pairs.task_family,
+                                                           task_dim)
+        self.op = self.checkpoint.new_operator()
         self.out = Path(config.out)
         self.path = self.out / "operator.safetensors"
         self.rows: list[dict[str, float]] = []
