@@ -148,6 +148,28 @@ def _scaling() -> list[str]:
     ]
 
 
+def _ablations() -> list[str]:
+    """One row per variant of the shipped operator on held-out tasks (``benchmarks/ablations.py``)."""
+    rows = _rows("ablations.csv")
+    if not rows:
+        return []
+    first = rows[0]
+    return [
+        "### What does each part of the operator buy? (`benchmarks/ablations.py`)",
+        "",
+        f"Each variant trained on the shipped operator's collection with every other setting the default (the "
+        f"baseline `per_param` is the shipped operator's settings), applied on {first['runs']} from fresh starts, "
+        f"B = {first['budget_env_steps']} env steps. PPO at B on the same runs: {first['ppo_at_B']}; the start: "
+        f"{first['start_at_B']}. IQM return at B with 95% CIs; a verdict needs non-overlapping CIs.",
+        "",
+        "| variant | what changed | operator at B | vs baseline | vs PPO | training minutes |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *(f"| `{r['variant']}` | {r['changed']} | {r['operator_at_B']} | {r['vs_baseline']} | **{r['vs_ppo']}** | "
+          f"{r['train_minutes']} |" for r in rows),
+        "",
+    ]
+
+
 def _latest_throughput() -> dict[str, str]:
     rows = _rows("throughput.csv")
     if not rows:
@@ -214,6 +236,7 @@ def section() -> str:
     out += _reliability()
     out += _improvement()
     out += _scaling()
+    out += _ablations()
     out += _families()
     return "\n".join(out).rstrip() + "\n"
 

@@ -18,21 +18,16 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import tempfile
-import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-from improvement import dataset_or_exit, finals, fmt
+from heldout import add_arguments, apply_settings, at_budget, timed_train
+from improvement import dataset_or_exit, fmt
 
-from metaimprove.apply import ApplyConfig, apply, operator_batch
 from metaimprove.dataset import PairConfig
 from metaimprove.operator import OperatorCheckpoint
-from metaimprove.plot import read_curves
-from metaimprove.stats import iqm_ci
-from metaimprove.tasks import TaskConfig
-from metaimprove.train import TrainConfig, train
+from metaimprove.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
@@ -42,33 +37,22 @@ FIELDS = ["n_tasks", "train_tasks", "operator_at_B", "operator_iqm", "operator_l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default=str(ROOT / "runs" / "vel32x48"))
+    add_arguments(parser)
     parser.add_argument("--counts", type=int, nargs="+", default=[4, 8, 16, 32])
-    parser.add_argument("--tasks", type=int, default=4, help="held-out test tasks")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per test task")
-    parser.add_argument("--applications", type=int, default=30, help="budget B in operator batches")
-    parser.add_argument("--ask-k", type=int, default=4)
     args = parser.parse_args()
     dataset = dataset_or_exit(Path(args.dataset))
     scratch = Path(tempfile.mkdtemp(prefix="scaling-"))
-    common = dict(task=TaskConfig("halfcheetah_vel"), split="test", n_tasks=args.tasks, seeds=args.seeds,
-                  applications=args.applications, ask_k=args.ask_k, workers=1)
     rows, budget = [], 0.0
     for i, n in enumerate(args.counts):
-        began = time.perf_counter()
-        checkpoint = train(TrainConfig(dataset=str(dataset), out=str(scratch / f"op{n}"),
-                                       pairs=PairConfig(max_tasks=n)))
-        minutes = (time.perf_counter() - began) / 60
+        checkpoint, minutes = timed_train(TrainConfig(dataset=str(dataset), out=str(scratch / f"op{n}"),
+                                                      pairs=PairConfig(max_tasks=n)))
         _, ckpt = OperatorCheckpoint.load(checkpoint)
-        budget = float(args.applications * math.prod(operator_batch(ckpt)))
         # PPO and the start do not depend on the operator: run them once, beside the first.
         methods = ["operator", "ppo", "no_update"] if i == 0 else ["operator"]
-        out = scratch / f"apply{n}"
-        apply(ApplyConfig(operator_path=str(checkpoint), out=str(out), methods=methods, **common))  # type: ignore[arg-type]
-        curves = read_curves([out / "curves.csv"])
+        estimates, budget = at_budget(checkpoint, scratch / f"apply{n}", methods, apply_settings(args))
         if i == 0:
-            peers = {m: iqm_ci(finals(curves.where(method=m), budget)) for m in ("ppo", "no_update")}
-        est = iqm_ci(finals(curves.where(method="operator"), budget))
+            peers = {m: estimates[m] for m in ("ppo", "no_update")}
+        est = estimates["operator"]
         rows.append({"n_tasks": n, "train_tasks": len(ckpt.tasks),
                      "operator_at_B": fmt(est), "operator_iqm": f"{est.iqm:.2f}", "operator_lo": f"{est.lo:.2f}",
                      "operator_hi": f"{est.hi:.2f}", "train_minutes": f"{minutes:.1f}"})
