@@ -1,7 +1,7 @@
 """Train an operator variant and measure it on held-out tasks: shared by ``scaling.py`` and ``ablations.py``.
 
 Every variant is applied on the same held-out ``test`` tasks from the same fresh starts with the same budget B
-(``applications`` batches of the operator's teacher), one worker, and scored by the IQM of its runs' returns at
+(``applications`` batches of the operator's teacher), and scored by the IQM of its runs' returns at
 B with a 95% stratified-bootstrap CI. The ask (k = 4) is the one chosen for the shipped operator on validation
 tasks (``benchmarks/improvement.py``), never on the test tasks.
 """
@@ -34,12 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per test task")
     parser.add_argument("--applications", type=int, default=30, help="budget B in operator batches")
     parser.add_argument("--ask-k", type=int, default=4, help="jump size the operators are asked for")
+    parser.add_argument("--workers", type=int, default=1, help="parallel apply processes (results do not depend on it)")
 
 
 def apply_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The :class:`ApplyConfig` settings of the held-out runs the options describe (operator and methods aside)."""
     return dict(task=TaskConfig("halfcheetah_vel"), split="test", n_tasks=args.tasks, seeds=args.seeds,
-                applications=args.applications, ask_k=args.ask_k, workers=1)
+                applications=args.applications, ask_k=args.ask_k, workers=args.workers)
 
 
 def timed_train(config: TrainConfig) -> tuple[Path, float]:

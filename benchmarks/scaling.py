@@ -57,14 +57,22 @@ def main() -> None:
                      "operator_at_B": fmt(est), "operator_iqm": f"{est.iqm:.2f}", "operator_lo": f"{est.lo:.2f}",
                      "operator_hi": f"{est.hi:.2f}", "train_minutes": f"{minutes:.1f}"})
         print(", ".join(f"{k}: {v}" for k, v in rows[-1].items()), flush=True)
-    with (RESULTS / "scaling.csv").open("w", newline="") as f:
+        # After every count: a run stopped later keeps the points it measured.
+        write(rows, peers, budget, f"{args.tasks} test tasks × {args.seeds} seeds")
+        plot(rows, peers, budget)
+    print(f"wrote {RESULTS / 'scaling.csv'} and {RESULTS / 'scaling.png'}")
+
+
+def write(rows: list[dict[str, object]], peers: dict, budget: float, runs: str) -> None:
+    """``results/scaling.csv`` (written to a temporary file, then moved into place)."""
+    tmp = RESULTS / "scaling.csv.tmp"
+    with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*FIELDS, "ppo_at_B", "start_at_B", "budget_env_steps", "runs"])
         writer.writeheader()
         for row in rows:
             writer.writerow({**row, "ppo_at_B": fmt(peers["ppo"]), "start_at_B": fmt(peers["no_update"]),
-                             "budget_env_steps": int(budget), "runs": f"{args.tasks} test tasks × {args.seeds} seeds"})
-    plot(rows, peers, budget)
-    print(f"wrote {RESULTS / 'scaling.csv'} and {RESULTS / 'scaling.png'}")
+                             "budget_env_steps": int(budget), "runs": runs})
+    tmp.replace(RESULTS / "scaling.csv")
 
 
 def plot(rows: list[dict[str, object]], peers: dict, budget: float) -> None:
