@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from kill_resume import write_rows
 
 from metaimprove.apply import ApplyConfig, apply, method_names, operator_batch, start_policy, starts_from_theta0
 from metaimprove.baselines import DRConfig, train_dr
@@ -281,9 +282,26 @@ def main() -> None:
     (target / "summary.md").write_text(summary)
     with figures_csv.open("w", newline="") as f:
         csv.writer(f).writerows([["name", "value"], *figures.items()])
+    if not args.quick and "operator_guarded" in methods:
+        write_rows("guarded_apply", guard_rows(figures, args))
     for name, value in figures.items():
         print(f"{name}: {value}")
     print(f"outputs: {target}")
+
+
+def guard_rows(figures: dict[str, str], args: argparse.Namespace) -> dict[str, tuple[object, str]]:
+    """The guarded operator's record as ``results/reliability.csv`` rows (name → (value, note))."""
+    setting = (f"{args.family} test+ood, fresh+train_init starts, guard_threshold {args.guard_threshold:g}, "
+               f"guard_episodes {args.guard_episodes}, guard_margin {args.guard_margin:g}")
+    return {
+        "guarded_runs_ending_below_start": (figures["operator_guarded_runs_ending_below_start"], setting),
+        "unguarded_runs_ending_below_start": (figures["operator_runs_ending_below_start"], "the same runs, no guard"),
+        "guarded_worst_final_minus_start": (figures["operator_guarded_worst_final_minus_start"], ""),
+        "guard_fallbacks_per_run": (figures["guard_fallbacks_per_run"], "rollbacks to a teacher step"),
+        "guard_rejected_env_steps_share_of_budget": (figures["guard_rejected_env_steps_share_of_budget"], ""),
+        "guard_verification_env_steps_share_of_budget": (figures["guard_verification_env_steps_share_of_budget"],
+                                                         "deterministic verification episodes"),
+    }
 
 
 def merged(curves_csv: Path, rows: list[dict[str, object]], rerun: set[str]) -> list[dict[str, object]]:
