@@ -125,19 +125,22 @@ def _families() -> list[str]:
     ]
 
 
+def _held_out_runs(first: dict[str, str]) -> str:
+    """How a held-out comparison (``benchmarks/heldout.py``) ran, and its peers' figures."""
+    return (f"applied on {first['runs']} from fresh starts, B = {first['budget_env_steps']} env steps. PPO at B on "
+            f"the same runs: {first['ppo_at_B']}; the start: {first['start_at_B']}. IQM return at B with 95% CIs")
+
+
 def _scaling() -> list[str]:
     """Held-out return at B against the number of training tasks (``benchmarks/scaling.py``)."""
     rows = _rows("scaling.csv")
     if not rows:
         return []
-    first = rows[0]
     return [
         "### More training tasks, better held-out returns? (`benchmarks/scaling.py`)",
         "",
-        f"One operator per task count N, trained on the first N tasks of the 32-task collection (the rest of the "
-        f"training settings as the shipped operator's), applied on {first['runs']} from fresh starts, B = "
-        f"{first['budget_env_steps']} env steps. PPO at B on the same runs: {first['ppo_at_B']}; the start: "
-        f"{first['start_at_B']}. IQM return at B with 95% CIs ([plot](results/scaling.png)).",
+        "One operator per task count N, trained on the first N tasks of the 32-task collection (the rest of the "
+        f"training settings as the shipped operator's), {_held_out_runs(rows[0])} ([plot](results/scaling.png)).",
         "",
         "| training tasks N | fitted on (rest validate) | operator at B |",
         "| --- | --- | --- |",
@@ -153,14 +156,12 @@ def _ablations() -> list[str]:
     rows = _rows("ablations.csv")
     if not rows:
         return []
-    first = rows[0]
     return [
         "### What does each part of the operator buy? (`benchmarks/ablations.py`)",
         "",
-        f"Each variant trained on the shipped operator's collection with every other setting the default (the "
-        f"baseline `per_param` is the shipped operator's settings), applied on {first['runs']} from fresh starts, "
-        f"B = {first['budget_env_steps']} env steps. PPO at B on the same runs: {first['ppo_at_B']}; the start: "
-        f"{first['start_at_B']}. IQM return at B with 95% CIs; a verdict needs non-overlapping CIs.",
+        "Each variant trained on the shipped operator's collection with every other setting the default (the "
+        f"baseline `per_param` is the shipped operator's settings), {_held_out_runs(rows[0])}; a verdict needs "
+        "non-overlapping CIs.",
         "",
         "| variant | what changed | operator at B | vs baseline | vs PPO | training minutes |",
         "| --- | --- | --- | --- | --- | --- |",
