@@ -24,7 +24,7 @@ and its JSON meta holds the task, the teacher (name and config), seed, iteration
 spec, package and format versions.
 
 Runs execute in a pool of spawned worker processes (``executor=local``) or as one Ray task per run
-(``executor=ray``, ``ray_address=auto|host:port``; every node must see ``out`` on a shared file
+(``executor=ray``, ``ray.address=auto|host:port``; every node must see ``out`` on a shared file
 system). Either way each run is single-threaded and reseeds every global RNG, so a shard depends on
 its task, seed and config only, never on the executor, the worker count or on which runs a worker did
 before: the two executors write byte-identical datasets. Workers write their shards; the parent alone
@@ -91,10 +91,18 @@ RUN_LEFTOVERS = {".hydra", "MUJOCO_LOG.TXT"}
 ENTRY_KEYS = ("shard", "task_name", "task", "teacher", "seed", "iterations", "sha256")
 EXECUTORS = ("local", "ray")
 # Settings that decide where and how fast runs execute, never what they produce: not part of config.yaml.
-EXECUTION_SETTINGS = ("out", "workers", "executor", "ray_address")
+EXECUTION_SETTINGS = ("out", "workers", "executor", "ray")
 # A Ray task whose worker process dies (a node lost, OOM-killed) is rerun this many times; its shard
 # path is fixed by the run and written atomically, so a rerun replaces, never duplicates, its files.
 RAY_MAX_RETRIES = 3
+
+
+@dataclass
+class RayConfig:
+    """Where ``executor=ray`` runs."""
+
+    address: str | None = None
+    """null starts a Ray instance on this machine, 'auto' joins the running cluster, or host:port"""
 
 
 @dataclass
@@ -123,8 +131,8 @@ class CollectConfig:
     """parallel worker processes; 0 = one per CPU (results do not depend on it; executor=local only)"""
     executor: str = "local"
     """where runs execute: 'local' (a process pool) or 'ray' (one Ray task per run; pip install metaimprove[ray])"""
-    ray_address: str | None = None
-    """executor=ray: null starts a Ray instance on this machine, 'auto' joins the running cluster, or host:port"""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """executor=ray: the cluster (ray.address=auto|host:port; unset: a Ray instance on this machine)"""
     out: str = MISSING
     """dataset directory, also the run directory (default runs/collect/<date>_<time>); rerun to resume"""
 
@@ -139,8 +147,8 @@ class CollectConfig:
             (len(self.hidden) >= 1 and min(self.hidden) >= 1, f"hidden sizes must be >= 1, got {list(self.hidden)}"),
             (self.workers >= 0, f"workers must be >= 0 (0 = one per CPU), got {self.workers}"),
             (self.executor in EXECUTORS, f"executor must be one of {list(EXECUTORS)}, got '{self.executor}'"),
-            (self.ray_address is None or self.executor == "ray",
-             f"ray_address={self.ray_address} needs executor=ray"),
+            (self.ray.address is None or self.executor == "ray",
+             f"ray.address={self.ray.address} needs executor=ray"),
         ]
         for ok, message in checks:
             if not ok:
@@ -206,7 +214,7 @@ def collect(cfg: CollectConfig) -> None:
     if root.exists():
         _check_config(root, settings)
     # Ray is started (or joined) before anything is written, so that a missing Ray or cluster leaves nothing.
-    session = _ray_session(cfg.ray_address) if cfg.executor == "ray" else contextlib.nullcontext()
+    session = _ray_session(cfg.ray.address) if cfg.executor == "ray" else contextlib.nullcontext()
     with session:
         root.mkdir(parents=True, exist_ok=True)
         with _exclusive(root):
@@ -284,8 +292,8 @@ def _ray_session(address: str | None) -> Iterator[None]:
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UserError(f"cannot reach a Ray cluster at ray_address={address} ({str(exc).splitlines()[0]}); "
-                        "start one with `ray start --head` or leave ray_address unset for a local one") from exc
+        raise UserError(f"cannot reach a Ray cluster at ray.address={address} ({str(exc).splitlines()[0]}); "
+                        "start one with `ray start --head` or leave ray.address unset for a local one") from exc
     try:
         yield
     finally:

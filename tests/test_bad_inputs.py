@@ -83,7 +83,7 @@ CASES: list[tuple[str, Callable[[pathlib.Path, pathlib.Path], list[str]], str]] 
     ("impossible apply counts", lambda f, r: ["apply", f"operator_path={_operator(f)}", "seeds=0"],
      "must all be >= 1"),
     ("unknown executor", lambda f, r: ["collect", "executor=dask"], "executor must be one of"),
-    ("ray address without ray", lambda f, r: ["collect", "ray_address=auto"], "needs executor=ray"),
+    ("ray address without ray", lambda f, r: ["collect", "ray.address=auto"], "needs executor=ray"),
     ("missing dataset", lambda f, r: ["train", f"dataset={f / 'nowhere'}"], "nowhere"),
     ("missing checkpoint", lambda f, r: ["apply", f"operator_path={f / 'nowhere.safetensors'}"],
      "nowhere.safetensors is missing"),
