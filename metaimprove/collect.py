@@ -47,6 +47,7 @@ import os
 import random
 import re
 import signal
+import socket
 import typing
 from collections.abc import Generator, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -278,6 +279,18 @@ def _execute(jobs: list[_Job], workers: int, progress: _Progress) -> Generator[d
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """A one-line UserError now when ``host:port`` accepts no connection: Ray itself keeps retrying for minutes."""
+    if address is None or address == "auto" or ":" not in address:
+        return
+    host, port = address.removeprefix("ray://").rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot reach a Ray cluster at ray.address={address} ({exc}); start one with "
+                        "`ray start --head` or leave ray.address unset for a local one") from None
+
+
 @contextlib.contextmanager
 def _ray_session(address: str | None) -> Iterator[None]:
     """Use the Ray instance this process already initialized, else join ``address`` (None: start a local one,
@@ -289,9 +302,10 @@ def _ray_session(address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
+    _check_reachable(address)
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
         raise UserError(f"cannot reach a Ray cluster at ray.address={address} ({str(exc).splitlines()[0]}); "
                         "start one with `ray start --head` or leave ray.address unset for a local one") from exc
     try:

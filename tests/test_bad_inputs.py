@@ -84,6 +84,8 @@ CASES: list[tuple[str, Callable[[pathlib.Path, pathlib.Path], list[str]], str]] 
      "must all be >= 1"),
     ("unknown executor", lambda f, r: ["collect", "executor=dask"], "executor must be one of"),
     ("ray address without ray", lambda f, r: ["collect", "ray.address=auto"], "needs executor=ray"),
+    ("unreachable ray cluster", lambda f, r: ["collect", "executor=ray", "ray.address=127.0.0.1:1"],
+     "cannot reach a Ray cluster at ray.address=127.0.0.1:1"),
     ("missing dataset", lambda f, r: ["train", f"dataset={f / 'nowhere'}"], "nowhere"),
     ("missing checkpoint", lambda f, r: ["apply", f"operator_path={f / 'nowhere.safetensors'}"],
      "nowhere.safetensors is missing"),
