@@ -88,6 +88,11 @@ def main() -> None:
     add_arguments(parser)
     parser.add_argument("--quick", action="store_true",
                         help="4 training tasks, 2 epochs, 1 task × 1 seed, 2 applications; results/ left alone")
+    parser.add_argument("--baseline", type=Path,
+                        help="an already trained baseline checkpoint (default settings on --dataset) instead of "
+                             "training it again, e.g. benchmarks/scaling.py's 32-task operator")
+    parser.add_argument("--variants", nargs="+", metavar="NAME",
+                        help="run only these rows (the baseline always runs); default every row")
     args = parser.parse_args()
     if args.quick:
         args.tasks, args.seeds, args.applications = 1, 1, 2
@@ -100,9 +105,13 @@ def main() -> None:
     estimates: dict[str, Estimate] = {}
     rows: list[dict[str, object]] = []
     budget = 0.0
-    for i, variant in enumerate(variants(args.ask_k, QUICK_AUGMENT_STARTS if args.quick else 16)):
+    chosen = [v for i, v in enumerate(variants(args.ask_k, QUICK_AUGMENT_STARTS if args.quick else 16))
+              if i == 0 or args.variants is None or v.name in args.variants]
+    for i, variant in enumerate(chosen):
         minutes = None
-        if variant.train is None:
+        if i == 0 and args.baseline is not None:
+            checkpoint = checkpoints["per_param"] = args.baseline
+        elif variant.train is None:
             checkpoint = checkpoints["per_param"]
         else:
             config = TrainConfig(dataset=str(dataset), out=str(scratch / variant.name.replace(" ", "_")),
