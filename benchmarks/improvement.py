@@ -213,11 +213,12 @@ def main() -> None:
     n_tasks = args.tasks or (2 if args.quick else 4)
     n_seeds = args.seeds or (3 if args.quick else 5)
     applications = args.applications or (10 if args.quick else 30)
-    dataset = dataset_or_exit(Path(args.dataset))
-    scratch = Path(tempfile.mkdtemp(prefix="improvement-"))
-    dr = dr_policy(Path(args.dr_policy), args.family, args.quick, scratch)
-    began = time.perf_counter()
     methods = [] if args.render else args.only or method_names()
+    # Rendering runs nothing, so it needs neither the training dataset nor the DR policy.
+    dataset = Path(args.dataset) if args.render else dataset_or_exit(Path(args.dataset))
+    scratch = Path(tempfile.mkdtemp(prefix="improvement-"))
+    dr = Path(args.dr_policy) if args.render else dr_policy(Path(args.dr_policy), args.family, args.quick, scratch)
+    began = time.perf_counter()
     rows: list[dict[str, object]] = []
     for split in SPLITS:
         for start in ("fresh", "train_init"):
