@@ -269,11 +269,16 @@ def guarded_steps(start: Policy, collect: Callable[[Policy], Experience],
     would exceed ``budget``. Yields one :class:`Point` (the deployed policy) per step.
     """
     policy, steps, fallbacks, guard_steps = start, 0, 0, 0
-    deployed, deployed_value = start, math.inf  # a start that cannot be verified is never replaced
-    if guard is not None and guard.verify_steps + batch <= budget:
-        deployed_value = guard.verify(start)
+
+    def verify(candidate: Policy, guard: Guard) -> float:
+        nonlocal steps, guard_steps
         steps += guard.verify_steps
         guard_steps += guard.verify_steps
+        return guard.verify(candidate)
+
+    deployed, deployed_value = start, math.inf  # a start that cannot be verified is never replaced
+    if guard is not None and guard.verify_steps + batch <= budget:
+        deployed_value = verify(start, guard)
     best: tuple[float, Policy] | None = None
     from_update = unverified = False
     while steps + batch <= budget:
@@ -289,9 +294,7 @@ def guarded_steps(start: Policy, collect: Callable[[Policy], Experience],
             if best is None or value > best[0]:
                 best = (value, policy)
                 if guard is not None and unverified and steps + guard.verify_steps <= budget:
-                    steps += guard.verify_steps
-                    guard_steps += guard.verify_steps
-                    verified = guard.verify(policy)
+                    verified = verify(policy, guard)
                     if verified > deployed_value + guard.margin:
                         deployed, deployed_value = policy, verified
             policy = update(policy, exp)
