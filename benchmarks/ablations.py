@@ -92,7 +92,8 @@ def main() -> None:
                         help="an already trained baseline checkpoint (default settings on --dataset) instead of "
                              "training it again, e.g. benchmarks/scaling.py's 32-task operator")
     parser.add_argument("--variants", nargs="+", metavar="NAME",
-                        help="run only these rows (the baseline always runs); default every row")
+                        help="run only these rows (the baseline always runs) and keep the other rows already in "
+                             "results/ablations.csv; default every row")
     args = parser.parse_args()
     if args.quick:
         args.tasks, args.seeds, args.applications = 1, 1, 2
@@ -105,6 +106,10 @@ def main() -> None:
     estimates: dict[str, Estimate] = {}
     rows: list[dict[str, object]] = []
     budget = 0.0
+    # Rows are seeded, so a row kept from an earlier run equals what rerunning it would give.
+    kept = [] if args.variants is None or not (target / "ablations.csv").exists() else [
+        {k: r[k] for k in FIELDS[:9]} for r in csv.DictReader((target / "ablations.csv").open())
+        if r["variant"] not in {"per_param", *args.variants}]
     chosen = [v for i, v in enumerate(variants(args.ask_k, QUICK_AUGMENT_STARTS if args.quick else 16))
               if i == 0 or args.variants is None or v.name in args.variants]
     for i, variant in enumerate(chosen):
@@ -131,7 +136,8 @@ def main() -> None:
                      "vs_ppo": verdict(est, estimates["ppo"]),
                      "train_minutes": "—" if minutes is None else f"{minutes:.1f}"})
         print(", ".join(f"{k}: {v}" for k, v in rows[-1].items()), flush=True)
-        write(target / "ablations.csv", rows, estimates, budget, f"{args.tasks} test tasks × {args.seeds} seeds")
+        write(target / "ablations.csv", rows[:1] + kept + rows[1:], estimates, budget,
+              f"{args.tasks} test tasks × {args.seeds} seeds")
     print(f"PPO at B: {fmt(estimates['ppo'])}; start: {fmt(estimates['no_update'])}; B = {int(budget)} env steps")
     print(f"wrote {target / 'ablations.csv'}")
 
