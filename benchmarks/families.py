@@ -36,7 +36,7 @@ from metaimprove.apply import operator_batch
 from metaimprove.operator import OperatorCheckpoint
 from metaimprove.plot import plot_curves, read_curves, select_splits
 from metaimprove.stats import Curves, common_grid, curve_band, iqm_ci, reach_ratio
-from metaimprove.tasks import PIPELINE_SIZES, load_families
+from metaimprove.tasks import load_families
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
@@ -74,7 +74,7 @@ def run_family(family: str, scratch: Path) -> dict[str, str]:
     shutil.copy(out / "dataset" / "config.yaml", OPERATORS / f"{family}.collect.yaml")
     shutil.copy(out / "apply" / "curves.csv", FAMILIES / f"{family}.csv")
     _, ckpt = OperatorCheckpoint.load(out / "operator" / "operator.safetensors")
-    sizes = {**PIPELINE_SIZES, **load_families()[family].pipeline}
+    sizes = load_families()[family].pipeline_sizes()
     budget = float(sizes["applications"] * math.prod(operator_batch(ckpt)))
     curves = read_curves([FAMILIES / f"{family}.csv"])
     plot_curves(curves, FAMILIES / f"{family}.png", budget=budget)

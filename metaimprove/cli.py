@@ -36,7 +36,6 @@ from metaimprove.errors import UserError
 from metaimprove.storage import atomic_write_bytes
 from metaimprove.tasks import (
     PHYSICS_FIELDS,
-    PIPELINE_SIZES,
     SPLITS,
     PhysicsRange,
     Range,
@@ -338,8 +337,7 @@ def _describe_family(family: TaskFamily, cost: str | None) -> str:
         lines.append(f"  robot {family.robot}: an episode terminates when it falls (gymnasium's v5 health rule)")
     if cost is not None:
         lines.append(f"  cost: {cost}")
-    sizes = {**PIPELINE_SIZES, **family.pipeline}
-    lines.append("  pipeline: " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+    lines.append("  pipeline: " + ", ".join(f"{k} {v}" for k, v in family.pipeline_sizes().items()))
     lines += ["  " + line for line in _table(rows)]
     return "\n".join(lines)
 

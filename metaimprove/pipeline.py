@@ -15,14 +15,14 @@ from metaimprove.collect import CollectConfig, collect
 from metaimprove.config import PipelineConfig
 from metaimprove.errors import UserError
 from metaimprove.plot import PlotConfig, run_plot
-from metaimprove.tasks import PIPELINE_SIZES, get_family
+from metaimprove.tasks import get_family
 from metaimprove.train import TrainConfig, train
 
 
 def pipeline_sizes(cfg: PipelineConfig) -> dict[str, int]:
     """The sizes the pipeline runs with: ``cfg``'s where set, else the family's, else the shared defaults."""
-    family = get_family(cfg.task.family).pipeline
-    sizes = {k: getattr(cfg, k) if getattr(cfg, k) is not None else family.get(k, v) for k, v in PIPELINE_SIZES.items()}
+    family = get_family(cfg.task.family).pipeline_sizes()
+    sizes = {k: v if getattr(cfg, k) is None else getattr(cfg, k) for k, v in family.items()}
     bad = [k for k, v in sizes.items() if v < 1]
     if bad:
         raise UserError(f"pipeline sizes {bad} must be >= 1")

@@ -203,6 +203,10 @@ class TaskFamily:
     reset_noise: float | None = None
     """own MJCF robot: initial qpos ~ qpos0 + U(-r, r), qvel ~ r·N(0, 1) (None: 0.1, as HalfCheetah)"""
 
+    def pipeline_sizes(self) -> dict[str, int]:
+        """Every ``metaimprove pipeline`` size for this family: its ``pipeline:`` block over :data:`PIPELINE_SIZES`."""
+        return {**PIPELINE_SIZES, **self.pipeline}
+
     def task(self, split: str, index: int) -> Task:
         """The ``index``-th task of ``split`` (deterministic, independent of how many are drawn)."""
         if split not in self.split_seeds:
