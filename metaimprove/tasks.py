@@ -260,6 +260,9 @@ class TaskFamily:
             unknown = set(seeds) - set(SPLITS)
             if unknown:
                 raise ValueError(f"unknown splits {sorted(unknown)}; allowed {list(SPLITS)}")
+            negative = sorted(k for k, v in seeds.items() if v < 0)
+            if negative:
+                raise ValueError(f"splits {negative} have negative seeds; a split's seed must be >= 0")
             family = TaskFamily(
                 name=str(data["name"]),
                 description=str(data.get("description", "")),

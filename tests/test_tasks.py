@@ -102,6 +102,7 @@ def test_unknown_family_and_split_are_one_line_errors():
         ({"physics": {"body_mass": {"base": -1.5, "train": [-1, 1]}}}, "base must be > 0"),
         ({"physics": {"body_weight": {"base": 1.5, "train": [-1, 1]}}}, "body_weight"),
         ({"splits": {"val": {"seed": 1}}}, "unknown splits"),
+        ({"splits": {"train": {"seed": -1}}}, "negative seeds"),
     ],
 )
 def test_bad_family_files_are_refused(patch, message):
