@@ -279,6 +279,11 @@ def _execute(jobs: list[_Job], workers: int, progress: _Progress) -> Generator[d
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _unreachable(address: str | None, reason: object) -> UserError:
+    return UserError(f"cannot reach a Ray cluster at ray.address={address} ({str(reason).splitlines()[0]}); "
+                     "start one with `ray start --head` or leave ray.address unset for a local one")
+
+
 def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
     """A one-line UserError now when ``host:port`` accepts no connection: Ray itself keeps retrying for minutes."""
     if address is None or address == "auto" or ":" not in address:
@@ -287,8 +292,7 @@ def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot reach a Ray cluster at ray.address={address} ({exc}); start one with "
-                        "`ray start --head` or leave ray.address unset for a local one") from None
+        raise _unreachable(address, exc) from None
 
 
 @contextlib.contextmanager
@@ -306,8 +310,7 @@ def _ray_session(address: str | None) -> Iterator[None]:
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
-        raise UserError(f"cannot reach a Ray cluster at ray.address={address} ({str(exc).splitlines()[0]}); "
-                        "start one with `ray start --head` or leave ray.address unset for a local one") from exc
+        raise _unreachable(address, exc) from exc
     try:
         yield
     finally:
