@@ -50,7 +50,7 @@ from metaimprove.errors import UserError
 from metaimprove.features import encode, next_normalizer, stack
 from metaimprove.operator import ImprovementOperator, OperatorCheckpoint
 from metaimprove.policy import ObsNormalizer, Policy, init_params, load_policy, save_policy
-from metaimprove.rollout import Collector, Experience, GymSimulator, Simulator, evaluate
+from metaimprove.rollout import Experience, GymSimulator, Simulator, episode_length, evaluate
 from metaimprove.tasks import Task, TaskConfig, get_family
 from metaimprove.teachers import TEACHERS, Teacher, make_teacher
 
@@ -173,6 +173,16 @@ def initial_policy(config: ApplyConfig, ckpt: OperatorCheckpoint, seed: int) -> 
 def operator_batch(ckpt: OperatorCheckpoint) -> tuple[int, int]:
     """``(n_envs, n_steps)`` of the batch the operator improves from: its teacher's batch."""
     return make_teacher(ckpt.teacher).batch_shape
+
+
+def operator_explorer(ckpt: OperatorCheckpoint, task: AnyTask, start: Policy,
+                      seed: int) -> Callable[[Policy], Experience]:
+    """How the operator collects its batch from a policy on ``task``: as its teacher does (``Teacher.explore``:
+    PPO's Gaussian action noise, ARS's antithetic parameter perturbations), seeded by ``seed``, so that it sees
+    the kind of experience it was trained on."""
+    teacher = make_teacher(ckpt.teacher)
+    teacher.start(task, start, seed)
+    return teacher.explore
 
 
 def run_budget(config: ApplyConfig, batch: int) -> int:
@@ -361,11 +371,11 @@ def _run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], di
     points: Iterator[Point]
     if job.method in OPERATOR_METHODS:
         start = initial_policy(config, ckpt, job.seed)
-        collector = Collector(job.task, n_envs=n_envs, seed=job.seed)
+        explore = operator_explorer(ckpt, job.task, start, job.seed)
         ask = ckpt.default_ask(config.ask_k, config.ask_improvement)
         update = operator_update(op, ckpt, job.task, ask, torch.Generator().manual_seed(job.seed),
                                  timings.setdefault("operator_step", []))
-        length = collector.sim.episode_length
+        length = episode_length(job.task)
 
         def fallback(best: Policy, remaining: int, n: int) -> tuple[Policy, int]:
             teacher = make_teacher(ckpt.teacher)
@@ -380,7 +390,7 @@ def _run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], di
             guard = Guard(config.guard_threshold,
                           lambda p: evaluate(p, job.task, config.guard_episodes, seed=verify_seed(job.seed)),
                           config.guard_episodes * length, config.guard_margin)
-        points = guarded_steps(start, lambda p: collector.collect(p, n_steps), update, fallback,
+        points = guarded_steps(start, explore, update, fallback,
                                lambda exp: batch_return(exp, length), guard, batch, budget)
     elif job.method in TEACHERS or job.method == "dr_ppo":
         name = "ppo" if job.method == "dr_ppo" else job.method

@@ -19,6 +19,7 @@ A manifest entry is ``{"shard", "task_name", "task" (Task.to_dict()), "teacher",
     mean_return [N] float64, env_steps [N] int64 (cumulative), n_unstable [N] int64
     obs [N, T, E, obs], action [N, T, E, act], log_prob, reward [N, T, E]   τⁿ (float32)
     terminated, truncated [N, T, E] uint8
+    perturbation [N, E, P]    each env's θ_e − θⁿ, for a teacher that explores in parameter space (ARS) only
 
 and its JSON meta holds the task, the teacher (name and config), seed, iteration range, policy
 spec, package and format versions.
@@ -428,6 +429,9 @@ def shard_tensors(records: list[ImprovementRecord]) -> dict[str, torch.Tensor]:
     """The tensors of one run's shard (see the module docstring) from its records, in order."""
     policies = [records[0].policy] + [r.next_policy for r in records]
     exps = [r.experience for r in records]
+    perturbed = [e.perturbation for e in exps if e.perturbation is not None]
+    if perturbed and len(perturbed) != len(exps):
+        raise RuntimeError("a teacher run must perturb its parameters in every update or in none")
     return {
         "theta": torch.stack([p.theta.detach() for p in policies]),
         "norm_mean": torch.from_numpy(np.stack([p.normalizer.mean for p in policies]).astype(np.float64)),
@@ -442,6 +446,7 @@ def shard_tensors(records: list[ImprovementRecord]) -> dict[str, torch.Tensor]:
         "reward": torch.stack([e.reward for e in exps]),
         "terminated": torch.stack([e.terminated for e in exps]).to(torch.uint8),
         "truncated": torch.stack([e.truncated for e in exps]).to(torch.uint8),
+        **({"perturbation": torch.stack(perturbed)} if perturbed else {}),
     }
 
 

@@ -16,7 +16,7 @@ its task's vector (the oracle ablation), and every pair must then come from one 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,7 @@ def _experience(t: dict[str, torch.Tensor], n: int) -> Experience:
         terminated=t["terminated"][n].bool(), truncated=t["truncated"][n].bool(),
         trunc_obs=torch.zeros(0, obs_dim), trunc_index=torch.zeros(0, 2, dtype=torch.long),
         episode_returns=torch.zeros(0), n_unstable=int(t["n_unstable"][n]),
+        perturbation=t["perturbation"][n] if "perturbation" in t else None,
     )
 
 
@@ -205,6 +206,21 @@ def build_union(datasets: list[str], config: PairConfig, features: FeatureConfig
                             f"(steps × envs {parts[0].batch_shape} vs {part.batch_shape}); a union must share the "
                             "teacher's batch size")
     return concat_pairs(parts) if len(parts) > 1 else parts[0]
+
+
+def resolve_features(datasets: list[str], features: FeatureConfig) -> FeatureConfig:
+    """``features`` with ``es_gradient`` decided from ``datasets`` where it is None: on exactly when they record
+    parameter perturbations (a teacher that explores in parameter space, such as ARS). Refuses
+    ``es_gradient=true`` on datasets that record none."""
+    firsts = [(d, entries[0]) for d in datasets if (entries := load_manifest(d))]
+    perturbed = any("perturbation" in load_shard(d, entry)[0] for d, entry in firsts)
+    if features.es_gradient is None:
+        return replace(features, es_gradient=perturbed)
+    if features.es_gradient and not perturbed:
+        raise UserError(f"features.es_gradient=true, but {', '.join(datasets)} record(s) no parameter perturbations "
+                        "(teachers exploring by action noise, or ARS data collected before metaimprove recorded "
+                        "them: collect it again); drop the setting")
+    return features
 
 
 def split_tasks(pairs: Pairs, val_fraction: float, seed: int) -> tuple[set[str], set[str]]:

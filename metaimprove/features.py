@@ -16,6 +16,11 @@ adds the task itself):
 * ``returns``: mean and spread over environments of the mean reward per step
 * ``states`` (raw observations) with ``norm_mean``/``norm_std`` (N'), for the behavioural loss only
 * ``task`` (only with ``task_input``): :func:`task_vector` of the task τ was collected on
+* ``perturbation`` and ``env_returns`` (only with ``es_gradient``): for a batch that explores in parameter
+  space (ARS), each env's θ_e − θ scaled to unit RMS ``[E, P]`` (zeros when every env ran θ), and per env
+  ``[E, 4]``: its return z-scored over the batch, its centered rank, its antithetic partner's z-score (its own
+  when the batch has no antithetic pairs), and the centered rank of the better of the two. From these the
+  operator forms its own evolution-strategies update Σ_e w_e ε_e (:class:`~metaimprove.operator.ESRecombination`)
 """
 
 from __future__ import annotations
@@ -53,6 +58,9 @@ class FeatureConfig:
     """ridge penalty of the linear state-time value baseline"""
     task_input: bool = False
     """oracle ablation: also give the operator the task itself (its normalized parameters and physics scales)"""
+    es_gradient: bool | None = None
+    """read the per-env perturbations and returns of a parameter-space teacher's batch (ARS); None: exactly when
+    the training data has them"""
 
 
 def task_vector(task: AnyTask) -> torch.Tensor:
@@ -155,11 +163,40 @@ def encode(policy: Policy, exp: Experience, config: FeatureConfig, generator: to
         "norm_mean": torch.as_tensor(norm.mean, dtype=torch.float32),
         "norm_std": torch.as_tensor(np.sqrt(norm.var + NORM_EPS), dtype=torch.float32),
     }
+    if config.es_gradient:
+        feats["perturbation"], feats["env_returns"] = perturbation_features(exp, spec.n_params)
     if config.task_input:
         if task is None:
             raise UserError("features.task_input=true: the operator reads the task, so encode needs task=")
         feats["task"] = task_vector(task)
     return feats
+
+
+ENV_STATS = 4
+
+
+def _centered_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Ranks of ``values [E]`` scaled to [-0.5, 0.5], ties sharing their average rank."""
+    below = (values.unsqueeze(1) > values.unsqueeze(0)).sum(1).double()
+    ties = (values.unsqueeze(1) == values.unsqueeze(0)).sum(1).double() - 1
+    return ((below + ties / 2) / max(len(values) - 1, 1) - 0.5).float()
+
+
+def perturbation_features(exp: Experience, n_params: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``es_gradient`` features of τ: each env's parameter perturbation over their RMS ``[E, P]`` (zeros if
+    τ has none) and the per-env return statistics ``[E, ENV_STATS]`` (see the module docstring)."""
+    returns = exp.reward.double().sum(0)
+    E = len(returns)
+    z = ((returns - returns.mean()) / (returns.std() + 1e-8)).float() if E > 1 else torch.zeros(E)
+    pert = exp.perturbation
+    half = E // 2
+    antithetic = pert is not None and E % 2 == 0 and torch.equal(pert[half:], -pert[:half])
+    partner = torch.arange(E).roll(half) if antithetic else torch.arange(E)
+    better = torch.maximum(returns, returns[partner])
+    stats = torch.stack([z, _centered_ranks(returns), z[partner], _centered_ranks(better)], dim=-1)
+    if pert is None:
+        return torch.zeros(E, n_params), stats
+    return pert.float() / (pert.float().square().mean().sqrt() + 1e-12), stats
 
 
 def normalize_states(raw: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,13 @@ gain this much". Both are zero-initialized at the output so an untrained operato
 
 With ``features.task_input`` (the oracle ablation) the task's vector (:func:`~metaimprove.features.task_vector`)
 joins the set encoder's pooled τ before its head, so both architectures see it through the context.
+
+With ``features.es_gradient`` (data from a teacher that explores in parameter space, such as ARS) the operator
+also forms an evolution-strategies step from the batch's per-env perturbations ε_e and returns
+(:class:`ESRecombination`, the learned recombination of Learned Evolution Strategies): Δθ_ES = Σ_e w_e ε_e / E with
+each weight w_e learned from env e's return statistics and the context. ARS's own update is one such weighting.
+The flat operator adds Δθ_ES to its output; the per-parameter one also reads Δθ_ES's component as a feature and
+scales it per parameter by a learned gain in (0, 2).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from torch import nn
 
 from metaimprove.envs import AnyTask
 from metaimprove.errors import UserError
-from metaimprove.features import SNR_CLIP, FeatureConfig, Features, task_vector, transition_dim
+from metaimprove.features import ENV_STATS, SNR_CLIP, FeatureConfig, Features, task_vector, transition_dim
 from metaimprove.policy import PolicySpec
 from metaimprove.storage import load_tensors, save_tensors
 from metaimprove.tasks import Task
@@ -92,16 +99,34 @@ class ContextEncoder(nn.Module):
         return self.head(torch.cat([*parts, feats["task"]] if self.task_dim else parts, dim=-1))
 
 
-class FlatOperator(nn.Module):
-    """Δθ = MLP([θ, ĝ, snr, context])."""
+class ESRecombination(nn.Module):
+    """Δθ_ES = Σ_e w_e ε_e / E over a batch's per-env perturbations ε_e (unit RMS), with w_e = MLP(env e's return
+    statistics, context): a learned evolution-strategies step (zero at initialization)."""
 
-    def __init__(self, spec: PolicySpec, config: OperatorConfig) -> None:
+    def __init__(self, config: OperatorConfig) -> None:
+        super().__init__()
+        self.weight = _mlp([ENV_STATS + config.context_dim, config.param_hidden, config.param_hidden, 1],
+                           final_zero=True)
+
+    def forward(self, feats: Features, context: torch.Tensor) -> torch.Tensor:
+        stats = feats["env_returns"]
+        ctx = context.unsqueeze(-2).expand(*stats.shape[:-1], context.shape[-1])
+        w = self.weight(torch.cat([stats, ctx], dim=-1))  # [B, E, 1]
+        return (w * feats["perturbation"]).mean(-2)
+
+
+class FlatOperator(nn.Module):
+    """Δθ = MLP([θ, ĝ, snr, context]) (+ Δθ_ES with ``es``)."""
+
+    def __init__(self, spec: PolicySpec, config: OperatorConfig, es: bool = False) -> None:
         super().__init__()
         p = spec.n_params
         self.net = _mlp([3 * p + config.context_dim, config.hidden, config.hidden, p], final_zero=True)
+        self.es = ESRecombination(config) if es else None
 
     def forward(self, feats: Features, context: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([feats["theta"], feats["grad"], feats["grad_snr"] / SNR_CLIP, context], dim=-1))
+        delta = self.net(torch.cat([feats["theta"], feats["grad"], feats["grad_snr"] / SNR_CLIP, context], dim=-1))
+        return delta if self.es is None else delta + self.es(feats, context)
 
 
 def parameter_roles(spec: PolicySpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -124,11 +149,15 @@ def parameter_roles(spec: PolicySpec) -> tuple[torch.Tensor, torch.Tensor, torch
 
 
 class PerParamOperator(nn.Module):
-    """Δθ_i = g([θ_i, ĝ_i, ĝ_i / rms(ĝ_block), snr_i, role_i], context), one small net shared by all parameters."""
+    """Δθ_i = g([θ_i, ĝ_i, ĝ_i / rms(ĝ_block), snr_i, role_i], context), one small net shared by all parameters.
+
+    With ``es``, g also reads Δθ_ES,i / rms(Δθ_ES) and Δθ_i = g_0 + 2σ(g_1)·Δθ_ES,i (a learned per-parameter gain
+    on the learned ES step, 1 at initialization).
+    """
 
     N_FEATURES = 4
 
-    def __init__(self, spec: PolicySpec, config: OperatorConfig) -> None:
+    def __init__(self, spec: PolicySpec, config: OperatorConfig, es: bool = False) -> None:
         super().__init__()
         h, r = config.param_hidden, config.role_dim
         block, inp, out = parameter_roles(spec)
@@ -140,20 +169,29 @@ class PerParamOperator(nn.Module):
         self.inp_emb = nn.Embedding(spec.obs_dim + 1, r)
         self.out_emb = nn.Embedding(spec.act_dim + 1, r)
         # The first layer is split by input so that the context and role terms are computed once, not per entry.
-        self.w_feat = nn.Linear(self.N_FEATURES, h)
+        self.es = ESRecombination(config) if es else None
+        self.w_feat = nn.Linear(self.N_FEATURES + (1 if es else 0), h)
         self.w_role = nn.Linear(3 * r, h, bias=False)
         self.w_ctx = nn.Linear(config.context_dim, h, bias=False)
-        self.rest = _mlp([h, h, 1], final_zero=True)
+        self.rest = _mlp([h, h, 2 if es else 1], final_zero=True)
 
     def forward(self, feats: Features, context: torch.Tensor) -> torch.Tensor:
         g = feats["grad"]
         block_ms = torch.zeros(*g.shape[:-1], self.n_blocks, dtype=g.dtype, device=g.device)
         block_ms = block_ms.index_add(-1, self.block, g.square()) / torch.bincount(self.block, minlength=self.n_blocks)
         g_block = g / (block_ms.index_select(-1, self.block).sqrt() + 1e-8)
-        x = torch.stack([feats["theta"], g, g_block, feats["grad_snr"] / SNR_CLIP], dim=-1)
+        columns = [feats["theta"], g, g_block, feats["grad_snr"] / SNR_CLIP]
+        if self.es is not None:
+            es_step = self.es(feats, context)
+            # ε inside the root: the step is exactly 0 at initialization, where √ has no derivative
+            columns.append(es_step / (es_step.square().mean(-1, keepdim=True) + 1e-16).sqrt())
+        x = torch.stack(columns, dim=-1)
         roles = self.w_role(torch.cat([self.block_emb(self.block), self.inp_emb(self.inp), self.out_emb(self.out)], -1))
         h = self.w_feat(x) + roles + self.w_ctx(context).unsqueeze(-2)
-        return self.rest(torch.nn.functional.gelu(h)).squeeze(-1)
+        out = self.rest(torch.nn.functional.gelu(h))
+        if self.es is None:
+            return out.squeeze(-1)
+        return out[..., 0] + 2 * torch.sigmoid(out[..., 1]) * es_step
 
 
 class ImprovementOperator(nn.Module):
@@ -163,16 +201,17 @@ class ImprovementOperator(nn.Module):
         spec: the policy architecture it improves.
         config: the operator architecture.
         task_dim: width of the task vector it reads (``features.task_input``); 0: it reads no task.
+        es: whether it also forms an ES step from τ's parameter perturbations (``features.es_gradient``).
     """
 
-    def __init__(self, spec: PolicySpec, config: OperatorConfig, task_dim: int = 0) -> None:
+    def __init__(self, spec: PolicySpec, config: OperatorConfig, task_dim: int = 0, es: bool = False) -> None:
         super().__init__()
         if config.arch not in ARCHS:
             raise UserError(f"unknown operator architecture '{config.arch}'; choose one of {list(ARCHS)}")
         self.spec = spec
         self.config = config
         self.context = ContextEncoder(spec, config, task_dim)
-        self.update = (FlatOperator if config.arch == "flat" else PerParamOperator)(spec, config)
+        self.update = (FlatOperator if config.arch == "flat" else PerParamOperator)(spec, config, es)
 
     def forward(self, feats: Features, ask: torch.Tensor) -> torch.Tensor:
         """θ' ``[B, P]`` (for the next normalizer N') from encoded (θ, τ) ``feats`` (batched) and ``ask [B, 2]``."""
@@ -220,7 +259,7 @@ class OperatorCheckpoint:
 
     def new_operator(self) -> ImprovementOperator:
         """An (untrained) operator of the architecture this checkpoint describes."""
-        return ImprovementOperator(self.spec, self.operator, self.task_dim)
+        return ImprovementOperator(self.spec, self.operator, self.task_dim, bool(self.features.es_gradient))
 
     def check_task(self, task: AnyTask) -> None:
         """Refuse a task the operator cannot read: an oracle operator (``features.task_input``) reads only tasks
@@ -400,9 +439,12 @@ def _dataclass_from(cls: type[Any], data: Any, where: str) -> Any:
     if unknown:
         raise ValueError(f"{where} has unknown settings {unknown}")
     for key, value in data.items():
-        expected = type(getattr(defaults, key))
-        ok = _is_number(value) if expected is float else _is_int(value) if expected is int \
-            else isinstance(value, expected)
+        default = getattr(defaults, key)
+        expected = type(default)
+        # A setting that defaults to None ("decided from the data") is recorded as the bool it was decided to be.
+        ok = (value is None or isinstance(value, bool)) if default is None else _is_number(value) \
+            if expected is float else _is_int(value) if expected is int else isinstance(value, expected)
         if not ok:
-            raise ValueError(f"{where}.{key} must be {expected.__name__}, got {value!r}")
+            raise ValueError(f"{where}.{key} must be {'bool' if default is None else expected.__name__}, "
+                             f"got {value!r}")
     return cls(**data)

@@ -31,14 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from metaimprove.apply import operator_batch, operator_update
+from metaimprove.apply import operator_explorer, operator_update
 from metaimprove.collect import load_manifest, load_shard, shard_task, shard_tensors
 from metaimprove.dataset import PairConfig, Pairs, concat_pairs, run_pairs
 from metaimprove.errors import UserError
 from metaimprove.features import FeatureConfig
 from metaimprove.operator import ImprovementOperator, OperatorCheckpoint
 from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, init_params
-from metaimprove.rollout import Collector, evaluate
+from metaimprove.rollout import evaluate
 from metaimprove.storage import save_tensors
 from metaimprove.tasks import Task
 from metaimprove.teachers import make_teacher
@@ -129,14 +129,13 @@ def operator_visits(op: ImprovementOperator, ckpt: OperatorCheckpoint, starts: l
     deterministic return of each (``eval_episodes`` episodes, apply's protocol), and the return of
     each rollout's last policy.
     """
-    n_envs, n_steps = operator_batch(ckpt)
     visits, returns, finals = [], [], []
     for start in starts:
-        collector = Collector(start.task, n_envs=n_envs, seed=start.seed)
+        explore = operator_explorer(ckpt, start.task, start.policy, start.seed)
         update = operator_update(op, ckpt, start.task, ask, torch.Generator().manual_seed(start.seed))
         policy = start.policy
         for i in range(applications):
-            policy = update(policy, collector.collect(policy, n_steps))
+            policy = update(policy, explore(policy))
             visits.append(Start(start.task, policy, 1_000 * start.seed + i + 1, f"{start.origin} step {i + 1}"))
             returns.append(evaluate(policy, start.task, eval_episodes, seed=start.seed))
         finals.append(returns[-1])

@@ -35,6 +35,10 @@ class Experience:
     one that ended for good (the robot fell: Hopper, Walker, Ant; or its simulation blew up) has
     ``terminated``. ``trunc_obs[k]`` is the observation that followed the truncation at
     ``trunc_index[k] = (t, e)``, for value bootstrapping.
+
+    A teacher that explores in parameter space (ARS) runs every env with its own perturbed parameters:
+    ``perturbation[e]`` is env ``e``'s θ_e − θ, so that τ holds all the teacher's update needs; it is
+    ``None`` when every env ran θ itself.
     """
 
     obs: torch.Tensor  # [T, E, obs] float32
@@ -47,6 +51,7 @@ class Experience:
     trunc_index: torch.Tensor  # [K, 2] int64
     episode_returns: torch.Tensor  # [n_episodes] float32, episodes that ran to their time limit or terminated
     n_unstable: int  # episodes ended by a simulator blow-up (not counted in episode_returns)
+    perturbation: torch.Tensor | None = None  # [E, P] float32, θ_e − θ of each env (parameter-space exploration)
 
     @property
     def n_steps(self) -> int:
@@ -181,6 +186,11 @@ class GymSimulator:
         self._obs[blown] = 0.0
         reward[blown] = 0.0
         return self._obs.copy(), reward, terminated | blown, blown
+
+
+def episode_length(task: AnyTask) -> int:
+    """Steps per episode of ``task``: its family's, or a user env's own."""
+    return task.episode_length if isinstance(task, UserEnv) else get_family(task.family).episode_length
 
 
 def simulator(task: AnyTask, n_envs: int, seed: int) -> Simulator | GymSimulator:

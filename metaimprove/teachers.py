@@ -101,6 +101,12 @@ class Teacher:
 
     def collect(self) -> Experience:
         """Collect one batch with the current policy."""
+        return self.explore(self.policy)
+
+    def explore(self, policy: Policy) -> Experience:
+        """Collect one batch of this teacher's kind from ``policy`` (not necessarily the teacher's own) on the
+        task of :meth:`start`, drawing on the teacher's collector and noise: what an improvement operator trained
+        on this teacher's pairs must see."""
         raise NotImplementedError
 
     def improve(self, experience: Experience) -> Policy:
@@ -249,11 +255,11 @@ class PPO(Teacher):
         self._scratch = np.empty_like(self._flat)
         self._adam_t = 0
 
-    def collect(self) -> Experience:
-        """One batch of ``n_envs × n_steps`` steps with the current policy (normalizer frozen)."""
+    def explore(self, policy: Policy) -> Experience:
+        """One batch of ``n_envs × n_steps`` steps of ``policy``'s Gaussian (normalizer frozen)."""
         if self._collector is None:
             raise RuntimeError("PPO.start() must be called first")
-        return self._collector.collect(self.policy, self.config.n_steps)
+        return self._collector.collect(policy, self.config.n_steps)
 
     def improve(self, experience: Experience) -> Policy:
         """``n_epochs`` passes of clipped-surrogate minibatch steps on ``experience``; returns θⁿ⁺¹."""
@@ -490,7 +496,6 @@ class ARS(Teacher):
         """diagnostics of the last update: return_std (σ_R), step_size (α/(b·σ_R + 1e-6)), step_norm"""
         self._collector: Collector | None = None
         self._policy: Policy | None = None
-        self._deltas: torch.Tensor | None = None
 
     @property
     def batch_shape(self) -> tuple[int, int]:
@@ -515,42 +520,47 @@ class ARS(Teacher):
         # Everything before log_std: every weight and bias.
         self._n_perturbed = policy.spec.layout()[-1][2]
         self._gen = torch.Generator().manual_seed(seed)
-        self._deltas = None
 
-    def collect(self) -> Experience:
-        """Roll out the 2N perturbed policies of a fresh draw of directions, one env each, normalizer frozen.
+    def explore(self, policy: Policy) -> Experience:
+        """Roll out the 2N perturbations of ``policy`` along a fresh draw of directions, one env each,
+        normalizer frozen.
 
         Returns their experience ``[n_steps, 2N, ...]``: env k < N ran θ + νδ_k, env N + k ran θ - νδ_k,
-        deterministically (actions are the perturbed means). ``log_prob`` is recomputed as the log-density
-        of those actions under the current (unperturbed) θ's Gaussian, so that τ relates to θ like a PPO batch.
-        :meth:`improve` must be given this experience: it pairs it with the directions drawn here.
+        deterministically (actions are the perturbed means), and ``perturbation`` records each env's ±νδ_k.
+        ``log_prob`` is recomputed as the log-density of those actions under the unperturbed θ's Gaussian, so
+        that τ relates to θ like a PPO batch.
         """
         if self._collector is None:
             raise RuntimeError("ARS.start() must be called first")
-        cfg, policy = self.config, self.policy
+        cfg = self.config
         deltas = torch.randn(cfg.n_directions, self._n_perturbed, generator=self._gen)
         step = torch.zeros(cfg.n_directions, policy.spec.n_params)
         step[:, :self._n_perturbed] = cfg.noise_std * deltas
-        thetas = torch.cat([policy.theta + step, policy.theta - step])
-        exp = self._collector.collect(Policy(policy.spec, thetas, policy.normalizer), cfg.n_steps,
-                                      deterministic=True)
-        self._deltas = deltas
+        perturbation = torch.cat([step, -step])
+        exp = self._collector.collect(Policy(policy.spec, policy.theta + perturbation, policy.normalizer),
+                                      cfg.n_steps, deterministic=True)
         exp.log_prob = policy.log_prob(exp.obs, exp.action)
+        exp.perturbation = perturbation
         return exp
 
     def improve(self, experience: Experience) -> Policy:
-        """One ARS step from the returns of :meth:`collect`'s perturbed rollouts; returns θⁿ⁺¹ (updated normalizer)."""
-        if self._deltas is None:
-            raise RuntimeError("ARS.improve() needs the experience of the preceding ARS.collect()")
-        cfg, old, deltas = self.config, self.policy, self._deltas
-        self._deltas = None
+        """One ARS step from the returns of the current policy's perturbed rollouts (:meth:`explore`'s
+        experience, which records the perturbations); returns θⁿ⁺¹ (updated normalizer)."""
+        cfg, old = self.config, self.policy
+        n = cfg.n_directions
+        perturbation = experience.perturbation
+        if perturbation is None or perturbation.shape != (2 * n, old.spec.n_params) \
+                or not torch.equal(perturbation[n:], -perturbation[:n]):
+            raise UserError(f"ARS improves from the {2 * n} antithetic perturbed rollouts of its own explore(); "
+                            "this experience does not record them")
         returns = experience.reward.sum(0)
-        plus, minus = returns[:cfg.n_directions], returns[cfg.n_directions:]
+        plus, minus = returns[:n], returns[n:]
         top = torch.argsort(torch.maximum(plus, minus), descending=True, stable=True)[:cfg.top_b]
         plus, minus = plus[top], minus[top]
         return_std = float(torch.cat([plus, minus]).std())
         step_size = cfg.lr / (cfg.top_b * return_std + 1e-6)
-        step = step_size * ((plus - minus) @ deltas[top])
+        # (r⁺ − r⁻)·δ_k = (r⁺ − r⁻)·(νδ_k)/ν: the step is taken along the recorded perturbations.
+        step = (step_size / cfg.noise_std) * ((plus - minus) @ perturbation[top, :self._n_perturbed])
         theta = old.theta.clone()
         theta[:self._n_perturbed] += step
         norm = old.normalizer.copy()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -32,7 +33,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from metaimprove.dataset import PairConfig, Pairs, build_union, concat_pairs, dataset_dirs, split_tasks
+from metaimprove.dataset import (
+    PairConfig,
+    Pairs,
+    build_union,
+    concat_pairs,
+    dataset_dirs,
+    resolve_features,
+    split_tasks,
+)
 from metaimprove.errors import UserError
 from metaimprove.features import FeatureConfig
 from metaimprove.operator import ImprovementOperator, OperatorCheckpoint, OperatorConfig
@@ -330,6 +339,7 @@ def train(config: TrainConfig) -> Path:
     _check(config)
     torch.manual_seed(config.seed)
     datasets = dataset_dirs(config.dataset)
+    config = dataclasses.replace(config, features=resolve_features(datasets, config.features))
     print(f"encoding hindsight pairs from {', '.join(datasets)} ...", flush=True)
     pairs = build_union(datasets, config.pairs, config.features)
     train_tasks, val_tasks = split_tasks(pairs, config.pairs.val_fraction, config.pairs.seed)

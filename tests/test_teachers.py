@@ -18,6 +18,7 @@ from metaimprove.envs import default_task
 from metaimprove.errors import UserError
 from metaimprove.features import FeatureConfig
 from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, forward, init_params, log_prob
+from metaimprove.rollout import Collector
 from metaimprove.teachers import ARS, PPO, ARSConfig, ImprovementRecord, PPOConfig, gae_advantages
 
 SPEC = PolicySpec(obs_dim=17, act_dim=6, hidden=(32, 32))
@@ -234,6 +235,46 @@ def test_ars_update_by_hand(spec: PolicySpec) -> None:
     norm.update(exp.obs.numpy())
     np.testing.assert_array_equal(rec.next_policy.normalizer.mean, norm.mean)
     np.testing.assert_array_equal(rec.next_policy.normalizer.var, norm.var)
+
+
+def test_ars_update_is_a_function_of_the_policy_and_the_experience_it_collected() -> None:
+    # τ records each env's perturbation, so (θⁿ, τⁿ) alone determine θⁿ⁺¹: a fresh ARS, started elsewhere with
+    # another seed, takes the recorded step.
+    _, records = run_ars(ARS_SMALL, seed=2, iterations=2)
+    rec = records[1]
+    n = ARS_SMALL.n_directions
+    assert rec.experience.perturbation is not None
+    assert torch.equal(rec.experience.perturbation[n:], -rec.experience.perturbation[:n])
+    fresh = ARS(ARS_SMALL)
+    fresh.start(default_task("halfcheetah_vel", target_velocity=0.3), rec.policy, seed=99)
+    assert torch.equal(fresh.improve(rec.experience).theta, rec.next_policy.theta)
+
+
+def test_ars_refuses_experience_without_its_perturbations() -> None:
+    _, records = run(SMALL, seed=0, iterations=1)
+    ars = ARS(ARSConfig(n_directions=2, top_b=1, n_steps=SMALL.n_steps))
+    ars.start(default_task("halfcheetah_vel"), records[0].policy, seed=0)
+    with pytest.raises(UserError, match="antithetic perturbed rollouts"):
+        ars.improve(records[0].experience)
+
+
+def test_explore_collects_the_teachers_batch_from_any_policy() -> None:
+    # explore(θ) is collect() for a policy that is not the teacher's own: PPO's is the plain collector's batch of
+    # θ (the same seed, the same bits), ARS's the antithetic perturbations of θ.
+    task = default_task("halfcheetah_vel")
+    own, other = fresh_policy(0), fresh_policy(1)
+    ppo = PPO(SMALL)
+    ppo.start(task, own, seed=4)
+    exp = ppo.explore(other)
+    expected = Collector(task, SMALL.n_envs, seed=4).collect(other, SMALL.n_steps)
+    assert torch.equal(exp.action, expected.action) and exp.perturbation is None
+    ars = ARS(ARS_SMALL)
+    ars.start(task, own, seed=4)
+    exp = ars.explore(other)
+    assert exp.perturbation is not None
+    obs = other.normalizer.normalize(exp.obs[:, :, None, :])
+    mean = forward(SPEC, other.theta + exp.perturbation[0], obs[:, 0])[0][:, 0]
+    torch.testing.assert_close(exp.action[:, 0], mean, rtol=1e-5, atol=1e-5)
 
 
 def test_ars_records_chain() -> None:

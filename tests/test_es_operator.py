@@ -1,0 +1,141 @@
+"""Operators trained on a parameter-space teacher (ARS): τ's perturbations as features, the learned ES step, and
+collection at apply time as the teacher explores."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from metaimprove.apply import ApplyConfig, apply, operator_explorer
+from metaimprove.collect import collect
+from metaimprove.dataset import PairConfig, Pairs
+from metaimprove.envs import default_task
+from metaimprove.errors import UserError
+from metaimprove.features import ENV_STATS, FeatureConfig, perturbation_features, transition_dim
+from metaimprove.operator import ImprovementOperator, OperatorCheckpoint, OperatorConfig
+from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, init_params
+from metaimprove.rollout import Experience
+from metaimprove.tasks import TaskConfig
+from metaimprove.teachers import ARSConfig
+from metaimprove.train import TrainConfig, fit, train
+
+SPEC = PolicySpec(5, 2, hidden=(8, 8))
+SHIPPED = pathlib.Path(__file__).resolve().parent.parent / "results" / "operators" / "halfcheetah_vel.safetensors"
+TINY_ARS = ARSConfig(n_directions=2, top_b=1, n_steps=32)
+SMALL = {"operator": OperatorConfig(hidden=16, context_dim=8, param_hidden=8),
+         "features": FeatureConfig(n_transitions=32, n_states=16), "pairs": PairConfig(ks=[1]), "max_epochs": 2}
+
+
+def _experience(returns: list[float], perturbation: torch.Tensor | None) -> Experience:
+    E = len(returns)
+    reward = torch.tensor(returns).repeat(4, 1) / 4  # 4 steps per env summing to each env's return
+    return Experience(obs=torch.zeros(4, E, 3), action=torch.zeros(4, E, 1), log_prob=torch.zeros(4, E),
+                      reward=reward, terminated=torch.zeros(4, E, dtype=torch.bool),
+                      truncated=torch.zeros(4, E, dtype=torch.bool), trunc_obs=torch.zeros(0, 3),
+                      trunc_index=torch.zeros(0, 2, dtype=torch.long), episode_returns=torch.zeros(0), n_unstable=0,
+                      perturbation=perturbation)
+
+
+def test_perturbation_features_pair_each_env_with_its_antithetic_partner() -> None:
+    eps = torch.randn(2, 7, generator=torch.Generator().manual_seed(0))
+    pert, stats = perturbation_features(_experience([1.0, 4.0, 3.0, 0.0], torch.cat([eps, -eps])), 7)
+    assert torch.allclose(pert.square().mean(), torch.tensor(1.0))  # unit RMS
+    assert torch.allclose(pert[:2] / pert[:2].norm(), eps / eps.norm())
+    z, rank, partner_z, better_rank = stats.unbind(-1)
+    assert rank.tolist() == pytest.approx([-1 / 6, 0.5, 1 / 6, -0.5])
+    assert torch.equal(partner_z, z[[2, 3, 0, 1]])  # env k ran θ + ε_k, env 2 + k ran θ − ε_k
+    # pair 0 is better by max(1, 3) = 3, pair 1 by max(4, 0) = 4: both of a pair share its average rank
+    assert better_rank.tolist() == pytest.approx([-1 / 3, 1 / 3, -1 / 3, 1 / 3])
+    # Without antithetic pairs every env is its own partner; without perturbations they are zeros.
+    _, stats = perturbation_features(_experience([1.0, 4.0, 3.0, 0.0], torch.randn(4, 7)), 7)
+    assert torch.equal(stats[:, 2], stats[:, 0]) and torch.equal(stats[:, 3], stats[:, 1])
+    pert, _ = perturbation_features(_experience([1.0, 4.0], None), 7)
+    assert torch.equal(pert, torch.zeros(2, 7))
+
+
+def _es_features(n: int, n_envs: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    p = SPEC.n_params
+    half = torch.randn(n, n_envs // 2, p, generator=g)
+    pert = torch.cat([half, -half], dim=1)
+    returns = torch.randn(n, n_envs, generator=g)
+    z = (returns - returns.mean(1, keepdim=True)) / returns.std(1, keepdim=True)
+    partner = torch.arange(n_envs).roll(n_envs // 2)
+    stats = torch.stack([z, torch.zeros_like(z), z[:, partner], torch.zeros_like(z)], dim=-1)
+    return {"theta": torch.stack([init_params(SPEC, g) for _ in range(n)]),
+            "grad": torch.randn(n, p, generator=g), "grad_log_norm": torch.randn(n, 1, generator=g),
+            "grad_snr": torch.randn(n, p, generator=g),
+            "transitions": torch.randn(n, 16, transition_dim(SPEC), generator=g),
+            "returns": torch.randn(n, 2, generator=g), "states": torch.randn(n, 32, SPEC.obs_dim, generator=g),
+            "norm_mean": torch.zeros(n, SPEC.obs_dim), "norm_std": torch.ones(n, SPEC.obs_dim),
+            "perturbation": pert, "env_returns": stats}
+
+
+@pytest.mark.parametrize("arch", ["flat", "per_param"])
+def test_es_operator_is_the_identity_at_init_and_reads_the_perturbations(arch: str) -> None:
+    op = ImprovementOperator(SPEC, OperatorConfig(arch=arch, hidden=16, context_dim=8, param_hidden=8), es=True)
+    feats, ask = _es_features(3), torch.randn(3, 2)
+    torch.testing.assert_close(op(feats, ask), feats["theta"])
+    torch.nn.init.normal_(op.update.es.weight[-1].weight)
+    moved = op(feats, ask)
+    assert not torch.allclose(moved, feats["theta"])
+    still = op({**feats, "perturbation": torch.zeros_like(feats["perturbation"])}, ask)
+    assert (still - feats["theta"]).abs().max() < 1e-6  # no perturbations (a PPO batch): no ES step
+    assert feats["env_returns"].shape[-1] == ENV_STATS
+
+
+def test_es_operator_learns_an_antithetic_es_step_that_the_plain_operator_cannot() -> None:
+    # The target is θ + 0.02 Σ_k (r⁺_k − r⁻_k) ε_k: ARS's direction, which is in the perturbations alone.
+    n = 300
+    feats = _es_features(n)
+    z = feats["env_returns"][..., 0]
+    step = 0.02 * (z.unsqueeze(-1) * feats["perturbation"]).sum(1) / 2
+    idx = torch.arange(n)
+    pairs = Pairs(SPEC, feats, feats["theta"] + step, idx, idx, torch.zeros(n, 2),
+                  [f"t/{i % 10}" for i in range(n)], {})
+    train_idx, val_idx = pairs.select({f"t/{i}" for i in range(8)}), pairs.select({"t/8", "t/9"})
+    config = TrainConfig(batch_size=32, lr=3e-3, max_epochs=40, patience=40, param_loss_weight=0.0)
+    best = {}
+    for es in (False, True):
+        torch.manual_seed(0)
+        op = ImprovementOperator(SPEC, OperatorConfig(hidden=32, context_dim=8, param_hidden=16), es=es)
+        rows = fit(op, pairs, train_idx, val_idx, config)
+        best[es] = min(r["val_loss"] for r in rows) / rows[0]["val_identity_loss"]
+    assert best[True] < 0.1, best
+    assert best[False] > 0.5, best
+
+
+@pytest.fixture(scope="module")
+def ars_dataset(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    out = tmp_path_factory.mktemp("ars") / "data"
+    collect(tiny_config(out, teacher=TINY_ARS, n_tasks=3, seeds=1, iterations=3, workers=1))
+    return out
+
+
+def test_an_operator_trained_on_ars_reads_its_perturbations_and_collects_as_ars_does(
+        ars_dataset: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    path = train(TrainConfig(dataset=str(ars_dataset), out=str(tmp_path / "op"), **SMALL))  # type: ignore[arg-type]
+    op, ckpt = OperatorCheckpoint.load(path)
+    assert ckpt.features.es_gradient is True and op.update.es is not None  # decided from the data
+    spec = ckpt.spec
+    start = Policy(spec, init_params(spec, torch.Generator().manual_seed(1)), ObsNormalizer.identity(spec.obs_dim))
+    exp = operator_explorer(ckpt, default_task("halfcheetah_vel"), start, seed=0)(start)
+    assert exp.perturbation is not None and exp.obs.shape[1] == 2 * TINY_ARS.n_directions
+    out = apply(ApplyConfig(operator_path=str(path), out=str(tmp_path / "apply"), task=TaskConfig("halfcheetah_vel"),
+                            n_tasks=1, seeds=1, applications=2, eval_episodes=1, workers=1, methods=["operator"]))
+    assert len(out.read_text().splitlines()) == 1 + 3  # header, the start and two applications
+
+
+def test_es_gradient_on_data_without_perturbations_is_a_one_line_error(reference_dataset: pathlib.Path,
+                                                                       tmp_path: pathlib.Path) -> None:
+    settings = {**SMALL, "features": FeatureConfig(n_transitions=32, n_states=16, es_gradient=True)}
+    with pytest.raises(UserError, match=r"record\(s\) no parameter perturbations"):
+        train(TrainConfig(dataset=str(reference_dataset), out=str(tmp_path / "op"), **settings))  # type: ignore[arg-type]
+
+
+def test_checkpoints_from_before_es_features_load_as_operators_without_them() -> None:
+    op, ckpt = OperatorCheckpoint.load(SHIPPED)
+    assert not ckpt.features.es_gradient and op.update.es is None
