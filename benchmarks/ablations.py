@@ -1,26 +1,33 @@
-"""What does each part of the operator buy? One row per variant of the shipped operator, on held-out tasks.
+"""What does each part of the operator buy, and which settings ship? One row per variant, on validation and test tasks.
 
-Trains each variant on one collection (the shipped operator's; see ``benchmarks/improvement.py``'s docstring to
-recreate it) with every other training setting the default, as the shipped operator (``per_param``, the
-baseline row), and applies each on the same held-out ``test`` tasks from the same fresh starts with the same
-budget B (``benchmarks/heldout.py``); PPO and no update run once, beside the baseline. The variants:
+Trains each variant on one collection (the shipped operator's: ARS on 32 ``halfcheetah_vel`` tasks; see
+``benchmarks/improvement.py``'s docstring to recreate it) with every other training setting the default, as the
+shipped operator (``per_param``, the baseline row), and applies each from the same fresh starts with the same
+budget B in env steps on two sets of tasks (``benchmarks/heldout.py``): validation tasks (``train`` tasks 32–35,
+in no collection) and the held-out ``test`` tasks. PPO, ARS and no update run once per set, beside the baseline.
+The variants:
 
-* ``per_param``: the baseline, the shipped operator's settings (asked for k = 4, as it is applied)
+* ``per_param``: the baseline, the shipped operator's settings (asked for k = ``--ask-k``, as it is applied)
+* ``teacher=ppo``: the per-parameter operator fitted to PPO's pairs instead of ARS's (``--ppo-operator``, the
+  operator shipped before ARS pairs were used, asked for the k = 4 chosen for it on the same validation tasks)
+* ``es_gradient=false``: without the ES step formed from τ's perturbations (the PPO-style features alone)
 * ``flat``: the MLP over the whole θ instead of the per-parameter network (``operator.arch=flat``)
 * ``relabel_rounds=1``: one round of relabeling (DAgger for operators), its rollouts asked for the same k
 * ``augment_starts=16 augment_noise=0.1``: D-REX-style pairs from noise-perturbed dataset policies
 * ``task_input``: the oracle, told the task's parameters and physics scales instead of inferring them from τ
-* ``ask_k=1``, ``ask_k=2``, ``ask_k=8``: the baseline operator, not retrained, asked for another jump size
+* ``ask_k=1``, ``ask_k=4``, ``ask_k=8`` (those other than ``--ask-k``): the baseline operator, not retrained,
+  asked for another jump size
 
-Writes ``results/ablations.csv`` (variant, what changed, IQM return at B [95% CI], the verdict against the
-baseline and against PPO — ``wins`` / ``loses`` only with non-overlapping 95% CIs, else ``ties`` — and training
-minutes; the file is rewritten after every variant, so an interrupted run keeps the rows it finished) and prints
-the rows. Nothing is chosen on the test tasks.
+Writes ``results/ablations.csv``: per variant what changed, its IQM return at B [95% CI] on the validation and on
+the test tasks, the verdicts on test against the baseline and against PPO (``wins`` / ``loses`` only with
+non-overlapping 95% CIs, else ``ties``), the minutes its fits took, and ``chosen`` on the one row with the best
+validation IQM: the settings to ship. The file is rewritten after every variant, so an interrupted run keeps the rows it
+finished. Nothing is chosen on the test tasks.
 
-    python benchmarks/ablations.py [--dataset runs/vel32x48] [--quick]
+    python benchmarks/ablations.py [--dataset runs/ars32x48] [--variants NAME ...] [--quick]
 
-``--quick`` (4 training tasks, 2 epochs, small relabel and augmentation rounds, 1 task × 1 seed, 2 applications)
-only checks that every variant runs; it writes to a temporary directory and leaves results/ alone.
+``--quick`` (4 training tasks, 2 epochs, small relabel and augmentation rounds, 1 task × 1 seed, B = 2 ARS
+batches) only checks that every variant runs; it writes to a temporary directory and leaves results/ alone.
 """
 
 from __future__ import annotations
@@ -33,24 +40,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from heldout import add_arguments, apply_settings, at_budget, timed_train
+from heldout import add_arguments, apply_settings, at_budget
 from improvement import dataset_or_exit, fmt, verdict
 
 from metaimprove.dataset import PairConfig
 from metaimprove.features import FeatureConfig
 from metaimprove.operator import OperatorConfig
 from metaimprove.stats import Estimate
-from metaimprove.train import TrainConfig
+from metaimprove.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
-FIELDS = ["variant", "changed", "operator_at_B", "operator_iqm", "operator_lo", "operator_hi", "vs_baseline",
-          "vs_ppo", "train_minutes", "ppo_at_B", "start_at_B", "budget_env_steps", "runs"]
+SETS = ("val", "test")
+PEERS = ["ppo", "ars", "no_update"]
+FIELDS = ["variant", "changed", "val_at_B", "val_iqm", "operator_at_B", "operator_iqm", "operator_lo", "operator_hi",
+          "vs_baseline", "vs_ppo", "train_minutes", "chosen", "val_ppo_at_B", "val_ars_at_B", "val_start_at_B",
+          "ppo_at_B", "ars_at_B", "start_at_B", "budget_env_steps", "runs"]
+KEPT = FIELDS[:11]
+"""the columns of a row itself (the rest are its peers' figures and the choice, rewritten with every file)"""
 # --quick: every variant's code path at a size that runs in minutes (the relabel and augmentation teacher runs
-# dominate; the default sizes spend 147,456 teacher env steps per relabel round).
+# dominate the default sizes).
 QUICK_TRAIN = {"max_epochs": 2, "relabel_tasks": 1, "relabel_applications": 2, "relabel_starts": 2,
                "relabel_eval_episodes": 1}
 QUICK_AUGMENT_STARTS = 2
+PPO_ASK_K = 4
+"""the jump size chosen for the PPO operator on the validation tasks (benchmarks/improvement.py, before ARS)"""
 
 
 @dataclass(frozen=True)
@@ -61,15 +75,21 @@ class Variant:
     changed: str
     """what changed against the baseline, in words"""
     train: dict[str, Any] | None = field(default_factory=dict)
-    """TrainConfig settings that differ from the baseline's; None: the baseline's operator, not retrained"""
+    """TrainConfig settings that differ from the baseline's; None: an operator not trained here"""
     ask_k: int | None = None
     """the jump size it is asked for when applied, if not the baseline's"""
+    checkpoint: Path | None = None
+    """with ``train`` None: the operator's checkpoint (default: the baseline's)"""
 
 
-def variants(ask_k: int, augment_starts: int) -> list[Variant]:
+def variants(ask_k: int, augment_starts: int, ppo_operator: Path) -> list[Variant]:
     """The ablation rows, baseline first."""
     return [
         Variant("per_param", f"baseline: the shipped operator's settings, asked for k = {ask_k}"),
+        Variant("teacher=ppo", f"fitted to PPO's pairs (32 tasks × 48 updates) instead of ARS's, asked for k = "
+                f"{PPO_ASK_K}", None, PPO_ASK_K, ppo_operator),
+        Variant("es_gradient=false", "features.es_gradient=false (no ES step from τ's perturbations)",
+                {"features": FeatureConfig(es_gradient=False)}),
         Variant("flat", "operator.arch=flat (one MLP over the whole θ)", {"operator": OperatorConfig(arch="flat")}),
         Variant("relabel_rounds=1", f"one relabeling round (its rollouts asked for k = {ask_k})",
                 {"relabel_rounds": 1, "relabel_ask_k": ask_k}),
@@ -79,7 +99,7 @@ def variants(ask_k: int, augment_starts: int) -> list[Variant]:
         Variant("task_input", "features.task_input=true (the oracle: told the task instead of inferring it)",
                 {"features": FeatureConfig(task_input=True)}),
         *(Variant(f"ask_k={k}", f"the baseline operator (not retrained) asked for k = {k}", None, k)
-          for k in (1, 2, 8) if k != ask_k),
+          for k in (1, 2, 4, 8) if k != ask_k),
     ]
 
 
@@ -87,70 +107,91 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
     parser.add_argument("--quick", action="store_true",
-                        help="4 training tasks, 2 epochs, 1 task × 1 seed, 2 applications; results/ left alone")
-    parser.add_argument("--baseline", type=Path,
-                        help="an already trained baseline checkpoint (default settings on --dataset) instead of "
-                             "training it again, e.g. benchmarks/scaling.py's 32-task operator")
+                        help="4 training tasks, 2 epochs, 1 task × 1 seed, B = 2 ARS batches; results/ left alone")
+    parser.add_argument("--trained", nargs="+", default=[], metavar="NAME=CHECKPOINT",
+                        help="variants already trained with their settings on --dataset (e.g. per_param=runs/op/"
+                             "operator.safetensors): applied instead of training them again")
+    parser.add_argument("--ppo-operator", type=Path, default=RESULTS / "operators" / "halfcheetah_vel.ppo.safetensors",
+                        help="the per-parameter operator trained on PPO's pairs (the teacher=ppo row)")
     parser.add_argument("--variants", nargs="+", metavar="NAME",
                         help="run only these rows (the baseline always runs) and keep the other rows already in "
                              "results/ablations.csv; default every row")
     args = parser.parse_args()
     if args.quick:
-        args.tasks, args.seeds, args.applications = 1, 1, 2
+        args.tasks, args.seeds, args.budget = 1, 1, 2 * 4096
     dataset = dataset_or_exit(Path(args.dataset))
     scratch = Path(tempfile.mkdtemp(prefix="ablations-"))
     target = scratch if args.quick else RESULTS
     base_train: dict[str, Any] = ({"pairs": PairConfig(max_tasks=4)} | QUICK_TRAIN) if args.quick else {}
-    settings = apply_settings(args)
     checkpoints: dict[str, Path] = {}
-    estimates: dict[str, Estimate] = {}
+    estimates: dict[tuple[str, str], Estimate] = {}
     rows: list[dict[str, object]] = []
-    budget = 0.0
+    budget = float(args.budget)
     # Rows are seeded, so a row kept from an earlier run equals what rerunning it would give.
     kept = [] if args.variants is None or not (target / "ablations.csv").exists() else [
-        {k: r[k] for k in FIELDS[:9]} for r in csv.DictReader((target / "ablations.csv").open())
+        {k: r[k] for k in KEPT} for r in csv.DictReader((target / "ablations.csv").open())
         if r["variant"] not in {"per_param", *args.variants}]
-    chosen = [v for i, v in enumerate(variants(args.ask_k, QUICK_AUGMENT_STARTS if args.quick else 16))
+    chosen = [v for i, v in enumerate(variants(args.ask_k, QUICK_AUGMENT_STARTS if args.quick else 16,
+                                               args.ppo_operator))
               if i == 0 or args.variants is None or v.name in args.variants]
+    trained = dict(item.split("=", 1) for item in args.trained)
     for i, variant in enumerate(chosen):
         minutes = None
-        if i == 0 and args.baseline is not None:
-            checkpoint = checkpoints["per_param"] = args.baseline
+        if variant.name in trained:
+            checkpoint = checkpoints[variant.name] = Path(trained[variant.name])
+            minutes = fit_minutes(checkpoint)
         elif variant.train is None:
-            checkpoint = checkpoints["per_param"]
+            checkpoint = variant.checkpoint or checkpoints["per_param"]
         else:
             config = TrainConfig(dataset=str(dataset), out=str(scratch / variant.name.replace(" ", "_")),
                                  **{**base_train, **variant.train})
-            checkpoint, minutes = timed_train(config)
-            checkpoints[variant.name] = checkpoint
-        # PPO and the start depend on neither the operator nor the ask: run them once, beside the baseline.
-        methods = ["operator", "ppo", "no_update"] if i == 0 else ["operator"]
-        found, budget = at_budget(checkpoint, scratch / f"apply-{i}", methods,
-                                  {**settings, "ask_k": variant.ask_k or args.ask_k})
-        if i == 0:
-            estimates.update(found)
-        est = estimates[variant.name] = found["operator"]
-        rows.append({"variant": variant.name, "changed": variant.changed, "operator_at_B": fmt(est),
-                     "operator_iqm": f"{est.iqm:.2f}", "operator_lo": f"{est.lo:.2f}", "operator_hi": f"{est.hi:.2f}",
-                     "vs_baseline": "—" if i == 0 else verdict(est, estimates["per_param"]),
-                     "vs_ppo": verdict(est, estimates["ppo"]),
+            checkpoint = checkpoints[variant.name] = train(config)
+            minutes = fit_minutes(checkpoint)
+        # The peers depend on neither the operator nor the ask: run them once, beside the baseline.
+        methods = ["operator", *PEERS] if i == 0 else ["operator"]
+        for where in SETS:
+            found, budget = at_budget(checkpoint, scratch / f"apply-{i}-{where}", methods,
+                                      {**apply_settings(args, where), "ask_k": variant.ask_k or args.ask_k})
+            estimates.update({(m if m != "operator" else variant.name, where): est for m, est in found.items()})
+        val, est = estimates[variant.name, "val"], estimates[variant.name, "test"]
+        rows.append({"variant": variant.name, "changed": variant.changed, "val_at_B": fmt(val),
+                     "val_iqm": f"{val.iqm:.2f}", "operator_at_B": fmt(est), "operator_iqm": f"{est.iqm:.2f}",
+                     "operator_lo": f"{est.lo:.2f}", "operator_hi": f"{est.hi:.2f}",
+                     "vs_baseline": "—" if i == 0 else verdict(est, estimates["per_param", "test"]),
+                     "vs_ppo": verdict(est, estimates["ppo", "test"]),
                      "train_minutes": "—" if minutes is None else f"{minutes:.1f}"})
         print(", ".join(f"{k}: {v}" for k, v in rows[-1].items()), flush=True)
         write(target / "ablations.csv", rows[:1] + kept + rows[1:], estimates, budget,
-              f"{args.tasks} test tasks × {args.seeds} seeds")
-    print(f"PPO at B: {fmt(estimates['ppo'])}; start: {fmt(estimates['no_update'])}; B = {int(budget)} env steps")
+              f"{args.tasks} tasks × {args.seeds} seeds per set")
     print(f"wrote {target / 'ablations.csv'}")
 
 
-def write(path: Path, rows: list[dict[str, object]], estimates: dict[str, Estimate], budget: float,
+def fit_minutes(checkpoint: Path) -> float | None:
+    """The minutes the fits of a training run took (every round's, from the ``metrics.csv`` beside its checkpoint;
+    None without one), so that rows trained here and elsewhere count the same work."""
+    path = checkpoint.parent / "metrics.csv"
+    if not path.exists():
+        return None
+    last: dict[str, float] = {}
+    for row in csv.DictReader(path.open()):
+        last[row["round"]] = float(row["seconds"])  # seconds count from the start of each round's fit
+    return sum(last.values()) / 60
+
+
+def write(path: Path, rows: list[dict[str, object]], estimates: dict[tuple[str, str], Estimate], budget: float,
           runs: str) -> None:
-    """``ablations.csv``, atomically: the rows so far, each with the peers' figures on the same runs."""
+    """``ablations.csv``, atomically: the rows so far, each with the peers' figures on the same runs, and the row
+    with the best validation IQM marked ``chosen``."""
+    best = max(rows, key=lambda r: float(str(r["val_iqm"])))
+    peers = {f"{prefix}{name}_at_B": fmt(estimates[method, where])
+             for where, prefix in (("val", "val_"), ("test", "")) for method, name in
+             (("ppo", "ppo"), ("ars", "ars"), ("no_update", "start"))}
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         for row in rows:
-            writer.writerow({**row, "ppo_at_B": fmt(estimates["ppo"]), "start_at_B": fmt(estimates["no_update"]),
+            writer.writerow({**row, "chosen": "yes" if row is best else "", **peers,
                              "budget_env_steps": int(budget), "runs": runs})
     os.replace(tmp, path)
 

@@ -14,15 +14,15 @@ initializations no training run used, and the training runs' own initialization 
   seeds' final θ on one task, all folded into one normalizer), and the key figures as ``name: value``
 
 and prints the key figures as ``name: value`` lines. It needs the operator's training dataset, which is not
-in git; recreate it (about 40 CPU-minutes) with::
+in git; recreate it (about 5 minutes on 2 cores) with::
 
-    metaimprove collect task=halfcheetah_vel n_tasks=32 seeds=1 iterations=48 out=runs/vel32x48
+    metaimprove collect teacher=ars task=halfcheetah_vel n_tasks=32 seeds=1 iterations=48 out=runs/ars32x48
 
 (the settings of ``results/operators/halfcheetah_vel.collect.yaml``). The domain-randomized policy is shipped
 (``results/operators/halfcheetah_vel.dr.safetensors``, from ``metaimprove dr task=halfcheetah_vel n_tasks=32
 iterations=1536``); when it is missing the benchmark trains it first.
 
-    python benchmarks/improvement.py [--quick] [--dataset runs/vel32x48] [--only METHOD ...]
+    python benchmarks/improvement.py [--quick] [--dataset runs/ars32x48] [--only METHOD ...]
 
 ``--render`` runs nothing and rewrites the summary, plots and figures from the committed curves. ``--only`` reruns
 just the methods named (both starts where the start matters) and replaces their rows in the
@@ -47,9 +47,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from kill_resume import write_rows
 
-from metaimprove.apply import ApplyConfig, apply, method_names, operator_batch, start_policy, starts_from_theta0
+from metaimprove.apply import (
+    ApplyConfig,
+    apply,
+    method_names,
+    operator_batch,
+    operator_explorer,
+    start_policy,
+    starts_from_theta0,
+)
 from metaimprove.baselines import DRConfig, train_dr
 from metaimprove.collect import load_manifest, load_shard
 from metaimprove.features import encode, stack
@@ -63,18 +72,23 @@ from metaimprove.teachers import make_teacher
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
 OPERATORS = RESULTS / "operators"
+BUDGET = 61440
+"""B in env steps per run: 30 PPO batches, 15 ARS batches"""
+ASK_K = 2
+"""the jump size the shipped operator is asked for, chosen on validation tasks (``benchmarks/ablations.py``)"""
 SPLITS = ("test", "ood")
 TRAIN_INIT = "@train_init"
 """suffix of the methods run from the training runs' initialization"""
 
 
 def step_time_ratio(operator_path: str, family: str, ask_k: int, reps: int = 15) -> float:
-    """Median wall time of one operator application (encode τ + forward) over one PPO update, both on the
-    same batch, in this process, one thread each."""
+    """Median wall time of one operator application (encode τ + forward) on its own batch (collected as its
+    teacher explores) over one PPO update on PPO's batch, from the same policy, in this process, one thread each."""
     torch.set_num_threads(1)
     op, ckpt = OperatorCheckpoint.load(operator_path)
     task = get_family(family).task("test", 0)
     start = start_policy(ckpt, 0)
+    own = operator_explorer(ckpt, task, start, seed=0)(start)
     ppo = make_teacher(ckpt.teacher, "ppo")
     ppo.start(task, start, seed=0)
     batch = ppo.collect()
@@ -84,7 +98,7 @@ def step_time_ratio(operator_path: str, family: str, ask_k: int, reps: int = 15)
     for _ in range(reps):
         begin = time.perf_counter()
         with torch.no_grad():
-            op(stack([encode(start, batch, ckpt.features, generator)]), ask)
+            op(stack([encode(start, own, ckpt.features, generator)]), ask)
         op_times.append(time.perf_counter() - begin)
         ppo.start(task, start, seed=0)  # every timed update is the first one from the same start
         begin = time.perf_counter()
@@ -160,12 +174,20 @@ def memorization(run_dir: Path, snapshots: torch.Tensor) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------- run
 
 
+def collect_command(family: str = "halfcheetah_vel", out: str = "<dir>") -> str:
+    """The ``metaimprove collect`` command that recreates the shipped operator's training data (from its
+    collection config, ``results/operators/<family>.collect.yaml``)."""
+    config = yaml.safe_load((OPERATORS / f"{family}.collect.yaml").read_text())
+    return (f"metaimprove collect teacher={config['teacher_name']} task={family} n_tasks={config['n_tasks']} "
+            f"seeds={config['seeds']} iterations={config['iterations']} out={out}")
+
+
 def dataset_or_exit(path: Path) -> Path:
     """The dataset directory, or exit with the command that recreates it."""
     if not (path / "manifest.json").exists():
-        raise SystemExit(f"no dataset at {path}: recreate the shipped operator's training data with `metaimprove "
-                         f"collect task=halfcheetah_vel n_tasks=32 seeds=1 iterations=48 out={path}` "
-                         "(results/operators/halfcheetah_vel.collect.yaml), or pass --dataset DIR")
+        raise SystemExit(f"no dataset at {path}: recreate the shipped operator's training data with "
+                         f"`{collect_command(out=str(path))}` (results/operators/halfcheetah_vel.collect.yaml), or "
+                         "pass --dataset DIR")
     return path
 
 
@@ -186,17 +208,19 @@ def dr_policy(path: Path, family: str, quick: bool, scratch: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 tasks × 3 seeds, 10 batches; results/ left alone")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"2 tasks × 3 seeds, B = {BUDGET // 3} env steps; results/ left alone")
     parser.add_argument("--operator", default=str(OPERATORS / "halfcheetah_vel.safetensors"))
-    parser.add_argument("--dataset", default=str(ROOT / "runs" / "vel32x48"),
+    parser.add_argument("--dataset", default=str(ROOT / "runs" / "ars32x48"),
                         help="the operator's training dataset (see the module docstring for the command)")
     parser.add_argument("--dr-policy", default=str(OPERATORS / "halfcheetah_vel.dr.safetensors"))
     parser.add_argument("--family", default="halfcheetah_vel")
     parser.add_argument("--tasks", type=int, default=None, help="tasks per split (default 4; quick 2)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per task (default 5; quick 3)")
-    parser.add_argument("--applications", type=int, default=None, help="budget in batches (default 30; quick 10)")
-    parser.add_argument("--ask-k", type=int, default=4,
-                        help="jump size to ask for (4 was chosen on validation tasks train/32-35, not on test)")
+    parser.add_argument("--budget", type=int, default=None,
+                        help=f"budget B in env steps per run (default {BUDGET}; quick {BUDGET // 3})")
+    parser.add_argument("--ask-k", type=int, default=ASK_K,
+                        help=f"jump size to ask for ({ASK_K} was chosen on validation tasks train/32-35, not on test)")
     parser.add_argument("--guard-threshold", type=float, default=ApplyConfig.guard_threshold)
     parser.add_argument("--guard-episodes", type=int, default=ApplyConfig.guard_episodes)
     parser.add_argument("--guard-margin", type=float, default=ApplyConfig.guard_margin)
@@ -212,7 +236,7 @@ def main() -> None:
                          "first, and not with --quick")
     n_tasks = args.tasks or (2 if args.quick else 4)
     n_seeds = args.seeds or (3 if args.quick else 5)
-    applications = args.applications or (10 if args.quick else 30)
+    budget = args.budget or (BUDGET // 3 if args.quick else BUDGET)
     methods = [] if args.render else args.only or method_names()
     # Rendering runs nothing, so it needs neither the training dataset nor the DR policy.
     dataset = Path(args.dataset) if args.render else dataset_or_exit(Path(args.dataset))
@@ -227,7 +251,7 @@ def main() -> None:
                 continue
             out = scratch / f"{split}-{start}"
             apply(ApplyConfig(operator_path=args.operator, out=str(out), task=TaskConfig(args.family), split=split,
-                              n_tasks=n_tasks, seeds=n_seeds, applications=applications, methods=chosen,
+                              n_tasks=n_tasks, seeds=n_seeds, budget=budget, methods=chosen,
                               start=start, dataset=str(dataset), dr_policy=str(dr), ask_k=args.ask_k,
                               guard_threshold=args.guard_threshold, guard_episodes=args.guard_episodes,
                               guard_margin=args.guard_margin, save_policies=start == "fresh",
@@ -250,7 +274,6 @@ def main() -> None:
     curves = read_curves([curves_csv])
     _, ckpt = OperatorCheckpoint.load(args.operator)
     batch = math.prod(operator_batch(ckpt))
-    budget = float(applications * batch)
     present = {str(r["method"]) for r in rows}
     labels = [label for m in method_names() for label in ((m, m + TRAIN_INIT) if starts_from_theta0(m) else (m,))
               if label in present]
@@ -279,7 +302,7 @@ def main() -> None:
         figures["rerun"] = f"{' '.join(args.only)} on {time.strftime('%Y-%m-%d')}, {apply_minutes:.1f} min of apply"
     elif not args.render:
         figures["apply_wall_minutes"] = f"{apply_minutes:.1f}"
-    summary = render(table, labels, figures, args, n_tasks, n_seeds, applications, batch, dataset)
+    summary = render(table, labels, figures, args, n_tasks, n_seeds, budget, ckpt.teacher["name"], batch, dataset)
     (target / "summary.md").write_text(summary)
     with figures_csv.open("w", newline="") as f:
         csv.writer(f).writerows([["name", "value"], *figures.items()])
@@ -353,7 +376,7 @@ def key_figures(curves: Curves, rows: list[dict[str, object]], table: dict[tuple
 
 
 def render(table: dict[tuple[str, str], tuple[Estimate, float]], labels: list[str], figures: dict[str, str],
-           args: argparse.Namespace, n_tasks: int, n_seeds: int, applications: int, batch: int,
+           args: argparse.Namespace, n_tasks: int, n_seeds: int, budget: int, teacher: str, batch: int,
            dataset: Path) -> str:
     """``results/summary.md``."""
     operator = Path(args.operator).resolve()
@@ -361,8 +384,9 @@ def render(table: dict[tuple[str, str], tuple[Estimate, float]], labels: list[st
         "# Held-out improvement: the operator against its peers (`benchmarks/improvement.py`)",
         "",
         f"Operator `{operator.relative_to(ROOT) if operator.is_relative_to(ROOT) else operator}` "
-        f"(ask k = {args.ask_k}); {n_tasks} tasks × {n_seeds} seeds per split; budget B = {applications} batches × "
-        f"{batch} = {applications * batch} env steps per run; returns are the mean of 8 deterministic episodes. "
+        f"(fitted to {teacher.upper()}'s pairs, asked for k = {args.ask_k}); {n_tasks} tasks × {n_seeds} seeds per "
+        f"split; budget B = {budget} env steps per run (the operator: {budget // batch} batches of {batch}); returns "
+        "are the mean of 8 deterministic episodes. "
         "`test`: new draws inside the training ranges; `ood`: target velocities and masses outside them. "
         f"`@train_init`: started from the training runs' initialization instead of a fresh one. "
         "IQM over tasks × seeds with 95% stratified-bootstrap CIs; `steps_ratio_to_ppo`: env steps to reach PPO's "
@@ -388,7 +412,8 @@ def render(table: dict[tuple[str, str], tuple[Estimate, float]], labels: list[st
         "## Guarded operator",
         "",
         f"After each operator step, a batch whose return falls more than {args.guard_threshold:g} below the best batch "
-        "so far rolls the policy back to that best one and takes a PPO step from it instead. The run deploys θ⁰ "
+        f"so far rolls the policy back to that best one and takes a {teacher.upper()} step from it instead. The run "
+        "deploys θ⁰ "
         f"until a policy whose batch is a new best returns more than {args.guard_margin:g} above the deployed one "
         f"on {args.guard_episodes} deterministic verification episodes (seeds of their own, never the evaluation's; "
         "their env steps are charged to the run). Runs (both splits, both "
@@ -416,8 +441,7 @@ def render(table: dict[tuple[str, str], tuple[Estimate, float]], labels: list[st
                      f"{figures[f'{split}_memorization_ratio']} |")
     lines += ["", "## Key figures", "", "```"] + [f"{k}: {v}" for k, v in figures.items()] + ["```", ""]
     lines += [f"Curves: `improvement.csv`, `improvement_test.png`, `improvement_ood.png`. Training dataset: "
-              f"`{dataset.name}` (not in git; `metaimprove collect task=halfcheetah_vel n_tasks=32 seeds=1 "
-              "iterations=48 out=<dir>` recreates it)."]
+              f"`{dataset.name}` (not in git; `{collect_command()}` recreates it)."]
     return "\n".join(lines) + "\n"
 
 

@@ -139,8 +139,9 @@ def _scaling() -> list[str]:
     return [
         "### More training tasks, better held-out returns? (`benchmarks/scaling.py`)",
         "",
-        "One operator per task count N, trained on the first N tasks of the 32-task collection (the rest of the "
-        f"training settings as the shipped operator's), {_held_out_runs(rows[0])} ([plot](results/scaling.png)).",
+        f"One operator per task count N, trained on the first N tasks of one collection "
+        f"({rows[0].get('collection') or 'PPO, 32 tasks × 48 updates'}; the rest of the training settings the "
+        f"defaults), {_held_out_runs(rows[0])} ([plot](results/scaling.png)).",
         "",
         "| training tasks N | fitted on (rest validate) | operator at B |",
         "| --- | --- | --- |",
@@ -152,21 +153,27 @@ def _scaling() -> list[str]:
 
 
 def _ablations() -> list[str]:
-    """One row per variant of the shipped operator on held-out tasks (``benchmarks/ablations.py``)."""
+    """One row per variant of the shipped operator on validation and held-out tasks (``benchmarks/ablations.py``)."""
     rows = _rows("ablations.csv")
     if not rows:
         return []
+    first = rows[0]
     return [
-        "### What does each part of the operator buy? (`benchmarks/ablations.py`)",
+        "### What does each part of the operator buy, and which settings ship? (`benchmarks/ablations.py`)",
         "",
         "Each variant trained on the shipped operator's collection with every other setting the default (the "
-        f"baseline `per_param` is the shipped operator's settings), {_held_out_runs(rows[0])}; a verdict needs "
-        "non-overlapping CIs.",
+        "baseline `per_param` is the shipped operator's settings), applied from fresh starts with B = "
+        f"{first['budget_env_steps']} env steps on {first['runs']}: validation tasks (`train` tasks 32–35, in no "
+        "collection) and held-out `test` tasks. IQM return at B with 95% CIs; a verdict needs non-overlapping CIs. "
+        "The settings that ship are the row with the best validation IQM (**chosen**); the test column plays no "
+        f"part in the choice. On validation: PPO {first['val_ppo_at_B']}, ARS {first['val_ars_at_B']}, the start "
+        f"{first['val_start_at_B']}; on test: PPO {first['ppo_at_B']}, ARS {first['ars_at_B']}, the start "
+        f"{first['start_at_B']}.",
         "",
-        "| variant | what changed | operator at B | vs baseline | vs PPO | training minutes |",
-        "| --- | --- | --- | --- | --- | --- |",
-        *(f"| `{r['variant']}` | {r['changed']} | {r['operator_at_B']} | {r['vs_baseline']} | **{r['vs_ppo']}** | "
-          f"{r['train_minutes']} |" for r in rows),
+        "| variant | what changed | validation at B | test at B | vs baseline (test) | vs PPO (test) | fit minutes |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *(f"| `{r['variant']}`{' **chosen**' if r['chosen'] else ''} | {r['changed']} | {r['val_at_B']} | "
+          f"{r['operator_at_B']} | {r['vs_baseline']} | **{r['vs_ppo']}** | {r['train_minutes']} |" for r in rows),
         "",
     ]
 

@@ -8,10 +8,13 @@ tasks from the same fresh starts with the same budget, and writes:
   at B [95% CI], and PPO's and the start's on the same runs;
 * ``results/scaling.png``: the curve (N → IQM return at B with its CI), PPO and the start as bands.
 
-The collection is ``benchmarks/improvement.py``'s (32 tasks × 48 PPO updates; see its docstring to recreate it).
-Nothing is chosen on the test tasks: the ask (k = 4) is the one chosen for the shipped operator on validation tasks.
+The collection defaults to ``benchmarks/improvement.py``'s (ARS, 32 tasks × 48 updates; see its docstring to
+recreate it); counts beyond 32 need a larger one, collected with the same settings and more tasks (the first 32
+tasks of any collection are the same tasks), e.g. ``metaimprove collect teacher=ars task=halfcheetah_vel
+n_tasks=128 seeds=1 iterations=48 out=runs/ars128x48``. Nothing is chosen on the test tasks: the ask is the one
+chosen for the shipped operator on validation tasks.
 
-    python benchmarks/scaling.py [--dataset runs/vel32x48] [--counts 4 8 16 32]
+    python benchmarks/scaling.py [--dataset runs/ars128x48] [--counts 4 8 16 32 64 128]
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import yaml
 from heldout import add_arguments, apply_settings, at_budget, timed_train
 from improvement import dataset_or_exit, fmt
 
@@ -32,7 +36,7 @@ from metaimprove.train import TrainConfig
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
 FIELDS = ["n_tasks", "train_tasks", "operator_at_B", "operator_iqm", "operator_lo", "operator_hi",
-          "train_minutes"]
+          "train_minutes", "collection"]
 
 
 def main() -> None:
@@ -41,6 +45,8 @@ def main() -> None:
     parser.add_argument("--counts", type=int, nargs="+", default=[4, 8, 16, 32])
     args = parser.parse_args()
     dataset = dataset_or_exit(Path(args.dataset))
+    settings = yaml.safe_load((dataset / "config.yaml").read_text())
+    collection = f"{settings['teacher_name'].upper()}, {settings['n_tasks']} tasks × {settings['iterations']} updates"
     scratch = Path(tempfile.mkdtemp(prefix="scaling-"))
     rows, budget = [], 0.0
     for i, n in enumerate(args.counts):
@@ -55,7 +61,7 @@ def main() -> None:
         est = estimates["operator"]
         rows.append({"n_tasks": n, "train_tasks": len(ckpt.tasks),
                      "operator_at_B": fmt(est), "operator_iqm": f"{est.iqm:.2f}", "operator_lo": f"{est.lo:.2f}",
-                     "operator_hi": f"{est.hi:.2f}", "train_minutes": f"{minutes:.1f}"})
+                     "operator_hi": f"{est.hi:.2f}", "train_minutes": f"{minutes:.1f}", "collection": collection})
         print(", ".join(f"{k}: {v}" for k, v in rows[-1].items()), flush=True)
         # After every count: a run stopped later keeps the points it measured.
         write(rows, peers, budget, f"{args.tasks} test tasks × {args.seeds} seeds")

@@ -23,7 +23,9 @@ from metaimprove.teachers import ARSConfig
 from metaimprove.train import TrainConfig, fit, train
 
 SPEC = PolicySpec(5, 2, hidden=(8, 8))
-SHIPPED = pathlib.Path(__file__).resolve().parent.parent / "results" / "operators" / "halfcheetah_vel.safetensors"
+# The PPO operator shipped before ARS pairs were used, written before task_input and es_gradient existed.
+SHIPPED_PPO = (pathlib.Path(__file__).resolve().parent.parent / "results" / "operators"
+               / "halfcheetah_vel.ppo.safetensors")
 TINY_ARS = ARSConfig(n_directions=2, top_b=1, n_steps=32)
 SMALL = {"operator": OperatorConfig(hidden=16, context_dim=8, param_hidden=8),
          "features": FeatureConfig(n_transitions=32, n_states=16), "pairs": PairConfig(ks=[1]), "max_epochs": 2}
@@ -137,5 +139,5 @@ def test_es_gradient_on_data_without_perturbations_is_a_one_line_error(reference
 
 
 def test_checkpoints_from_before_es_features_load_as_operators_without_them() -> None:
-    op, ckpt = OperatorCheckpoint.load(SHIPPED)
+    op, ckpt = OperatorCheckpoint.load(SHIPPED_PPO)
     assert not ckpt.features.es_gradient and op.update.es is None
