@@ -1,13 +1,13 @@
 """What does each part of the operator buy, and which settings ship? One row per variant, on validation and test tasks.
 
 Trains each variant on one collection (the shipped operator's: ARS on 32 ``halfcheetah_vel`` tasks; see
-``benchmarks/improvement.py``'s docstring to recreate it) with every other training setting the default, as the
-shipped operator (``per_param``, the baseline row), and applies each from the same fresh starts with the same
+``benchmarks/improvement.py``'s docstring to recreate it) with every other training setting the default
+(``per_param``, the baseline row), and applies each from the same fresh starts with the same
 budget B in env steps on two sets of tasks (``benchmarks/heldout.py``): validation tasks (``train`` tasks 32–35,
 in no collection) and the held-out ``test`` tasks. PPO, ARS and no update run once per set, beside the baseline.
 The variants:
 
-* ``per_param``: the baseline, the shipped operator's settings (asked for k = ``--ask-k``, as it is applied)
+* ``per_param``: the baseline, the default training settings (asked for k = ``--ask-k``)
 * ``teacher=ppo``: the per-parameter operator fitted to PPO's pairs instead of ARS's (``--ppo-operator``, the
   operator shipped before ARS pairs were used, asked for the k = 4 chosen for it on the same validation tasks)
 * ``es_gradient=false``: without the ES step formed from τ's perturbations (the PPO-style features alone)
@@ -85,7 +85,7 @@ class Variant:
 def variants(ask_k: int, augment_starts: int, ppo_operator: Path) -> list[Variant]:
     """The ablation rows, baseline first."""
     return [
-        Variant("per_param", f"baseline: the shipped operator's settings, asked for k = {ask_k}"),
+        Variant("per_param", f"baseline: the default training settings, asked for k = {ask_k}"),
         Variant("teacher=ppo", f"fitted to PPO's pairs (32 tasks × 48 updates) instead of ARS's, asked for k = "
                 f"{PPO_ASK_K}", None, PPO_ASK_K, ppo_operator),
         Variant("es_gradient=false", "features.es_gradient=false (no ES step from τ's perturbations)",
@@ -134,7 +134,7 @@ def main() -> None:
     chosen = [v for i, v in enumerate(variants(args.ask_k, QUICK_AUGMENT_STARTS if args.quick else 16,
                                                args.ppo_operator))
               if i == 0 or args.variants is None or v.name in args.variants]
-    trained = dict(item.split("=", 1) for item in args.trained)
+    trained = dict(item.rsplit("=", 1) for item in args.trained)  # variant names hold "=", paths do not
     for i, variant in enumerate(chosen):
         minutes = None
         if variant.name in trained:

@@ -30,9 +30,9 @@ committed ``results/improvement.csv``; every other method's rows, and the figure
 (the memorization audit needs ``operator`` and ``ppo``), are kept from ``results/improvement_figures.csv``.
 Runs are seeded, so a method's rows do not depend on which other methods ran beside it.
 
-Full run: 4 tasks × 5 seeds per split, 30 batches (61,440 env steps) per run, every method: measured 58.8 minutes
-of apply on the shared 2-core machine while other jobs ran. ``--quick`` (2 tasks × 3 seeds, 10 batches) took
-5.1 minutes end to end on the same machine when idle, and leaves results/ alone.
+Full run: 4 tasks × 5 seeds per split, B = 61,440 env steps per run, every method: measured 23.6 minutes of apply
+on the shared 2-core machine while a collection ran beside it (58.8 minutes for the PPO-trained operator, whose 30
+applications each cost a PPO-sized encoding). ``--quick`` (2 tasks × 3 seeds, B / 3) leaves results/ alone.
 """
 
 from __future__ import annotations
@@ -412,7 +412,7 @@ def render(table: dict[tuple[str, str], tuple[Estimate, float]], labels: list[st
         "## Guarded operator",
         "",
         f"After each operator step, a batch whose return falls more than {args.guard_threshold:g} below the best batch "
-        f"so far rolls the policy back to that best one and takes a {teacher.upper()} step from it instead. The run "
+        f"so far rolls the policy back to that best one and takes one {teacher.upper()} step from it instead. The run "
         "deploys θ⁰ "
         f"until a policy whose batch is a new best returns more than {args.guard_margin:g} above the deployed one "
         f"on {args.guard_episodes} deterministic verification episodes (seeds of their own, never the evaluation's; "

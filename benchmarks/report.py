@@ -127,8 +127,9 @@ def _families() -> list[str]:
 
 def _held_out_runs(first: dict[str, str]) -> str:
     """How a held-out comparison (``benchmarks/heldout.py``) ran, and its peers' figures."""
+    ars = f"; ARS: {first['ars_at_B']}" if first.get("ars_at_B") else ""
     return (f"applied on {first['runs']} from fresh starts, B = {first['budget_env_steps']} env steps. PPO at B on "
-            f"the same runs: {first['ppo_at_B']}; the start: {first['start_at_B']}. IQM return at B with 95% CIs")
+            f"the same runs: {first['ppo_at_B']}{ars}; the start: {first['start_at_B']}. IQM return at B with 95% CIs")
 
 
 def _scaling() -> list[str]:

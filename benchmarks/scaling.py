@@ -35,6 +35,7 @@ from metaimprove.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
+PEERS = ["ppo", "ars", "no_update"]
 FIELDS = ["n_tasks", "train_tasks", "operator_at_B", "operator_iqm", "operator_lo", "operator_hi",
           "train_minutes", "collection"]
 
@@ -53,11 +54,11 @@ def main() -> None:
         checkpoint, minutes = timed_train(TrainConfig(dataset=str(dataset), out=str(scratch / f"op{n}"),
                                                       pairs=PairConfig(max_tasks=n)))
         _, ckpt = OperatorCheckpoint.load(checkpoint)
-        # PPO and the start do not depend on the operator: run them once, beside the first.
-        methods = ["operator", "ppo", "no_update"] if i == 0 else ["operator"]
+        # The teachers and the start do not depend on the operator: run them once, beside the first.
+        methods = ["operator", *PEERS] if i == 0 else ["operator"]
         estimates, budget = at_budget(checkpoint, scratch / f"apply{n}", methods, apply_settings(args))
         if i == 0:
-            peers = {m: estimates[m] for m in ("ppo", "no_update")}
+            peers = {m: estimates[m] for m in PEERS}
         est = estimates["operator"]
         rows.append({"n_tasks": n, "train_tasks": len(ckpt.tasks),
                      "operator_at_B": fmt(est), "operator_iqm": f"{est.iqm:.2f}", "operator_lo": f"{est.lo:.2f}",
@@ -73,16 +74,17 @@ def write(rows: list[dict[str, object]], peers: dict, budget: float, runs: str) 
     """``results/scaling.csv`` (written to a temporary file, then moved into place)."""
     tmp = RESULTS / "scaling.csv.tmp"
     with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*FIELDS, "ppo_at_B", "start_at_B", "budget_env_steps", "runs"])
+        writer = csv.DictWriter(f, fieldnames=[*FIELDS, "ppo_at_B", "ars_at_B", "start_at_B", "budget_env_steps",
+                                               "runs"])
         writer.writeheader()
         for row in rows:
-            writer.writerow({**row, "ppo_at_B": fmt(peers["ppo"]), "start_at_B": fmt(peers["no_update"]),
-                             "budget_env_steps": int(budget), "runs": runs})
+            writer.writerow({**row, "ppo_at_B": fmt(peers["ppo"]), "ars_at_B": fmt(peers["ars"]),
+                             "start_at_B": fmt(peers["no_update"]), "budget_env_steps": int(budget), "runs": runs})
     tmp.replace(RESULTS / "scaling.csv")
 
 
 def plot(rows: list[dict[str, object]], peers: dict, budget: float) -> None:
-    """N → the operator's IQM return at B with 95% CIs; PPO's and the start's as horizontal bands."""
+    """N → the operator's IQM return at B with 95% CIs; the teachers' and the start's as horizontal bands."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     n = [int(r["n_tasks"]) for r in rows]  # type: ignore[call-overload]
     iqm = [float(r["operator_iqm"]) for r in rows]  # type: ignore[arg-type]
@@ -90,10 +92,10 @@ def plot(rows: list[dict[str, object]], peers: dict, budget: float) -> None:
     hi = [float(r["operator_hi"]) for r in rows]  # type: ignore[arg-type]
     ax.errorbar(n, iqm, yerr=[[m - a for m, a in zip(iqm, lo, strict=True)], [b - m for m, b in zip(iqm, hi,
                 strict=True)]], marker="o", capsize=3, color="C0", label="operator")
-    for name, color in (("ppo", "C1"), ("no_update", "0.5")):
+    for name, color, label in (("ppo", "C1", "PPO"), ("ars", "C2", "ARS"), ("no_update", "0.5", "start (no update)")):
         est = peers[name]
         ax.axhspan(est.lo, est.hi, color=color, alpha=0.2)
-        ax.axhline(est.iqm, color=color, lw=1, label="PPO" if name == "ppo" else "start (no update)")
+        ax.axhline(est.iqm, color=color, lw=1, label=label)
     ax.set_xscale("log", base=2)
     ax.set_xticks(n, [str(v) for v in n])
     ax.set_xlabel("training tasks")

@@ -127,8 +127,10 @@ def test_an_operator_trained_on_ars_reads_its_perturbations_and_collects_as_ars_
     exp = operator_explorer(ckpt, default_task("halfcheetah_vel"), start, seed=0)(start)
     assert exp.perturbation is not None and exp.obs.shape[1] == 2 * TINY_ARS.n_directions
     out = apply(ApplyConfig(operator_path=str(path), out=str(tmp_path / "apply"), task=TaskConfig("halfcheetah_vel"),
-                            n_tasks=1, seeds=1, applications=2, eval_episodes=1, workers=1, methods=["operator"]))
-    assert len(out.read_text().splitlines()) == 1 + 3  # header, the start and two applications
+                            n_tasks=1, seeds=1, applications=2, eval_episodes=1, workers=1,
+                            methods=["operator", "operator_guarded", "ars"]))
+    methods = [line.split(",")[0] for line in out.read_text().splitlines()[1:]]
+    assert methods.count("operator") == methods.count("ars") == 1 + 2  # the start and two batches each
 
 
 def test_es_gradient_on_data_without_perturbations_is_a_one_line_error(reference_dataset: pathlib.Path,
