@@ -163,7 +163,7 @@ def _ablations() -> list[str]:
         "### What does each part of the operator buy, and which settings ship? (`benchmarks/ablations.py`)",
         "",
         "Each variant trained on the shipped operator's collection with every other setting the default (the "
-        "baseline `per_param` is the shipped operator's settings), applied from fresh starts with B = "
+        "baseline `per_param`: every default), applied from fresh starts with B = "
         f"{first['budget_env_steps']} env steps on {first['runs']}: validation tasks (`train` tasks 32–35, in no "
         "collection) and held-out `test` tasks. IQM return at B with 95% CIs; a verdict needs non-overlapping CIs. "
         "The settings that ship are the row with the best validation IQM (**chosen**); the test column plays no "
