@@ -8,7 +8,7 @@ initializations no training run used, and the training runs' own initialization 
 
 * ``results/improvement.csv``: every curve (method, task, seed, env_steps, return, fallbacks, split, start)
 * ``results/improvement_<split>.png``: IQM curves with 95% CI bands, B marked
-* ``results/summary.md``: method × split → IQM return at B [95% CI] and ``steps_ratio_to_ppo`` (env steps to reach
+* ``results/improvement.md``: method × split → IQM return at B [95% CI] and ``steps_ratio_to_ppo`` (env steps to reach
   PPO's IQM return at B over PPO's own, same start), the guarded operator's record, the memorization audit
   (the operator's final θ distance to its nearest training checkpoint against the distance between two PPO
   seeds' final θ on one task, all folded into one normalizer), and the key figures as ``name: value``
@@ -303,7 +303,7 @@ def main() -> None:
     elif not args.render:
         figures["apply_wall_minutes"] = f"{apply_minutes:.1f}"
     summary = render(table, labels, figures, args, n_tasks, n_seeds, budget, ckpt.teacher["name"], batch, dataset)
-    (target / "summary.md").write_text(summary)
+    (target / "improvement.md").write_text(summary)
     with figures_csv.open("w", newline="") as f:
         csv.writer(f).writerows([["name", "value"], *figures.items()])
     if not args.quick and "operator_guarded" in methods:
@@ -378,7 +378,7 @@ def key_figures(curves: Curves, rows: list[dict[str, object]], table: dict[tuple
 def render(table: dict[tuple[str, str], tuple[Estimate, float]], labels: list[str], figures: dict[str, str],
            args: argparse.Namespace, n_tasks: int, n_seeds: int, budget: int, teacher: str, batch: int,
            dataset: Path) -> str:
-    """``results/summary.md``."""
+    """``results/improvement.md``."""
     operator = Path(args.operator).resolve()
     lines = [
         "# Held-out improvement: the operator against its peers (`benchmarks/improvement.py`)",

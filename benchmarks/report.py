@@ -1,8 +1,9 @@
-"""Regenerate the README's Results section from the committed benchmark outputs under ``results/``.
+"""Regenerate the README's Results section, and ``results/summary.md``, from the committed benchmark outputs.
 
-No figure in the README is typed by hand: every benchmark writes its CSV (the improvement benchmark its
-``results/summary.md``), and this script copies the figures into the block between ``<!-- results:start -->``
-and ``<!-- results:end -->``. ``--out FILE`` writes the section to FILE instead, leaving the README alone.
+No figure in the README is typed by hand: every benchmark writes its CSV (the improvement benchmark also its
+``results/improvement.md``), and this script copies the figures into the block between ``<!-- results:start -->``
+and ``<!-- results:end -->`` and writes the same section as ``results/summary.md``, the one page of every
+benchmark's figures. ``--out FILE`` writes the section to FILE instead, leaving the README and the summary alone.
 
     python benchmarks/report.py [--out FILE]
 """
@@ -188,8 +189,8 @@ def _latest_throughput() -> dict[str, str]:
 
 
 def _improvement() -> list[str]:
-    """``results/summary.md`` (written by ``benchmarks/improvement.py``), its headings moved under the section's."""
-    path = RESULTS / "summary.md"
+    """``results/improvement.md`` (written by ``benchmarks/improvement.py``), its headings moved under the section's."""
+    path = RESULTS / "improvement.md"
     if not path.exists():
         return []
     lines = []
@@ -264,8 +265,11 @@ def main() -> None:
         raise SystemExit(f"README.md lacks the {START} ... {END} markers")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n{section()}{END}{tail}")
-    print(f"updated the Results section of {readme}")
+    results = section()
+    readme.write_text(f"{head}{START}\n{results}{END}{tail}")
+    # The summary lies in results/, so its links to results/<file> become <file>.
+    (RESULTS / "summary.md").write_text("# Results\n\n" + results.replace("](results/", "]("))
+    print(f"updated the Results section of {readme} and {RESULTS / 'summary.md'}")
 
 
 if __name__ == "__main__":

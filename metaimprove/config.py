@@ -187,7 +187,9 @@ class PipelineConfig:
     test_seeds: int | None = None
     """seeds per held-out task (default: the family's)"""
     applications: int | None = None
-    """operator applications (and PPO updates) per held-out run (default: the family's)"""
+    """operator applications per held-out run (default: the family's); every method gets their env steps"""
+    ask_k: int | None = None
+    """jump size the operator is asked for (default: the largest trained k)"""
     workers: int = 0
     """parallel worker processes; 0 = one per CPU"""
     out: str = MISSING

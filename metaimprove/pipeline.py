@@ -16,6 +16,7 @@ from metaimprove.config import PipelineConfig
 from metaimprove.errors import UserError
 from metaimprove.plot import PlotConfig, run_plot
 from metaimprove.tasks import get_family
+from metaimprove.teachers import teacher_class
 from metaimprove.train import TrainConfig, train
 
 
@@ -41,12 +42,15 @@ def pipeline(cfg: PipelineConfig) -> None:
     print(f"[2/4] train: {cfg.operator.arch} operator -> {out / 'operator'}", flush=True)
     checkpoint = train(TrainConfig(dataset=str(dataset), out=str(out / "operator"), operator=cfg.operator,
                                    max_epochs=cfg.max_epochs))
+    # The operator's own teacher is always among its peers, PPO too when it is another.
+    teachers = list(dict.fromkeys(["ppo", teacher_class(cfg.teacher).name]))
     print(f"[3/4] apply: {n['test_tasks']} {cfg.test_split} tasks × {n['test_seeds']} seeds × {n['applications']} "
-          f"applications, beside PPO, no update and the nearest training checkpoint -> {out / 'apply'}", flush=True)
+          f"applications, beside {', '.join(t.upper() for t in teachers)}, no update and the nearest training "
+          f"checkpoint -> {out / 'apply'}", flush=True)
     apply(ApplyConfig(operator_path=str(checkpoint), out=str(out / "apply"), task=cfg.task, split=cfg.test_split,
                       n_tasks=n["test_tasks"], seeds=n["test_seeds"], applications=n["applications"],
-                      methods=["operator", "ppo", "no_update", "nearest"], dataset=str(dataset),
-                      workers=cfg.workers))
+                      methods=["operator", *teachers, "no_update", "nearest"], dataset=str(dataset),
+                      ask_k=cfg.ask_k, workers=cfg.workers))
     print("[4/4] plot", flush=True)
     figure = run_plot(PlotConfig(runs=[str(out / "apply")], out=str(out / "plot")))[0]
     print(f"done: improvement curves in {figure}")

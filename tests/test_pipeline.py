@@ -58,6 +58,21 @@ def test_pipeline_writes_every_stage_and_a_consistent_curve_file(pipeline_run: p
     assert all(t.startswith("halfcheetah_vel/train/") for t in ckpt.tasks)
 
 
+def test_pipeline_with_ars_compares_the_operator_with_its_teacher_and_ppo(tmp_path: pathlib.Path) -> None:
+    # 4 directions × 256 steps: ARS's batch is PPO's 2048, so one application affords PPO one update.
+    args = ["pipeline", "teacher=ars", "teacher.n_directions=4", "teacher.top_b=2", "n_tasks=2", "iterations=3",
+            "max_epochs=2", "test_tasks=1", "test_seeds=1", "applications=1", "ask_k=1", "workers=1",
+            f"out={tmp_path / 'run'}"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "beside PPO, ARS, no update" in result.stdout
+    rows = _curves(tmp_path / "run" / "apply" / "curves.csv")
+    assert {r["method"] for r in rows} == {"operator", "ppo", "ars", "no_update", "nearest"}
+    assert {int(r["env_steps"]) for r in rows if r["method"] in ("operator", "ppo", "ars")} == {0, 2048}
+    _, ckpt = OperatorCheckpoint.load(tmp_path / "run" / "operator" / "operator.safetensors")
+    assert ckpt.teacher["name"] == "ars" and ckpt.features.es_gradient
+
+
 def test_apply_is_seeded(pipeline_run: pathlib.Path, tmp_path: pathlib.Path) -> None:
     config = dict(operator_path=str(pipeline_run / "operator" / "operator.safetensors"),
                   task=TaskConfig("halfcheetah_vel"), n_tasks=1, seeds=1, applications=2, workers=1,
