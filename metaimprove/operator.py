@@ -440,11 +440,12 @@ def _dataclass_from(cls: type[Any], data: Any, where: str) -> Any:
         raise ValueError(f"{where} has unknown settings {unknown}")
     for key, value in data.items():
         default = getattr(defaults, key)
-        expected = type(default)
-        # A setting that defaults to None ("decided from the data") is recorded as the bool it was decided to be.
-        ok = (value is None or isinstance(value, bool)) if default is None else _is_number(value) \
-            if expected is float else _is_int(value) if expected is int else isinstance(value, expected)
+        if default is None:  # "decided from the data" (es_gradient): recorded as the bool it was decided to be
+            ok, expected = value is None or isinstance(value, bool), "bool"
+        else:
+            kind = type(default)
+            ok = _is_number(value) if kind is float else _is_int(value) if kind is int else isinstance(value, kind)
+            expected = kind.__name__
         if not ok:
-            raise ValueError(f"{where}.{key} must be {'bool' if default is None else expected.__name__}, "
-                             f"got {value!r}")
+            raise ValueError(f"{where}.{key} must be {expected}, got {value!r}")
     return cls(**data)

@@ -3,6 +3,7 @@ collection at apply time as the teacher explores."""
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 import pytest
@@ -18,6 +19,7 @@ from metaimprove.features import ENV_STATS, FeatureConfig, perturbation_features
 from metaimprove.operator import ImprovementOperator, OperatorCheckpoint, OperatorConfig
 from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, init_params
 from metaimprove.rollout import Experience
+from metaimprove.storage import meta_path
 from metaimprove.tasks import TaskConfig
 from metaimprove.teachers import ARSConfig
 from metaimprove.train import TrainConfig, fit, train
@@ -131,6 +133,16 @@ def test_an_operator_trained_on_ars_reads_its_perturbations_and_collects_as_ars_
                             methods=["operator", "operator_guarded", "ars"]))
     methods = [line.split(",")[0] for line in out.read_text().splitlines()[1:]]
     assert methods.count("operator") == methods.count("ars") == 1 + 2  # the start and two batches each
+
+
+def test_forged_es_settings_in_a_checkpoint_are_refused(ars_dataset: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    path = train(TrainConfig(dataset=str(ars_dataset), out=str(tmp_path / "op"), **SMALL))  # type: ignore[arg-type]
+    header = json.loads(meta_path(path).read_text())
+    for value, problem in (("yes", "features.es_gradient must be bool"), (False, "weights do not fit")):
+        meta = {**header["meta"], "features": {**header["meta"]["features"], "es_gradient": value}}
+        meta_path(path).write_text(json.dumps({**header, "meta": meta}))
+        with pytest.raises(UserError, match=problem):
+            OperatorCheckpoint.load(path)
 
 
 def test_es_gradient_on_data_without_perturbations_is_a_one_line_error(reference_dataset: pathlib.Path,
