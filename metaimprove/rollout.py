@@ -76,7 +76,7 @@ class Simulator:
     def __init__(self, task: Task, n_envs: int, seed: int) -> None:
         self.task = task
         self.n_envs = n_envs
-        self.episode_length = get_family(task.family).episode_length
+        self.episode_length = episode_length(task)
         self.model = build_model(task)
         self.rules = StepRules.of(task, self.model.opt.timestep)
         self.dt = self.rules.dt
@@ -143,7 +143,7 @@ class GymSimulator:
     def __init__(self, task: UserEnv, n_envs: int, seed: int) -> None:
         self.task = task
         self.n_envs = n_envs
-        self.episode_length = task.episode_length
+        self.episode_length = episode_length(task)
         self._envs = [task.make() for _ in range(n_envs)]
         obs_space, act_space = self._envs[0].observation_space, self._envs[0].action_space
         if not (isinstance(obs_space, Box) and isinstance(act_space, Box) and len(obs_space.shape) == 1
