@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from heldout import add_arguments, apply_settings, at_budget
+from heldout import PEERS, add_arguments, apply_settings, at_budget
 from improvement import dataset_or_exit, fmt, verdict
 
 from metaimprove.dataset import PairConfig
@@ -52,7 +52,6 @@ from metaimprove.train import TrainConfig, train
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
 SETS = ("val", "test")
-PEERS = ["ppo", "ars", "no_update"]
 FIELDS = ["variant", "changed", "val_at_B", "val_iqm", "operator_at_B", "operator_iqm", "operator_lo", "operator_hi",
           "vs_baseline", "vs_ppo", "train_minutes", "chosen", "val_ppo_at_B", "val_ars_at_B", "val_start_at_B",
           "ppo_at_B", "ars_at_B", "start_at_B", "budget_env_steps", "runs"]

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import yaml
-from improvement import finals, fmt, verdict
+from improvement import describe_collection, finals, fmt, verdict
 
 from metaimprove.apply import operator_batch
 from metaimprove.operator import OperatorCheckpoint
@@ -94,8 +94,7 @@ def halfcheetah_vel_row() -> dict[str, str] | None:
     budget = float(max(int(r["env_steps"]) for r in rows if r["method"] == "ppo"))
     sizes = yaml.safe_load((OPERATORS / "halfcheetah_vel.collect.yaml").read_text())
     return {"family": "halfcheetah_vel", **family_row(curves, budget),
-            "training": f"{sizes['n_tasks']} tasks × {sizes['iterations']} {sizes['teacher_name'].upper()} updates",
-            "pipeline_minutes": "",
+            "training": describe_collection(sizes), "pipeline_minutes": "",
             "source": "benchmarks/improvement.py"}
 
 

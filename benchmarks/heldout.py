@@ -23,6 +23,8 @@ from metaimprove.tasks import TaskConfig
 from metaimprove.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
+PEERS = ["ppo", "ars", "no_update"]
+"""the methods every variant is compared with: they depend on neither the operator nor the ask, so run once"""
 VALIDATION_START = 32
 """validation tasks: ``train`` tasks from this index on, outside every 32-task collection"""
 

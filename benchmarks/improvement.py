@@ -174,6 +174,11 @@ def memorization(run_dir: Path, snapshots: torch.Tensor) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------- run
 
 
+def describe_collection(config: dict) -> str:
+    """``<n> tasks × <iterations> <TEACHER> updates`` of a collection config (a dataset's ``config.yaml``)."""
+    return f"{config['n_tasks']} tasks × {config['iterations']} {config['teacher_name'].upper()} updates"
+
+
 def collect_command(family: str = "halfcheetah_vel", out: str = "<dir>") -> str:
     """The ``metaimprove collect`` command that recreates the shipped operator's training data (from its
     collection config, ``results/operators/<family>.collect.yaml``)."""

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import yaml
-from heldout import add_arguments, apply_settings, at_budget, timed_train
-from improvement import dataset_or_exit, fmt
+from heldout import PEERS, add_arguments, apply_settings, at_budget, timed_train
+from improvement import dataset_or_exit, describe_collection, fmt
 
 from metaimprove.dataset import PairConfig
 from metaimprove.operator import OperatorCheckpoint
@@ -35,7 +35,6 @@ from metaimprove.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
-PEERS = ["ppo", "ars", "no_update"]
 FIELDS = ["n_tasks", "train_tasks", "operator_at_B", "operator_iqm", "operator_lo", "operator_hi",
           "train_minutes", "collection"]
 
@@ -46,8 +45,7 @@ def main() -> None:
     parser.add_argument("--counts", type=int, nargs="+", default=[4, 8, 16, 32])
     args = parser.parse_args()
     dataset = dataset_or_exit(Path(args.dataset))
-    settings = yaml.safe_load((dataset / "config.yaml").read_text())
-    collection = f"{settings['teacher_name'].upper()}, {settings['n_tasks']} tasks × {settings['iterations']} updates"
+    collection = describe_collection(yaml.safe_load((dataset / "config.yaml").read_text()))
     scratch = Path(tempfile.mkdtemp(prefix="scaling-"))
     rows, budget = [], 0.0
     for i, n in enumerate(args.counts):
