@@ -33,6 +33,8 @@ from metaimprove.errors import UserError
 
 TENSOR_FORMAT = "metaimprove-tensors"
 TENSOR_FORMAT_VERSION = 1
+MAX_HEADER_BYTES = 100_000_000
+"""safetensors' own bound on a file's JSON header"""
 TEMP_SUFFIX = ".tmp"
 
 
@@ -159,6 +161,23 @@ def load_tensors(path: str | os.PathLike[str],
     except Exception as exc:  # safetensors raises its own error type, or others on odd input
         raise UserError(f"{path} is not a valid safetensors file ({exc}); refusing to load it") from exc
     return tensors, header["meta"]
+
+
+def tensor_names(path: str | os.PathLike[str]) -> set[str]:
+    """The names of the tensors in a safetensors file, from its header alone (unverified: for deciding what a
+    dataset holds before :func:`load_tensors` reads and checks it all). One-line :class:`UserError` on a file
+    that is missing or has no readable header."""
+    try:
+        with Path(path).open("rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size)) if 0 < size <= MAX_HEADER_BYTES else None
+    except FileNotFoundError as exc:
+        raise UserError(f"{path} is missing") from exc
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is corrupt: no readable safetensors header ({exc})") from exc
+    if not isinstance(header, dict):
+        raise UserError(f"{path} is corrupt: no readable safetensors header")
+    return set(header) - {"__metadata__"}
 
 
 def _read(path: str | os.PathLike[str]) -> bytes:

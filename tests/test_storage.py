@@ -163,3 +163,14 @@ def test_metadata_must_be_plain_json(tmp_path: pathlib.Path, meta: dict) -> None
     with pytest.raises(UserError, match="not plain JSON"):
         save_tensors(tmp_path / "x.safetensors", {"a": torch.zeros(1)}, meta)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tensor_names_read_the_header_alone(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "t.safetensors"
+    save_tensors(path, _tensors(), META)
+    assert storage.tensor_names(path) == set(_tensors())
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 8 + b"{}")
+    with pytest.raises(UserError, match="no readable safetensors header"):
+        storage.tensor_names(tmp_path / "junk.safetensors")
+    with pytest.raises(UserError, match="is missing"):
+        storage.tensor_names(tmp_path / "none.safetensors")
