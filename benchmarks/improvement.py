@@ -51,6 +51,7 @@ import yaml
 from kill_resume import write_rows
 
 from metaimprove.apply import (
+    TEACHER_OP_BATCH,
     ApplyConfig,
     apply,
     method_names,
@@ -242,7 +243,10 @@ def main() -> None:
     n_tasks = args.tasks or (2 if args.quick else 4)
     n_seeds = args.seeds or (3 if args.quick else 5)
     budget = args.budget or (BUDGET // 3 if args.quick else BUDGET)
-    methods = [] if args.render else args.only or method_names()
+    _, ckpt = OperatorCheckpoint.load(args.operator)
+    # The teacher at the operator's batch is the teacher itself unless the operator reads a narrower batch.
+    every = [m for m in method_names() if m != TEACHER_OP_BATCH or ckpt.features.envs is not None]
+    methods = [] if args.render else args.only or every
     # Rendering runs nothing, so it needs neither the training dataset nor the DR policy.
     dataset = Path(args.dataset) if args.render else dataset_or_exit(Path(args.dataset))
     scratch = Path(tempfile.mkdtemp(prefix="improvement-"))
@@ -277,7 +281,6 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(rows)
     curves = read_curves([curves_csv])
-    _, ckpt = OperatorCheckpoint.load(args.operator)
     batch = math.prod(operator_batch(ckpt))
     present = {str(r["method"]) for r in rows}
     labels = [label for m in method_names() for label in ((m, m + TRAIN_INIT) if starts_from_theta0(m) else (m,))

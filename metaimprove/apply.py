@@ -14,6 +14,9 @@ training runs used (``start=train_init``).
   own) must beat the deployed policy's by ``guard_margin``. Verification is charged to the run's env steps
   (``guard_steps`` column)
 * each teacher of :data:`~metaimprove.teachers.TEACHERS` (``ppo``, ...): its own updates from the same start
+* ``teacher_op_batch``: the operator's own teacher collecting batches as wide as the operator's (an operator
+  trained with ``features.envs`` reads fewer envs than its teacher ran): does the operator's smaller batch alone
+  explain its speed per env step?
 * ``no_update``: the starting policy, never updated
 * ``nearest``, ``nearest_noise``, ``nearest_avg``, ``avg_weights``, ``transferred``: zero-adaptation
   policies built from the training runs (``dataset=``; see :mod:`metaimprove.baselines`)
@@ -55,10 +58,11 @@ from metaimprove.tasks import Task, TaskConfig, get_family
 from metaimprove.teachers import TEACHERS, Teacher, make_teacher
 
 OPERATOR_METHODS = ("operator", "operator_guarded")
+TEACHER_OP_BATCH = "teacher_op_batch"
 CHECKPOINT_METHODS = ("nearest", "nearest_noise", "nearest_avg", "avg_weights", "transferred")
 DR_METHODS = ("dr", "dr_ppo")
 # What runs on a user's env: the methods that need no training tasks of a family.
-ENV_METHODS = (*OPERATOR_METHODS, *TEACHERS, "no_update")
+ENV_METHODS = (*OPERATOR_METHODS, *TEACHERS, TEACHER_OP_BATCH, "no_update")
 CURVE_FIELDS = ["method", "task", "seed", "env_steps", "return", "fallbacks", "guard_steps"]
 STARTS = ("fresh", "train_init")
 # Fresh initializations: collection uses small seeds (0, 1, ...), so these were never seen in training.
@@ -67,12 +71,12 @@ FRESH_INIT_OFFSET = 100_000
 
 def method_names() -> list[str]:
     """Every method ``apply`` runs, in table order (teachers as registered in :data:`TEACHERS`)."""
-    return [*OPERATOR_METHODS, *TEACHERS, "no_update", *CHECKPOINT_METHODS, *DR_METHODS]
+    return [*OPERATOR_METHODS, *TEACHERS, TEACHER_OP_BATCH, "no_update", *CHECKPOINT_METHODS, *DR_METHODS]
 
 
 def starts_from_theta0(method: str) -> bool:
     """Whether ``method`` improves (or keeps) the run's starting policy, so that ``start`` matters to it."""
-    return method in OPERATOR_METHODS or method in TEACHERS or method == "no_update"
+    return method in OPERATOR_METHODS or method in TEACHERS or method in (TEACHER_OP_BATCH, "no_update")
 
 
 @dataclass
@@ -108,8 +112,8 @@ class ApplyConfig:
     budget: int | None = None
     """budget B in env steps per run instead of applications (at least one batch)"""
     methods: list[str] = field(default_factory=lambda: ["operator", "ppo", "no_update"])
-    """methods: operator, operator_guarded, a teacher (ppo, ...), no_update, nearest, nearest_noise, nearest_avg,
-    avg_weights, transferred, dr, dr_ppo"""
+    """methods: operator, operator_guarded, a teacher (ppo, ...), teacher_op_batch, no_update, nearest,
+    nearest_noise, nearest_avg, avg_weights, transferred, dr, dr_ppo"""
     dataset: str | None = None
     """the operator's training dataset (`metaimprove collect` out=): for the checkpoint baselines and train_init"""
     dr_policy: str | None = None
@@ -129,7 +133,7 @@ class ApplyConfig:
     save_policies: bool = False
     """also write every run's final policy to <out>/policies/<method>/"""
     ask_k: int | None = None
-    """jump size to ask for (default: the largest trained k)"""
+    """jump size to ask for (default: the checkpoint's ask_k, chosen when it was trained; else the largest k)"""
     ask_improvement: float | None = None
     """requested improvement of mean reward per step (default: the 90% quantile reached in training for k)"""
     eval_episodes: int = 8
@@ -170,17 +174,24 @@ def initial_policy(config: ApplyConfig, ckpt: OperatorCheckpoint, seed: int) -> 
     return start_policy(ckpt, seed)
 
 
+def explorer_teacher(ckpt: OperatorCheckpoint) -> Teacher:
+    """The teacher whose batches the operator collects: its own teacher, resized to ``features.envs`` envs when the
+    operator was trained to read fewer than the teacher ran."""
+    teacher = make_teacher(ckpt.teacher)
+    return teacher if ckpt.features.envs is None else teacher.resized(ckpt.features.envs)
+
+
 def operator_batch(ckpt: OperatorCheckpoint) -> tuple[int, int]:
-    """``(n_envs, n_steps)`` of the batch the operator improves from: its teacher's batch."""
-    return make_teacher(ckpt.teacher).batch_shape
+    """``(n_envs, n_steps)`` of the batch the operator improves from (see :func:`explorer_teacher`)."""
+    return explorer_teacher(ckpt).batch_shape
 
 
 def operator_explorer(ckpt: OperatorCheckpoint, task: AnyTask, start: Policy,
                       seed: int) -> Callable[[Policy], Experience]:
     """How the operator collects its batch from a policy on ``task``: as its teacher does (``Teacher.explore``:
     PPO's Gaussian action noise, ARS's antithetic parameter perturbations), seeded by ``seed``, so that it sees
-    the kind of experience it was trained on."""
-    teacher = make_teacher(ckpt.teacher)
+    the kind of experience it was trained on, as wide as it was trained to read."""
+    teacher = explorer_teacher(ckpt)
     teacher.start(task, start, seed)
     return teacher.explore
 
@@ -392,12 +403,12 @@ def _run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], di
                           config.guard_episodes * length, config.guard_margin)
         points = guarded_steps(start, explore, update, fallback,
                                lambda exp: batch_return(exp, length), guard, batch, budget)
-    elif job.method in TEACHERS or job.method == "dr_ppo":
+    elif job.method in TEACHERS or job.method in ("dr_ppo", TEACHER_OP_BATCH):
         name = "ppo" if job.method == "dr_ppo" else job.method
         start = load_policy(Path(str(config.dr_policy))) if job.method == "dr_ppo" else initial_policy(config, ckpt,
                                                                                                       job.seed)
-        points = teacher_steps(make_teacher(ckpt.teacher, name), job.task, start, job.seed, budget,
-                               timings.setdefault(f"{name}_update", []))
+        teacher = explorer_teacher(ckpt) if job.method == TEACHER_OP_BATCH else make_teacher(ckpt.teacher, name)
+        points = teacher_steps(teacher, job.task, start, job.seed, budget, timings.setdefault(f"{name}_update", []))
     else:
         start, charged = zero_adaptation_policy(config, ckpt, job)
         first = row(Point(charged, start))

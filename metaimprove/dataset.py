@@ -9,8 +9,11 @@ where r̄ is the mean reward per step of a batch: the ask is labelled in hindsig
 θⁿ⁺ᵏ actually reached (as Decision Transformer and G.pt condition on outcomes). The operator's output
 goes with the normalizer Nⁿ⁺¹ (θⁿ's, updated with τⁿ: see :mod:`metaimprove.features`), so the target
 θⁿ⁺ᵏ is folded from its own normalizer Nⁿ⁺ᵏ into Nⁿ⁺¹ — the same policy, written in the output's
-coordinates. Validation holds out whole *tasks*. With ``features.task_input`` each encoding also carries
-its task's vector (the oracle ablation), and every pair must then come from one task family.
+coordinates. With ``features.envs`` the operator reads a random subset of τⁿ's environments (and Nⁿ⁺¹ is
+θⁿ's normalizer updated with that subset) while the target stays the teacher's step from the whole batch: it
+learns to do the teacher's work from less experience. Validation holds out whole *tasks*. With
+``features.task_input`` each encoding also carries its task's vector (the oracle ablation), and every pair must
+then come from one task family.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ import torch
 
 from metaimprove.collect import load_manifest, load_shard
 from metaimprove.errors import UserError
-from metaimprove.features import FeatureConfig, Features, encode, normalize_states, stack
+from metaimprove.features import FeatureConfig, Features, encode, env_subset, next_normalizer, normalize_states, stack
 from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, fold_normalizer
 from metaimprove.rollout import Experience
+from metaimprove.storage import tensor_names
 from metaimprove.tasks import Task
 
 
@@ -53,7 +57,7 @@ class Pairs:
     items: Features
     """one encoding per (run, iteration), stacked"""
     targets: torch.Tensor
-    """[n_pairs, P] θⁿ⁺ᵏ in the coordinates of the source's next normalizer Nⁿ⁺¹"""
+    """[n_pairs, P] θⁿ⁺ᵏ in the coordinates of the normalizer the source's output goes with (Nⁿ⁺¹)"""
     source: torch.Tensor
     """[n_pairs] index into items"""
     target_item: torch.Tensor
@@ -98,11 +102,19 @@ def run_pairs(t: dict[str, torch.Tensor], meta: dict[str, Any], config: PairConf
     hindsight pairs; the run may be too short for any k (then it has no pairs)."""
     spec = PolicySpec.from_dict(meta["policy_spec"])
     n_iter = t["reward"].shape[0]
-    norms = [ObsNormalizer(t["norm_mean"][n].double().numpy(), t["norm_var"][n].double().numpy())
-             for n in range(n_iter + 1)]
+    # With its count: encode folds τ into each normalizer, weighting it against what θⁿ's normalizer has seen.
+    norms = [ObsNormalizer(t["norm_mean"][n].double().numpy(), t["norm_var"][n].double().numpy(),
+                           float(t["norm_count"][n])) for n in range(n_iter + 1)]
     task = Task.from_dict(meta["task"])
-    items = [encode(Policy(spec, t["theta"][n].float(), norms[n]), _experience(t, n), features, generator, task)
-             for n in range(n_iter)]
+    policies = [Policy(spec, t["theta"][n].float(), norms[n]) for n in range(n_iter)]
+    exps = [_experience(t, n) for n in range(n_iter)]
+    # The normalizer each source's output goes with: the teacher's next one, or, when the operator reads a
+    # subset of τ's envs, θⁿ's updated with that subset (what apply computes from a batch that wide).
+    outputs = norms[1:]
+    if features.envs is not None:
+        exps = [env_subset(exp, features.envs, generator) for exp in exps]
+        outputs = [next_normalizer(policy, exp) for policy, exp in zip(policies, exps, strict=True)]
+    items = [encode(policy, exp, features, generator, task) for policy, exp in zip(policies, exps, strict=True)]
     reward_rate = t["reward"].double().mean(dim=(1, 2))
     name = task.name
     targets, source, target_item, ask = [], [], [], []
@@ -112,7 +124,7 @@ def run_pairs(t: dict[str, torch.Tensor], meta: dict[str, Any], config: PairConf
                 continue
             source.append(n)
             target_item.append(n + k)
-            targets.append(fold_normalizer(spec, t["theta"][n + k].double(), norms[n + k], norms[n + 1]).float())
+            targets.append(fold_normalizer(spec, t["theta"][n + k].double(), norms[n + k], outputs[n]).float())
             ask.append((math.log2(k), float(reward_rate[n + k] - reward_rate[n])))
     return Pairs(
         spec=spec,
@@ -123,7 +135,7 @@ def run_pairs(t: dict[str, torch.Tensor], meta: dict[str, Any], config: PairConf
         ask=torch.tensor(ask, dtype=torch.float32).reshape(-1, 2),
         task_of_pair=[name] * len(source),
         teacher=meta["teacher"],
-        batch_shape=tuple(t["reward"].shape[1:]),
+        batch_shape=(t["reward"].shape[1], features.envs or t["reward"].shape[2]),
         task_family=task.family if features.task_input else None,
     )
 
@@ -213,7 +225,7 @@ def resolve_features(datasets: list[str], features: FeatureConfig) -> FeatureCon
     parameter perturbations (a teacher that explores in parameter space, such as ARS). Refuses
     ``es_gradient=true`` on datasets that record none."""
     firsts = [(d, entries[0]) for d in datasets if (entries := load_manifest(d))]
-    perturbed = any("perturbation" in load_shard(d, entry)[0] for d, entry in firsts)
+    perturbed = any("perturbation" in tensor_names(Path(d) / entry["shard"]) for d, entry in firsts)
     if features.es_gradient is None:
         return replace(features, es_gradient=perturbed)
     if features.es_gradient and not perturbed:

@@ -61,6 +61,10 @@ class FeatureConfig:
     es_gradient: bool | None = None
     """read the per-env perturbations and returns of a parameter-space teacher's batch (ARS); None: exactly when
     the training data has them"""
+    envs: int | None = None
+    """environments per τ the operator reads: training encodes a random subset of each recorded batch (antithetic
+    pairs kept together) against the teacher's whole-batch targets, and apply collects batches this wide; None:
+    the teacher's whole batch"""
 
 
 def task_vector(task: AnyTask) -> torch.Tensor:
@@ -182,6 +186,12 @@ def _centered_ranks(values: torch.Tensor) -> torch.Tensor:
     return ((below + ties / 2) / max(len(values) - 1, 1) - 0.5).float()
 
 
+def is_antithetic(exp: Experience) -> bool:
+    """Whether τ's envs are antithetic pairs of perturbations: env ``k`` ran θ + ε_k, env ``E/2 + k`` θ − ε_k."""
+    pert, E = exp.perturbation, exp.reward.shape[1]
+    return pert is not None and E % 2 == 0 and torch.equal(pert[E // 2:], -pert[:E // 2])
+
+
 def perturbation_features(exp: Experience, n_params: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``es_gradient`` features of τ: each env's parameter perturbation over their RMS ``[E, P]`` (zeros if
     τ has none) and the per-env return statistics ``[E, ENV_STATS]`` (see the module docstring)."""
@@ -189,14 +199,41 @@ def perturbation_features(exp: Experience, n_params: int) -> tuple[torch.Tensor,
     E = len(returns)
     z = ((returns - returns.mean()) / (returns.std() + 1e-8)).float() if E > 1 else torch.zeros(E)
     pert = exp.perturbation
-    half = E // 2
-    antithetic = pert is not None and E % 2 == 0 and torch.equal(pert[half:], -pert[:half])
-    partner = torch.arange(E).roll(half) if antithetic else torch.arange(E)
+    partner = torch.arange(E).roll(E // 2) if is_antithetic(exp) else torch.arange(E)
     better = torch.maximum(returns, returns[partner])
     stats = torch.stack([z, _centered_ranks(returns), z[partner], _centered_ranks(better)], dim=-1)
     if pert is None:
         return torch.zeros(E, n_params), stats
     return pert.float() / (pert.float().square().mean().sqrt() + 1e-12), stats
+
+
+def env_subset(exp: Experience, n: int, generator: torch.Generator) -> Experience:
+    """τ restricted to ``n`` of its environments drawn with ``generator``, in their original order; a batch of
+    antithetic perturbations (ARS: env ``k`` ran θ + ε_k, env ``E/2 + k`` ran θ − ε_k) keeps whole pairs and its
+    layout. Holds what the operator's encoding reads: ``episode_returns`` and ``n_unstable`` are not attributable
+    to envs and are left empty."""
+    E = exp.reward.shape[1]
+    half = E // 2
+    antithetic = is_antithetic(exp)
+    if not 1 <= n <= E or (antithetic and n % 2):
+        kind = "an even number of envs (antithetic pairs)" if antithetic else "envs"
+        raise UserError(f"features.envs={n}: the recorded batches have {E} envs, so give {kind} between "
+                        f"{2 if antithetic else 1} and {E}")
+    if antithetic:
+        pairs = torch.randperm(half, generator=generator)[: n // 2].sort().values
+        index = torch.cat([pairs, pairs + half])
+    else:
+        index = torch.randperm(E, generator=generator)[:n].sort().values
+    keep = torch.isin(exp.trunc_index[:, 1], index)
+    renumber = torch.full((E,), -1, dtype=torch.long)
+    renumber[index] = torch.arange(n)
+    trunc_index = exp.trunc_index[keep].clone()
+    trunc_index[:, 1] = renumber[trunc_index[:, 1]]
+    return Experience(obs=exp.obs[:, index], action=exp.action[:, index], log_prob=exp.log_prob[:, index],
+                      reward=exp.reward[:, index], terminated=exp.terminated[:, index],
+                      truncated=exp.truncated[:, index], trunc_obs=exp.trunc_obs[keep], trunc_index=trunc_index,
+                      episode_returns=torch.zeros(0), n_unstable=0,
+                      perturbation=None if exp.perturbation is None else exp.perturbation[index])
 
 
 def normalize_states(raw: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

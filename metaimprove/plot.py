@@ -148,6 +148,7 @@ KNOWN_COLORS: dict[str, str] = {
     "metaimprove": "#d62728",
     "operator_guarded": "#ff9896",  # light red: the operator with its fallback
     "ars": "#ff7f0e",  # orange
+    "teacher_op_batch": "#fdae6b",  # light orange: the teacher with the operator's batch
     "domain_randomized": "#9467bd",  # purple
     "dr": "#9467bd",
     "dr_ppo": "#5254a3",  # indigo: DR, then PPO

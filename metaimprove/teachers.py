@@ -95,6 +95,11 @@ class Teacher:
         n_envs, n_steps = self.batch_shape
         return n_envs * n_steps
 
+    def resized(self, n_envs: int) -> Teacher:
+        """A fresh teacher of this kind and config whose batches hold ``n_envs`` environments (an operator that
+        reads fewer of them than its teacher ran collects such batches)."""
+        raise NotImplementedError
+
     def start(self, task: AnyTask, policy: Policy, seed: int) -> None:
         """Begin a run on ``task`` from ``policy`` (copied); resets all teacher state (value net, optimizer)."""
         raise NotImplementedError
@@ -209,6 +214,10 @@ class PPO(Teacher):
     def batch_shape(self) -> tuple[int, int]:
         """``(n_envs, n_steps)``."""
         return self.config.n_envs, self.config.n_steps
+
+    def resized(self, n_envs: int) -> PPO:
+        """PPO with ``n_envs`` environments per batch."""
+        return PPO(dataclasses.replace(self.config, n_envs=n_envs))
 
     @property
     def policy(self) -> Policy:
@@ -501,6 +510,14 @@ class ARS(Teacher):
     def batch_shape(self) -> tuple[int, int]:
         """``(2 × n_directions, n_steps)``: one env per perturbed policy."""
         return 2 * self.config.n_directions, self.config.n_steps
+
+    def resized(self, n_envs: int) -> ARS:
+        """ARS with ``n_envs / 2`` directions (and ``top_b`` capped at them); ``n_envs`` must be even."""
+        if n_envs < 2 or n_envs % 2:
+            raise UserError(f"an ARS batch holds antithetic pairs of envs: its size must be even and >= 2, "
+                            f"got {n_envs}")
+        n = n_envs // 2
+        return ARS(dataclasses.replace(self.config, n_directions=n, top_b=min(self.config.top_b, n)))
 
     @property
     def policy(self) -> Policy:

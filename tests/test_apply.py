@@ -328,7 +328,12 @@ def test_cli_names_the_command_that_makes_missing_data(operator_path: pathlib.Pa
 
 def test_operator_batch_is_its_teachers_batch_for_every_teacher() -> None:
     # An operator trained on ARS pairs improves from ARS-shaped batches: one env per perturbed policy.
-    ars = SimpleNamespace(teacher={"name": "ars", "config": {"n_directions": 4, "n_steps": 64}})
-    ppo = SimpleNamespace(teacher={"name": "ppo", "config": {"n_envs": 3, "n_steps": 32}})
+    whole = FeatureConfig()
+    ars = SimpleNamespace(teacher={"name": "ars", "config": {"n_directions": 4, "n_steps": 64}}, features=whole)
+    ppo = SimpleNamespace(teacher={"name": "ppo", "config": {"n_envs": 3, "n_steps": 32}}, features=whole)
     assert operator_batch(ars) == (8, 64)  # type: ignore[arg-type]
     assert operator_batch(ppo) == (3, 32)  # type: ignore[arg-type]
+    # Trained to read a subset of its teacher's envs, it collects batches that wide.
+    narrow = FeatureConfig(envs=2)
+    assert operator_batch(SimpleNamespace(teacher=ars.teacher, features=narrow)) == (2, 64)  # type: ignore[arg-type]
+    assert operator_batch(SimpleNamespace(teacher=ppo.teacher, features=narrow)) == (2, 32)  # type: ignore[arg-type]

@@ -10,12 +10,12 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from metaimprove.apply import ApplyConfig, apply, operator_explorer
-from metaimprove.collect import collect
-from metaimprove.dataset import PairConfig, Pairs
+from metaimprove.apply import ApplyConfig, apply, operator_batch, operator_explorer
+from metaimprove.collect import collect, load_manifest, load_shard
+from metaimprove.dataset import PairConfig, Pairs, run_pairs
 from metaimprove.envs import default_task
 from metaimprove.errors import UserError
-from metaimprove.features import ENV_STATS, FeatureConfig, perturbation_features, transition_dim
+from metaimprove.features import ENV_STATS, FeatureConfig, env_subset, perturbation_features, transition_dim
 from metaimprove.operator import ImprovementOperator, OperatorCheckpoint, OperatorConfig
 from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, init_params
 from metaimprove.rollout import Experience
@@ -155,3 +155,63 @@ def test_es_gradient_on_data_without_perturbations_is_a_one_line_error(reference
 def test_checkpoints_from_before_es_features_load_as_operators_without_them() -> None:
     op, ckpt = OperatorCheckpoint.load(SHIPPED_PPO)
     assert not ckpt.features.es_gradient and op.update.es is None
+
+
+def test_env_subset_keeps_whole_antithetic_pairs_and_renumbers_truncations() -> None:
+    eps = torch.randn(3, 7, generator=torch.Generator().manual_seed(0))
+    exp = _experience([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], torch.cat([eps, -eps]))
+    exp.trunc_obs, exp.trunc_index = torch.randn(6, 3), torch.tensor([[3, e] for e in range(6)])
+    sub = env_subset(exp, 4, torch.Generator().manual_seed(1))
+    kept = sub.reward.sum(0).round().long().tolist()  # env e's return is e + 1: which envs were kept
+    assert len(kept) == 4 and kept[2:] == [k + 3 for k in kept[:2]] and kept == sorted(kept)
+    assert sub.perturbation is not None and torch.equal(sub.perturbation[2:], -sub.perturbation[:2])
+    assert sub.trunc_index[:, 1].tolist() == [0, 1, 2, 3]
+    assert torch.equal(sub.trunc_obs, exp.trunc_obs[[k - 1 for k in kept]])
+    again = env_subset(exp, 4, torch.Generator().manual_seed(1))
+    assert torch.equal(again.reward, sub.reward)  # seeded
+    assert torch.equal(env_subset(exp, 6, torch.Generator()).reward, exp.reward)  # the whole batch, in order
+    with pytest.raises(UserError, match="even number of envs"):
+        env_subset(exp, 3, torch.Generator())
+    with pytest.raises(UserError, match="between 1 and 2"):
+        env_subset(_experience([1.0, 2.0], None), 3, torch.Generator())
+
+
+def test_whole_batch_subset_targets_match_the_teachers_normalizer(ars_dataset: pathlib.Path) -> None:
+    # With every env kept, the normalizer the subset branch folds targets into is the teacher's own next one.
+    tensors, meta = load_shard(ars_dataset, load_manifest(ars_dataset)[0])
+
+    def pairs(envs: int | None) -> Pairs:
+        features = FeatureConfig(n_transitions=32, n_states=16, es_gradient=True, envs=envs)
+        return run_pairs(tensors, meta, PairConfig(ks=[1, 2]), features, torch.Generator().manual_seed(0))
+
+    whole, half = pairs(None), pairs(2)
+    torch.testing.assert_close(pairs(2 * TINY_ARS.n_directions).targets, whole.targets, rtol=1e-5, atol=1e-5)
+    assert half.batch_shape == (TINY_ARS.n_steps, 2) and half.items["perturbation"].shape[1] == 2
+    assert not torch.allclose(half.targets, whole.targets)  # folded into the half batch's normalizer
+
+
+def test_an_operator_trained_on_part_of_each_batch_collects_that_much(ars_dataset: pathlib.Path,
+                                                                      tmp_path: pathlib.Path) -> None:
+    settings = {**SMALL, "features": FeatureConfig(n_transitions=32, n_states=16, envs=2)}
+    path = train(TrainConfig(dataset=str(ars_dataset), out=str(tmp_path / "op"), **settings))  # type: ignore[arg-type]
+    _, ckpt = OperatorCheckpoint.load(path)
+    assert ckpt.features.envs == 2 and operator_batch(ckpt) == (2, TINY_ARS.n_steps)
+    spec = ckpt.spec
+    start = Policy(spec, init_params(spec, torch.Generator().manual_seed(1)), ObsNormalizer.identity(spec.obs_dim))
+    exp = operator_explorer(ckpt, default_task("halfcheetah_vel"), start, seed=0)(start)
+    assert exp.perturbation is not None and exp.obs.shape[1] == 2
+    out = apply(ApplyConfig(operator_path=str(path), out=str(tmp_path / "apply"), task=TaskConfig("halfcheetah_vel"),
+                            n_tasks=1, seeds=1, applications=2, eval_episodes=1, workers=1,
+                            methods=["operator", "ars", "teacher_op_batch"]))
+    rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
+    # Two operator batches of 2 envs fit the budget of two of its own batches; ARS's batch of 4 fits once, and
+    # ARS with the operator's batch twice.
+    half = [0, 2 * TINY_ARS.n_steps, 4 * TINY_ARS.n_steps]
+    assert [int(r[3]) for r in rows if r[0] == "operator"] == half
+    assert [int(r[3]) for r in rows if r[0] == "ars"] == [0, 4 * TINY_ARS.n_steps]
+    assert [int(r[3]) for r in rows if r[0] == "teacher_op_batch"] == half
+    header = json.loads(meta_path(path).read_text())
+    header["meta"]["features"]["envs"] = "2"
+    meta_path(path).write_text(json.dumps(header))
+    with pytest.raises(UserError, match=r"features\.envs must be int"):
+        OperatorCheckpoint.load(path)
