@@ -244,18 +244,21 @@ class OperatorCheckpoint:
     """with ``features.task_input``: the family whose task vectors the operator reads (None otherwise)"""
     task_dim: int = 0
     """with ``features.task_input``: the width of those task vectors (0 otherwise)"""
+    ask_k: int | None = None
+    """the jump k the operator is asked for unless told (one of ``ks``; None: the largest)"""
 
     @staticmethod
     def from_training(features: FeatureConfig, operator: OperatorConfig, spec: PolicySpec, ks: list[int],
                       asks: torch.Tensor, tasks: list[str], teacher: dict[str, Any], task_family: str | None = None,
-                      task_dim: int = 0) -> OperatorCheckpoint:
+                      task_dim: int = 0, ask_k: int | None = None) -> OperatorCheckpoint:
         """The checkpoint description of an operator trained on pairs with hindsight ``asks [n, 2]``."""
         quantiles = {}
         for k in ks:
             sel = asks[asks[:, 0] == math.log2(k), 1]
             if len(sel):
                 quantiles[k] = [float(q) for q in torch.quantile(sel, torch.tensor([0.1, 0.5, 0.9]))]
-        return OperatorCheckpoint(spec, operator, features, list(ks), quantiles, tasks, teacher, task_family, task_dim)
+        return OperatorCheckpoint(spec, operator, features, list(ks), quantiles, tasks, teacher, task_family, task_dim,
+                                  ask_k)
 
     def new_operator(self) -> ImprovementOperator:
         """An (untrained) operator of the architecture this checkpoint describes."""
@@ -276,9 +279,10 @@ class OperatorCheckpoint:
                             f"task={self.task_family}")
 
     def default_ask(self, k: int | None = None, improvement: float | None = None) -> torch.Tensor:
-        """The ask ``[2]``: jump ``k`` (default the largest trained) and the requested improvement per step
-        (default the 90 % quantile reached in training for that k). Warns outside the trained range."""
-        k = max(self.ks) if k is None else k
+        """The ask ``[2]``: jump ``k`` (default :attr:`ask_k`, else the largest trained) and the requested
+        improvement per step (default the 90 % quantile reached in training for that k). Warns outside the
+        trained range."""
+        k = (self.ask_k or max(self.ks)) if k is None else k
         if k < 1:
             raise UserError(f"ask k must be >= 1, got {k}")
         nearest = min(self.quantiles_ks(), key=lambda kk: abs(math.log2(kk) - math.log2(k)))
@@ -312,6 +316,7 @@ class OperatorCheckpoint:
             "teacher": self.teacher,
             "task_family": self.task_family,
             "task_dim": self.task_dim,
+            "ask_k": self.ask_k,
             "summary": summary,
         }
 
@@ -417,7 +422,13 @@ def _checkpoint_from_meta(meta: dict[str, Any]) -> OperatorCheckpoint:
                          f"{task_family!r} and {task_dim!r}")
     if not features.task_input and (task_family is not None or task_dim != 0):
         raise ValueError(f"task_family / task_dim ({task_family!r}, {task_dim!r}) without features.task_input")
-    return OperatorCheckpoint(spec, operator, features, ks, quantiles, tasks, teacher, task_family, task_dim)
+    if features.envs is not None and features.envs < 1:
+        raise ValueError(f"features.envs must be >= 1, got {features.envs}")
+    # Checkpoints from before the recorded ask have none: they are asked for the largest k.
+    ask_k = meta.get("ask_k")
+    if ask_k is not None and not (_is_int(ask_k) and ask_k in ks):
+        raise ValueError(f"ask_k must be one of ks {ks}, got {str(ask_k)[:40]}")
+    return OperatorCheckpoint(spec, operator, features, ks, quantiles, tasks, teacher, task_family, task_dim, ask_k)
 
 
 def _is_int(value: Any) -> bool:
@@ -434,14 +445,16 @@ def _dataclass_from(cls: type[Any], data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise ValueError(f"{where} must be a mapping, got {str(data)[:80]}")
     defaults = cls()
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
+    annotations = {f.name: str(f.type) for f in fields(cls)}
+    unknown = sorted(set(data) - set(annotations))
     if unknown:
         raise ValueError(f"{where} has unknown settings {unknown}")
     for key, value in data.items():
         default = getattr(defaults, key)
-        if default is None:  # "decided from the data" (es_gradient): recorded as the bool it was decided to be
-            ok, expected = value is None or isinstance(value, bool), "bool"
+        if default is None:  # an optional field ("bool | None", "int | None"): None or a value of its type
+            expected = annotations[key].replace(" | None", "")
+            ok = value is None or (isinstance(value, bool) if expected == "bool" else
+                                   _is_int(value) if expected == "int" else False)
         else:
             kind = type(default)
             ok = _is_number(value) if kind is float else _is_int(value) if kind is int else isinstance(value, kind)

@@ -41,7 +41,7 @@ def pipeline(cfg: PipelineConfig) -> None:
                           iterations=n["iterations"], workers=cfg.workers, out=str(dataset)))
     print(f"[2/4] train: {cfg.operator.arch} operator -> {out / 'operator'}", flush=True)
     checkpoint = train(TrainConfig(dataset=str(dataset), out=str(out / "operator"), operator=cfg.operator,
-                                   max_epochs=cfg.max_epochs))
+                                   max_epochs=cfg.max_epochs, ask_k=cfg.ask_k))
     # The operator's own teacher is always among its peers, PPO too when it is another.
     teachers = list(dict.fromkeys(["ppo", teacher_class(cfg.teacher).name]))
     print(f"[3/4] apply: {n['test_tasks']} {cfg.test_split} tasks × {n['test_seeds']} seeds × {n['applications']} "
@@ -50,7 +50,7 @@ def pipeline(cfg: PipelineConfig) -> None:
     apply(ApplyConfig(operator_path=str(checkpoint), out=str(out / "apply"), task=cfg.task, split=cfg.test_split,
                       n_tasks=n["test_tasks"], seeds=n["test_seeds"], applications=n["applications"],
                       methods=["operator", *teachers, "no_update", "nearest"], dataset=str(dataset),
-                      ask_k=cfg.ask_k, workers=cfg.workers))
+                      workers=cfg.workers))
     print("[4/4] plot", flush=True)
     figure = run_plot(PlotConfig(runs=[str(out / "apply")], out=str(out / "plot")))[0]
     print(f"done: improvement curves in {figure}")

@@ -95,8 +95,11 @@ class TrainConfig:
     """operator applications per relabel rollout"""
     relabel_starts: int = 8
     """visited policies (drawn at random) the teacher runs max(ks)+1 updates from, per round"""
+    ask_k: int | None = None
+    """the jump k (one of pairs.ks) the checkpoint asks for unless apply is told otherwise (default: the largest);
+    choose it on validation tasks"""
     relabel_ask_k: int | None = None
-    """jump k the operator is asked for in relabel rollouts (default: the largest trained k, as apply)"""
+    """jump k the operator is asked for in relabel rollouts (default: ask_k, as apply)"""
     relabel_eval_episodes: int = 2
     """deterministic episodes per visited policy for the returns in relabel.csv"""
 
@@ -216,6 +219,11 @@ def _check(config: TrainConfig) -> None:
         raise UserError("batch_size and max_epochs must be >= 1 and lr > 0")
     if not config.pairs.ks or any(k < 1 for k in config.pairs.ks):
         raise UserError(f"pairs.ks must be a non-empty list of jumps >= 1, got {config.pairs.ks}")
+    if config.ask_k is not None and config.ask_k not in config.pairs.ks:
+        raise UserError(f"ask_k={config.ask_k} is not a trained jump; give one of pairs.ks {list(config.pairs.ks)}")
+    if config.features.envs is not None and config.features.envs < 1:
+        raise UserError(f"features.envs={config.features.envs}: give the number of envs per τ to read (>= 1), or "
+                        "drop it to read the whole batch")
     counts = {"augment_starts": config.augment_starts, "relabel_rounds": config.relabel_rounds}
     sizes = {"relabel_tasks": config.relabel_tasks, "relabel_applications": config.relabel_applications,
              "relabel_starts": config.relabel_starts, "relabel_eval_episodes": config.relabel_eval_episodes}
@@ -247,7 +255,7 @@ class _Trainer:
         self.checkpoint = OperatorCheckpoint.from_training(config.features, config.operator, pairs.spec,
                                                            config.pairs.ks, pairs.ask[pairs.select(train_tasks)],
                                                            sorted(train_tasks), pairs.teacher, pairs.task_family,
-                                                           task_dim)
+                                                           task_dim, config.ask_k)
         self.op = self.checkpoint.new_operator()
         self.out = Path(config.out)
         self.path = self.out / "operator.safetensors"

@@ -21,7 +21,8 @@ from metaimprove.features import (
 from metaimprove.operator import ImprovementOperator, OperatorCheckpoint, OperatorConfig, parameter_roles
 from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, forward, init_params
 from metaimprove.rollout import Collector
-from metaimprove.train import TrainConfig, behavioural_loss, fit, pair_weights
+from metaimprove.storage import meta_path
+from metaimprove.train import TrainConfig, behavioural_loss, fit, pair_weights, train
 
 SPEC = PolicySpec(5, 2, hidden=(8, 8))
 
@@ -153,6 +154,24 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
     assert ckpt2.default_ask()[0] == 1.0  # largest trained k: log2(2)
     with pytest.warns(UserWarning, match="outside the trained range"):
         ckpt2.default_ask(k=64)
+
+
+def test_a_recorded_ask_k_is_the_default_ask_and_a_forged_one_is_refused(tmp_path):
+    op = ImprovementOperator(SPEC, OperatorConfig(hidden=16, context_dim=8, param_hidden=8))
+    asks = torch.tensor([[0.0, 0.1], [1.0, 0.3], [2.0, 0.5]])
+    ckpt = OperatorCheckpoint.from_training(FeatureConfig(), op.config, SPEC, [1, 2, 4], asks, ["a/train/0"],
+                                            {"name": "ppo", "config": {}}, ask_k=2)
+    path = tmp_path / "op.safetensors"
+    ckpt.save(path, op, summary={})
+    _, loaded = OperatorCheckpoint.load(path)
+    assert loaded.default_ask()[0] == 1.0 and loaded.default_ask(k=4)[0] == 2.0  # log2(2); told: log2(4)
+    header = json.loads(meta_path(path).read_text())
+    for forged in (3, "2"):
+        meta_path(path).write_text(json.dumps({**header, "meta": {**header["meta"], "ask_k": forged}}))
+        with pytest.raises(UserError, match="ask_k must be one of ks"):
+            OperatorCheckpoint.load(path)
+    with pytest.raises(UserError, match=r"ask_k=3 is not a trained jump; give one of pairs.ks \[1, 2, 4, 8\]"):
+        train(TrainConfig(dataset=str(tmp_path), out=str(tmp_path / "op"), ask_k=3))
 
 
 def test_missing_or_corrupt_checkpoint_is_a_clear_error(tmp_path):
