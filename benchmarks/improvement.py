@@ -76,7 +76,8 @@ OPERATORS = RESULTS / "operators"
 BUDGET = 61440
 """B in env steps per run: 30 PPO batches, 15 ARS batches"""
 ASK_K = 2
-"""the jump size the shipped operator is asked for, chosen on validation tasks (``benchmarks/ablations.py``)"""
+"""the jump size operators trained by the benchmarks are asked for, chosen on validation tasks
+(``benchmarks/ablations.py``); the shipped checkpoint records it"""
 SPLITS = ("test", "ood")
 TRAIN_INIT = "@train_init"
 """suffix of the methods run from the training runs' initialization"""
@@ -225,8 +226,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None, help="seeds per task (default 5; quick 3)")
     parser.add_argument("--budget", type=int, default=None,
                         help=f"budget B in env steps per run (default {BUDGET}; quick {BUDGET // 3})")
-    parser.add_argument("--ask-k", type=int, default=ASK_K,
-                        help=f"jump size to ask for ({ASK_K} was chosen on validation tasks train/32-35, not on test)")
+    parser.add_argument("--ask-k", type=int, default=None,
+                        help="jump size to ask for (default: the one the checkpoint records, chosen on validation "
+                             "tasks train/32-35, not on test)")
     parser.add_argument("--guard-threshold", type=float, default=ApplyConfig.guard_threshold)
     parser.add_argument("--guard-episodes", type=int, default=ApplyConfig.guard_episodes)
     parser.add_argument("--guard-margin", type=float, default=ApplyConfig.guard_margin)
@@ -244,6 +246,7 @@ def main() -> None:
     n_seeds = args.seeds or (3 if args.quick else 5)
     budget = args.budget or (BUDGET // 3 if args.quick else BUDGET)
     _, ckpt = OperatorCheckpoint.load(args.operator)
+    args.ask_k = args.ask_k or ckpt.asked_k
     # The teacher at the operator's batch is the teacher itself unless the operator reads a narrower batch.
     every = [m for m in method_names() if m != TEACHER_OP_BATCH or ckpt.features.envs is not None]
     methods = [] if args.render else args.only or every

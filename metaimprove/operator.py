@@ -278,11 +278,16 @@ class OperatorCheckpoint:
                             f"with features.task_input=true), not of {task.family} ({width} wide); apply it on "
                             f"task={self.task_family}")
 
+    @property
+    def asked_k(self) -> int:
+        """The jump k the operator is asked for unless told: :attr:`ask_k`, else the largest trained."""
+        return self.ask_k or max(self.ks)
+
     def default_ask(self, k: int | None = None, improvement: float | None = None) -> torch.Tensor:
         """The ask ``[2]``: jump ``k`` (default :attr:`ask_k`, else the largest trained) and the requested
         improvement per step (default the 90 % quantile reached in training for that k). Warns outside the
         trained range."""
-        k = (self.ask_k or max(self.ks)) if k is None else k
+        k = self.asked_k if k is None else k
         if k < 1:
             raise UserError(f"ask k must be >= 1, got {k}")
         nearest = min(self.quantiles_ks(), key=lambda kk: abs(math.log2(kk) - math.log2(k)))
