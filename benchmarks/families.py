@@ -2,8 +2,8 @@
 
 For every family asked for (default: all but ``halfcheetah_vel``, whose shipped operator comes from a larger
 collection and is measured by ``benchmarks/improvement.py``), runs exactly what a user runs,
-``metaimprove pipeline task=<family>``, at the family's sizes (``metaimprove tasks`` lists them), timed, in a
-scratch directory. It then ships:
+``metaimprove pipeline task=<family> teacher=<--teacher>``, at the family's sizes (``metaimprove tasks`` lists
+them), timed, in a scratch directory. It then ships:
 
 * ``results/operators/<family>.{safetensors,json}``: the operator; ``<family>.collect.yaml``: its collection config;
 * ``results/families/<family>.csv``: the held-out curves (operator, PPO, no update, the nearest training
@@ -14,7 +14,7 @@ start and the nearest checkpoint, the operator-vs-PPO verdict (non-overlapping C
 the sizes and the pipeline's wall time. The ``halfcheetah_vel`` row is computed the same way from
 ``results/improvement.csv`` (its ``test`` split, fresh starts). The README's family table is generated from it.
 
-    python benchmarks/families.py [--families hopper_rand_params ant_dir ...]
+    python benchmarks/families.py [--teacher ars] [--families hopper_rand_params ant_dir ...]
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from metaimprove.operator import OperatorCheckpoint
 from metaimprove.plot import plot_curves, read_curves, select_splits
 from metaimprove.stats import Curves, common_grid, curve_band, iqm_ci, reach_ratio
 from metaimprove.tasks import load_families
+from metaimprove.teachers import TEACHERS
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
@@ -61,11 +62,13 @@ def family_row(curves: Curves, budget: float) -> dict[str, str]:
     }
 
 
-def run_family(family: str, scratch: Path) -> dict[str, str]:
-    """Run the family's pipeline, ship its operator, collection config, curves and plot; its table row."""
+def run_family(family: str, teacher: str, scratch: Path) -> dict[str, str]:
+    """Run the family's pipeline with ``teacher``, ship its operator, collection config, curves and plot; its
+    table row."""
     out = scratch / family
     began = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "metaimprove", "pipeline", f"task={family}", f"out={out}"], check=True)
+    subprocess.run([sys.executable, "-m", "metaimprove", "pipeline", f"task={family}", f"teacher={teacher}",
+                    f"out={out}"], check=True)
     minutes = (time.perf_counter() - began) / 60
     OPERATORS.mkdir(parents=True, exist_ok=True)
     FAMILIES.mkdir(parents=True, exist_ok=True)
@@ -79,7 +82,7 @@ def run_family(family: str, scratch: Path) -> dict[str, str]:
     curves = read_curves([FAMILIES / f"{family}.csv"])
     plot_curves(curves, FAMILIES / f"{family}.png", budget=budget)
     return {"family": family, **family_row(curves, budget),
-            "training": f"{sizes['n_tasks']} tasks × {sizes['iterations']} PPO updates",
+            "training": describe_collection(yaml.safe_load((OPERATORS / f"{family}.collect.yaml").read_text())),
             "pipeline_minutes": f"{minutes:.1f}", "source": "benchmarks/families.py (metaimprove pipeline)"}
 
 
@@ -104,6 +107,8 @@ def main() -> None:
     parser.add_argument("--families", nargs="*", choices=choices, default=choices,
                         help="families whose pipeline to rerun (none: only refresh the halfcheetah_vel row from "
                              "results/improvement.csv)")
+    parser.add_argument("--teacher", choices=sorted(TEACHERS), default="ppo",
+                        help="the teacher every stage of the pipelines uses (the operator learns from its pairs)")
     args = parser.parse_args()
     table = {}
     if TABLE.exists():
@@ -111,7 +116,7 @@ def main() -> None:
             table = {r["family"]: r for r in csv.DictReader(f)}
     scratch = Path(tempfile.mkdtemp(prefix="families-"))
     for family in args.families:
-        table[family] = run_family(family, scratch)
+        table[family] = run_family(family, args.teacher, scratch)
         print(", ".join(f"{k}: {v}" for k, v in table[family].items()), flush=True)
         _write(table)  # after every family: a later failure loses nothing measured
     reference = halfcheetah_vel_row()
