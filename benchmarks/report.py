@@ -102,7 +102,7 @@ def _reliability() -> list[str]:
 
 
 def _families() -> list[str]:
-    """One shipped operator per family against PPO on its held-out tasks (``benchmarks/families.py``)."""
+    """One shipped operator per family against PPO and ARS on its held-out tasks (``benchmarks/families.py``)."""
     rows = _rows("families.csv")
     if not rows:
         return []
@@ -110,18 +110,20 @@ def _families() -> list[str]:
         "### One operator per family (`benchmarks/families.py`)",
         "",
         "Each family's operator (`results/operators/<family>.safetensors`, collection config beside it) against "
-        "PPO on the family's `test` tasks from fresh starts, equal env-step budget B. IQM return at B with 95% CIs; "
-        "the verdict needs non-overlapping CIs; `steps_ratio_to_ppo` as under Held-out improvement. Every family "
-        "but `halfcheetah_vel` comes from `metaimprove pipeline task=<family>` at the family's sizes, so its "
+        "PPO and ARS on the family's `test` tasks from fresh starts, equal env-step budget B. IQM return at B with "
+        "95% CIs; a verdict needs non-overlapping CIs; `steps_ratio_to_ppo` as under Held-out improvement. Every "
+        "family but `halfcheetah_vel` comes from `metaimprove pipeline task=<family> teacher=<its teacher>` at the "
+        "family's sizes, so its "
         "operator saw little data and its figures rest on few runs; `halfcheetah_vel`'s from "
         "`benchmarks/improvement.py`. Curves: `results/families/<family>.{csv,png}`.",
         "",
-        "| family | trained on | B (env steps) | tasks × seeds | operator at B | PPO at B | start | nearest checkpoint "
-        "| operator vs PPO | steps_ratio_to_ppo | pipeline minutes |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| family | trained on | B (env steps) | tasks × seeds | operator at B | PPO at B | ARS at B | start "
+        "| nearest checkpoint | operator vs PPO | operator vs ARS | steps_ratio_to_ppo | pipeline minutes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *(f"| `{r['family']}` | {r['training']} | {r['budget_env_steps']} | {r['tasks_x_seeds']} | "
-          f"{r['operator_at_B']} | {r['ppo_at_B']} | {r['start_at_B']} | {r['nearest_at_B']} | "
-          f"**{r['operator_vs_ppo']}** | {r['steps_ratio_to_ppo']} | {r['pipeline_minutes'] or '–'} |" for r in rows),
+          f"{r['operator_at_B']} | {r['ppo_at_B']} | {r['ars_at_B']} | {r['start_at_B']} | {r['nearest_at_B']} | "
+          f"**{r['operator_vs_ppo']}** | **{r['operator_vs_ars']}** | {r['steps_ratio_to_ppo']} | "
+          f"{r['pipeline_minutes'] or '–'} |" for r in rows),
         "",
     ]
 
