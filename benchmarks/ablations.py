@@ -9,12 +9,15 @@ The variants:
 
 * ``per_param``: the baseline, the default training settings (asked for k = ``--ask-k``)
 * ``teacher=ppo``: the per-parameter operator fitted to PPO's pairs instead of ARS's (``--ppo-operator``, the
-  operator shipped before ARS pairs were used, asked for the k = 4 chosen for it on the same validation tasks)
+  operator shipped before ARS pairs were used, asked for the k = 4 chosen for it on the same validation tasks; it
+  was fitted before the normalizer-count fix of 0a4ff9d, unlike every row trained here)
 * ``es_gradient=false``: without the ES step formed from τ's perturbations (the PPO-style features alone)
 * ``flat``: the MLP over the whole θ instead of the per-parameter network (``operator.arch=flat``)
 * ``relabel_rounds=1``: one round of relabeling (DAgger for operators), its rollouts asked for the same k
 * ``augment_starts=16 augment_noise=0.1``: D-REX-style pairs from noise-perturbed dataset policies
 * ``task_input``: the oracle, told the task's parameters and physics scales instead of inferring them from τ
+* ``features.envs=8``: the operator reads 8 of the teacher's 16 envs per τ (whole antithetic pairs) against the
+  teacher's whole-batch step, and collects 8-env batches when applied: half the env steps per application
 * ``ask_k=1``, ``ask_k=4``, ``ask_k=8`` (those other than ``--ask-k``): the baseline operator, not retrained,
   asked for another jump size
 
@@ -86,7 +89,7 @@ def variants(ask_k: int, augment_starts: int, ppo_operator: Path) -> list[Varian
     return [
         Variant("per_param", f"baseline: the default training settings, asked for k = {ask_k}"),
         Variant("teacher=ppo", f"fitted to PPO's pairs (32 tasks × 48 updates) instead of ARS's, asked for k = "
-                f"{PPO_ASK_K}", None, PPO_ASK_K, ppo_operator),
+                f"{PPO_ASK_K} (fitted before the normalizer-count fix)", None, PPO_ASK_K, ppo_operator),
         Variant("es_gradient=false", "features.es_gradient=false (no ES step from τ's perturbations)",
                 {"features": FeatureConfig(es_gradient=False)}),
         Variant("flat", "operator.arch=flat (one MLP over the whole θ)", {"operator": OperatorConfig(arch="flat")}),
@@ -97,6 +100,8 @@ def variants(ask_k: int, augment_starts: int, ppo_operator: Path) -> list[Varian
                 {"augment_starts": augment_starts, "augment_noise": 0.1}),
         Variant("task_input", "features.task_input=true (the oracle: told the task instead of inferring it)",
                 {"features": FeatureConfig(task_input=True)}),
+        Variant("features.envs=8", "the operator reads 8 of the teacher's 16 envs per τ and collects 8-env batches",
+                {"features": FeatureConfig(envs=8)}),
         *(Variant(f"ask_k={k}", f"the baseline operator (not retrained) asked for k = {k}", None, k)
           for k in (1, 2, 4, 8) if k != ask_k),
     ]
