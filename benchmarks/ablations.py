@@ -43,14 +43,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from heldout import PEERS, add_arguments, apply_settings, at_budget
+from heldout import PEERS, add_arguments, apply_settings, at_budget, fit
 from improvement import dataset_or_exit, fmt, verdict
 
 from metaimprove.dataset import PairConfig
 from metaimprove.features import FeatureConfig
 from metaimprove.operator import OperatorConfig
 from metaimprove.stats import Estimate
-from metaimprove.train import TrainConfig, train
+from metaimprove.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
@@ -149,7 +149,7 @@ def main() -> None:
         else:
             config = TrainConfig(dataset=str(dataset), out=str(scratch / variant.name.replace(" ", "_")),
                                  **{**base_train, **variant.train})
-            checkpoint = checkpoints[variant.name] = train(config)
+            checkpoint = checkpoints[variant.name] = fit(config)
             minutes = fit_minutes(checkpoint)
         # The peers depend on neither the operator nor the ask: run them once, beside the baseline.
         methods = ["operator", *PEERS] if i == 0 else ["operator"]

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from improvement import ASK_K, BUDGET, finals
 
 from metaimprove.apply import ApplyConfig, apply
@@ -48,10 +49,18 @@ def apply_settings(args: argparse.Namespace, split: str = "test") -> dict[str, A
                 ask_k=args.ask_k, workers=args.workers, **where)
 
 
+def fit(config: TrainConfig) -> Path:
+    """Train an operator as ``metaimprove train`` does, on one intra-op thread (the CLI's setting): float reductions
+    depend on the thread count, so only then do the same settings here and on the command line give the same
+    weights bit for bit."""
+    torch.set_num_threads(1)
+    return train(config)
+
+
 def timed_train(config: TrainConfig) -> tuple[Path, float]:
-    """Train an operator; its checkpoint and the wall minutes training took."""
+    """Train an operator (:func:`fit`); its checkpoint and the wall minutes training took."""
     began = time.perf_counter()
-    checkpoint = train(config)
+    checkpoint = fit(config)
     return checkpoint, (time.perf_counter() - began) / 60
 
 
