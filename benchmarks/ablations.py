@@ -94,7 +94,7 @@ def variants(ask_k: int, augment_starts: int, ppo_operator: Path) -> list[Varian
                 {"features": FeatureConfig(es_gradient=False)}),
         Variant("flat", "operator.arch=flat (one MLP over the whole θ)", {"operator": OperatorConfig(arch="flat")}),
         Variant("relabel_rounds=1", f"one relabeling round (its rollouts asked for k = {ask_k})",
-                {"relabel_rounds": 1, "relabel_ask_k": ask_k}),
+                {"relabel_rounds": 1}),
         Variant(f"augment_starts={augment_starts} augment_noise=0.1",
                 f"teacher pairs from {augment_starts} noise-perturbed dataset policies",
                 {"augment_starts": augment_starts, "augment_noise": 0.1}),
@@ -126,7 +126,10 @@ def main() -> None:
     dataset = dataset_or_exit(Path(args.dataset))
     scratch = Path(tempfile.mkdtemp(prefix="ablations-"))
     target = scratch if args.quick else RESULTS
-    base_train: dict[str, Any] = ({"pairs": PairConfig(max_tasks=4)} | QUICK_TRAIN) if args.quick else {}
+    # Every fit records the ask it is applied with (its relabel rollouts use it too), so the chosen row's
+    # checkpoint is the operator to ship as it stands.
+    base_train: dict[str, Any] = {"ask_k": args.ask_k} | (
+        ({"pairs": PairConfig(max_tasks=4)} | QUICK_TRAIN) if args.quick else {})
     checkpoints: dict[str, Path] = {}
     estimates: dict[tuple[str, str], Estimate] = {}
     rows: list[dict[str, object]] = []
