@@ -63,7 +63,7 @@ from metaimprove.apply import (
 from metaimprove.baselines import DRConfig, train_dr
 from metaimprove.collect import load_manifest, load_shard
 from metaimprove.features import encode, stack
-from metaimprove.operator import OperatorCheckpoint
+from metaimprove.operator import DEFAULT_ASK_K, OperatorCheckpoint
 from metaimprove.plot import plot_curves, read_curves, select_splits
 from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, fold_normalizer, load_policy
 from metaimprove.stats import Curves, Estimate, common_grid, curve_band, iqm_ci, reach_ratio, step_values
@@ -75,9 +75,9 @@ RESULTS = ROOT / "results"
 OPERATORS = RESULTS / "operators"
 BUDGET = 61440
 """B in env steps per run: 30 PPO batches, 15 ARS batches"""
-ASK_K = 2
-"""the jump size operators trained by the benchmarks are asked for, chosen on validation tasks
-(``benchmarks/ablations.py``); the shipped checkpoint records it"""
+ASK_K = DEFAULT_ASK_K
+"""the jump size operators trained by the benchmarks are asked for: the package's default, chosen on validation
+tasks (``benchmarks/ablations.py``); the shipped checkpoint records it"""
 SPLITS = ("test", "ood")
 TRAIN_INIT = "@train_init"
 """suffix of the methods run from the training runs' initialization"""

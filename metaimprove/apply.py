@@ -133,7 +133,7 @@ class ApplyConfig:
     save_policies: bool = False
     """also write every run's final policy to <out>/policies/<method>/"""
     ask_k: int | None = None
-    """jump size to ask for (default: the checkpoint's ask_k, chosen when it was trained; else the largest k)"""
+    """jump size to ask for (default: the checkpoint's ask_k, chosen when it was trained; else the k nearest 2)"""
     ask_improvement: float | None = None
     """requested improvement of mean reward per step (default: the 90% quantile reached in training for k)"""
     eval_episodes: int = 8

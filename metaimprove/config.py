@@ -189,8 +189,8 @@ class PipelineConfig:
     applications: int | None = None
     """operator applications per held-out run (default: the family's); every method gets their env steps"""
     ask_k: int | None = None
-    """jump size the operator is asked for, recorded in its checkpoint (one of the trained ks; default: the
-    largest)"""
+    """jump size the operator is asked for, recorded in its checkpoint (one of the trained ks; default: the one
+    nearest 2)"""
     workers: int = 0
     """parallel worker processes; 0 = one per CPU"""
     out: str = MISSING

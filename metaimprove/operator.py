@@ -48,6 +48,15 @@ from metaimprove.tasks import Task
 
 ARCHS = ("flat", "per_param")
 ASK_DIM = 2
+DEFAULT_ASK_K = 2
+"""The jump an operator is asked for when neither its checkpoint nor apply names one. On the validation tasks
+of ``benchmarks/ablations.py`` k = 2 did best and k = 8 worst: a k-step target holds k − 1 teacher steps the
+operator never sees the experience of, and what it learns of them is a bias that adds up over applications."""
+
+
+def default_ask_k(ks: list[int]) -> int:
+    """The trained jump nearest :data:`DEFAULT_ASK_K` in log2 (ties: the smaller, the safer jump)."""
+    return min(ks, key=lambda k: (abs(math.log2(k) - math.log2(DEFAULT_ASK_K)), k))
 
 
 @dataclass
@@ -245,7 +254,7 @@ class OperatorCheckpoint:
     task_dim: int = 0
     """with ``features.task_input``: the width of those task vectors (0 otherwise)"""
     ask_k: int | None = None
-    """the jump k the operator is asked for unless told (one of ``ks``; None: the largest)"""
+    """the jump k the operator is asked for unless told (one of ``ks``; None: :func:`default_ask_k`)"""
 
     @staticmethod
     def from_training(features: FeatureConfig, operator: OperatorConfig, spec: PolicySpec, ks: list[int],
@@ -280,11 +289,11 @@ class OperatorCheckpoint:
 
     @property
     def asked_k(self) -> int:
-        """The jump k the operator is asked for unless told: :attr:`ask_k`, else the largest trained."""
-        return self.ask_k or max(self.ks)
+        """The jump k the operator is asked for unless told: :attr:`ask_k`, else :func:`default_ask_k`."""
+        return self.ask_k or default_ask_k(self.ks)
 
     def default_ask(self, k: int | None = None, improvement: float | None = None) -> torch.Tensor:
-        """The ask ``[2]``: jump ``k`` (default :attr:`ask_k`, else the largest trained) and the requested
+        """The ask ``[2]``: jump ``k`` (default :attr:`asked_k`) and the requested
         improvement per step (default the 90 % quantile reached in training for that k). Warns outside the
         trained range."""
         k = self.asked_k if k is None else k
@@ -429,7 +438,7 @@ def _checkpoint_from_meta(meta: dict[str, Any]) -> OperatorCheckpoint:
         raise ValueError(f"task_family / task_dim ({task_family!r}, {task_dim!r}) without features.task_input")
     if features.envs is not None and features.envs < 1:
         raise ValueError(f"features.envs must be >= 1, got {features.envs}")
-    # Checkpoints from before the recorded ask have none: they are asked for the largest k.
+    # Checkpoints from before the recorded ask have none: they are asked for default_ask_k(ks).
     ask_k = meta.get("ask_k")
     if ask_k is not None and not (_is_int(ask_k) and ask_k in ks):
         raise ValueError(f"ask_k must be one of ks {ks}, got {str(ask_k)[:40]}")

@@ -44,7 +44,7 @@ from metaimprove.dataset import (
 )
 from metaimprove.errors import UserError
 from metaimprove.features import FeatureConfig
-from metaimprove.operator import ImprovementOperator, OperatorCheckpoint, OperatorConfig
+from metaimprove.operator import ImprovementOperator, OperatorCheckpoint, OperatorConfig, default_ask_k
 from metaimprove.policy import PolicySpec, forward
 from metaimprove.relabel import dataset_runs, initial_starts, operator_visits, perturbed_starts, teacher_pairs
 
@@ -96,8 +96,8 @@ class TrainConfig:
     relabel_starts: int = 8
     """visited policies (drawn at random) the teacher runs max(ks)+1 updates from, per round"""
     ask_k: int | None = None
-    """the jump k (one of pairs.ks) the checkpoint asks for unless apply is told otherwise (default: the largest);
-    choose it on validation tasks"""
+    """the jump k (one of pairs.ks) the checkpoint asks for unless apply is told otherwise (default: the trained k
+    nearest 2, see operator.DEFAULT_ASK_K); choose it on validation tasks"""
     relabel_ask_k: int | None = None
     """jump k the operator is asked for in relabel rollouts (default: ask_k, as apply)"""
     relabel_eval_episodes: int = 2
@@ -255,7 +255,7 @@ class _Trainer:
         self.checkpoint = OperatorCheckpoint.from_training(config.features, config.operator, pairs.spec,
                                                            config.pairs.ks, pairs.ask[pairs.select(train_tasks)],
                                                            sorted(train_tasks), pairs.teacher, pairs.task_family,
-                                                           task_dim, config.ask_k)
+                                                           task_dim, config.ask_k or default_ask_k(config.pairs.ks))
         self.op = self.checkpoint.new_operator()
         self.out = Path(config.out)
         self.path = self.out / "operator.safetensors"

@@ -18,7 +18,13 @@ from metaimprove.features import (
     per_episode_gradients,
     transition_dim,
 )
-from metaimprove.operator import ImprovementOperator, OperatorCheckpoint, OperatorConfig, parameter_roles
+from metaimprove.operator import (
+    ImprovementOperator,
+    OperatorCheckpoint,
+    OperatorConfig,
+    default_ask_k,
+    parameter_roles,
+)
 from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, forward, init_params
 from metaimprove.rollout import Collector
 from metaimprove.storage import meta_path
@@ -151,20 +157,25 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
     feats, ask = _features(2), torch.randn(2, 2)
     torch.testing.assert_close(op2(feats, ask), op(feats, ask), atol=0, rtol=0)
     assert ckpt2.spec == SPEC and ckpt2.ks == [1, 2] and ckpt2.tasks == ["a/train/0"]
-    assert ckpt2.default_ask()[0] == 1.0  # largest trained k: log2(2)
+    assert ckpt2.default_ask()[0] == 1.0  # no recorded ask: the trained k nearest 2, log2(2)
     with pytest.warns(UserWarning, match="outside the trained range"):
         ckpt2.default_ask(k=64)
+
+
+def test_without_a_recorded_ask_the_trained_jump_nearest_two_is_asked_for():
+    # Not the largest: far jumps drift (see DEFAULT_ASK_K); ties go to the smaller jump.
+    assert [default_ask_k(ks) for ks in ([1, 2, 4, 8], [1, 4], [4, 8, 16], [8], [1])] == [2, 1, 4, 8, 1]
 
 
 def test_a_recorded_ask_k_is_the_default_ask_and_a_forged_one_is_refused(tmp_path):
     op = ImprovementOperator(SPEC, OperatorConfig(hidden=16, context_dim=8, param_hidden=8))
     asks = torch.tensor([[0.0, 0.1], [1.0, 0.3], [2.0, 0.5]])
     ckpt = OperatorCheckpoint.from_training(FeatureConfig(), op.config, SPEC, [1, 2, 4], asks, ["a/train/0"],
-                                            {"name": "ppo", "config": {}}, ask_k=2)
+                                            {"name": "ppo", "config": {}}, ask_k=4)
     path = tmp_path / "op.safetensors"
     ckpt.save(path, op, summary={})
     _, loaded = OperatorCheckpoint.load(path)
-    assert loaded.default_ask()[0] == 1.0 and loaded.default_ask(k=4)[0] == 2.0  # log2(2); told: log2(4)
+    assert loaded.default_ask()[0] == 2.0 and loaded.default_ask(k=1)[0] == 0.0  # log2(4), not the default 2; told
     header = json.loads(meta_path(path).read_text())
     for forged in (3, "2"):
         meta_path(path).write_text(json.dumps({**header, "meta": {**header["meta"], "ask_k": forged}}))
