@@ -156,6 +156,35 @@ def _scaling() -> list[str]:
     ]
 
 
+def _step_geometry() -> list[str]:
+    """The teacher's steps against a random walk, and the operator's against the teacher's
+    (``benchmarks/step_geometry.py``)."""
+    rows = _rows("step_geometry.csv")
+    if not rows:
+        return []
+    value = {(r["quantity"], r["k"]): r["value"] for r in rows}
+    ks = sorted({int(r["k"]) for r in rows if r["quantity"] == "operator_step_over_teacher_step"})
+    return [
+        "### Why asking for k does not buy k updates (`benchmarks/step_geometry.py`)",
+        "",
+        "On the collection's runs of the tasks the shipped operator was not fitted to. Consecutive ARS steps have "
+        f"cosine {value[('teacher_consecutive_step_cosine', '1')]}: the teacher's path through parameter space is "
+        "close to a random walk, so a k-step target adds to the one step that τⁿ determines k − 1 steps it cannot "
+        "predict. Asked for k, the operator takes about one teacher step, and the larger k, the more of its step "
+        "points away from the teacher's:",
+        "",
+        r"| k | teacher: \|θⁿ⁺ᵏ − θⁿ\| / (k · step) | random walk: 1/√k | operator step / teacher step "
+        "| cosine to teacher step | cosine to k-step target |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *(f"| {k} | {value[('teacher_displacement_over_k_steps', str(k))]} | "
+          f"{value[('random_walk_displacement_over_k_steps', str(k))]} | "
+          f"{value[('operator_step_over_teacher_step', str(k))]} | "
+          f"{value[('operator_cosine_to_teacher_step', str(k))]} | "
+          f"{value[('operator_cosine_to_k_step_target', str(k))]} |" for k in ks),
+        "",
+    ]
+
+
 def _ablations() -> list[str]:
     """One row per variant of the shipped operator on validation and held-out tasks (``benchmarks/ablations.py``)."""
     rows = _rows("ablations.csv")
@@ -249,6 +278,7 @@ def section() -> str:
     out += _improvement()
     out += _scaling()
     out += _ablations()
+    out += _step_geometry()
     out += _families()
     return "\n".join(out).rstrip() + "\n"
 

@@ -1,8 +1,9 @@
 """Does more task diversity generalize better? Held-out return at budget B against the number of training tasks.
 
 Trains one operator per task count N on the runs of the first N tasks of one collection (``pairs.max_tasks=N``,
-every other training setting the default, as the shipped operator), applies each on the same held-out ``test``
-tasks from the same fresh starts with the same budget, and writes:
+every other training setting the default: the ablations' ``per_param`` baseline, without the shipped operator's
+relabeling round), applies each on the same held-out ``test`` tasks from the same fresh starts with the same
+budget, and writes:
 
 * ``results/scaling.csv``: N, the tasks left for fitting after the validation split, the operator's IQM return
   at B [95% CI], and PPO's and the start's on the same runs;
