@@ -25,9 +25,9 @@ from metaimprove.teachers import ARSConfig
 from metaimprove.train import TrainConfig, fit, train
 
 SPEC = PolicySpec(5, 2, hidden=(8, 8))
-# The PPO operator shipped before ARS pairs were used, written before task_input and es_gradient existed.
-SHIPPED_PPO = (pathlib.Path(__file__).resolve().parent.parent / "results" / "operators"
-               / "halfcheetah_vel.ppo.safetensors")
+# An operator checkpoint as written before task_input, es_gradient, envs and the recorded ask existed (the PPO
+# operator once shipped as results/operators/halfcheetah_vel.ppo.*).
+LEGACY = pathlib.Path(__file__).resolve().parent / "fixtures" / "legacy_operator.safetensors"
 TINY_ARS = ARSConfig(n_directions=2, top_b=1, n_steps=32)
 SMALL = {"operator": OperatorConfig(hidden=16, context_dim=8, param_hidden=8),
          "features": FeatureConfig(n_transitions=32, n_states=16), "pairs": PairConfig(ks=[1]), "max_epochs": 2}
@@ -153,8 +153,9 @@ def test_es_gradient_on_data_without_perturbations_is_a_one_line_error(reference
 
 
 def test_checkpoints_from_before_es_features_load_as_operators_without_them() -> None:
-    op, ckpt = OperatorCheckpoint.load(SHIPPED_PPO)
+    op, ckpt = OperatorCheckpoint.load(LEGACY)
     assert not ckpt.features.es_gradient and op.update.es is None
+    assert ckpt.ask_k is None and ckpt.asked_k == 2  # no recorded ask: the trained jump nearest 2
 
 
 def test_env_subset_keeps_whole_antithetic_pairs_and_renumbers_truncations() -> None:

@@ -24,9 +24,9 @@ from metaimprove.tasks import TaskConfig, get_family
 from metaimprove.train import TrainConfig, train
 
 SPEC = PolicySpec(17, 6)
-# The PPO operator shipped before ARS pairs were used, written before task_input and es_gradient existed.
-SHIPPED_PPO = (pathlib.Path(__file__).resolve().parent.parent / "results" / "operators"
-               / "halfcheetah_vel.ppo.safetensors")
+# An operator checkpoint as written before task_input, es_gradient, envs and the recorded ask existed (the PPO
+# operator once shipped as results/operators/halfcheetah_vel.ppo.*).
+LEGACY = pathlib.Path(__file__).resolve().parent / "fixtures" / "legacy_operator.safetensors"
 ORACLE = FeatureConfig(n_transitions=32, n_states=16, task_input=True)
 SMALL = {"operator": OperatorConfig(hidden=16, context_dim=8, param_hidden=8), "features": ORACLE,
          "pairs": PairConfig(ks=[1]), "max_epochs": 2, "relabel_rounds": 1, "relabel_tasks": 1,
@@ -126,7 +126,7 @@ def test_oracle_operator_refuses_a_user_env_and_another_family(oracle_run: pathl
 
 def test_older_checkpoints_read_no_task_and_forged_task_fields_are_refused(oracle_run: pathlib.Path,
                                                                            tmp_path: pathlib.Path) -> None:
-    _, shipped = OperatorCheckpoint.load(SHIPPED_PPO)  # written before the option existed
+    _, shipped = OperatorCheckpoint.load(LEGACY)  # written before the option existed
     assert not shipped.features.task_input and (shipped.task_family, shipped.task_dim) == (None, 0)
     for name in ("operator.safetensors", "operator.json"):
         (tmp_path / name).write_bytes((oracle_run / name).read_bytes())
