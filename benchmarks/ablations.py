@@ -4,7 +4,7 @@ Trains each variant on one collection (the shipped operator's: ARS on 32 ``halfc
 ``benchmarks/improvement.py``'s docstring to recreate it) with every other training setting the default
 (``per_param``, the baseline row), and applies each from the same fresh starts with the same
 budget B in env steps on two sets of tasks (``benchmarks/heldout.py``): validation tasks (``train`` tasks 32–35,
-in no collection) and the held-out ``test`` tasks. PPO, ARS and no update run once per set, beside the baseline.
+in no 32-task collection) and the held-out ``test`` tasks. PPO, ARS and no update run once per set, beside the baseline.
 The variants:
 
 * ``per_param``: the baseline, the default training settings (asked for k = ``--ask-k``)
