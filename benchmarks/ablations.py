@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ from metaimprove.dataset import PairConfig
 from metaimprove.features import FeatureConfig
 from metaimprove.operator import OperatorConfig
 from metaimprove.stats import Estimate
+from metaimprove.storage import atomic_write_csv
 from metaimprove.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -194,14 +194,8 @@ def write(path: Path, rows: list[dict[str, object]], estimates: dict[tuple[str, 
     peers = {f"{prefix}{name}_at_B": fmt(estimates[method, where])
              for where, prefix in (("val", "val_"), ("test", "")) for method, name in
              (("ppo", "ppo"), ("ars", "ars"), ("no_update", "start"))}
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "chosen": "yes" if row is best else "", **peers,
-                             "budget_env_steps": int(budget), "runs": runs})
-    os.replace(tmp, path)
+    atomic_write_csv(path, FIELDS, ({**row, "chosen": "yes" if row is best else "", **peers,
+                                     "budget_env_steps": int(budget), "runs": runs} for row in rows))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from metaimprove.apply import operator_batch
 from metaimprove.operator import OperatorCheckpoint
 from metaimprove.plot import plot_curves, read_curves, select_splits
 from metaimprove.stats import Curves, common_grid, curve_band, iqm_ci, reach_ratio
+from metaimprove.storage import atomic_write_csv
 from metaimprove.tasks import load_families
 from metaimprove.teachers import TEACHERS
 
@@ -139,12 +140,7 @@ def main() -> None:
 
 
 def _write(table: dict[str, dict[str, str]]) -> None:
-    tmp = TABLE.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(table[k] for k in sorted(table))
-    tmp.replace(TABLE)
+    atomic_write_csv(TABLE, FIELDS, (table[k] for k in sorted(table)))
 
 
 if __name__ == "__main__":

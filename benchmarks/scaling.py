@@ -21,7 +21,6 @@ chosen for the shipped operator on validation tasks.
 from __future__ import annotations
 
 import argparse
-import csv
 import tempfile
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from improvement import dataset_or_exit, describe_collection, fmt
 
 from metaimprove.dataset import PairConfig
 from metaimprove.operator import OperatorCheckpoint
+from metaimprove.storage import atomic_write_csv
 from metaimprove.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,16 +70,12 @@ def main() -> None:
 
 
 def write(rows: list[dict[str, object]], peers: dict, budget: float, runs: str) -> None:
-    """``results/scaling.csv`` (written to a temporary file, then moved into place)."""
-    tmp = RESULTS / "scaling.csv.tmp"
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*FIELDS, "ppo_at_B", "ars_at_B", "start_at_B", "budget_env_steps",
-                                               "runs"])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "ppo_at_B": fmt(peers["ppo"]), "ars_at_B": fmt(peers["ars"]),
-                             "start_at_B": fmt(peers["no_update"]), "budget_env_steps": int(budget), "runs": runs})
-    tmp.replace(RESULTS / "scaling.csv")
+    """``results/scaling.csv``, atomically."""
+    atomic_write_csv(RESULTS / "scaling.csv", [*FIELDS, "ppo_at_B", "ars_at_B", "start_at_B", "budget_env_steps",
+                                               "runs"],
+                     ({**row, "ppo_at_B": fmt(peers["ppo"]), "ars_at_B": fmt(peers["ars"]),
+                       "start_at_B": fmt(peers["no_update"]), "budget_env_steps": int(budget), "runs": runs}
+                      for row in rows))
 
 
 def plot(rows: list[dict[str, object]], peers: dict, budget: float) -> None:

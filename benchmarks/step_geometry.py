@@ -19,15 +19,16 @@ Writes ``results/step_geometry.csv`` (``quantity, k, value``).
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 from pathlib import Path
 
 import torch
 from improvement import dataset_or_exit
+from torch.nn.functional import cosine_similarity
 
 from metaimprove.dataset import PairConfig, build_pairs
 from metaimprove.operator import OperatorCheckpoint
+from metaimprove.storage import atomic_write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
@@ -53,7 +54,7 @@ def main() -> None:
     step = dict(zip(pairs.source[one].tolist(), target - feats["theta"], strict=True))
     successor = dict(zip(pairs.source[one].tolist(), pairs.target_item[one].tolist(), strict=True))
     mean_step = torch.stack(list(step.values())).norm(dim=-1).mean()
-    consecutive = [float(torch.nn.functional.cosine_similarity(step[s], step[successor[s]], dim=0))
+    consecutive = [float(cosine_similarity(step[s], step[successor[s]], dim=0))
                    for s in step if successor[s] in step]
     rows = [{"quantity": "teacher_consecutive_step_cosine", "k": 1, "value": sum(consecutive) / len(consecutive)}]
     for k in ckpt.ks:
@@ -64,24 +65,19 @@ def main() -> None:
         ones = torch.stack([step[int(s)] for s in pairs.source[sel]])
         with torch.no_grad():
             delta = op(feats, ckpt.default_ask(k).expand(len(sel), -1)) - feats["theta"]
-        cos = torch.nn.functional.cosine_similarity
         rows += [
             {"quantity": "teacher_displacement_over_k_steps", "k": k,
              "value": float(displacement.norm(dim=-1).mean() / (k * mean_step))},
             {"quantity": "random_walk_displacement_over_k_steps", "k": k, "value": k ** -0.5},
             {"quantity": "operator_step_over_teacher_step", "k": k,
              "value": float((delta.norm(dim=-1) / ones.norm(dim=-1)).mean())},
-            {"quantity": "operator_cosine_to_teacher_step", "k": k, "value": float(cos(delta, ones, dim=-1).mean())},
+            {"quantity": "operator_cosine_to_teacher_step", "k": k,
+             "value": float(cosine_similarity(delta, ones, dim=-1).mean())},
             {"quantity": "operator_cosine_to_k_step_target", "k": k,
-             "value": float(cos(delta, displacement, dim=-1).mean())},
+             "value": float(cosine_similarity(delta, displacement, dim=-1).mean())},
         ]
     path = RESULTS / "step_geometry.csv"
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["quantity", "k", "value"])
-        writer.writeheader()
-        writer.writerows({**r, "value": f"{r['value']:.3f}"} for r in rows)
-    tmp.replace(path)
+    atomic_write_csv(path, ["quantity", "k", "value"], ({**r, "value": f"{r['value']:.3f}"} for r in rows))
     for r in rows:
         print(f"{r['quantity']} (k={r['k']}): {r['value']:.3f}")
     print(f"wrote {path} ({len(held_out)} held-out tasks of {dataset})")

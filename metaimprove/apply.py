@@ -31,7 +31,6 @@ a method does not update; ``transferred`` starts at the env steps its selection 
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import multiprocessing as mp
@@ -54,6 +53,7 @@ from metaimprove.features import encode, next_normalizer, stack
 from metaimprove.operator import ImprovementOperator, OperatorCheckpoint
 from metaimprove.policy import ObsNormalizer, Policy, init_params, load_policy, save_policy
 from metaimprove.rollout import Experience, GymSimulator, Simulator, episode_length, evaluate
+from metaimprove.storage import atomic_write_csv
 from metaimprove.tasks import Task, TaskConfig, get_family
 from metaimprove.teachers import TEACHERS, Teacher, make_teacher
 
@@ -562,23 +562,14 @@ def apply(config: ApplyConfig) -> Path:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [r for rows, _ in results for r in rows]
-    _write_csv(out / "curves.csv", CURVE_FIELDS, rows)
+    atomic_write_csv(out / "curves.csv", CURVE_FIELDS, rows)
     timing_rows = []
     for _, timings in results:
         for name, values in timings.items():
             timing_rows += [{"name": name, "seconds": v} for v in values]
-    _write_csv(out / "timings.csv", ["name", "seconds"], timing_rows)
+    atomic_write_csv(out / "timings.csv", ["name", "seconds"], timing_rows)
     _print_summary(rows, timing_rows, config)
     return out / "curves.csv"
-
-
-def _write_csv(path: Path, fields: list[str], rows: list[dict[str, object]]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _print_summary(rows: list[dict[str, object]], timing_rows: list[dict[str, object]], config: ApplyConfig) -> None:

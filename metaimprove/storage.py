@@ -19,10 +19,13 @@ target, so a crash leaves the old file or the new one, never half of one. Tempor
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
+import io
 import json
 import os
 import secrets
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +92,15 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> str:
     data = to_json_bytes(obj)
     atomic_write_bytes(path, data)
     return sha256_bytes(data)
+
+
+def atomic_write_csv(path: str | os.PathLike[str], fields: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> None:
+    """Write ``rows`` (dicts keyed by ``fields``) as CSV with a header to ``path`` atomically."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(fields))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, text.getvalue().encode())
 
 
 def read_json(path: str | os.PathLike[str], expected_sha256: str | None = None) -> Any:

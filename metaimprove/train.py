@@ -20,7 +20,6 @@ one family, and the checkpoint records it.
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
 import math
 import time
@@ -47,6 +46,7 @@ from metaimprove.features import FeatureConfig
 from metaimprove.operator import ImprovementOperator, OperatorCheckpoint, OperatorConfig, default_ask_k
 from metaimprove.policy import PolicySpec, forward
 from metaimprove.relabel import dataset_runs, initial_starts, operator_visits, perturbed_starts, teacher_pairs
+from metaimprove.storage import atomic_write_csv
 
 
 @dataclass
@@ -233,15 +233,6 @@ def _check(config: TrainConfig) -> None:
                         "relabel sizes >= 1 and augment_noise >= 0")
 
 
-def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-
-
 class _Trainer:
     """One training run: the pairs so far, the operator, its checkpoint file and the per-epoch metrics."""
 
@@ -283,7 +274,7 @@ class _Trainer:
             raise UserError(f"training diverged: the loss was never finite (round {round_}); lower lr= or check "
                             "the dataset for blown-up runs")
         self.rows += rows
-        _write_csv(self.out / "metrics.csv", self.rows)
+        atomic_write_csv(self.out / "metrics.csv", list(self.rows[0]), self.rows)
         self.op.load_state_dict(best["state"])
         if self.config.relabel_rounds:
             self.checkpoint.save(self.out / f"operator_round{round_}.safetensors", self.op, summary=best["summary"])
@@ -335,7 +326,7 @@ def _relabel(trainer: _Trainer, datasets: list[str], best: dict[str, float]) -> 
                      **{f"{name}_return": _mean(r[1]) for name, r in returns.items()},
                      **{f"{name}_final_return": _mean(r[2]) for name, r in returns.items()},
                      "seconds": time.perf_counter() - clock})
-        _write_csv(trainer.out / "relabel.csv", rows)
+        atomic_write_csv(trainer.out / "relabel.csv", list(rows[0]), rows)
         clock = time.perf_counter()
 
 

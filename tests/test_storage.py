@@ -15,7 +15,7 @@ from hypothesis.extra.numpy import arrays
 
 from metaimprove import storage
 from metaimprove.errors import UserError
-from metaimprove.storage import atomic_write_json, load_tensors, meta_path, read_json, save_tensors
+from metaimprove.storage import atomic_write_csv, atomic_write_json, load_tensors, meta_path, read_json, save_tensors
 
 META = {"task": {"family": "halfcheetah_vel", "params": {"v": 1.25}}, "seed": 3, "hidden": [32, 32], "ok": True}
 
@@ -39,6 +39,16 @@ def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
     for key in a:
         assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, key
         assert torch.equal(a[key], b[key]), key
+
+
+def test_a_csv_write_that_fails_midway_leaves_the_old_file_and_no_temp(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "table.csv"
+    atomic_write_csv(path, ["a", "b"], [{"a": 1, "b": 2.5}, {"a": 3, "b": ""}])
+    assert path.read_bytes() == b"a,b\r\n1,2.5\r\n3,\r\n"  # csv.DictWriter's line ends, as before
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="not in fieldnames"):
+        atomic_write_csv(path, ["a", "b"], iter([{"a": 4, "b": 5}, {"a": 6, "c": 7}]))
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["table.csv"]
 
 
 def test_round_trip_is_exact_and_digest_pins_the_pair(tmp_path: pathlib.Path) -> None:
