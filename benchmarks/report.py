@@ -113,9 +113,8 @@ def _families() -> list[str]:
         "PPO and ARS on the family's `test` tasks from fresh starts, equal env-step budget B. IQM return at B with "
         "95% CIs; a verdict needs non-overlapping CIs; `steps_ratio_to_ppo` as under Held-out improvement. Every "
         "family but `halfcheetah_vel` comes from `metaimprove pipeline task=<family> teacher=<its teacher>` at the "
-        "family's sizes, so its "
-        "operator saw little data and its figures rest on few runs; `halfcheetah_vel`'s from "
-        "`benchmarks/improvement.py`. Curves: `results/families/<family>.{csv,png}`.",
+        "family's sizes, so its operator saw little data and its figures rest on few runs; `halfcheetah_vel`'s "
+        "from `benchmarks/improvement.py`. Curves: `results/families/<family>.{csv,png}`.",
         "",
         "| family | trained on | B (env steps) | tasks × seeds | operator at B | PPO at B | ARS at B | start "
         "| nearest checkpoint | operator vs PPO | operator vs ARS | steps_ratio_to_ppo | pipeline minutes |",
