@@ -184,6 +184,32 @@ def _step_geometry() -> list[str]:
     ]
 
 
+def _ars_step_size() -> list[str]:
+    """ARS's return at B against its step size (``benchmarks/ars_step_size.py``)."""
+    rows = _rows("ars_step_size.csv")
+    if not rows:
+        return []
+    lrs = sorted({r["lr"] for r in rows}, key=float)
+    cell = {(r["split"], r["lr"]): f"{float(r['iqm']):.1f} [{float(r['lo']):.1f}, {float(r['hi']):.1f}]" for r in rows}
+    shipped = next(r["lr"] for r in rows if r["shipped"] == "1")
+    first = rows[0]
+    return [
+        "### Is the teacher's step size tuned for the budget? (`benchmarks/ars_step_size.py`)",
+        "",
+        "The operator takes about one teacher step per application, so a teacher whose step size α is too small "
+        "for the budget would leave a cheap speed-up: longer steps in the same direction. The shipped operator's "
+        f"ARS with α scaled, all else as `apply`'s `ars` arm, from fresh starts, B = {first['budget']} env steps, "
+        f"{first['tasks']} tasks × {first['seeds']} seeds per set (validation: `train` tasks 32–35). IQM return "
+        f"at B with 95% CIs; the shipped α is {float(shipped):g}.",
+        "",
+        "| α | validation at B | test at B |",
+        "| --- | --- | --- |",
+        *(f"| {float(lr):g}{' (shipped)' if lr == shipped else ''} | {cell[('val', lr)]} | {cell[('test', lr)]} |"
+          for lr in lrs),
+        "",
+    ]
+
+
 def _ablations() -> list[str]:
     """One row per variant of the shipped operator on validation and held-out tasks (``benchmarks/ablations.py``)."""
     rows = _rows("ablations.csv")
@@ -278,6 +304,7 @@ def section() -> str:
     out += _scaling()
     out += _ablations()
     out += _step_geometry()
+    out += _ars_step_size()
     out += _families()
     return "\n".join(out).rstrip() + "\n"
 
