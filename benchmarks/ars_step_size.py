@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from heldout import add_arguments, apply_settings, at_budget
+from improvement import fmt
 
 from metaimprove.operator import OperatorCheckpoint
 from metaimprove.storage import atomic_write_csv
@@ -54,10 +55,11 @@ def main() -> None:
                 est, budget = at_budget(checkpoint, Path(tmp) / f"{split}_{lr:g}", ["ars"],
                                         apply_settings(args, split))
                 est = est["ars"]
-                print(f"{split} lr={lr:g}: ARS at B {est.iqm:.1f} [{est.lo:.1f}, {est.hi:.1f}]", flush=True)
+                print(f"{split} lr={lr:g}: ARS at B {fmt(est)}", flush=True)
                 rows.append({"split": split, "lr": lr, "shipped": int(lr == shipped.teacher["config"]["lr"]),
                              "budget": int(budget), "tasks": args.tasks, "seeds": args.seeds,
-                             "iqm": est.iqm, "lo": est.lo, "hi": est.hi})
+                             "ars_at_B": fmt(est), "iqm": round(est.iqm, 2), "lo": round(est.lo, 2),
+                             "hi": round(est.hi, 2)})
     atomic_write_csv(RESULTS / "ars_step_size.csv", list(rows[0]), rows)
     print(f"wrote {RESULTS / 'ars_step_size.csv'}")
 

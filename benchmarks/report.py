@@ -190,7 +190,7 @@ def _ars_step_size() -> list[str]:
     if not rows:
         return []
     lrs = sorted({r["lr"] for r in rows}, key=float)
-    cell = {(r["split"], r["lr"]): f"{float(r['iqm']):.1f} [{float(r['lo']):.1f}, {float(r['hi']):.1f}]" for r in rows}
+    cell = {(r["split"], r["lr"]): r["ars_at_B"] for r in rows}
     shipped = next(r["lr"] for r in rows if r["shipped"] == "1")
     first = rows[0]
     return [
