@@ -21,7 +21,7 @@ from pathlib import Path
 from heldout import add_arguments, apply_settings, at_budget
 from improvement import fmt
 
-from metaimprove.operator import OperatorCheckpoint
+from metaimprove.operator import ImprovementOperator, OperatorCheckpoint
 from metaimprove.storage import atomic_write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,10 +29,9 @@ RESULTS = ROOT / "results"
 OPERATOR = RESULTS / "operators" / "halfcheetah_vel.safetensors"
 
 
-def with_teacher_lr(source: Path, lr: float, folder: Path) -> Path:
-    """A copy of the operator checkpoint at ``source`` whose recorded teacher (the one ``apply`` runs as the
-    ``ars`` baseline) has step size ``lr``; written under ``folder``."""
-    op, ckpt = OperatorCheckpoint.load(source)
+def with_teacher_lr(op: ImprovementOperator, ckpt: OperatorCheckpoint, lr: float, folder: Path) -> Path:
+    """A copy of the checkpoint ``(op, ckpt)`` whose recorded teacher (the one ``apply`` runs as the ``ars``
+    baseline) has step size ``lr``; written under ``folder``."""
     teacher = {**ckpt.teacher, "config": {**ckpt.teacher["config"], "lr": lr}}
     path = folder / f"lr{lr:g}.safetensors"
     dataclasses.replace(ckpt, teacher=teacher).save(path, op, {})
@@ -44,13 +43,13 @@ def main() -> None:
     add_arguments(parser)
     parser.add_argument("--lrs", type=float, nargs="+", default=[0.01, 0.02, 0.04, 0.08], help="ARS step sizes α")
     args = parser.parse_args()
-    _, shipped = OperatorCheckpoint.load(OPERATOR)
+    op, shipped = OperatorCheckpoint.load(OPERATOR)
     if shipped.teacher["name"] != "ars":
         raise SystemExit(f"{OPERATOR} was fitted to {shipped.teacher['name']}, not ARS")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for lr in args.lrs:
-            checkpoint = with_teacher_lr(OPERATOR, lr, Path(tmp))
+            checkpoint = with_teacher_lr(op, shipped, lr, Path(tmp))
             for split in ("val", "test"):
                 est, budget = at_budget(checkpoint, Path(tmp) / f"{split}_{lr:g}", ["ars"],
                                         apply_settings(args, split))
