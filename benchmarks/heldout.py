@@ -30,14 +30,17 @@ VALIDATION_START = 32
 """validation tasks: ``train`` tasks from this index on, outside every 32-task collection"""
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every held-out comparison shares: the collection trained on and the runs applied."""
-    parser.add_argument("--dataset", default=str(ROOT / "runs" / "ars32x48"),
-                        help="the collection operators are trained on (see benchmarks/improvement.py's docstring)")
+def add_arguments(parser: argparse.ArgumentParser, dataset: bool = True, ask: bool = True) -> None:
+    """The options every held-out comparison shares: the collection trained on (unless ``dataset`` is False), the
+    jump operators are asked for (unless ``ask`` is False) and the runs applied."""
+    if dataset:
+        parser.add_argument("--dataset", default=str(ROOT / "runs" / "ars32x48"),
+                            help="the collection operators are trained on (see benchmarks/improvement.py's docstring)")
     parser.add_argument("--tasks", type=int, default=4, help="held-out test tasks (and validation tasks)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per task")
     parser.add_argument("--budget", type=int, default=BUDGET, help="budget B in env steps per run")
-    parser.add_argument("--ask-k", type=int, default=ASK_K, help="jump size the operators are asked for")
+    if ask:
+        parser.add_argument("--ask-k", type=int, default=ASK_K, help="jump size the operators are asked for")
     parser.add_argument("--workers", type=int, default=1, help="parallel apply processes (results do not depend on it)")
 
 

@@ -152,7 +152,7 @@ def run(job: tuple[str, str, int, int, int]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
+    add_arguments(parser, dataset=False, ask=False)
     parser.add_argument("--rules", nargs="+", default=[r.name for r in RULES], choices=[r.name for r in RULES],
                         help="the rules to run (default: all)")
     args = parser.parse_args()
