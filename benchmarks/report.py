@@ -210,6 +210,31 @@ def _update_rules() -> list[str]:
     ]
 
 
+def _privileged_targets() -> list[str]:
+    """Operators fitted to ARS's steps and to those of ARS with 8× the directions (``privileged_targets.py``)."""
+    rows = _rows("privileged_targets.csv")
+    if not rows:
+        return []
+    first = rows[0]
+    return [
+        "### Can an operator learn a better teacher's step from ARS's batch? (`benchmarks/privileged_targets.py`)",
+        "",
+        "ARS with 8× the directions improves faster per update; an operator that took that step from the batch it "
+        "reads would beat its teacher. Two operators fitted on collections of one size "
+        f"({first['collection']}, one seed, every training setting the default), one to ARS's steps and one to the "
+        "8× ARS's steps from a 16-env subset of each of its batches, applied as `apply` does from fresh starts "
+        f"with 16-env batches, B = {first['budget']} env steps, {first['tasks']} tasks × {first['seeds']} seeds per "
+        "set (validation: `train` tasks 32–35). The oracle is the 8× teacher itself with its extra env steps not "
+        "charged: the headroom. IQM return at B with 95% CIs.",
+        "",
+        "| method | what | validation at B | test at B | fit minutes |",
+        "| --- | --- | --- | --- | --- |",
+        *(f"| `{r['method']}` | {r['what']} | {r['val_at_B']} | {r['test_at_B']} | {r['fit_minutes'] or '—'} |"
+          for r in rows),
+        "",
+    ]
+
+
 def _ablations() -> list[str]:
     """One row per variant of the shipped operator on validation and held-out tasks (``benchmarks/ablations.py``)."""
     rows = _rows("ablations.csv")
@@ -305,6 +330,7 @@ def section() -> str:
     out += _ablations()
     out += _step_geometry()
     out += _update_rules()
+    out += _privileged_targets()
     out += _families()
     return "\n".join(out).rstrip() + "\n"
 
