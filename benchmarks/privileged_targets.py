@@ -33,13 +33,11 @@ from pathlib import Path
 import torch
 from heldout import add_arguments, apply_settings, at_budget, timed_train
 from improvement import fmt
-from update_rules import tasks
+from update_rules import final_return
 
-from metaimprove.apply import eval_seed, start_policy, teacher_steps
 from metaimprove.collect import CollectConfig, collect
 from metaimprove.features import FeatureConfig
 from metaimprove.operator import OperatorCheckpoint
-from metaimprove.rollout import evaluate
 from metaimprove.stats import Estimate, iqm_ci
 from metaimprove.storage import atomic_write_csv
 from metaimprove.tasks import TaskConfig
@@ -55,7 +53,7 @@ N_TASKS, ITERATIONS = 16, 24
 
 
 def privileged(config: ARSConfig) -> ARSConfig:
-    """ARS with :data:`FACTOR` times the directions and of the directions kept (same α, ν, rollout length)."""
+    """ARS with :data:`FACTOR` times as many directions and as many of them kept (same α, ν, rollout length)."""
     return dataclasses.replace(config, n_directions=FACTOR * config.n_directions, top_b=FACTOR * config.top_b)
 
 
@@ -69,12 +67,9 @@ def collection(teacher: ARSConfig, out: Path) -> Path:
 def oracle_run(job: tuple[str, str, int, int, int]) -> float:
     """One run of the privileged teacher (checkpoint, split, task index, seed, updates): return after them."""
     checkpoint, split, task_index, seed, updates = job
-    torch.set_num_threads(1)
     _, ckpt = OperatorCheckpoint.load(checkpoint)
-    task = tasks(split, task_index + 1)[task_index]
     teacher = ARS(privileged(recorded_config(ckpt.teacher)))
-    *_, last = teacher_steps(teacher, task, start_policy(ckpt, seed), seed, updates * teacher.steps_per_update, [])
-    return evaluate(last.policy, task, 8, seed=eval_seed(seed))
+    return final_return(teacher, ckpt, split, task_index, seed, updates * teacher.steps_per_update)
 
 
 def oracle(pool: Pool, checkpoint: Path, split: str, args: argparse.Namespace,

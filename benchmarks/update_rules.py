@@ -138,16 +138,22 @@ def tasks(split: str, n: int) -> list[AnyTask]:
     return family.tasks("train", n, start=VALIDATION_START) if split == "val" else family.tasks(split, n)
 
 
+def final_return(teacher: ARS, ckpt: OperatorCheckpoint, split: str, task_index: int, seed: int,
+                 budget: int) -> float:
+    """The return (apply's evaluation) after ``teacher``'s updates within ``budget`` env steps from run ``seed``'s
+    fresh start (``ckpt``'s policy) on task ``task_index`` of ``split``."""
+    torch.set_num_threads(1)
+    task = tasks(split, task_index + 1)[task_index]
+    *_, last = teacher_steps(teacher, task, start_policy(ckpt, seed), seed, budget, [])
+    return evaluate(last.policy, task, EVAL_EPISODES, seed=eval_seed(seed))
+
+
 def run(job: tuple[str, str, int, int, int]) -> float:
     """One run (rule, split, task index, seed, budget): the return at B of the shipped teacher under the rule."""
     name, split, task_index, seed, budget = job
-    torch.set_num_threads(1)
     rule = next(r for r in RULES if r.name == name)
     _, ckpt = OperatorCheckpoint.load(OPERATOR)
-    task = tasks(split, task_index + 1)[task_index]
-    teacher = RuledARS(recorded_config(ckpt.teacher), rule)
-    *_, last = teacher_steps(teacher, task, start_policy(ckpt, seed), seed, budget, [])
-    return evaluate(last.policy, task, EVAL_EPISODES, seed=eval_seed(seed))
+    return final_return(RuledARS(recorded_config(ckpt.teacher), rule), ckpt, split, task_index, seed, budget)
 
 
 def main() -> None:
