@@ -197,10 +197,10 @@ def _update_rules() -> list[str]:
         "",
         "An operator fitted to ARS's pairs learns at best ARS's update, since its target is a function of the batch "
         "it reads; it could beat its teacher only where a better update from the same kind of batch exists. The "
-        "shipped operator's ARS with its step changed, all else as `apply`'s `ars` arm, from fresh starts, "
-        f"B = {first['budget']} env steps, {first['tasks']} tasks × {first['seeds']} seeds per set (validation: "
-        "`train` tasks 32–35). IQM return at B with 95% CIs. The oracle line search evaluates its candidates on "
-        "episodes the budget does not pay for, so it bounds what a learned step-size rule could buy.",
+        "shipped operator's ARS with its step or its batch's split changed, all else as `apply`'s `ars` arm, from "
+        f"fresh starts, B = {first['budget']} env steps, {first['tasks']} tasks × {first['seeds']} seeds per set "
+        "(validation: `train` tasks 32–35). IQM return at B with 95% CIs. The oracle line search evaluates its "
+        "candidates on episodes the budget does not pay for, so it bounds what a learned step-size rule could buy.",
         "",
         "| rule | what changed | validation at B | test at B |",
         "| --- | --- | --- | --- |",

@@ -7,7 +7,9 @@ apply``'s ``ars`` arm (the shipped operator's teacher, its fresh starts, seeds, 
 the step changed:
 
 * step size α scaled (longer or shorter steps along the same direction);
-* ARS's own settings: how many directions enter the step (b), the perturbation size ν;
+* ARS's own settings: how many directions enter the step (b), the perturbation size ν, and how the batch's env
+  steps are split between directions and rollout length (more directions of shorter rollouts, same env steps per
+  update: every batch starts from resets, so a rollout then scores only an episode's first steps);
 * heavy-ball momentum on the step, with α shrunk so the steady-state step stays near ARS's;
 * the step plus the batch's REINFORCE direction (``metaimprove.features``' policy-gradient feature), scaled to
   the step's length;
@@ -80,6 +82,10 @@ RULES = [
     Rule("top_b_8", "b = all 8 directions", (("top_b", 8),)),
     Rule("nu_0.02", "ν = 0.02", (("noise_std", 0.02),)),
     Rule("nu_0.05", "ν = 0.05", (("noise_std", 0.05),)),
+    *(Rule(f"dirs_{n}_steps_{t}", f"{n} directions of {t}-step rollouts (b = {n // 2}): the same env steps per update",
+           (("n_directions", n), ("top_b", n // 2), ("n_steps", t))) for n, t in ((16, 128), (32, 64), (64, 32))),
+    Rule("dirs_32_steps_64_alpha_x1.5", "32 directions of 64-step rollouts (b = 16), α × 1.5",
+         (("n_directions", 32), ("top_b", 16), ("n_steps", 64), ("lr", 1.5))),
     Rule("momentum_0.5", "momentum β = 0.5, α × 0.5", (("lr", 0.5),), momentum=0.5),
     Rule("momentum_0.75", "momentum β = 0.75, α × 0.25", (("lr", 0.25),), momentum=0.75),
     Rule("momentum_0.9", "momentum β = 0.9, α × 0.1", (("lr", 0.1),), momentum=0.9),
