@@ -38,7 +38,7 @@ from improvement import fmt
 
 from metaimprove.apply import eval_seed, start_policy, teacher_steps
 from metaimprove.envs import AnyTask
-from metaimprove.features import advantages, per_episode_gradients
+from metaimprove.features import FeatureConfig, advantages, per_episode_gradients
 from metaimprove.operator import OperatorCheckpoint
 from metaimprove.policy import Policy
 from metaimprove.rollout import Experience, evaluate
@@ -96,7 +96,7 @@ RULES = [
 
 
 class RuledARS(ARS):
-    """ARS whose parameter step passes through a :class:`Rule` (α, b and ν through its config)."""
+    """ARS whose parameter step passes through a :class:`Rule` (α, b, ν and the batch's shape through its config)."""
 
     def __init__(self, config: ARSConfig, rule: Rule) -> None:
         scaled = {k: v * config.lr if k == "lr" else type(getattr(config, k))(v) for k, v in rule.config}
@@ -132,7 +132,8 @@ class RuledARS(ARS):
     def _reinforce_direction(self, policy: Policy, exp: Experience) -> torch.Tensor:
         """The batch's mean REINFORCE gradient over the weights and biases ARS perturbs (log_std left out)."""
         states = policy.normalizer.normalize(exp.obs)
-        adv = advantages(exp, states, 0.99, 1e-3)
+        features = FeatureConfig()  # the operator's own policy-gradient feature, at its defaults
+        adv = advantages(exp, states, features.gamma, features.baseline_ridge)
         direction = per_episode_gradients(policy.spec, policy.theta, states, exp.action, adv).mean(0)
         direction[self._n_perturbed:] = 0
         return direction
