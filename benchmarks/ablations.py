@@ -16,8 +16,8 @@ The variants:
 * ``relabel_rounds=1``: one round of relabeling (DAgger for operators), its rollouts asked for the same k
 * ``augment_starts=16 augment_noise=0.1``: D-REX-style pairs from noise-perturbed dataset policies
 * ``task_input``: the oracle, told the task's parameters and physics scales instead of inferring them from τ
-* ``features.envs=8``: the operator reads 8 of the teacher's 16 envs per τ (whole antithetic pairs) against the
-  teacher's whole-batch step, and collects 8-env batches when applied: half the env steps per application
+* ``features.envs=<half>``: the operator reads half of the teacher's envs per τ (whole antithetic pairs) against
+  the teacher's whole-batch step, and collects batches that wide when applied: half the env steps per application
 * ``ask_k=1``, ``ask_k=4``, ``ask_k=8`` (those other than ``--ask-k``): the baseline operator, not retrained,
   asked for another jump size
 
@@ -27,7 +27,7 @@ non-overlapping 95% CIs, else ``ties``), the minutes its fits took, and ``chosen
 validation IQM: the settings to ship. The file is rewritten after every variant, so an interrupted run keeps the rows it
 finished. Nothing is chosen on the test tasks.
 
-    python benchmarks/ablations.py [--dataset runs/ars32x48] [--variants NAME ...] [--quick]
+    python benchmarks/ablations.py [--dataset runs/ars32d64s_x48] [--variants NAME ...] [--quick]
 
 ``--quick`` (4 training tasks, 2 epochs, small relabel and augmentation rounds, 1 task × 1 seed, B = 2 ARS
 batches) only checks that every variant runs; it writes to a temporary directory and leaves results/ alone.
@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from heldout import PEERS, add_arguments, apply_settings, at_budget, fit
 from improvement import dataset_or_exit, fmt, verdict
 
@@ -50,6 +51,7 @@ from metaimprove.features import FeatureConfig
 from metaimprove.operator import OperatorConfig
 from metaimprove.stats import Estimate
 from metaimprove.storage import atomic_write_csv
+from metaimprove.teachers import make_teacher
 from metaimprove.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,8 +87,9 @@ class Variant:
     """with ``train`` None: the operator's checkpoint (default: the baseline's)"""
 
 
-def variants(ask_k: int, augment_starts: int, ppo_operator: Path) -> list[Variant]:
-    """The ablation rows, baseline first."""
+def variants(ask_k: int, augment_starts: int, ppo_operator: Path, teacher_envs: int) -> list[Variant]:
+    """The ablation rows, baseline first (``teacher_envs``: the envs of one batch of the collection's teacher)."""
+    half = teacher_envs // 2
     return [
         Variant("per_param", f"baseline: the default training settings, asked for k = {ask_k}"),
         Variant("teacher=ppo", f"fitted to PPO's pairs (32 tasks × 48 updates) instead of ARS's, asked for k = "
@@ -101,8 +104,8 @@ def variants(ask_k: int, augment_starts: int, ppo_operator: Path) -> list[Varian
                 {"augment_starts": augment_starts, "augment_noise": 0.1}),
         Variant("task_input", "features.task_input=true (the oracle: told the task instead of inferring it)",
                 {"features": FeatureConfig(task_input=True)}),
-        Variant("features.envs=8", "the operator reads 8 of the teacher's 16 envs per τ and collects 8-env batches",
-                {"features": FeatureConfig(envs=8)}),
+        Variant(f"features.envs={half}", f"the operator reads {half} of the teacher's {teacher_envs} envs per τ and "
+                f"collects {half}-env batches", {"features": FeatureConfig(envs=half)}),
         *(Variant(f"ask_k={k}", f"the baseline operator (not retrained) asked for k = {k}", None, k)
           for k in (1, 2, 4, 8) if k != ask_k),
     ]
@@ -139,8 +142,10 @@ def main() -> None:
     kept = [] if args.variants is None or not (target / "ablations.csv").exists() else [
         {k: r[k] for k in KEPT} for r in csv.DictReader((target / "ablations.csv").open())
         if r["variant"] not in {"per_param", *args.variants}]
+    collection = yaml.safe_load((dataset / "config.yaml").read_text())
+    teacher_envs = make_teacher({"name": collection["teacher_name"], "config": collection["teacher"]}).batch_shape[0]
     chosen = [v for i, v in enumerate(variants(args.ask_k, QUICK_AUGMENT_STARTS if args.quick else 16,
-                                               args.ppo_operator))
+                                               args.ppo_operator, teacher_envs))
               if i == 0 or args.variants is None or v.name in args.variants]
     trained = dict(item.rsplit("=", 1) for item in args.trained)  # variant names hold "=", paths do not
     for i, variant in enumerate(chosen):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from improvement import ASK_K, BUDGET, finals
+from improvement import ASK_K, BUDGET, DATASET, finals
 
 from metaimprove.apply import ApplyConfig, apply
 from metaimprove.plot import read_curves
@@ -23,7 +23,6 @@ from metaimprove.stats import Estimate, iqm_ci
 from metaimprove.tasks import TaskConfig
 from metaimprove.train import TrainConfig, train
 
-ROOT = Path(__file__).resolve().parent.parent
 PEERS = ["ppo", "ars", "no_update"]
 """the methods every variant is compared with: they depend on neither the operator nor the ask, so run once"""
 VALIDATION_START = 32
@@ -34,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser, dataset: bool = True, ask: bo
     """The options every held-out comparison shares: the collection trained on (unless ``dataset`` is False), the
     jump operators are asked for (unless ``ask`` is False) and the runs applied."""
     if dataset:
-        parser.add_argument("--dataset", default=str(ROOT / "runs" / "ars32x48"),
+        parser.add_argument("--dataset", default=str(DATASET),
                             help="the collection operators are trained on (see benchmarks/improvement.py's docstring)")
     parser.add_argument("--tasks", type=int, default=4, help="held-out test tasks (and validation tasks)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per task")

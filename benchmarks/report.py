@@ -235,20 +235,32 @@ def _privileged_targets() -> list[str]:
     ]
 
 
-def _ablations() -> list[str]:
-    """One row per variant of the shipped operator on validation and held-out tasks (``benchmarks/ablations.py``)."""
-    rows = _rows("ablations.csv")
+ABLATION_TABLES = {
+    "ablations.csv": ("What does each part of the operator buy, and which settings ship?",
+                      "the shipped operator's collection (ARS, 32 directions × 64 steps, 32 tasks × 48 updates)"),
+    "ablations_ars8d256s.csv": ("The same rows on the earlier collection",
+                                "the earlier shipped collection (ARS, 8 directions × 256 steps, 32 tasks × 48 "
+                                "updates; its ARS peer is that teacher), kept for comparison"),
+}
+"""ablation table -> (heading, the collection its rows trained on)"""
+
+
+def _ablations(name: str) -> list[str]:
+    """One row per operator variant on validation and held-out tasks (``benchmarks/ablations.py``), from
+    ``results/<name>`` (see :data:`ABLATION_TABLES`)."""
+    rows = _rows(name)
     if not rows:
         return []
     first = rows[0]
+    heading, collection = ABLATION_TABLES[name]
     return [
-        "### What does each part of the operator buy, and which settings ship? (`benchmarks/ablations.py`)",
+        f"### {heading} (`benchmarks/ablations.py`, `{name}`)",
         "",
-        "Each variant trained on the shipped operator's collection with every other setting the default (the "
+        f"Each variant trained on {collection} with every other setting the default (the "
         "baseline `per_param`: every default), applied from fresh starts with B = "
         f"{first['budget_env_steps']} env steps on {first['runs']}: validation tasks (`train` tasks 32–35, in no "
         "collection) and held-out `test` tasks. IQM return at B with 95% CIs; a verdict needs non-overlapping CIs. "
-        "The settings that ship are the row with the best validation IQM (**chosen**); the test column plays no "
+        "The row with the best validation IQM is **chosen**; the test column plays no "
         f"part in the choice. On validation: PPO {first['val_ppo_at_B']}, ARS {first['val_ars_at_B']}, the start "
         f"{first['val_start_at_B']}; on test: PPO {first['ppo_at_B']}, ARS {first['ars_at_B']}, the start "
         f"{first['start_at_B']}.",
@@ -327,7 +339,8 @@ def section() -> str:
     out += _reliability()
     out += _improvement()
     out += _scaling()
-    out += _ablations()
+    for name in ABLATION_TABLES:
+        out += _ablations(name)
     out += _step_geometry()
     out += _update_rules()
     out += _privileged_targets()

@@ -13,7 +13,7 @@ with), measures:
 
 Writes ``results/step_geometry.csv`` (``quantity, k, value``).
 
-    python benchmarks/step_geometry.py [--dataset runs/ars32x48] [--operator OPERATOR]
+    python benchmarks/step_geometry.py [--dataset runs/ars32d64s_x48] [--operator OPERATOR]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import math
 from pathlib import Path
 
 import torch
-from improvement import dataset_or_exit
+from improvement import DATASET, dataset_or_exit
 from torch.nn.functional import cosine_similarity
 
 from metaimprove.dataset import PairConfig, build_pairs
@@ -36,7 +36,7 @@ RESULTS = ROOT / "results"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="runs/ars32x48", help="the collection the operator was fitted to")
+    parser.add_argument("--dataset", default=str(DATASET), help="the collection the operator was fitted to")
     parser.add_argument("--operator", default=str(RESULTS / "operators" / "halfcheetah_vel.safetensors"))
     args = parser.parse_args()
     torch.set_num_threads(1)
