@@ -19,12 +19,15 @@ The variants:
 * ``features.envs=<half>``: the operator reads half of the teacher's envs per τ (whole antithetic pairs) against
   the teacher's whole-batch step, and collects batches that wide when applied: half the env steps per application
 * ``ask_k=1``, ``ask_k=4``, ``ask_k=8`` (those other than ``--ask-k``): the baseline operator, not retrained,
-  asked for another jump size
+  asked for another jump size; ``features.envs=<half> ask_k=<k>``: the same sweep for the half-width operator (the ask
+  is chosen at apply time, so each operator that is fitted once gets every jump it was trained for)
 
 Writes ``results/ablations.csv``: per variant what changed, its IQM return at B [95% CI] on the validation and on
-the test tasks, the verdicts on test against the baseline and against PPO (``wins`` / ``loses`` only with
-non-overlapping 95% CIs, else ``ties``), the minutes its fits took, and ``chosen`` on the one row with the best
-validation IQM: the settings to ship. The file is rewritten after every variant, so an interrupted run keeps the rows it
+the test tasks, its ``steps_ratio_to_ppo`` on each (env steps to reach PPO's IQM return at B on the same runs over
+PPO's own, as ``benchmarks/improvement.py`` reports it; ``—`` on a row kept from a run before the column), the
+verdicts on test against the baseline and against PPO (``wins`` / ``loses`` only with non-overlapping 95% CIs, else
+``ties``), the minutes its fits took, and ``chosen`` on the one row with the best validation IQM: the settings to
+ship. The file is rewritten after every variant, so an interrupted run keeps the rows it
 finished. Nothing is chosen on the test tasks.
 
     python benchmarks/ablations.py [--dataset runs/ars32d64s_x48] [--variants NAME ...] [--quick]
@@ -43,13 +46,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from heldout import PEERS, add_arguments, apply_settings, at_budget, fit
+from heldout import PEERS, add_arguments, apply_settings, at_budget, band, fit
 from improvement import dataset_or_exit, fmt, verdict
 
 from metaimprove.dataset import PairConfig
 from metaimprove.features import FeatureConfig
 from metaimprove.operator import OperatorConfig
-from metaimprove.stats import Estimate
+from metaimprove.stats import Band, Estimate, reach_ratio
 from metaimprove.storage import atomic_write_csv
 from metaimprove.teachers import make_teacher
 from metaimprove.train import TrainConfig
@@ -58,9 +61,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
 SETS = ("val", "test")
 FIELDS = ["variant", "changed", "val_at_B", "val_iqm", "operator_at_B", "operator_iqm", "operator_lo", "operator_hi",
-          "vs_baseline", "vs_ppo", "train_minutes", "chosen", "val_ppo_at_B", "val_ars_at_B", "val_start_at_B",
-          "ppo_at_B", "ars_at_B", "start_at_B", "budget_env_steps", "runs"]
-KEPT = FIELDS[:11]
+          "val_steps_ratio", "steps_ratio", "vs_baseline", "vs_ppo", "train_minutes", "chosen", "val_ppo_at_B",
+          "val_ars_at_B", "val_start_at_B", "ppo_at_B", "ars_at_B", "start_at_B", "budget_env_steps", "runs"]
+KEPT = FIELDS[:13]
 """the columns of a row itself (the rest are its peers' figures and the choice, rewritten with every file)"""
 # --quick: every variant's code path at a size that runs in minutes (the relabel and augmentation teacher runs
 # dominate the default sizes).
@@ -84,7 +87,9 @@ class Variant:
     ask_k: int | None = None
     """the jump size it is asked for when applied, if not the baseline's"""
     checkpoint: Path | None = None
-    """with ``train`` None: the operator's checkpoint (default: the baseline's)"""
+    """with ``train`` None: the operator's checkpoint, if not one trained here"""
+    reuses: str = "per_param"
+    """with ``train`` and ``checkpoint`` None: the variant whose trained operator it applies"""
 
 
 def variants(ask_k: int, augment_starts: int, ppo_operator: Path, teacher_envs: int) -> list[Variant]:
@@ -106,7 +111,10 @@ def variants(ask_k: int, augment_starts: int, ppo_operator: Path, teacher_envs: 
                 {"features": FeatureConfig(task_input=True)}),
         Variant(f"features.envs={half}", f"the operator reads {half} of the teacher's {teacher_envs} envs per τ and "
                 f"collects {half}-env batches", {"features": FeatureConfig(envs=half)}),
-        *(Variant(f"ask_k={k}", f"the baseline operator (not retrained) asked for k = {k}", None, k)
+        *(Variant(f"{prefix}ask_k={k}", f"the {what} operator (not retrained) asked for k = {k}", None, k,
+                  reuses=reused)
+          for prefix, what, reused in (("", "baseline", "per_param"),
+                                       (f"features.envs={half} ", f"features.envs={half}", f"features.envs={half}"))
           for k in (1, 2, 4, 8) if k != ask_k),
     ]
 
@@ -140,13 +148,16 @@ def main() -> None:
     budget = float(args.budget)
     # Rows are seeded, so a row kept from an earlier run equals what rerunning it would give.
     kept = [] if args.variants is None or not (target / "ablations.csv").exists() else [
-        {k: r[k] for k in KEPT} for r in csv.DictReader((target / "ablations.csv").open())
+        {k: r.get(k, "—") for k in KEPT} for r in csv.DictReader((target / "ablations.csv").open())
         if r["variant"] not in {"per_param", *args.variants}]
     collection = yaml.safe_load((dataset / "config.yaml").read_text())
     teacher_envs = make_teacher({"name": collection["teacher_name"], "config": collection["teacher"]}).batch_shape[0]
-    chosen = [v for i, v in enumerate(variants(args.ask_k, QUICK_AUGMENT_STARTS if args.quick else 16,
-                                               args.ppo_operator, teacher_envs))
-              if i == 0 or args.variants is None or v.name in args.variants]
+    every = variants(args.ask_k, QUICK_AUGMENT_STARTS if args.quick else 16, args.ppo_operator, teacher_envs)
+    wanted = {"per_param", *(args.variants or [v.name for v in every])}
+    # A row that applies another row's operator needs that one trained first (it comes earlier in the list).
+    wanted |= {v.reuses for v in every if v.name in wanted and v.train is None and v.checkpoint is None}
+    chosen = [v for v in every if v.name in wanted]
+    bands: dict[tuple[str, str], Band] = {}
     trained = dict(item.rsplit("=", 1) for item in args.trained)  # variant names hold "=", paths do not
     for i, variant in enumerate(chosen):
         minutes = None
@@ -154,7 +165,7 @@ def main() -> None:
             checkpoint = checkpoints[variant.name] = Path(trained[variant.name])
             minutes = fit_minutes(checkpoint)
         elif variant.train is None:
-            checkpoint = variant.checkpoint or checkpoints["per_param"]
+            checkpoint = variant.checkpoint or checkpoints[variant.reuses]
         else:
             config = TrainConfig(dataset=str(dataset), out=str(scratch / variant.name.replace(" ", "_")),
                                  **{**base_train, **variant.train})
@@ -163,13 +174,18 @@ def main() -> None:
         # The peers depend on neither the operator nor the ask: run them once, beside the baseline.
         methods = ["operator", *PEERS] if i == 0 else ["operator"]
         for where in SETS:
-            found, budget = at_budget(checkpoint, scratch / f"apply-{i}-{where}", methods,
+            out = scratch / f"apply-{i}-{where}"
+            found, budget = at_budget(checkpoint, out, methods,
                                       {**apply_settings(args, where), "ask_k": variant.ask_k or args.ask_k})
             estimates.update({(m if m != "operator" else variant.name, where): est for m, est in found.items()})
+            bands.update({(m if m != "operator" else variant.name, where): band(out, m) for m in methods
+                          if m in ("operator", "ppo")})
         val, est = estimates[variant.name, "val"], estimates[variant.name, "test"]
+        ratio = {where: reach_ratio(bands[variant.name, where], bands["ppo", where], budget) for where in SETS}
         rows.append({"variant": variant.name, "changed": variant.changed, "val_at_B": fmt(val),
                      "val_iqm": f"{val.iqm:.2f}", "operator_at_B": fmt(est), "operator_iqm": f"{est.iqm:.2f}",
                      "operator_lo": f"{est.lo:.2f}", "operator_hi": f"{est.hi:.2f}",
+                     "val_steps_ratio": f"{ratio['val']:.3f}", "steps_ratio": f"{ratio['test']:.3f}",
                      "vs_baseline": "—" if i == 0 else verdict(est, estimates["per_param", "test"]),
                      "vs_ppo": verdict(est, estimates["ppo", "test"]),
                      "train_minutes": "—" if minutes is None else f"{minutes:.1f}"})

@@ -125,7 +125,8 @@ def main() -> None:
     # to the table since is filled in).
     for family, row in table.items():
         if family != "halfcheetah_vel" and (FAMILIES / f"{family}.csv").exists():
-            row.update(family_row(read_curves([FAMILIES / f"{family}.csv"]), float(row["budget_env_steps"])))
+            row.update(family_row(read_curves([FAMILIES / f"{family}.csv"]), float(row["budget_env_steps"])),
+                       training=describe_collection(yaml.safe_load((OPERATORS / f"{family}.collect.yaml").read_text())))
     scratch = Path(tempfile.mkdtemp(prefix="families-"))
     for family in args.families:
         table[family] = run_family(family, args.teacher, scratch)

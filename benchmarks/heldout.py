@@ -19,7 +19,7 @@ from improvement import ASK_K, BUDGET, DATASET, finals
 
 from metaimprove.apply import ApplyConfig, apply
 from metaimprove.plot import read_curves
-from metaimprove.stats import Estimate, iqm_ci
+from metaimprove.stats import Band, Estimate, common_grid, curve_band, iqm_ci
 from metaimprove.tasks import TaskConfig
 from metaimprove.train import TrainConfig, train
 
@@ -74,3 +74,10 @@ def at_budget(checkpoint: Path, out: Path, methods: list[str], settings: dict[st
     apply(ApplyConfig(operator_path=str(checkpoint), out=str(out), methods=methods, **settings))
     curves = read_curves([out / "curves.csv"])
     return {m: iqm_ci(finals(curves.where(method=m), budget)) for m in methods}, budget
+
+
+def band(out: Path, method: str) -> Band:
+    """The IQM curve, with its 95% CI band, of ``method``'s runs applied into ``out`` by :func:`at_budget`: what
+    ``steps_ratio_to_ppo`` is read from (:func:`metaimprove.stats.reach_ratio`)."""
+    curves = read_curves([out / "curves.csv"]).where(method=method)
+    return curve_band(curves, common_grid(curves))

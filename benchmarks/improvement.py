@@ -181,8 +181,14 @@ def memorization(run_dir: Path, snapshots: torch.Tensor) -> dict[str, float]:
 
 
 def describe_collection(config: dict) -> str:
-    """``<n> tasks × <iterations> <TEACHER> updates`` of a collection config (a dataset's ``config.yaml``)."""
-    return f"{config['n_tasks']} tasks × {config['iterations']} {config['teacher_name'].upper()} updates"
+    """``<n> tasks × <iterations> <TEACHER> updates`` of a collection config (a dataset's ``config.yaml``), with
+    ARS's directions × rollout steps: collections of one size from differently shaped ARS teachers differ."""
+    name = config["teacher_name"]
+    text = f"{config['n_tasks']} tasks × {config['iterations']} {name.upper()} updates"
+    if name != "ars":
+        return text
+    teacher = dataclasses.asdict(TEACHERS[name][0]()) | config.get("teacher", {})
+    return f"{text} ({teacher['n_directions']} directions × {teacher['n_steps']} steps)"
 
 
 def collect_command(family: str = "halfcheetah_vel", out: str = "<dir>") -> str:

@@ -196,8 +196,9 @@ def _update_rules() -> list[str]:
         "### Is there a better update on ARS's batch? (`benchmarks/update_rules.py`)",
         "",
         "An operator fitted to ARS's pairs learns at best ARS's update, since its target is a function of the batch "
-        "it reads; it could beat its teacher only where a better update from the same kind of batch exists. The "
-        "shipped operator's ARS with its step or its batch's split changed, all else as `apply`'s `ars` arm, from "
+        "it reads; it could beat its teacher only where a better update from the same kind of batch exists. ARS at "
+        "its defaults (`teacher=ars`) with its step or its batch's split changed, all else as `apply`'s `ars` arm "
+        "(the `dirs_32_steps_64_alpha_x1.5` row is the teacher the shipped operator learns from), from "
         f"fresh starts, B = {first['budget']} env steps, {first['tasks']} tasks × {first['seeds']} seeds per set "
         "(validation: `train` tasks 32–35). IQM return at B with 95% CIs. The oracle line search evaluates its "
         "candidates on episodes the budget does not pay for, so it bounds what a learned step-size rule could buy.",
@@ -219,8 +220,9 @@ def _privileged_targets() -> list[str]:
     return [
         "### Can an operator learn a better teacher's step from ARS's batch? (`benchmarks/privileged_targets.py`)",
         "",
-        "ARS with 8× the directions improves faster per update; an operator that took that step from the batch it "
-        "reads would beat its teacher. Two operators fitted on collections of one size "
+        "ARS at its defaults (`teacher=ars`, 8 directions × 256 steps) with 8× the directions improves faster per "
+        "update; an operator that took that step from the batch it reads would beat its teacher. Two operators "
+        "fitted on collections of one size "
         f"({first['collection']}, one seed, every training setting the default), one to ARS's steps and one to the "
         "8× ARS's steps from a 16-env subset of each of its batches, applied as `apply` does from fresh starts "
         f"with 16-env batches, B = {first['budget']} env steps, {first['tasks']} tasks × {first['seeds']} seeds per "
@@ -260,15 +262,18 @@ def _ablations(name: str) -> list[str]:
         "baseline `per_param`: every default), applied from fresh starts with B = "
         f"{first['budget_env_steps']} env steps on {first['runs']}: validation tasks (`train` tasks 32–35, in no "
         "collection) and held-out `test` tasks. IQM return at B with 95% CIs; a verdict needs non-overlapping CIs. "
-        "The row with the best validation IQM is **chosen**; the test column plays no "
+        "`steps_ratio_to_ppo` as under Held-out improvement, against PPO on the same runs (— : a row "
+        "measured before the column). The row with the best validation IQM is **chosen**; the test columns play no "
         f"part in the choice. On validation: PPO {first['val_ppo_at_B']}, ARS {first['val_ars_at_B']}, the start "
         f"{first['val_start_at_B']}; on test: PPO {first['ppo_at_B']}, ARS {first['ars_at_B']}, the start "
         f"{first['start_at_B']}.",
         "",
-        "| variant | what changed | validation at B | test at B | vs baseline (test) | vs PPO (test) | fit minutes |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| variant | what changed | validation at B | test at B | steps_ratio_to_ppo (validation / test) "
+        "| vs baseline (test) | vs PPO (test) | fit minutes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
         *(f"| `{r['variant']}`{' **chosen**' if r['chosen'] else ''} | {r['changed']} | {r['val_at_B']} | "
-          f"{r['operator_at_B']} | {r['vs_baseline']} | **{r['vs_ppo']}** | {r['train_minutes']} |" for r in rows),
+          f"{r['operator_at_B']} | {r.get('val_steps_ratio', '—')} / {r.get('steps_ratio', '—')} | "
+          f"{r['vs_baseline']} | **{r['vs_ppo']}** | {r['train_minutes']} |" for r in rows),
         "",
     ]
 

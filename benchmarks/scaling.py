@@ -10,10 +10,10 @@ budget, and writes:
 * ``results/scaling.png``: the curve (N → IQM return at B with its CI), PPO and the start as bands.
 
 The collection defaults to ``benchmarks/improvement.py``'s (ARS, 32 tasks × 48 updates; see its docstring to
-recreate it); counts beyond 32 need a larger one, collected with the same settings and more tasks (the first 32
-tasks of any collection are the same tasks), e.g. ``metaimprove collect teacher=ars task=halfcheetah_vel
-n_tasks=128 seeds=1 iterations=48 out=runs/ars128x48``. Nothing is chosen on the test tasks: the ask is the one
-chosen for the shipped operator on validation tasks.
+recreate it); counts beyond 32 need a larger one (the first 32 tasks of any collection are the same tasks). The
+committed ``results/scaling.csv`` came from ARS at its defaults on 128 tasks, ``metaimprove collect teacher=ars
+task=halfcheetah_vel n_tasks=128 seeds=1 iterations=48 out=runs/ars128x48``, and its table names that collection.
+Nothing is chosen on the test tasks: the ask is ``--ask-k``.
 
     python benchmarks/scaling.py [--dataset runs/ars128x48] [--counts 4 8 16 32 64 128]
 """
