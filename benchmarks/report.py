@@ -163,14 +163,24 @@ def _step_geometry() -> list[str]:
         return []
     value = {(r["quantity"], r["k"]): r["value"] for r in rows}
     ks = sorted({int(r["k"]) for r in rows if r["quantity"] == "operator_step_over_teacher_step"})
+
+    def spread(quantity: str) -> str:
+        values = sorted(float(value[(quantity, str(k))]) for k in ks)
+        return f"{values[0]:.2f}" if values[0] == values[-1] else f"{values[0]:.2f}–{values[-1]:.2f}"
+
+    share = float(value.get(("operator_env_share", "1"), 1))
+    reads = "all of the teacher's batch" if share == 1 else (
+        f"{share:.0%} of the teacher's envs, so part of the teacher's step comes from envs it never sees")
     return [
         "### Why asking for k does not buy k updates (`benchmarks/step_geometry.py`)",
         "",
         "On the collection's runs of the tasks the shipped operator was not fitted to. Consecutive ARS steps have "
         f"cosine {value[('teacher_consecutive_step_cosine', '1')]}: the teacher's path through parameter space is "
         "close to a random walk, so a k-step target adds to the one step that τⁿ determines k − 1 steps it cannot "
-        "predict. Asked for k, the operator takes about one teacher step, and the larger k, the more of its step "
-        "points away from the teacher's:",
+        f"predict. The shipped operator reads {reads}. Asked for k = {ks[0]} to {ks[-1]}, its step is "
+        f"{spread('operator_step_over_teacher_step')} of the teacher's one step from the same batch, at cosine "
+        f"{spread('operator_cosine_to_teacher_step')} to it: whatever k it is asked for, an application does at most "
+        "about one teacher update's work, not k:",
         "",
         r"| k | teacher: \|θⁿ⁺ᵏ − θⁿ\| / (k · step) | random walk: 1/√k | operator step / teacher step "
         "| cosine to teacher step | cosine to k-step target |",

@@ -9,7 +9,9 @@ with), measures:
   can predict, and a hindsight k-step target is the one-step target plus noise);
 * the cosine between consecutive teacher steps;
 * the operator asked for each trained k (the default improvement of that k): its step length over the teacher's
-  one step from the same batch, and its cosine to that step and to the k-step target.
+  one step from the same batch, and its cosine to that step and to the k-step target;
+* the share of the teacher's envs the operator reads (``features.envs``; 1 when it reads them all): the rest of
+  the batch is part of the teacher's step but not of what the operator sees.
 
 Writes ``results/step_geometry.csv`` (``quantity, k, value``).
 
@@ -29,6 +31,7 @@ from torch.nn.functional import cosine_similarity
 from metaimprove.dataset import PairConfig, build_pairs
 from metaimprove.operator import OperatorCheckpoint
 from metaimprove.storage import atomic_write_csv
+from metaimprove.teachers import make_teacher
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
@@ -56,7 +59,10 @@ def main() -> None:
     mean_step = torch.stack(list(step.values())).norm(dim=-1).mean()
     consecutive = [float(cosine_similarity(step[s], step[successor[s]], dim=0))
                    for s in step if successor[s] in step]
-    rows = [{"quantity": "teacher_consecutive_step_cosine", "k": 1, "value": sum(consecutive) / len(consecutive)}]
+    teacher_envs = make_teacher(ckpt.teacher).batch_shape[0]
+    # k-independent quantities are filed under k = 1.
+    rows = [{"quantity": "teacher_consecutive_step_cosine", "k": 1, "value": sum(consecutive) / len(consecutive)},
+            {"quantity": "operator_env_share", "k": 1, "value": (ckpt.features.envs or teacher_envs) / teacher_envs}]
     for k in ckpt.ks:
         sel = index[log_k == math.log2(k)]
         sel = sel[[int(s) in step for s in pairs.source[sel]]]
