@@ -27,8 +27,9 @@ the test tasks, its ``steps_ratio_to_ppo`` on each (env steps to reach PPO's IQM
 PPO's own, as ``benchmarks/improvement.py`` reports it; ``—`` on a row kept from a run before the column), the
 verdicts on test against the baseline and against PPO (``wins`` / ``loses`` only with non-overlapping 95% CIs, else
 ``ties``), the minutes its fits took, and ``chosen`` on the one row with the best validation IQM: the settings to
-ship. The file is rewritten after every variant, so an interrupted run keeps the rows it
-finished. Nothing is chosen on the test tasks.
+ship once ``benchmarks/confirm_choice.py`` has re-measured it and its runners-up on more validation tasks. The
+file is rewritten after every variant, so an interrupted run keeps the rows it finished. Nothing is chosen on the
+test tasks.
 
     python benchmarks/ablations.py [--dataset runs/ars32d64s_x48] [--variants NAME ...] [--quick]
 
