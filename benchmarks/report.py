@@ -143,8 +143,9 @@ def _scaling() -> list[str]:
         "### More training tasks, better held-out returns? (`benchmarks/scaling.py`)",
         "",
         f"One operator per task count N, trained on the first N tasks of one collection "
-        f"({rows[0].get('collection') or '32 tasks × 48 PPO updates'}; the rest of the training settings the "
-        f"defaults), {_held_out_runs(rows[0])} ([plot](results/scaling.png)).",
+        f"({rows[0].get('collection') or '32 tasks × 48 PPO updates'}; "
+        f"{rows[0].get('settings') or 'the default training settings'}, every other training setting the default), "
+        f"{_held_out_runs(rows[0])} ([plot](results/scaling.png)).",
         "",
         "| training tasks N | fitted on (rest validate) | operator at B |",
         "| --- | --- | --- |",
