@@ -71,6 +71,10 @@ KEPT = FIELDS[:13]
 QUICK_TRAIN = {"max_epochs": 2, "relabel_tasks": 1, "relabel_applications": 2, "relabel_starts": 2,
                "relabel_eval_episodes": 1}
 QUICK_AUGMENT_STARTS = 2
+AUGMENT_STARTS = 16
+"""the augmentation row's noise-perturbed start policies"""
+PPO_OPERATOR = RESULTS / "operators" / "halfcheetah_vel.ppo.safetensors"
+"""the per-parameter operator trained on PPO's pairs (the teacher=ppo row)"""
 PPO_ASK_K = 1
 """the jump size chosen for the PPO-fitted operator on the validation tasks (val IQM at B: k = 1 -106.0, 2 -112.4,
 4 -118.9, 8 -136.5; its checkpoint records it)"""
@@ -120,6 +124,15 @@ def variants(ask_k: int, augment_starts: int, ppo_operator: Path, teacher_envs: 
     ]
 
 
+def collection_variants(dataset: Path, ask_k: int, augment_starts: int = AUGMENT_STARTS,
+                        ppo_operator: Path = PPO_OPERATOR) -> list[Variant]:
+    """The ablation rows (:func:`variants`) for the collection at ``dataset``, whose teacher's batch width sets the
+    half-width row."""
+    collection = yaml.safe_load((dataset / "config.yaml").read_text())
+    teacher = make_teacher({"name": collection["teacher_name"], "config": collection["teacher"]})
+    return variants(ask_k, augment_starts, ppo_operator, teacher.batch_shape[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
@@ -128,7 +141,7 @@ def main() -> None:
     parser.add_argument("--trained", nargs="+", default=[], metavar="NAME=CHECKPOINT",
                         help="variants already trained with their settings on --dataset (e.g. per_param=runs/op/"
                              "operator.safetensors): applied instead of training them again")
-    parser.add_argument("--ppo-operator", type=Path, default=RESULTS / "operators" / "halfcheetah_vel.ppo.safetensors",
+    parser.add_argument("--ppo-operator", type=Path, default=PPO_OPERATOR,
                         help="the per-parameter operator trained on PPO's pairs (the teacher=ppo row)")
     parser.add_argument("--variants", nargs="+", metavar="NAME",
                         help="run only these rows (the baseline always runs) and keep the other rows already in "
@@ -151,9 +164,8 @@ def main() -> None:
     kept = [] if args.variants is None or not (target / "ablations.csv").exists() else [
         {k: r.get(k, "—") for k in KEPT} for r in csv.DictReader((target / "ablations.csv").open())
         if r["variant"] not in {"per_param", *args.variants}]
-    collection = yaml.safe_load((dataset / "config.yaml").read_text())
-    teacher_envs = make_teacher({"name": collection["teacher_name"], "config": collection["teacher"]}).batch_shape[0]
-    every = variants(args.ask_k, QUICK_AUGMENT_STARTS if args.quick else 16, args.ppo_operator, teacher_envs)
+    every = collection_variants(dataset, args.ask_k, QUICK_AUGMENT_STARTS if args.quick else AUGMENT_STARTS,
+                                args.ppo_operator)
     wanted = {"per_param", *(args.variants or [v.name for v in every])}
     # A row that applies another row's operator needs that one trained first (it comes earlier in the list).
     wanted |= {v.reuses for v in every if v.name in wanted and v.train is None and v.checkpoint is None}

@@ -23,14 +23,12 @@ import csv
 import tempfile
 from pathlib import Path
 
-import yaml
-from ablations import RESULTS, Variant, variants
+from ablations import RESULTS, Variant, collection_variants
 from heldout import PEERS, add_arguments, apply_settings, at_budget, band, fit
 from improvement import dataset_or_exit, fmt, verdict
 
 from metaimprove.stats import reach_ratio
 from metaimprove.storage import atomic_write_csv
-from metaimprove.teachers import make_teacher
 from metaimprove.train import TrainConfig
 
 FIELDS = ["variant", "changed", "ablation_val_at_B", "at_B", "iqm", "lo", "hi", "steps_ratio", "vs_ablation_choice",
@@ -51,10 +49,7 @@ def main() -> None:
     dataset = dataset_or_exit(Path(args.dataset))
     ablation = sorted(csv.DictReader((RESULTS / "ablations.csv").open()), key=lambda r: -float(r["val_iqm"]))
     shortlist = ablation[:args.top]
-    collection = yaml.safe_load((dataset / "config.yaml").read_text())
-    teacher_envs = make_teacher({"name": collection["teacher_name"], "config": collection["teacher"]}).batch_shape[0]
-    every = {v.name: v for v in variants(args.ask_k, 16, RESULTS / "operators" / "halfcheetah_vel.ppo.safetensors",
-                                         teacher_envs)}
+    every = {v.name: v for v in collection_variants(dataset, args.ask_k)}
     trained = {name: Path(path) for name, path in (item.rsplit("=", 1) for item in args.trained)}
     scratch = Path(tempfile.mkdtemp(prefix="confirm-"))
     settings = {**apply_settings(args, "val"), "task_start": args.start}
