@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from heldout import PEERS, add_arguments, apply_settings, at_budget, band, fit
+from heldout import PEERS, add_arguments, apply_settings, at_budget, band, fit, peer_columns
 from improvement import dataset_or_exit, fmt, verdict
 
 from metaimprove.dataset import PairConfig
@@ -225,9 +225,8 @@ def write(path: Path, rows: list[dict[str, object]], estimates: dict[tuple[str, 
     """``ablations.csv``, atomically: the rows so far, each with the peers' figures on the same runs, and the row
     with the best validation IQM marked ``chosen``."""
     best = max(rows, key=lambda r: float(str(r["val_iqm"])))
-    peers = {f"{prefix}{name}_at_B": fmt(estimates[method, where])
-             for where, prefix in (("val", "val_"), ("test", "")) for method, name in
-             (("ppo", "ppo"), ("ars", "ars"), ("no_update", "start"))}
+    peers = {k: v for where, prefix in (("val", "val_"), ("test", ""))
+             for k, v in peer_columns({m: estimates[m, where] for m in PEERS}, prefix).items()}
     atomic_write_csv(path, FIELDS, ({**row, "chosen": "yes" if row is best else "", **peers,
                                      "budget_env_steps": int(budget), "runs": runs} for row in rows))
 

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from ablations import RESULTS, Variant, collection_variants
-from heldout import PEERS, add_arguments, apply_settings, at_budget, band, fit
+from heldout import PEERS, add_arguments, apply_settings, at_budget, band, fit, peer_columns
 from improvement import dataset_or_exit, fmt, verdict
 
 from metaimprove.stats import reach_ratio
@@ -70,8 +70,7 @@ def main() -> None:
                      "vs_ablation_choice": "—" if i == 0 else verdict(est, estimates[shortlist[0]["variant"]])})
         print(", ".join(f"{k}: {v}" for k, v in rows[-1].items()), flush=True)
     best = max(rows, key=lambda r: float(r["iqm"]))
-    peers = {f"{name}_at_B": fmt(estimates[method]) for method, name in
-             (("ppo", "ppo"), ("ars", "ars"), ("no_update", "start"))}
+    peers = peer_columns(estimates)
     where = {"tasks": f"train {args.start}–{args.start + args.tasks - 1}", "budget_env_steps": int(budget),
              "runs": f"{args.tasks} tasks × {args.seeds} seeds"}
     atomic_write_csv(RESULTS / "confirm_choice.csv", FIELDS,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from improvement import ASK_K, BUDGET, DATASET, finals
+from improvement import ASK_K, BUDGET, DATASET, finals, fmt
 
 from metaimprove.apply import ApplyConfig, apply
 from metaimprove.plot import read_curves
@@ -25,6 +25,12 @@ from metaimprove.train import TrainConfig, train
 
 PEERS = ["ppo", "ars", "no_update"]
 """the methods every variant is compared with: they depend on neither the operator nor the ask, so run once"""
+
+
+def peer_columns(estimates: dict[str, Estimate], prefix: str = "") -> dict[str, str]:
+    """The :data:`PEERS`' columns of a benchmark CSV, ``<prefix>ppo_at_B``, ``<prefix>ars_at_B`` and
+    ``<prefix>start_at_B``: each one's IQM return at B [95% CI] from ``estimates`` (method -> estimate)."""
+    return {f"{prefix}{'start' if m == 'no_update' else m}_at_B": fmt(estimates[m]) for m in PEERS}
 VALIDATION_START = 32
 """validation tasks: ``train`` tasks from this index on, outside every 32-task collection"""
 

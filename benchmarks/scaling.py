@@ -14,7 +14,7 @@ recreate it); counts beyond 32 need a larger one (the first 32 tasks of any coll
 committed ``results/scaling.csv`` came from the shipped operator's teacher on 128 tasks (``metaimprove collect
 teacher=ars teacher.n_directions=32 teacher.top_b=16 teacher.n_steps=64 teacher.lr=0.03 task=halfcheetah_vel
 n_tasks=128 seeds=1 iterations=48 out=runs/ars32d64s_x128``, 7 minutes on 2 cores) with the shipped settings,
-``--envs 32 --ask-k 1`` (57 minutes in all); its table names both. Nothing is chosen on the test tasks: the ask
+``--envs 32 --ask-k 1`` (44 minutes in all); its table names both. Nothing is chosen on the test tasks: the ask
 is ``--ask-k``.
 
     python benchmarks/scaling.py [--dataset runs/ars32d64s_x128] [--counts 4 8 16 32 64 128] [--envs 32] [--ask-k 1]
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import yaml
-from heldout import PEERS, add_arguments, apply_settings, at_budget, timed_train
+from heldout import PEERS, add_arguments, apply_settings, at_budget, peer_columns, timed_train
 from improvement import dataset_or_exit, describe_collection, fmt
 
 from metaimprove.dataset import PairConfig
@@ -80,9 +80,7 @@ def write(rows: list[dict[str, object]], peers: dict, budget: float, runs: str) 
     """``results/scaling.csv``, atomically."""
     atomic_write_csv(RESULTS / "scaling.csv", [*FIELDS, "ppo_at_B", "ars_at_B", "start_at_B", "budget_env_steps",
                                                "runs"],
-                     ({**row, "ppo_at_B": fmt(peers["ppo"]), "ars_at_B": fmt(peers["ars"]),
-                       "start_at_B": fmt(peers["no_update"]), "budget_env_steps": int(budget), "runs": runs}
-                      for row in rows))
+                     ({**row, **peer_columns(peers), "budget_env_steps": int(budget), "runs": runs} for row in rows))
 
 
 def plot(rows: list[dict[str, object]], peers: dict, budget: float) -> None:
