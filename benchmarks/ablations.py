@@ -21,6 +21,8 @@ The variants:
 * ``ask_k=1``, ``ask_k=4``, ``ask_k=8`` (those other than ``--ask-k``): the baseline operator, not retrained,
   asked for another jump size; ``features.envs=<half> ask_k=<k>``: the same sweep for the half-width operator (the ask
   is chosen at apply time, so each operator that is fitted once gets every jump it was trained for)
+* ``features.envs=<half> ask_k=1 warmup=...``: the half-width operator asked for its best validation jump, collecting
+  narrower batches first (``warmup``, see :class:`metaimprove.apply.BatchSchedule`): a few warm-up widths and lengths
 
 Writes ``results/ablations.csv``: per variant what changed, its IQM return at B [95% CI] on the validation and on
 the test tasks, its ``steps_ratio_to_ppo`` on each (env steps to reach PPO's IQM return at B on the same runs over
@@ -50,6 +52,7 @@ import yaml
 from heldout import PEERS, add_arguments, apply_settings, at_budget, band, fit, peer_columns
 from improvement import dataset_or_exit, fmt, verdict
 
+from metaimprove.apply import describe_warmup
 from metaimprove.dataset import PairConfig
 from metaimprove.features import FeatureConfig
 from metaimprove.operator import OperatorConfig
@@ -75,6 +78,9 @@ AUGMENT_STARTS = 16
 """the augmentation row's noise-perturbed start policies"""
 PPO_OPERATOR = RESULTS / "operators" / "halfcheetah_vel.ppo.safetensors"
 """the per-parameter operator trained on PPO's pairs (the teacher=ppo row)"""
+WARMUP_ASK_K = 1
+"""the jump the warm-up rows ask the half-width operator for: its best on the validation tasks (``features.envs=<half>
+ask_k=1``)"""
 PPO_ASK_K = 1
 """the jump size chosen for the PPO-fitted operator on the validation tasks (val IQM at B: k = 1 -106.0, 2 -112.4,
 4 -118.9, 8 -136.5; its checkpoint records it)"""
@@ -95,10 +101,14 @@ class Variant:
     """with ``train`` None: the operator's checkpoint, if not one trained here"""
     reuses: str = "per_param"
     """with ``train`` and ``checkpoint`` None: the variant whose trained operator it applies"""
+    warmup: list[list[int]] | None = None
+    """the warm-up it is applied with (``ApplyConfig.warmup``), if not its checkpoint's"""
 
 
-def variants(ask_k: int, augment_starts: int, ppo_operator: Path, teacher_envs: int) -> list[Variant]:
-    """The ablation rows, baseline first (``teacher_envs``: the envs of one batch of the collection's teacher)."""
+def variants(ask_k: int, augment_starts: int, ppo_operator: Path, teacher_envs: int,
+             teacher_steps: int) -> list[Variant]:
+    """The ablation rows, baseline first (``teacher_envs`` × ``teacher_steps``: the envs and steps per env of one batch
+    of the collection's teacher)."""
     half = teacher_envs // 2
     return [
         Variant("per_param", f"baseline: the default training settings, asked for k = {ask_k}"),
@@ -121,7 +131,25 @@ def variants(ask_k: int, augment_starts: int, ppo_operator: Path, teacher_envs: 
           for prefix, what, reused in (("", "baseline", "per_param"),
                                        (f"features.envs={half} ", f"features.envs={half}", f"features.envs={half}"))
           for k in (1, 2, 4, 8) if k != ask_k),
+        *(Variant(f"features.envs={half} ask_k={WARMUP_ASK_K} warmup={_compact(warmup)}",
+                  f"the features.envs={half} operator (not retrained) asked for k = {WARMUP_ASK_K}, collecting "
+                  f"{describe_warmup(warmup)}",
+                  None, WARMUP_ASK_K, reuses=f"features.envs={half}", warmup=warmup)
+          for warmup in _warmups(half, teacher_steps)),
     ]
+
+
+def _warmups(half: int, n_steps: int) -> list[list[list[int]]]:
+    """The warm-ups tried on the half-width operator: a quarter or a half of its width for the first 2 to 8 of its
+    batches, or a quarter then a half."""
+    batch = half * n_steps
+    quarter = half // 8 * 2  # whole antithetic pairs
+    return [[[quarter, 2 * batch]], [[half // 2, 2 * batch]], [[half // 2, 4 * batch]], [[half // 2, 8 * batch]],
+            [[quarter, 2 * batch], [half // 2, 4 * batch]]]
+
+
+def _compact(warmup: list[list[int]]) -> str:
+    return str(warmup).replace(" ", "")
 
 
 def collection_variants(dataset: Path, ask_k: int, augment_starts: int = AUGMENT_STARTS,
@@ -130,7 +158,7 @@ def collection_variants(dataset: Path, ask_k: int, augment_starts: int = AUGMENT
     half-width row."""
     collection = yaml.safe_load((dataset / "config.yaml").read_text())
     teacher = make_teacher({"name": collection["teacher_name"], "config": collection["teacher"]})
-    return variants(ask_k, augment_starts, ppo_operator, teacher.batch_shape[0])
+    return variants(ask_k, augment_starts, ppo_operator, *teacher.batch_shape)
 
 
 def main() -> None:
@@ -188,8 +216,9 @@ def main() -> None:
         methods = ["operator", *PEERS] if i == 0 else ["operator"]
         for where in SETS:
             out = scratch / f"apply-{i}-{where}"
-            found, budget = at_budget(checkpoint, out, methods,
-                                      {**apply_settings(args, where), "ask_k": variant.ask_k or args.ask_k})
+            found, budget = at_budget(checkpoint, out, methods, {**apply_settings(args, where),
+                                                                 "ask_k": variant.ask_k or args.ask_k,
+                                                                 "warmup": variant.warmup})
             estimates.update({(m if m != "operator" else variant.name, where): est for m, est in found.items()})
             bands.update({(m if m != "operator" else variant.name, where): band(out, m) for m in methods
                           if m in ("operator", "ppo")})
@@ -203,8 +232,9 @@ def main() -> None:
                      "vs_ppo": verdict(est, estimates["ppo", "test"]),
                      "train_minutes": "—" if minutes is None else f"{minutes:.1f}"})
         print(", ".join(f"{k}: {v}" for k, v in rows[-1].items()), flush=True)
-        write(target / "ablations.csv", rows[:1] + kept + rows[1:], estimates, budget,
-              f"{args.tasks} tasks × {args.seeds} seeds per set")
+        order = {v.name: i for i, v in enumerate(every)}  # rows kept from variants no longer listed go last
+        write(target / "ablations.csv", sorted(kept + rows, key=lambda r: order.get(str(r["variant"]), len(order))),
+              estimates, budget, f"{args.tasks} tasks × {args.seeds} seeds per set")
     print(f"wrote {target / 'ablations.csv'}")
 
 

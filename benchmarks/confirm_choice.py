@@ -4,8 +4,10 @@
 within noise of each other. This benchmark takes the ``--top`` rows of ``results/ablations.csv`` by validation
 IQM (the shortlist depends on validation alone), applies each again, with PPO, ARS and no update beside them, on
 ``--tasks`` fresh validation tasks: ``train`` tasks from ``--start`` on (36 by default: after the ablation's 32–35
-and outside every 32-task collection), same fresh starts, seeds and budget B as the ablation. The row with the
-best IQM return at B here is **chosen**; nothing is measured on the test tasks.
+and outside every 32-task collection), same fresh starts, seeds and budget B as the ablation. **Chosen** here: of
+the rows whose IQM return at B ties the best one's (overlapping 95% CIs), the one that reaches PPO's return at B in
+the fewest env steps (``steps_ratio_to_ppo``; then the higher IQM): the return at B first, and among returns that
+cannot be told apart, speed. Nothing is measured on the test tasks.
 
 Each row's operator is refit with its ablation settings (fits are deterministic, so this is the ablation's
 operator bit for bit) unless ``--trained NAME=CHECKPOINT`` names one already trained; rows that reuse another
@@ -59,7 +61,7 @@ def main() -> None:
         out = scratch / f"apply-{i}"
         methods = ["operator", *PEERS] if i == 0 else ["operator"]
         found, budget = at_budget(checkpoint(variant, every, trained, dataset, args.ask_k, scratch), out, methods,
-                                  {**settings, "ask_k": variant.ask_k or args.ask_k})
+                                  {**settings, "ask_k": variant.ask_k or args.ask_k, "warmup": variant.warmup})
         estimates.update({variant.name if m == "operator" else m: est for m, est in found.items()})
         bands.update({variant.name if m == "operator" else m: band(out, m)
                       for m in methods if m in ("operator", "ppo")})
@@ -69,13 +71,20 @@ def main() -> None:
                      "steps_ratio": f"{reach_ratio(bands[variant.name], bands['ppo'], budget):.3f}",
                      "vs_ablation_choice": "—" if i == 0 else verdict(est, estimates[shortlist[0]["variant"]])})
         print(", ".join(f"{k}: {v}" for k, v in rows[-1].items()), flush=True)
-    best = max(rows, key=lambda r: float(r["iqm"]))
+    best = choose(rows)
     peers = peer_columns(estimates)
     where = {"tasks": f"train {args.start}–{args.start + args.tasks - 1}", "budget_env_steps": int(budget),
              "runs": f"{args.tasks} tasks × {args.seeds} seeds"}
     atomic_write_csv(RESULTS / "confirm_choice.csv", FIELDS,
                      ({**r, "chosen": "yes" if r is best else "", **peers, **where} for r in rows))
     print(f"wrote {RESULTS / 'confirm_choice.csv'}; chosen: {best['variant']}")
+
+
+def choose(rows: list[dict[str, str]]) -> dict[str, str]:
+    """Of the ``rows`` whose IQM at B ties the best one's (overlapping CIs), the fastest to PPO's return at B."""
+    top = max(rows, key=lambda r: float(r["iqm"]))
+    ties = [r for r in rows if float(r["hi"]) >= float(top["lo"])]
+    return min(ties, key=lambda r: (float(r["steps_ratio"]), -float(r["iqm"])))
 
 
 def checkpoint(variant: Variant, every: dict[str, Variant], trained: dict[str, Path], dataset: Path, ask_k: int,

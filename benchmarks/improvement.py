@@ -56,6 +56,8 @@ from metaimprove.apply import (
     TEACHER_OP_BATCH,
     ApplyConfig,
     apply,
+    batch_schedule,
+    describe_warmup,
     method_names,
     operator_batch,
     operator_explorer,
@@ -94,7 +96,7 @@ def step_time_ratio(operator_path: str, family: str, ask_k: int, reps: int = 15)
     op, ckpt = OperatorCheckpoint.load(operator_path)
     task = get_family(family).task("test", 0)
     start = start_policy(ckpt, 0)
-    own = operator_explorer(ckpt, task, start, seed=0)(start)
+    own = operator_explorer(ckpt, task, start, seed=0, warmup=[])(start, 0)  # its full-width batch
     ppo = make_teacher(ckpt.teacher, "ppo")
     ppo.start(task, start, seed=0)
     batch = ppo.collect()
@@ -327,7 +329,7 @@ def main() -> None:
         figures["rerun"] = f"{' '.join(args.only)} on {time.strftime('%Y-%m-%d')}, {apply_minutes:.1f} min of apply"
     elif not args.render:
         figures["apply_wall_minutes"] = f"{apply_minutes:.1f}"
-    summary = render(table, labels, figures, args, n_tasks, n_seeds, budget, ckpt.teacher["name"], batch, dataset)
+    summary = render(table, labels, figures, args, n_tasks, n_seeds, budget, ckpt.teacher["name"], dataset)
     (target / "improvement.md").write_text(summary)
     with figures_csv.open("w", newline="") as f:
         csv.writer(f).writerows([["name", "value"], *figures.items()])
@@ -400,9 +402,19 @@ def key_figures(curves: Curves, rows: list[dict[str, object]], table: dict[tuple
     return figures
 
 
+def operator_batches(args: argparse.Namespace, budget: int) -> str:
+    """The batches the operator collects within ``budget`` in words: their count and size, and its warm-up."""
+    _, ckpt = OperatorCheckpoint.load(args.operator)
+    schedule = batch_schedule(ckpt)
+    batch = schedule.envs * schedule.n_steps
+    if not schedule.warmup:
+        return f"{schedule.batches(budget)} batches of {batch}"
+    return (f"{schedule.batches(budget)} batches: {describe_warmup(schedule.warmup)}, then {schedule.envs}-env "
+            f"batches of {batch}")
+
+
 def render(table: dict[tuple[str, str], tuple[Estimate, float]], labels: list[str], figures: dict[str, str],
-           args: argparse.Namespace, n_tasks: int, n_seeds: int, budget: int, teacher: str, batch: int,
-           dataset: Path) -> str:
+           args: argparse.Namespace, n_tasks: int, n_seeds: int, budget: int, teacher: str, dataset: Path) -> str:
     """``results/improvement.md``."""
     operator = Path(args.operator).resolve()
     lines = [
@@ -410,7 +422,7 @@ def render(table: dict[tuple[str, str], tuple[Estimate, float]], labels: list[st
         "",
         f"Operator `{operator.relative_to(ROOT) if operator.is_relative_to(ROOT) else operator}` "
         f"(fitted to {teacher.upper()}'s pairs, asked for k = {args.ask_k}); {n_tasks} tasks × {n_seeds} seeds per "
-        f"split; budget B = {budget} env steps per run (the operator: {budget // batch} batches of {batch}); returns "
+        f"split; budget B = {budget} env steps per run (the operator: {operator_batches(args, budget)}); returns "
         "are the mean of 8 deterministic episodes. "
         "`test`: new draws inside the training ranges; `ood`: target velocities and masses outside them. "
         f"`@train_init`: started from the training runs' initialization instead of a fresh one. "

@@ -167,7 +167,8 @@ def _confirm_choice() -> list[str]:
         "",
         f"The {len(rows)} ablation rows with the best validation IQM, applied again on fresh validation tasks "
         f"(`{first['tasks']}`, {first['runs']}, fresh starts, B = {first['budget_env_steps']} env steps); the test "
-        "tasks play no part. IQM return at B with 95% CIs; the row with the best IQM here is **chosen** and ships. "
+        "tasks play no part. IQM return at B with 95% CIs. **Chosen** (and shipped): of the rows whose IQM here ties "
+        "the best one's (overlapping CIs), the one with the lowest `steps_ratio_to_ppo`. "
         f"On the same runs: PPO {first['ppo_at_B']}, ARS {first['ars_at_B']}, the start {first['start_at_B']}.",
         "",
         "| variant | what changed | ablation validation at B | confirmation at B | steps_ratio_to_ppo "

@@ -15,8 +15,8 @@ training runs used (``start=train_init``).
   (``guard_steps`` column)
 * each teacher of :data:`~metaimprove.teachers.TEACHERS` (``ppo``, ...): its own updates from the same start
 * ``teacher_op_batch``: the operator's own teacher collecting batches as wide as the operator's (an operator
-  trained with ``features.envs`` reads fewer envs than its teacher ran): does the operator's smaller batch alone
-  explain its speed per env step?
+  trained with ``features.envs`` reads fewer envs than its teacher ran; with a warm-up, as wide as the operator's
+  at every point): does the operator's batch schedule alone explain its speed per env step?
 * ``no_update``: the starting policy, never updated
 * ``nearest``, ``nearest_noise``, ``nearest_avg``, ``avg_weights``, ``transferred``: zero-adaptation
   policies built from the training runs (``dataset=``; see :mod:`metaimprove.baselines`)
@@ -24,6 +24,12 @@ training runs used (``start=train_init``).
 
 With ``env=<gymnasium id or module:Class>`` the runs are on a user's own env instead of the family's tasks
 (:class:`~metaimprove.envs.UserEnv`; the methods that need training tasks are refused there).
+
+The operator collects its batches as its teacher explores, ``features.envs`` wide; with a warm-up
+(``features.warmup`` recorded in the checkpoint, or ``warmup=``) narrower ones first: ``[[16, 8192]]`` collects
+16-env batches until the run has used 8192 env steps (:class:`BatchSchedule`). Small batches give noisy steps
+but many of them, which is what a fresh policy far from any optimum needs; wide ones give the precise steps that
+matter later.
 
 Rows go to ``curves.csv``: method, task, seed, env_steps, return, fallbacks, guard_steps (a curve is flat where
 a method does not update; ``transferred`` starts at the env steps its selection used).
@@ -49,7 +55,7 @@ from metaimprove import baselines
 from metaimprove.baselines import batch_return, training_runs
 from metaimprove.envs import AnyTask, UserEnv, mujoco_log
 from metaimprove.errors import UserError
-from metaimprove.features import encode, next_normalizer, stack
+from metaimprove.features import encode, next_normalizer, stack, warmup_phases
 from metaimprove.operator import ImprovementOperator, OperatorCheckpoint
 from metaimprove.policy import ObsNormalizer, Policy, init_params, load_policy, save_policy
 from metaimprove.rollout import Experience, GymSimulator, Simulator, episode_length, evaluate
@@ -136,6 +142,9 @@ class ApplyConfig:
     """jump size to ask for (default: the checkpoint's ask_k, chosen when it was trained; else the k nearest 2)"""
     ask_improvement: float | None = None
     """requested improvement of mean reward per step (default: the 90% quantile reached in training for k)"""
+    warmup: list[list[int]] | None = None
+    """the operator's narrower first batches, [[envs, until_env_step], ...] (as features.warmup); None: the
+    checkpoint's"""
     eval_episodes: int = 8
     """deterministic evaluation episodes per point"""
     workers: int = 0
@@ -182,18 +191,83 @@ def explorer_teacher(ckpt: OperatorCheckpoint) -> Teacher:
 
 
 def operator_batch(ckpt: OperatorCheckpoint) -> tuple[int, int]:
-    """``(n_envs, n_steps)`` of the batch the operator improves from (see :func:`explorer_teacher`)."""
+    """``(n_envs, n_steps)`` of the batch the operator improves from once warmed up (see :func:`explorer_teacher`)."""
     return explorer_teacher(ckpt).batch_shape
 
 
-def operator_explorer(ckpt: OperatorCheckpoint, task: AnyTask, start: Policy,
-                      seed: int) -> Callable[[Policy], Experience]:
-    """How the operator collects its batch from a policy on ``task``: as its teacher does (``Teacher.explore``:
-    PPO's Gaussian action noise, ARS's antithetic parameter perturbations), seeded by ``seed``, so that it sees
-    the kind of experience it was trained on, as wide as it was trained to read."""
-    teacher = explorer_teacher(ckpt)
-    teacher.start(task, start, seed)
-    return teacher.explore
+@dataclass(frozen=True)
+class BatchSchedule:
+    """How wide a run's batches are: ``warmup``'s phases ``((envs, until_env_step), ...)`` while the run has used
+    fewer env steps than the phase's end, then ``envs``; ``n_steps`` steps per env."""
+
+    envs: int
+    n_steps: int
+    warmup: tuple[tuple[int, int], ...] = ()
+
+    def envs_at(self, steps: int) -> int:
+        """The envs of the batch collected after ``steps`` env steps."""
+        return next((envs for envs, until in self.warmup if steps < until), self.envs)
+
+    def batch_at(self, steps: int) -> int:
+        """The env steps of the batch collected after ``steps`` env steps."""
+        return self.envs_at(steps) * self.n_steps
+
+    def batches(self, budget: int) -> int:
+        """How many batches a run collects within ``budget`` env steps."""
+        steps = n = 0
+        while steps + self.batch_at(steps) <= budget:
+            steps, n = steps + self.batch_at(steps), n + 1
+        return n
+
+    def seed(self, seed: int, envs: int) -> int:
+        """The seed of run ``seed``'s collector of ``envs``-wide batches: ``seed`` itself at the full width (a run
+        without a warm-up collects as before it had one), one of its own for each warm-up width."""
+        return seed if envs == self.envs else 1_000_003 * seed + 100_000 + envs
+
+
+def describe_warmup(warmup: Sequence[Sequence[int]]) -> str:
+    """A warm-up in words: ``8-env batches until 4096 env steps, then 16-env batches until 8192 env steps``."""
+    return ", then ".join(f"{envs}-env batches until {until} env steps" for envs, until in warmup)
+
+
+def batch_schedule(ckpt: OperatorCheckpoint, warmup: list[list[int]] | None = None) -> BatchSchedule:
+    """The operator's :class:`BatchSchedule`: ``warmup`` (default the checkpoint's ``features.warmup``) before
+    batches of its full width; every width is checked against its teacher (ARS batches hold antithetic pairs)."""
+    n_envs, n_steps = operator_batch(ckpt)
+    what = "features.warmup" if warmup is None else "warmup"
+    phases = warmup_phases(ckpt.features.warmup if warmup is None else warmup, what)
+    for envs, _ in phases:
+        try:
+            make_teacher(ckpt.teacher).resized(envs)
+        except UserError as exc:
+            raise UserError(f"{what}: {exc}") from exc
+    return BatchSchedule(n_envs, n_steps, phases)
+
+
+class Explorer:
+    """How the operator collects its batches from a policy on ``task``: as its teacher does (``Teacher.explore``:
+    PPO's Gaussian action noise, ARS's antithetic parameter perturbations), so that it sees the kind of experience
+    it was trained on, as wide as ``schedule`` says after the run's env steps so far (one collector per width,
+    seeded by :meth:`BatchSchedule.seed`)."""
+
+    def __init__(self, ckpt: OperatorCheckpoint, task: AnyTask, start: Policy, seed: int,
+                 schedule: BatchSchedule) -> None:
+        self.schedule = schedule
+        self._teachers: dict[int, Teacher] = {}
+        for envs in {schedule.envs, *(envs for envs, _ in schedule.warmup)}:
+            teacher = explorer_teacher(ckpt) if envs == schedule.envs else make_teacher(ckpt.teacher).resized(envs)
+            teacher.start(task, start, schedule.seed(seed, envs))
+            self._teachers[envs] = teacher
+
+    def __call__(self, policy: Policy, steps: int) -> Experience:
+        """A batch collected by ``policy`` in a run that has used ``steps`` env steps."""
+        return self._teachers[self.schedule.envs_at(steps)].explore(policy)
+
+
+def operator_explorer(ckpt: OperatorCheckpoint, task: AnyTask, start: Policy, seed: int,
+                      warmup: list[list[int]] | None = None) -> Explorer:
+    """The operator's :class:`Explorer` on ``task`` for run ``seed``, with :func:`batch_schedule`'s schedule."""
+    return Explorer(ckpt, task, start, seed, batch_schedule(ckpt, warmup))
 
 
 def run_budget(config: ApplyConfig, batch: int) -> int:
@@ -267,14 +341,15 @@ class Guard:
     """a verified policy replaces the deployed one only when its verified return beats that one's by this much"""
 
 
-def guarded_steps(start: Policy, collect: Callable[[Policy], Experience],
+def guarded_steps(start: Policy, collect: Callable[[Policy, int], Experience],
                   update: Callable[[Policy, Experience], Policy],
                   fallback: Callable[[Policy, int, int], tuple[Policy, int]],
-                  score: Callable[[Experience], float], guard: Guard | None, batch: int,
+                  score: Callable[[Experience], float], guard: Guard | None, batch: Callable[[int], int],
                   budget: int) -> Iterator[Point]:
     """Improve ``start`` with ``update`` one collected batch at a time; with ``guard``, protected against drops.
 
-    Each step collects a batch with the current policy and ``update`` takes the step from it. With a guard:
+    Each step collects a batch with the current policy (``collect(policy, env steps so far)``, ``batch(env steps
+    so far)`` env steps) and ``update`` takes the step from it. With a guard:
 
     * rollback: if the current policy came from ``update`` and its batch scores more than ``guard.threshold``
       below the best batch so far, the step instead rolls back to the policy of that best batch and calls
@@ -298,12 +373,12 @@ def guarded_steps(start: Policy, collect: Callable[[Policy], Experience],
         return guard.verify(candidate)
 
     deployed, deployed_value = start, math.inf  # a start that cannot be verified is never replaced
-    if guard is not None and guard.verify_steps + batch <= budget:
+    if guard is not None and guard.verify_steps + batch(0) <= budget:
         deployed_value = verify(start, guard)
     best: tuple[float, Policy] | None = None
     from_update = unverified = False
-    while steps + batch <= budget:
-        exp = collect(policy)
+    while steps + batch(steps) <= budget:
+        exp = collect(policy, steps)
         steps += exp.n_steps
         value = score(exp)
         if guard is not None and from_update and best is not None and value < best[0] - guard.threshold:
@@ -324,15 +399,25 @@ def guarded_steps(start: Policy, collect: Callable[[Policy], Experience],
 
 
 def teacher_steps(teacher: Teacher, task: AnyTask, start: Policy, seed: int, budget: int,
-                  timings: list[float]) -> Iterator[Point]:
-    """A teacher's updates from ``start`` on ``task`` while its next batch fits in ``budget``."""
-    teacher.start(task, start, seed)
-    steps = 0
-    while steps + teacher.steps_per_update <= budget:
-        exp = teacher.collect()
+                  timings: list[float], schedule: BatchSchedule | None = None) -> Iterator[Point]:
+    """A teacher's updates from ``start`` on ``task`` while its next batch fits in ``budget``.
+
+    With ``schedule`` (``teacher`` of its full width) its batches are as wide as the schedule says: at each change
+    of width a teacher of that width restarts from the current policy, seeded by :meth:`BatchSchedule.seed` (ARS
+    keeps nothing else between steps; PPO's value net and optimizer would start afresh)."""
+    steps, policy, envs = 0, start, None
+    while True:
+        wanted = teacher.batch_shape[0] if schedule is None else schedule.envs_at(steps)
+        if wanted != envs:
+            current = teacher if wanted == teacher.batch_shape[0] else teacher.resized(wanted)
+            current.start(task, policy, seed if schedule is None else schedule.seed(seed, wanted))
+            envs = wanted
+        if steps + current.steps_per_update > budget:
+            return
+        exp = current.collect()
         steps += exp.n_steps
         begin = time.perf_counter()
-        policy = teacher.improve(exp)
+        policy = current.improve(exp)
         timings.append(time.perf_counter() - begin)
         yield Point(steps, policy)
 
@@ -369,8 +454,8 @@ def run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], dic
 
 def _run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], dict[str, list[float]]]:
     op, ckpt = OperatorCheckpoint.load(config.operator_path)
-    n_envs, n_steps = operator_batch(ckpt)
-    batch = n_envs * n_steps
+    schedule = batch_schedule(ckpt, config.warmup)
+    batch = schedule.envs * schedule.n_steps
     budget = run_budget(config, batch)
 
     def row(point: Point) -> dict[str, object]:
@@ -382,7 +467,7 @@ def _run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], di
     points: Iterator[Point]
     if job.method in OPERATOR_METHODS:
         start = initial_policy(config, ckpt, job.seed)
-        explore = operator_explorer(ckpt, job.task, start, job.seed)
+        explore = Explorer(ckpt, job.task, start, job.seed, schedule)
         ask = ckpt.default_ask(config.ask_k, config.ask_improvement)
         update = operator_update(op, ckpt, job.task, ask, torch.Generator().manual_seed(job.seed),
                                  timings.setdefault("operator_step", []))
@@ -402,13 +487,15 @@ def _run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], di
                           lambda p: evaluate(p, job.task, config.guard_episodes, seed=verify_seed(job.seed)),
                           config.guard_episodes * length, config.guard_margin)
         points = guarded_steps(start, explore, update, fallback,
-                               lambda exp: batch_return(exp, length), guard, batch, budget)
+                               lambda exp: batch_return(exp, length), guard, schedule.batch_at, budget)
     elif job.method in TEACHERS or job.method in ("dr_ppo", TEACHER_OP_BATCH):
         name = "ppo" if job.method == "dr_ppo" else job.method
         start = load_policy(Path(str(config.dr_policy))) if job.method == "dr_ppo" else initial_policy(config, ckpt,
                                                                                                       job.seed)
-        teacher = explorer_teacher(ckpt) if job.method == TEACHER_OP_BATCH else make_teacher(ckpt.teacher, name)
-        points = teacher_steps(teacher, job.task, start, job.seed, budget, timings.setdefault(f"{name}_update", []))
+        op_batch = job.method == TEACHER_OP_BATCH
+        teacher = explorer_teacher(ckpt) if op_batch else make_teacher(ckpt.teacher, name)
+        points = teacher_steps(teacher, job.task, start, job.seed, budget, timings.setdefault(f"{name}_update", []),
+                               schedule if op_batch else None)
     else:
         start, charged = zero_adaptation_policy(config, ckpt, job)
         first = row(Point(charged, start))
@@ -459,6 +546,7 @@ def _validate(config: ApplyConfig, ckpt: OperatorCheckpoint) -> Sequence[AnyTask
         raise UserError(f"start must be one of {list(STARTS)}, got '{config.start}'")
     if config.init is not None and config.start != "fresh":
         raise UserError(f"init= and start={config.start} both choose θ⁰; give one of them")
+    batch_schedule(ckpt, config.warmup)  # a bad warm-up is a one-line error here, not in a worker
     if config.init is not None:
         _check_spec(load_policy(Path(config.init)), ckpt, f"initial policy {config.init}")
     if config.env is not None:

@@ -25,7 +25,8 @@ adds the task itself):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -65,6 +66,26 @@ class FeatureConfig:
     """environments per τ the operator reads: training encodes a random subset of each recorded batch (antithetic
     pairs kept together) against the teacher's whole-batch targets, and apply collects batches this wide; None:
     the teacher's whole batch"""
+    warmup: list[list[int]] = field(default_factory=list)
+    """apply: narrower batches first, ``[[envs, until_env_step], ...]``: batches of ``envs`` envs while the run has
+    used fewer than ``until_env_step`` env steps, then the next phase, then ``envs``-wide ones (training ignores it)"""
+
+
+def warmup_phases(warmup: list[list[int]], what: str = "features.warmup") -> tuple[tuple[int, int], ...]:
+    """``warmup`` (:attr:`FeatureConfig.warmup`) as ``((envs, until_env_step), ...)``, checked: pairs of integers,
+    envs >= 1 and the ends increasing from >= 1 (one-line :class:`UserError` naming ``what`` otherwise)."""
+    phases = []
+    for phase in warmup:
+        if not (isinstance(phase, (list, tuple)) and len(phase) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in phase)):
+            raise UserError(f"{what}={warmup}: give a list of [envs, until_env_step] pairs of integers, "
+                            "e.g. [[16,8192]]")
+        phases.append((phase[0], phase[1]))
+    ends = [until for _, until in phases]
+    if any(envs < 1 for envs, _ in phases) or any(b <= a for a, b in itertools.pairwise([0, *ends])):
+        raise UserError(f"{what}={warmup}: each phase needs envs >= 1, and the phases' until_env_step must "
+                        "increase from >= 1")
+    return tuple(phases)
 
 
 def task_vector(task: AnyTask) -> torch.Tensor:

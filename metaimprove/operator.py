@@ -41,7 +41,15 @@ from torch import nn
 
 from metaimprove.envs import AnyTask
 from metaimprove.errors import UserError
-from metaimprove.features import ENV_STATS, SNR_CLIP, FeatureConfig, Features, task_vector, transition_dim
+from metaimprove.features import (
+    ENV_STATS,
+    SNR_CLIP,
+    FeatureConfig,
+    Features,
+    task_vector,
+    transition_dim,
+    warmup_phases,
+)
 from metaimprove.policy import PolicySpec
 from metaimprove.storage import load_tensors, save_tensors
 from metaimprove.tasks import Task
@@ -438,6 +446,7 @@ def _checkpoint_from_meta(meta: dict[str, Any]) -> OperatorCheckpoint:
         raise ValueError(f"task_family / task_dim ({task_family!r}, {task_dim!r}) without features.task_input")
     if features.envs is not None and features.envs < 1:
         raise ValueError(f"features.envs must be >= 1, got {features.envs}")
+    warmup_phases(features.warmup)
     # Checkpoints from before the recorded ask have none: they are asked for default_ask_k(ks).
     ask_k = meta.get("ask_k")
     if ask_k is not None and not (_is_int(ask_k) and ask_k in ks):

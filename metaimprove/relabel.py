@@ -133,9 +133,11 @@ def operator_visits(op: ImprovementOperator, ckpt: OperatorCheckpoint, starts: l
     for start in starts:
         explore = operator_explorer(ckpt, start.task, start.policy, start.seed)
         update = operator_update(op, ckpt, start.task, ask, torch.Generator().manual_seed(start.seed))
-        policy = start.policy
+        policy, steps = start.policy, 0
         for i in range(applications):
-            policy = update(policy, explore(policy))
+            exp = explore(policy, steps)
+            steps += exp.n_steps
+            policy = update(policy, exp)
             visits.append(Start(start.task, policy, 1_000 * start.seed + i + 1, f"{start.origin} step {i + 1}"))
             returns.append(evaluate(policy, start.task, eval_episodes, seed=start.seed))
         finals.append(returns[-1])

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from metaimprove.apply import batch_schedule
 from metaimprove.dataset import (
     PairConfig,
     Pairs,
@@ -42,7 +43,7 @@ from metaimprove.dataset import (
     split_tasks,
 )
 from metaimprove.errors import UserError
-from metaimprove.features import FeatureConfig
+from metaimprove.features import FeatureConfig, warmup_phases
 from metaimprove.operator import ImprovementOperator, OperatorCheckpoint, OperatorConfig, default_ask_k
 from metaimprove.policy import PolicySpec, forward
 from metaimprove.relabel import dataset_runs, initial_starts, operator_visits, perturbed_starts, teacher_pairs
@@ -224,6 +225,7 @@ def _check(config: TrainConfig) -> None:
     if config.features.envs is not None and config.features.envs < 1:
         raise UserError(f"features.envs={config.features.envs}: give the number of envs per τ to read (>= 1), or "
                         "drop it to read the whole batch")
+    warmup_phases(config.features.warmup)
     counts = {"augment_starts": config.augment_starts, "relabel_rounds": config.relabel_rounds}
     sizes = {"relabel_tasks": config.relabel_tasks, "relabel_applications": config.relabel_applications,
              "relabel_starts": config.relabel_starts, "relabel_eval_episodes": config.relabel_eval_episodes}
@@ -247,6 +249,7 @@ class _Trainer:
                                                            config.pairs.ks, pairs.ask[pairs.select(train_tasks)],
                                                            sorted(train_tasks), pairs.teacher, pairs.task_family,
                                                            task_dim, config.ask_k or default_ask_k(config.pairs.ks))
+        batch_schedule(self.checkpoint)  # the warm-up's widths must suit the teacher before anything is fitted
         self.op = self.checkpoint.new_operator()
         self.out = Path(config.out)
         self.path = self.out / "operator.safetensors"

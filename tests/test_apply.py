@@ -186,8 +186,9 @@ def _guarded(deltas: list[float], guard: Guard | None, budget: int, fallback=Non
     """guarded_steps on stand-in policies: numbers (their true quality), improved by ``deltas`` in turn; a batch
     scores the quality plus ``luck(quality)``; verification reads the true quality."""
     steps = iter(deltas)
-    return list(guarded_steps(0.0, lambda p: _Batch(p + luck(p)), lambda p, _: p + next(steps),  # type: ignore[arg-type]
-                              fallback, lambda b: b.quality, guard, batch=10, budget=budget))  # type: ignore[attr-defined]
+    return list(guarded_steps(0.0, lambda p, _: _Batch(p + luck(p)), lambda p, _: p + next(steps),  # type: ignore[arg-type]
+                              fallback, lambda b: b.quality, guard, batch=lambda _: 10,  # type: ignore[attr-defined]
+                              budget=budget))
 
 
 def _guard(threshold: float, margin: float) -> Guard:

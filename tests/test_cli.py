@@ -162,6 +162,7 @@ BAD_INPUT = [
     (["verify"], "dataset has no value"),
     (["verify", "dataset=missing"], "no dataset at missing"),
     (["tasks", "family=nope"], "unknown task family 'nope'"),
+    (["train", "dataset=missing", "features.warmup=[[2,x]]"], "features.warmup=[[2,x]]"),
 ]
 
 

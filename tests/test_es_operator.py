@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from metaimprove.apply import ApplyConfig, apply, operator_batch, operator_explorer
+from metaimprove.apply import ApplyConfig, BatchSchedule, apply, operator_batch, operator_explorer
 from metaimprove.collect import collect, load_manifest, load_shard
 from metaimprove.dataset import PairConfig, Pairs, run_pairs
 from metaimprove.envs import default_task
@@ -126,7 +126,7 @@ def test_an_operator_trained_on_ars_reads_its_perturbations_and_collects_as_ars_
     assert ckpt.features.es_gradient is True and op.update.es is not None  # decided from the data
     spec = ckpt.spec
     start = Policy(spec, init_params(spec, torch.Generator().manual_seed(1)), ObsNormalizer.identity(spec.obs_dim))
-    exp = operator_explorer(ckpt, default_task("halfcheetah_vel"), start, seed=0)(start)
+    exp = operator_explorer(ckpt, default_task("halfcheetah_vel"), start, seed=0)(start, 0)
     assert exp.perturbation is not None and exp.obs.shape[1] == 2 * TINY_ARS.n_directions
     out = apply(ApplyConfig(operator_path=str(path), out=str(tmp_path / "apply"), task=TaskConfig("halfcheetah_vel"),
                             n_tasks=1, seeds=1, applications=2, eval_episodes=1, workers=1,
@@ -199,7 +199,7 @@ def test_an_operator_trained_on_part_of_each_batch_collects_that_much(ars_datase
     assert ckpt.features.envs == 2 and operator_batch(ckpt) == (2, TINY_ARS.n_steps)
     spec = ckpt.spec
     start = Policy(spec, init_params(spec, torch.Generator().manual_seed(1)), ObsNormalizer.identity(spec.obs_dim))
-    exp = operator_explorer(ckpt, default_task("halfcheetah_vel"), start, seed=0)(start)
+    exp = operator_explorer(ckpt, default_task("halfcheetah_vel"), start, seed=0)(start, 0)
     assert exp.perturbation is not None and exp.obs.shape[1] == 2
     out = apply(ApplyConfig(operator_path=str(path), out=str(tmp_path / "apply"), task=TaskConfig("halfcheetah_vel"),
                             n_tasks=1, seeds=1, applications=2, eval_episodes=1, workers=1,
@@ -216,3 +216,62 @@ def test_an_operator_trained_on_part_of_each_batch_collects_that_much(ars_datase
     meta_path(path).write_text(json.dumps(header))
     with pytest.raises(UserError, match=r"features\.envs must be int"):
         OperatorCheckpoint.load(path)
+
+
+def test_batch_schedule_switches_width_at_the_end_of_each_warm_up_phase() -> None:
+    schedule = BatchSchedule(envs=8, n_steps=10, warmup=((2, 40), (4, 100)))
+    assert [schedule.envs_at(s) for s in (0, 39, 40, 99, 100, 10**9)] == [2, 2, 4, 4, 8, 8]
+    assert schedule.batch_at(0) == 20 and schedule.batch_at(100) == 80
+    # The full width keeps the run's own seed (runs without a warm-up collect as before); each width its own.
+    assert schedule.seed(3, 8) == 3 and len({schedule.seed(3, e) for e in (2, 4, 8)}) == 3
+
+
+def test_a_warm_up_collects_narrow_batches_first_and_the_op_batch_teacher_follows_it(
+        ars_dataset: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    full = 2 * TINY_ARS.n_directions * TINY_ARS.n_steps  # 4 envs
+    settings = {**SMALL, "features": FeatureConfig(n_transitions=32, n_states=16, warmup=[[2, full]])}
+    path = train(TrainConfig(dataset=str(ars_dataset), out=str(tmp_path / "op"), **settings))  # type: ignore[arg-type]
+    _, ckpt = OperatorCheckpoint.load(path)
+    assert ckpt.features.warmup == [[2, full]]
+
+    def curves(name: str, **extra: object) -> dict[str, list[tuple[int, float]]]:
+        out = apply(ApplyConfig(operator_path=str(path), out=str(tmp_path / name), task=TaskConfig("halfcheetah_vel"),
+                                n_tasks=1, seeds=1, applications=3, eval_episodes=1, workers=1,
+                                methods=["operator", "teacher_op_batch", "ars"], **extra))  # type: ignore[arg-type]
+        found: dict[str, list[tuple[int, float]]] = {}
+        for line in out.read_text().splitlines()[1:]:
+            method, _, _, steps, ret, *_ = line.split(",")
+            found.setdefault(method, []).append((int(steps), float(ret)))
+        return found
+
+    # Two 2-env batches (half the width) use the first `full` steps; then full batches until B = 3 full batches.
+    warm = curves("recorded")
+    scheduled = [0, full // 2, full, 2 * full, 3 * full]
+    assert [s for s, _ in warm["operator"]] == [s for s, _ in warm["teacher_op_batch"]] == scheduled
+    assert [s for s, _ in warm["ars"]] == [0, full, 2 * full, 3 * full]
+    assert curves("again") == warm  # seeded: the same numbers
+    plain = curves("plain", warmup=[])  # apply's warmup= overrides the checkpoint's
+    assert [s for s, _ in plain["operator"]] == [s for s, _ in plain["teacher_op_batch"]] == [0, full, 2 * full,
+                                                                                             3 * full]
+    assert plain["ars"] == warm["ars"]
+
+
+@pytest.mark.parametrize(("warmup", "problem"), [([[3, 64]], "must be even"), ([[2, 64], [2, 64]], "must increase"),
+                                                 ([[2]], "pairs of integers"), ([[0, 64]], "envs >= 1")])
+def test_a_bad_warm_up_is_a_one_line_error_before_anything_runs(ars_dataset: pathlib.Path, tmp_path: pathlib.Path,
+                                                               warmup: list[list[int]], problem: str) -> None:
+    path = train(TrainConfig(dataset=str(ars_dataset), out=str(tmp_path / "op"), **SMALL))  # type: ignore[arg-type]
+    out = tmp_path / "apply"
+    with pytest.raises(UserError, match=problem) as error:
+        apply(ApplyConfig(operator_path=str(path), out=str(out), n_tasks=1, seeds=1, applications=1,
+                          warmup=warmup, methods=["operator"]))
+    assert "\n" not in str(error.value) and not out.exists()
+    with pytest.raises(UserError, match=problem):
+        features = FeatureConfig(n_transitions=32, n_states=16, warmup=warmup)
+        train(TrainConfig(dataset=str(ars_dataset), out=str(tmp_path / "bad"), **{**SMALL, "features": features}))  # type: ignore[arg-type]
+    header = json.loads(meta_path(path).read_text())
+    header["meta"]["features"]["warmup"] = warmup
+    meta_path(path).write_text(json.dumps(header))
+    if problem != "must be even":  # the checkpoint alone cannot tell; apply refuses it as above
+        with pytest.raises(UserError, match=f"operator checkpoint .* is invalid: .*{problem}"):
+            OperatorCheckpoint.load(path)
