@@ -298,8 +298,9 @@ def _ablations(name: str) -> list[str]:
         f"{first['budget_env_steps']} env steps on {first['runs']}: validation tasks (`train` tasks 32–35, in no "
         "collection) and held-out `test` tasks. IQM return at B with 95% CIs; a verdict needs non-overlapping CIs. "
         "`steps_ratio_to_ppo` as under Held-out improvement, against PPO on the same runs (— : a row "
-        "measured before the column). The row with the best validation IQM is **chosen** (and re-measured with its "
-        "runners-up on more validation tasks below); the test columns play no part in the choice. "
+        "measured before the column). The row with the best validation IQM is marked **chosen**; it and its two "
+        "runners-up are re-measured on more validation tasks below, which picks the row that ships. The test columns "
+        "play no part in either choice. "
         f"On validation: PPO {first['val_ppo_at_B']}, ARS {first['val_ars_at_B']}, the start "
         f"{first['val_start_at_B']}; on test: PPO {first['ppo_at_B']}, ARS {first['ars_at_B']}, the start "
         f"{first['start_at_B']}.",
