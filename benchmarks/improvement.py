@@ -55,6 +55,7 @@ from kill_resume import write_rows
 from metaimprove.apply import (
     TEACHER_OP_BATCH,
     ApplyConfig,
+    BatchSchedule,
     apply,
     batch_schedule,
     describe_warmup,
@@ -329,7 +330,8 @@ def main() -> None:
         figures["rerun"] = f"{' '.join(args.only)} on {time.strftime('%Y-%m-%d')}, {apply_minutes:.1f} min of apply"
     elif not args.render:
         figures["apply_wall_minutes"] = f"{apply_minutes:.1f}"
-    summary = render(table, labels, figures, args, n_tasks, n_seeds, budget, ckpt.teacher["name"], dataset)
+    summary = render(table, labels, figures, args, n_tasks, n_seeds, budget, ckpt.teacher["name"], batch_schedule(ckpt),
+                     dataset)
     (target / "improvement.md").write_text(summary)
     with figures_csv.open("w", newline="") as f:
         csv.writer(f).writerows([["name", "value"], *figures.items()])
@@ -402,10 +404,8 @@ def key_figures(curves: Curves, rows: list[dict[str, object]], table: dict[tuple
     return figures
 
 
-def operator_batches(args: argparse.Namespace, budget: int) -> str:
+def operator_batches(schedule: BatchSchedule, budget: int) -> str:
     """The batches the operator collects within ``budget`` in words: their count and size, and its warm-up."""
-    _, ckpt = OperatorCheckpoint.load(args.operator)
-    schedule = batch_schedule(ckpt)
     batch = schedule.envs * schedule.n_steps
     if not schedule.warmup:
         return f"{schedule.batches(budget)} batches of {batch}"
@@ -414,7 +414,8 @@ def operator_batches(args: argparse.Namespace, budget: int) -> str:
 
 
 def render(table: dict[tuple[str, str], tuple[Estimate, float]], labels: list[str], figures: dict[str, str],
-           args: argparse.Namespace, n_tasks: int, n_seeds: int, budget: int, teacher: str, dataset: Path) -> str:
+           args: argparse.Namespace, n_tasks: int, n_seeds: int, budget: int, teacher: str, schedule: BatchSchedule,
+           dataset: Path) -> str:
     """``results/improvement.md``."""
     operator = Path(args.operator).resolve()
     lines = [
@@ -422,7 +423,7 @@ def render(table: dict[tuple[str, str], tuple[Estimate, float]], labels: list[st
         "",
         f"Operator `{operator.relative_to(ROOT) if operator.is_relative_to(ROOT) else operator}` "
         f"(fitted to {teacher.upper()}'s pairs, asked for k = {args.ask_k}); {n_tasks} tasks × {n_seeds} seeds per "
-        f"split; budget B = {budget} env steps per run (the operator: {operator_batches(args, budget)}); returns "
+        f"split; budget B = {budget} env steps per run (the operator: {operator_batches(schedule, budget)}); returns "
         "are the mean of 8 deterministic episodes. "
         "`test`: new draws inside the training ranges; `ood`: target velocities and masses outside them. "
         f"`@train_init`: started from the training runs' initialization instead of a fresh one. "
