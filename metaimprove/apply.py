@@ -232,13 +232,19 @@ def describe_warmup(warmup: Sequence[Sequence[int]]) -> str:
 
 def batch_schedule(ckpt: OperatorCheckpoint, warmup: list[list[int]] | None = None) -> BatchSchedule:
     """The operator's :class:`BatchSchedule`: ``warmup`` (default the checkpoint's ``features.warmup``) before
-    batches of its full width; every width is checked against its teacher (ARS batches hold antithetic pairs)."""
-    n_envs, n_steps = operator_batch(ckpt)
+    batches of its full width. Every warm-up width must be narrower than that (so a teacher resized from the
+    full-width one is the same as one resized from the checkpoint's teacher) and suit the teacher (ARS batches
+    hold antithetic pairs)."""
+    full = explorer_teacher(ckpt)
+    n_envs, n_steps = full.batch_shape
     what = "features.warmup" if warmup is None else "warmup"
     phases = warmup_phases(ckpt.features.warmup if warmup is None else warmup, what)
     for envs, _ in phases:
+        if envs >= n_envs:
+            raise UserError(f"{what}: a warm-up batch of {envs} envs is not narrower than the operator's "
+                            f"{n_envs}-env batches; give fewer envs")
         try:
-            make_teacher(ckpt.teacher).resized(envs)
+            full.resized(envs)
         except UserError as exc:
             raise UserError(f"{what}: {exc}") from exc
     return BatchSchedule(n_envs, n_steps, phases)
@@ -255,7 +261,8 @@ class Explorer:
         self.schedule = schedule
         self._teachers: dict[int, Teacher] = {}
         for envs in {schedule.envs, *(envs for envs, _ in schedule.warmup)}:
-            teacher = explorer_teacher(ckpt) if envs == schedule.envs else make_teacher(ckpt.teacher).resized(envs)
+            teacher = explorer_teacher(ckpt)
+            teacher = teacher if envs == schedule.envs else teacher.resized(envs)
             teacher.start(task, start, schedule.seed(seed, envs))
             self._teachers[envs] = teacher
 

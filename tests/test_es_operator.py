@@ -257,7 +257,8 @@ def test_a_warm_up_collects_narrow_batches_first_and_the_op_batch_teacher_follow
 
 
 @pytest.mark.parametrize(("warmup", "problem"), [([[3, 64]], "must be even"), ([[2, 64], [2, 64]], "must increase"),
-                                                 ([[2]], "pairs of integers"), ([[0, 64]], "envs >= 1")])
+                                                 ([[2]], "pairs of integers"), ([[0, 64]], "envs >= 1"),
+                                                 ([[4, 64]], "not narrower")])
 def test_a_bad_warm_up_is_a_one_line_error_before_anything_runs(ars_dataset: pathlib.Path, tmp_path: pathlib.Path,
                                                                warmup: list[list[int]], problem: str) -> None:
     path = train(TrainConfig(dataset=str(ars_dataset), out=str(tmp_path / "op"), **SMALL))  # type: ignore[arg-type]
@@ -272,6 +273,6 @@ def test_a_bad_warm_up_is_a_one_line_error_before_anything_runs(ars_dataset: pat
     header = json.loads(meta_path(path).read_text())
     header["meta"]["features"]["warmup"] = warmup
     meta_path(path).write_text(json.dumps(header))
-    if problem != "must be even":  # the checkpoint alone cannot tell; apply refuses it as above
+    if problem not in ("must be even", "not narrower"):  # the checkpoint alone cannot tell; apply refuses it as above
         with pytest.raises(UserError, match=f"operator checkpoint .* is invalid: .*{problem}"):
             OperatorCheckpoint.load(path)
