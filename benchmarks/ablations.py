@@ -22,7 +22,8 @@ The variants:
   asked for another jump size; ``features.envs=<half> ask_k=<k>``: the same sweep for the half-width operator (the ask
   is chosen at apply time, so each operator that is fitted once gets every jump it was trained for)
 * ``features.envs=<half> ask_k=1 warmup=...``: the half-width operator asked for its best validation jump, collecting
-  narrower batches first (``warmup``, see :class:`metaimprove.apply.BatchSchedule`): a few warm-up widths and lengths
+  narrower batches first (``warmup``, see :class:`metaimprove.operator.runtime.BatchSchedule`): a few warm-up widths
+  and lengths
 
 Writes ``results/ablations.csv``: per variant what changed, its IQM return at B [95% CI] on the validation and on
 the test tasks, its ``steps_ratio_to_ppo`` on each (env steps to reach PPO's IQM return at B on the same runs over
@@ -52,14 +53,14 @@ import yaml
 from heldout import PEERS, add_arguments, apply_settings, at_budget, band, fit, peer_columns
 from improvement import dataset_or_exit, fmt, verdict
 
-from metaimprove.apply import describe_warmup
-from metaimprove.dataset import PairConfig
-from metaimprove.features import FeatureConfig
-from metaimprove.operator import OperatorConfig
-from metaimprove.stats import Band, Estimate, reach_ratio
+from metaimprove.evaluation.stats import Band, Estimate, reach_ratio
+from metaimprove.operator.features import FeatureConfig
+from metaimprove.operator.networks import OperatorConfig
+from metaimprove.operator.runtime import describe_warmup
 from metaimprove.storage import atomic_write_csv
 from metaimprove.teachers import make_teacher
-from metaimprove.train import TrainConfig
+from metaimprove.training.pairs import PairConfig
+from metaimprove.training.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"

@@ -29,9 +29,9 @@ from ablations import RESULTS, Variant, collection_variants
 from heldout import PEERS, add_arguments, apply_settings, at_budget, band, fit, peer_columns
 from improvement import dataset_or_exit, fmt, verdict
 
-from metaimprove.stats import reach_ratio
+from metaimprove.evaluation.stats import reach_ratio
 from metaimprove.storage import atomic_write_csv
-from metaimprove.train import TrainConfig
+from metaimprove.training.train import TrainConfig
 
 FIELDS = ["variant", "changed", "ablation_val_at_B", "at_B", "iqm", "lo", "hi", "steps_ratio", "vs_ablation_choice",
           "chosen", "ppo_at_B", "ars_at_B", "start_at_B", "tasks", "budget_env_steps", "runs"]

@@ -34,12 +34,12 @@ from pathlib import Path
 import yaml
 from improvement import describe_collection, finals, fmt, verdict
 
-from metaimprove.apply import operator_batch
-from metaimprove.operator import OperatorCheckpoint
-from metaimprove.plot import plot_curves, read_curves, select_splits
-from metaimprove.stats import Curves, common_grid, curve_band, iqm_ci, reach_ratio
+from metaimprove.evaluation.plot import plot_curves, read_curves, select_splits
+from metaimprove.evaluation.stats import Curves, common_grid, curve_band, iqm_ci, reach_ratio
+from metaimprove.operator.checkpoint import OperatorCheckpoint
+from metaimprove.operator.runtime import operator_batch
+from metaimprove.sim.tasks import load_families
 from metaimprove.storage import atomic_write_csv
-from metaimprove.tasks import load_families
 from metaimprove.teachers import TEACHERS
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, init_params
-from metaimprove.rollout import Collector
-from metaimprove.tasks import get_family, load_families
+from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params
+from metaimprove.sim.rollout import Collector
+from metaimprove.sim.tasks import get_family, load_families
 from metaimprove.teachers import PPO, PPOConfig
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "family_cost.csv"

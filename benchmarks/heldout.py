@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from improvement import ASK_K, BUDGET, DATASET, finals, fmt
 
-from metaimprove.apply import ApplyConfig, apply
-from metaimprove.plot import read_curves
-from metaimprove.stats import Band, Estimate, common_grid, curve_band, iqm_ci
-from metaimprove.tasks import TaskConfig
-from metaimprove.train import TrainConfig, train
+from metaimprove.evaluation.apply import ApplyConfig, apply
+from metaimprove.evaluation.plot import read_curves
+from metaimprove.evaluation.stats import Band, Estimate, common_grid, curve_band, iqm_ci
+from metaimprove.sim.tasks import TaskConfig
+from metaimprove.training.train import TrainConfig, train
 
 PEERS = ["ppo", "ars", "no_update"]
 """the methods every variant is compared with: they depend on neither the operator nor the ask, so run once"""
@@ -84,6 +84,6 @@ def at_budget(checkpoint: Path, out: Path, methods: list[str], settings: dict[st
 
 def band(out: Path, method: str) -> Band:
     """The IQM curve, with its 95% CI band, of ``method``'s runs applied into ``out`` by :func:`at_budget`: what
-    ``steps_ratio_to_ppo`` is read from (:func:`metaimprove.stats.reach_ratio`)."""
+    ``steps_ratio_to_ppo`` is read from (:func:`metaimprove.evaluation.stats.reach_ratio`)."""
     curves = read_curves([out / "curves.csv"]).where(method=method)
     return curve_band(curves, common_grid(curves))

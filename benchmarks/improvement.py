@@ -52,27 +52,29 @@ import torch
 import yaml
 from kill_resume import write_rows
 
-from metaimprove.apply import (
+from metaimprove.data.collect import load_manifest, load_shard
+from metaimprove.evaluation.apply import (
     TEACHER_OP_BATCH,
     ApplyConfig,
-    BatchSchedule,
     apply,
-    batch_schedule,
-    describe_warmup,
     method_names,
-    operator_batch,
-    operator_explorer,
     start_policy,
     starts_from_theta0,
 )
-from metaimprove.baselines import DRConfig, train_dr
-from metaimprove.collect import load_manifest, load_shard
-from metaimprove.features import encode, stack
-from metaimprove.operator import DEFAULT_ASK_K, OperatorCheckpoint
-from metaimprove.plot import plot_curves, read_curves, select_splits
-from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, fold_normalizer, load_policy
-from metaimprove.stats import Curves, Estimate, common_grid, curve_band, iqm_ci, reach_ratio, step_values
-from metaimprove.tasks import TaskConfig, get_family
+from metaimprove.evaluation.baselines import DRConfig, train_dr
+from metaimprove.evaluation.plot import plot_curves, read_curves, select_splits
+from metaimprove.evaluation.stats import Curves, Estimate, common_grid, curve_band, iqm_ci, reach_ratio, step_values
+from metaimprove.operator.checkpoint import DEFAULT_ASK_K, OperatorCheckpoint
+from metaimprove.operator.features import encode, stack
+from metaimprove.operator.runtime import (
+    BatchSchedule,
+    batch_schedule,
+    describe_warmup,
+    operator_batch,
+    operator_explorer,
+)
+from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, fold_normalizer, load_policy
+from metaimprove.sim.tasks import TaskConfig, get_family
 from metaimprove.teachers import TEACHERS, make_teacher
 
 ROOT = Path(__file__).resolve().parent.parent

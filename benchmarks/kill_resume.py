@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from metaimprove.collect import load_manifest, verify_dataset
+from metaimprove.data.collect import load_manifest, verify_dataset
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "reliability.csv"
 CSV_FIELDS = ["date", "host", "benchmark", "name", "value", "note"]

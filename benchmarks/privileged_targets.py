@@ -35,14 +35,14 @@ from heldout import add_arguments, apply_settings, at_budget, timed_train
 from improvement import fmt
 from update_rules import final_return
 
-from metaimprove.collect import CollectConfig, collect
-from metaimprove.features import FeatureConfig
-from metaimprove.operator import OperatorCheckpoint
-from metaimprove.stats import Estimate, iqm_ci
+from metaimprove.data.collect import CollectConfig, collect
+from metaimprove.evaluation.stats import Estimate, iqm_ci
+from metaimprove.operator.checkpoint import OperatorCheckpoint
+from metaimprove.operator.features import FeatureConfig
+from metaimprove.sim.tasks import TaskConfig
 from metaimprove.storage import atomic_write_csv
-from metaimprove.tasks import TaskConfig
 from metaimprove.teachers import ARS, ARSConfig, recorded_config
-from metaimprove.train import TrainConfig
+from metaimprove.training.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"

@@ -31,11 +31,11 @@ import yaml
 from heldout import PEERS, add_arguments, apply_settings, at_budget, peer_columns, timed_train
 from improvement import dataset_or_exit, describe_collection, fmt
 
-from metaimprove.dataset import PairConfig
-from metaimprove.features import FeatureConfig
-from metaimprove.operator import OperatorCheckpoint
+from metaimprove.operator.checkpoint import OperatorCheckpoint
+from metaimprove.operator.features import FeatureConfig
 from metaimprove.storage import atomic_write_csv
-from metaimprove.train import TrainConfig
+from metaimprove.training.pairs import PairConfig
+from metaimprove.training.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"

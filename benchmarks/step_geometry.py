@@ -28,10 +28,10 @@ import torch
 from improvement import DATASET, dataset_or_exit
 from torch.nn.functional import cosine_similarity
 
-from metaimprove.dataset import PairConfig, build_pairs
-from metaimprove.operator import OperatorCheckpoint
+from metaimprove.operator.checkpoint import OperatorCheckpoint
 from metaimprove.storage import atomic_write_csv
 from metaimprove.teachers import make_teacher
+from metaimprove.training.pairs import PairConfig, build_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"

@@ -26,10 +26,10 @@ import traceback
 import torch
 from kill_resume import write_rows
 
-from metaimprove.envs import mujoco_log
-from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, init_params
-from metaimprove.rollout import Collector, Experience
-from metaimprove.tasks import PhysicsRange, Range, Task, TaskFamily, load_families
+from metaimprove.sim.envs import mujoco_log
+from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params
+from metaimprove.sim.rollout import Collector, Experience
+from metaimprove.sim.tasks import PhysicsRange, Range, Task, TaskFamily, load_families
 from metaimprove.teachers import PPO, PPOConfig
 
 N_ENVS = 2

@@ -3,7 +3,7 @@
 If a policy trained on one task did as well on the others as their own specialists, the task distribution
 would hold one task in disguise and there would be nothing for an improvement operator to adapt to. For each
 family this trains our PPO teacher on K train tasks (``seeds`` runs each, from the same initial θ per seed),
-evaluates each final policy on all K tasks with :func:`metaimprove.rollout.evaluate` (deterministic mean
+evaluates each final policy on all K tasks with :func:`metaimprove.sim.rollout.evaluate` (deterministic mean
 action, fixed episodes and initial states), and reports:
 
 - ``own``: mean return of each policy on the task it was trained on (the diagonal);
@@ -68,7 +68,7 @@ class JobResult:
 def _worker_init(workdir: str) -> None:
     import torch
 
-    from metaimprove.envs import route_mujoco_warnings
+    from metaimprove.sim.envs import route_mujoco_warnings
 
     torch.set_num_threads(1)  # tiny networks: more threads only add synchronization
     route_mujoco_warnings(Path(workdir))
@@ -78,9 +78,9 @@ def run_job(job: Job) -> JobResult:
     """Train (unless ``iterations == 0``) and evaluate on every task of ``eval_tasks``."""
     import torch
 
-    from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, init_params
-    from metaimprove.rollout import Simulator, evaluate
-    from metaimprove.tasks import get_family
+    from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params
+    from metaimprove.sim.rollout import Simulator, evaluate
+    from metaimprove.sim.tasks import get_family
     from metaimprove.teachers import PPO, PPOConfig
 
     start = time.perf_counter()

@@ -49,8 +49,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from metaimprove.policy import Policy
-    from metaimprove.tasks import Task
+    from metaimprove.sim.policy import Policy
+    from metaimprove.sim.tasks import Task
 
 FAMILY = "halfcheetah_vel"
 HIDDEN = (32, 32)
@@ -104,7 +104,7 @@ class Comparison:
 def _worker_init(workdir: str) -> None:
     import torch
 
-    from metaimprove.envs import route_mujoco_warnings
+    from metaimprove.sim.envs import route_mujoco_warnings
 
     torch.set_num_threads(1)  # tiny networks: more threads only add synchronization
     route_mujoco_warnings(Path(workdir))
@@ -112,7 +112,7 @@ def _worker_init(workdir: str) -> None:
 
 def run_job(job: Job) -> RunResult:
     """Train one method on one task from one seed; the wall time covers construction and training."""
-    from metaimprove.tasks import get_family
+    from metaimprove.sim.tasks import get_family
 
     task = get_family(FAMILY).task("train", job.task_index)
     start = time.perf_counter()
@@ -127,8 +127,8 @@ def _initial_policy(task: Task, seed: int) -> Policy:
     """θ⁰ of a run: our initialization for ``seed``, identity normalizer (the references start from it too)."""
     import torch
 
-    from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, init_params
-    from metaimprove.rollout import Simulator
+    from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params
+    from metaimprove.sim.rollout import Simulator
 
     sim = Simulator(task, 1, seed)
     spec = PolicySpec(sim.obs_dim, sim.act_dim, HIDDEN)
@@ -187,7 +187,7 @@ def _run_sb3_ppo(task: Task, seed: int, iterations: int) -> tuple[list[float], l
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-    from metaimprove.envs import make_env
+    from metaimprove.sim.envs import make_env
 
     venv = VecNormalize(DummyVecEnv([lambda: Monitor(make_env(task)) for _ in range(8)]),
                         norm_obs=True, norm_reward=False, clip_obs=10.0)
@@ -207,8 +207,8 @@ def _run_sb3_ars(task: Task, seed: int, iterations: int) -> tuple[list[float], l
     from sb3_contrib import ARS as SB3ARS
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-    from metaimprove.envs import make_env
-    from metaimprove.tasks import get_family
+    from metaimprove.sim.envs import make_env
+    from metaimprove.sim.tasks import get_family
     from metaimprove.teachers import ARSConfig
 
     cfg = ARSConfig()
@@ -300,7 +300,7 @@ def summarize(results: list[RunResult], rng: np.random.Generator) -> tuple[list[
 
 
 def _target(task_index: int) -> float:
-    from metaimprove.tasks import get_family
+    from metaimprove.sim.tasks import get_family
 
     return get_family(FAMILY).task("train", task_index).param("target_velocity")
 

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from kill_resume import write_rows
 
-from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, init_params
-from metaimprove.rollout import FRAME_SKIP, Collector
-from metaimprove.tasks import build_model, get_family
+from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params
+from metaimprove.sim.rollout import FRAME_SKIP, Collector
+from metaimprove.sim.tasks import build_model, get_family
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "throughput.csv"
 N_ENVS = 8

@@ -11,7 +11,7 @@ directions × 256 steps, α = 0.02) as the base, with the step changed:
   steps are split between directions and rollout length (more directions of shorter rollouts, same env steps per
   update: every batch starts from resets, so a rollout then scores only an episode's first steps);
 * heavy-ball momentum on the step, with α shrunk so the steady-state step stays near ARS's;
-* the step plus the batch's REINFORCE direction (``metaimprove.features``' policy-gradient feature), scaled to
+* the step plus the batch's REINFORCE direction (``metaimprove.operator.features``' policy-gradient feature), scaled to
   the step's length;
 * an oracle line search: each update tries the step scaled by 0.5, 1, 2 and 4 and keeps the one with the best
   return on 2 deterministic episodes that are *not* charged to the budget (an upper bound for any learned
@@ -36,15 +36,15 @@ import torch
 from heldout import VALIDATION_START, add_arguments
 from improvement import fmt
 
-from metaimprove.apply import eval_seed, start_policy, teacher_steps
-from metaimprove.envs import AnyTask
-from metaimprove.features import FeatureConfig, advantages, per_episode_gradients
-from metaimprove.operator import OperatorCheckpoint
-from metaimprove.policy import Policy
-from metaimprove.rollout import Experience, evaluate
-from metaimprove.stats import iqm_ci
+from metaimprove.evaluation.apply import eval_seed, start_policy, teacher_steps
+from metaimprove.evaluation.stats import iqm_ci
+from metaimprove.operator.checkpoint import OperatorCheckpoint
+from metaimprove.operator.features import FeatureConfig, advantages, per_episode_gradients
+from metaimprove.sim.envs import AnyTask
+from metaimprove.sim.policy import Policy
+from metaimprove.sim.rollout import Experience, evaluate
+from metaimprove.sim.tasks import get_family
 from metaimprove.storage import atomic_write_csv
-from metaimprove.tasks import get_family
 from metaimprove.teachers import ARS, ARSConfig
 
 ROOT = Path(__file__).resolve().parent.parent

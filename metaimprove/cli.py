@@ -31,18 +31,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, MissingMandatoryValue, OmegaConfBaseException
 
 from metaimprove.config import CONFIG_MODULE, HYDRA_VERSION_BASE, STAGES, Stage, TasksConfig, field_docs
-from metaimprove.envs import mujoco_log
 from metaimprove.errors import UserError
+from metaimprove.sim.envs import mujoco_log
+from metaimprove.sim.tasks import PHYSICS_FIELDS, SPLITS, PhysicsRange, Range, TaskFamily, get_family, load_families
 from metaimprove.storage import atomic_write_bytes
-from metaimprove.tasks import (
-    PHYSICS_FIELDS,
-    SPLITS,
-    PhysicsRange,
-    Range,
-    TaskFamily,
-    get_family,
-    load_families,
-)
 
 PROG = "metaimprove"
 EXIT_BAD_INPUT = 2

@@ -4,7 +4,7 @@ A stage is a config dataclass plus a function that takes it. Adding one (say ``t
 writing, here, the dataclass with a docstring (its first line is the stage's description in
 ``metaimprove --help``) and a one-line docstring under every field, decorated with :func:`stage`::
 
-    @stage("train", "metaimprove.train:train", groups={"operator": "mlp"})
+    @stage("train", "metaimprove.training.train:train", groups={"operator": "mlp"})
     @dataclass
     class TrainConfig:
         \"\"\"Fit the improvement operator to a collected dataset.\"\"\"
@@ -36,15 +36,15 @@ from typing import Any, TypeVar
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from metaimprove.apply import ApplyConfig
-from metaimprove.baselines import DRConfig
-from metaimprove.collect import CollectConfig, VerifyConfig
-from metaimprove.interop import ExportConfig
-from metaimprove.operator import ARCHS, OperatorConfig
-from metaimprove.plot import PlotConfig
-from metaimprove.tasks import TaskConfig, load_families
+from metaimprove.data.collect import CollectConfig, VerifyConfig
+from metaimprove.evaluation.apply import ApplyConfig
+from metaimprove.evaluation.baselines import DRConfig
+from metaimprove.evaluation.plot import PlotConfig
+from metaimprove.interop.sb3 import ExportConfig
+from metaimprove.operator.networks import ARCHS, OperatorConfig
+from metaimprove.sim.tasks import TaskConfig, load_families
 from metaimprove.teachers import TEACHERS
-from metaimprove.train import TrainConfig
+from metaimprove.training.train import TrainConfig
 
 HYDRA_VERSION_BASE = "1.3"
 CONFIG_MODULE = "metaimprove.conf"
@@ -151,13 +151,14 @@ class TasksConfig:
 
 
 # Stages whose configs live beside their code (sub-configs are defined by the module that uses them).
-stage("collect", "metaimprove.collect:collect", groups={"task": "halfcheetah_vel", "teacher": "ppo"})(CollectConfig)
-stage("verify", "metaimprove.collect:verify")(VerifyConfig)
-stage("train", "metaimprove.train:train", groups={"operator": "per_param"})(TrainConfig)
-stage("dr", "metaimprove.baselines:train_dr", groups={"task": "halfcheetah_vel"})(DRConfig)
-stage("apply", "metaimprove.apply:apply", groups={"task": "halfcheetah_vel"})(ApplyConfig)
-stage("plot", "metaimprove.plot:run_plot")(PlotConfig)
-stage("export", "metaimprove.interop:export")(ExportConfig)
+stage("collect", "metaimprove.data.collect:collect",
+      groups={"task": "halfcheetah_vel", "teacher": "ppo"})(CollectConfig)
+stage("verify", "metaimprove.data.collect:verify")(VerifyConfig)
+stage("train", "metaimprove.training.train:train", groups={"operator": "per_param"})(TrainConfig)
+stage("dr", "metaimprove.evaluation.baselines:train_dr", groups={"task": "halfcheetah_vel"})(DRConfig)
+stage("apply", "metaimprove.evaluation.apply:apply", groups={"task": "halfcheetah_vel"})(ApplyConfig)
+stage("plot", "metaimprove.evaluation.plot:run_plot")(PlotConfig)
+stage("export", "metaimprove.interop.sb3:export")(ExportConfig)
 
 
 @stage("pipeline", "metaimprove.pipeline:pipeline",

@@ -3,21 +3,21 @@
 The sizes (training tasks, teacher updates, held-out tasks, seeds, applications) left unset come from the
 family's ``pipeline:`` block in ``tasks/<family>.yaml``, chosen so that the run takes about 15 minutes on 2
 cores for that family's cost (a Hopper step costs 2.5 HalfCheetah steps, an Ant step 4 to 6), else from
-:data:`~metaimprove.tasks.PIPELINE_SIZES`.
+:data:`~metaimprove.sim.tasks.PIPELINE_SIZES`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from metaimprove.apply import ApplyConfig, apply
-from metaimprove.collect import CollectConfig, collect
 from metaimprove.config import PipelineConfig
+from metaimprove.data.collect import CollectConfig, collect
 from metaimprove.errors import UserError
-from metaimprove.plot import PlotConfig, run_plot
-from metaimprove.tasks import get_family
+from metaimprove.evaluation.apply import ApplyConfig, apply
+from metaimprove.evaluation.plot import PlotConfig, run_plot
+from metaimprove.sim.tasks import get_family
 from metaimprove.teachers import teacher_class
-from metaimprove.train import TrainConfig, train
+from metaimprove.training.train import TrainConfig, train
 
 
 def pipeline_sizes(cfg: PipelineConfig) -> dict[str, int]:

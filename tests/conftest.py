@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from metaimprove.collect import CollectConfig, collect
-from metaimprove.envs import mujoco_log
-from metaimprove.tasks import TaskConfig
+from metaimprove.data.collect import CollectConfig, collect
+from metaimprove.sim.envs import mujoco_log
+from metaimprove.sim.tasks import TaskConfig
 from metaimprove.teachers import PPOConfig
 
 # Two envs × 32 steps per update (below the 256-step episode, so episodes are cut by the batch end).

@@ -13,34 +13,27 @@ import pytest
 import torch
 from conftest import TINY_TEACHER, run_cli
 
-from metaimprove.apply import (
-    ApplyConfig,
-    Guard,
-    Point,
-    apply,
-    guarded_steps,
-    initial_policy,
-    method_names,
-    operator_batch,
-)
-from metaimprove.baselines import (
+from metaimprove.errors import UserError
+from metaimprove.evaluation.apply import ApplyConfig, apply, initial_policy, method_names
+from metaimprove.evaluation.baselines import (
     DRConfig,
     add_noise,
     average_policies,
     nearest_runs,
     pooled_normalizer,
     shared_init_average,
-    task_distance,
     train_dr,
     training_runs,
     transferred,
 )
-from metaimprove.errors import UserError
-from metaimprove.features import FeatureConfig
-from metaimprove.operator import ImprovementOperator, OperatorCheckpoint, OperatorConfig
-from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, fold_normalizer, forward, init_params, load_policy
-from metaimprove.rollout import evaluate
-from metaimprove.tasks import TaskConfig, get_family
+from metaimprove.evaluation.guard import Guard, Point, guarded_steps
+from metaimprove.operator.checkpoint import OperatorCheckpoint
+from metaimprove.operator.features import FeatureConfig
+from metaimprove.operator.networks import ImprovementOperator, OperatorConfig
+from metaimprove.operator.runtime import operator_batch
+from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, fold_normalizer, forward, init_params, load_policy
+from metaimprove.sim.rollout import evaluate
+from metaimprove.sim.tasks import TaskConfig, get_family, task_distance
 from metaimprove.teachers import TEACHERS, PPOConfig
 
 SPEC = PolicySpec(17, 6)

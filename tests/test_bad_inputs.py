@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from metaimprove import cli
 from metaimprove.config import STAGES
 from metaimprove.errors import UserError
-from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, init_params, save_policy
+from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params, save_policy
+from metaimprove.sim.tasks import TaskFamily
 from metaimprove.storage import meta_path
-from metaimprove.tasks import TaskFamily
 
 SHIPPED = pathlib.Path(__file__).resolve().parent.parent / "results" / "operators" / "halfcheetah_vel.safetensors"
 APPLY = ["n_tasks=1", "seeds=1", "applications=1", "eval_episodes=1", "methods=[no_update]"]

@@ -11,10 +11,10 @@ import yaml
 from conftest import TINY_OVERRIDES, run_cli
 
 from metaimprove import cli, config
-from metaimprove.collect import CollectConfig, load_manifest, verify_dataset
 from metaimprove.config import STAGES, field_docs, stage
+from metaimprove.data.collect import CollectConfig, load_manifest, verify_dataset
 from metaimprove.errors import UserError
-from metaimprove.tasks import load_families
+from metaimprove.sim.tasks import load_families
 from metaimprove.teachers import TEACHERS, PPOConfig
 
 SMALL = [*TINY_OVERRIDES, "n_tasks=1", "seeds=1", "iterations=1", "workers=1"]

@@ -15,11 +15,11 @@ import torch
 import yaml
 from conftest import TINY_OVERRIDES, TINY_PLAN, TINY_TEACHER, dataset_files, tiny_config
 
-from metaimprove.collect import collect, load_manifest, load_shard, plan, shard_task, verify_dataset
+from metaimprove.data.collect import collect, load_manifest, load_shard, plan, shard_task, verify_dataset
 from metaimprove.errors import UserError
-from metaimprove.policy import PolicySpec, init_params
+from metaimprove.sim.policy import PolicySpec, init_params
+from metaimprove.sim.tasks import get_family
 from metaimprove.storage import atomic_write_json, meta_path
-from metaimprove.tasks import get_family
 from metaimprove.teachers import PPOConfig
 
 N = TINY_PLAN["iterations"]

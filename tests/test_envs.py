@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from metaimprove.envs import ROBOTS, default_task, healthy, make_env, mujoco_log, register_families, task_reward
-from metaimprove.tasks import build_model, get_family, load_families, nominal_model
+from metaimprove.sim.envs import ROBOTS, default_task, healthy, make_env, mujoco_log, register_families, task_reward
+from metaimprove.sim.tasks import build_model, get_family, load_families, nominal_model
 
 
 @pytest.mark.parametrize("family", sorted(load_families()))

@@ -10,19 +10,21 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from metaimprove.apply import ApplyConfig, BatchSchedule, apply, operator_batch, operator_explorer
-from metaimprove.collect import collect, load_manifest, load_shard
-from metaimprove.dataset import PairConfig, Pairs, run_pairs
-from metaimprove.envs import default_task
+from metaimprove.data.collect import collect, load_manifest, load_shard
 from metaimprove.errors import UserError
-from metaimprove.features import ENV_STATS, FeatureConfig, env_subset, perturbation_features, transition_dim
-from metaimprove.operator import ImprovementOperator, OperatorCheckpoint, OperatorConfig
-from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, init_params
-from metaimprove.rollout import Experience
+from metaimprove.evaluation.apply import ApplyConfig, apply
+from metaimprove.operator.checkpoint import OperatorCheckpoint
+from metaimprove.operator.features import ENV_STATS, FeatureConfig, env_subset, perturbation_features, transition_dim
+from metaimprove.operator.networks import ImprovementOperator, OperatorConfig
+from metaimprove.operator.runtime import BatchSchedule, operator_batch, operator_explorer
+from metaimprove.sim.envs import default_task
+from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params
+from metaimprove.sim.rollout import Experience
+from metaimprove.sim.tasks import TaskConfig
 from metaimprove.storage import meta_path
-from metaimprove.tasks import TaskConfig
 from metaimprove.teachers import ARSConfig
-from metaimprove.train import TrainConfig, fit, train
+from metaimprove.training.pairs import PairConfig, Pairs, run_pairs
+from metaimprove.training.train import TrainConfig, fit, train
 
 SPEC = PolicySpec(5, 2, hidden=(8, 8))
 # An operator checkpoint as written before task_input, es_gradient, envs and the recorded ask existed (the PPO

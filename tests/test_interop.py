@@ -8,12 +8,12 @@ import pytest
 import torch
 from conftest import run_cli
 
-from metaimprove.apply import ApplyConfig, apply
-from metaimprove.envs import make_env
 from metaimprove.errors import UserError
-from metaimprove.interop import ExportConfig, export, load_sb3, save_sb3
-from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, init_params, load_policy, save_policy
-from metaimprove.tasks import TaskConfig, get_family
+from metaimprove.evaluation.apply import ApplyConfig, apply
+from metaimprove.interop.sb3 import ExportConfig, export, load_any_policy, load_sb3, save_sb3
+from metaimprove.sim.envs import make_env
+from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params, save_policy
+from metaimprove.sim.tasks import TaskConfig, get_family
 
 sb3 = pytest.importorskip("stable_baselines3")
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize  # noqa: E402
@@ -67,7 +67,7 @@ def test_export_is_loadable_by_sb3_and_predicts_our_actions(tmp_path: pathlib.Pa
     np.testing.assert_allclose(sb3_actions, ours, atol=1e-5)
     np.testing.assert_allclose(model.policy.log_std.detach().numpy(), -0.5)
     # and back: the zip read as our policy acts the same again
-    again = load_policy(tmp_path / "cheetah.zip")
+    again = load_any_policy(tmp_path / "cheetah.zip")
     assert again.spec == policy.spec
     np.testing.assert_allclose(_our_actions(again, obs), ours, atol=1e-5)
 
@@ -104,7 +104,7 @@ def test_export_stage_writes_both_formats(tmp_path: pathlib.Path) -> None:
     np.testing.assert_allclose(sb3_actions, _our_actions(policy, obs), atol=1e-5)
     back = export(ExportConfig(policy=str(tmp_path / "x" / "policy.zip"), format="metaimprove",
                                out=str(tmp_path / "y")))
-    np.testing.assert_allclose(_our_actions(load_policy(back), obs), _our_actions(policy, obs), atol=1e-5)
+    np.testing.assert_allclose(_our_actions(load_any_policy(back), obs), _our_actions(policy, obs), atol=1e-5)
     with pytest.raises(UserError, match="unknown export format 'onnx'"):
         export(ExportConfig(policy=str(tmp_path / "ours.safetensors"), format="onnx", out=str(tmp_path / "z")))
     with pytest.raises(UserError, match="vecnormalize= goes with an SB3 zip"):
@@ -115,18 +115,18 @@ def test_unsupported_sb3_policies_are_one_line_errors(tmp_path: pathlib.Path) ->
     model, _ = _sb3_model("hopper_rand_params", [16], torch.nn.ELU)
     model.save(tmp_path / "elu.zip")
     with pytest.raises(UserError, match=r"activation .*ELU.* is not one of"):
-        load_policy(tmp_path / "elu.zip")
+        load_any_policy(tmp_path / "elu.zip")
     env = DummyVecEnv([lambda: gymnasium.make("Pendulum-v1")])
     sb3.PPO("MlpPolicy", env, device="cpu", n_steps=32, batch_size=32, use_sde=True).save(tmp_path / "sde.zip")
     with pytest.raises(UserError, match="gSDE"):
-        load_policy(tmp_path / "sde.zip")
+        load_any_policy(tmp_path / "sde.zip")
 
 
 def test_a_mismatched_sb3_policy_is_refused_by_apply_naming_both_specs(tmp_path: pathlib.Path) -> None:
     """A Hopper zip where the operator improves HalfCheetah policies: apply's spec check names both."""
     model, _ = _sb3_model("hopper_rand_params", [32, 32])
     model.save(tmp_path / "hopper.zip")
-    assert load_policy(tmp_path / "hopper.zip").spec == PolicySpec(11, 3, (32, 32), "tanh")
+    assert load_any_policy(tmp_path / "hopper.zip").spec == PolicySpec(11, 3, (32, 32), "tanh")
     operator = pathlib.Path(__file__).resolve().parents[1] / "results" / "operators" / "halfcheetah_vel.safetensors"
     if not operator.is_file():
         pytest.skip("no shipped operator to apply")

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from metaimprove.dataset import Pairs
-from metaimprove.envs import default_task
 from metaimprove.errors import UserError
-from metaimprove.features import (
+from metaimprove.operator.checkpoint import OperatorCheckpoint, default_ask_k
+from metaimprove.operator.features import (
     FeatureConfig,
     advantages,
     encode,
@@ -18,17 +17,13 @@ from metaimprove.features import (
     per_episode_gradients,
     transition_dim,
 )
-from metaimprove.operator import (
-    ImprovementOperator,
-    OperatorCheckpoint,
-    OperatorConfig,
-    default_ask_k,
-    parameter_roles,
-)
-from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, forward, init_params
-from metaimprove.rollout import Collector
+from metaimprove.operator.networks import ImprovementOperator, OperatorConfig, parameter_roles
+from metaimprove.sim.envs import default_task
+from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, forward, init_params
+from metaimprove.sim.rollout import Collector
 from metaimprove.storage import meta_path
-from metaimprove.train import TrainConfig, behavioural_loss, fit, pair_weights, train
+from metaimprove.training.pairs import Pairs
+from metaimprove.training.train import TrainConfig, behavioural_loss, fit, pair_weights, train
 
 SPEC = PolicySpec(5, 2, hidden=(8, 8))
 

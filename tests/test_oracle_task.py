@@ -12,16 +12,17 @@ import pytest
 import torch
 from conftest import TINY_TEACHER
 
-from metaimprove.apply import ApplyConfig, apply
-from metaimprove.dataset import PairConfig
-from metaimprove.envs import UserEnv, default_task
 from metaimprove.errors import UserError
-from metaimprove.features import FeatureConfig, encode, stack, task_vector
-from metaimprove.operator import OperatorCheckpoint, OperatorConfig
-from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, init_params
-from metaimprove.rollout import Collector
-from metaimprove.tasks import TaskConfig, get_family
-from metaimprove.train import TrainConfig, train
+from metaimprove.evaluation.apply import ApplyConfig, apply
+from metaimprove.operator.checkpoint import OperatorCheckpoint
+from metaimprove.operator.features import FeatureConfig, encode, stack, task_vector
+from metaimprove.operator.networks import OperatorConfig
+from metaimprove.sim.envs import UserEnv, default_task
+from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params
+from metaimprove.sim.rollout import Collector
+from metaimprove.sim.tasks import TaskConfig, get_family
+from metaimprove.training.pairs import PairConfig
+from metaimprove.training.train import TrainConfig, train
 
 SPEC = PolicySpec(17, 6)
 # An operator checkpoint as written before task_input, es_gradient, envs and the recorded ask existed (the PPO

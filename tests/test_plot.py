@@ -10,7 +10,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from metaimprove.errors import UserError
-from metaimprove.plot import (
+from metaimprove.evaluation.plot import (
     PlotConfig,
     build_figure,
     line_style,

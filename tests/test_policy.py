@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from metaimprove.errors import UserError
-from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, fold_normalizer, forward, init_params
+from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, fold_normalizer, forward, init_params
 
 SPEC = PolicySpec(17, 6)
 
@@ -75,7 +75,7 @@ def test_wrong_theta_size_is_a_clear_error():
 
 
 def test_policy_file_round_trip_and_refusals(tmp_path):
-    from metaimprove.policy import load_policy, save_policy
+    from metaimprove.sim.policy import load_policy, save_policy
 
     rng = np.random.default_rng(0)
     policy = Policy(SPEC, init_params(SPEC, torch.Generator().manual_seed(3)),

@@ -11,11 +11,11 @@ import pytest
 import yaml
 from conftest import dataset_files, tiny_config
 
-from metaimprove.collect import RayConfig, _execute_ray, _Job, _Progress, collect, load_manifest, plan
+from metaimprove.data.collect import RayConfig, _execute_ray, _Job, _Progress, collect, load_manifest, plan
 from metaimprove.errors import UserError
-from metaimprove.policy import Policy
+from metaimprove.sim.policy import Policy
+from metaimprove.sim.tasks import Task
 from metaimprove.storage import atomic_write_json, meta_path
-from metaimprove.tasks import Task
 from metaimprove.teachers import PPO, ImprovementRecord
 
 ray = pytest.importorskip("ray")

@@ -12,13 +12,14 @@ import torch
 from conftest import TINY_OVERRIDES, dataset_files, tiny_config
 
 from metaimprove import cli
-from metaimprove.collect import collect, load_shard, verify_dataset
-from metaimprove.dataset import PairConfig, build_pairs
+from metaimprove.data.collect import collect, load_shard, verify_dataset
 from metaimprove.errors import UserError
-from metaimprove.features import FeatureConfig
-from metaimprove.operator import OperatorCheckpoint, OperatorConfig
+from metaimprove.operator.checkpoint import OperatorCheckpoint
+from metaimprove.operator.features import FeatureConfig
+from metaimprove.operator.networks import OperatorConfig
 from metaimprove.storage import atomic_write_json, load_tensors, meta_path, save_tensors
-from metaimprove.train import TrainConfig, train
+from metaimprove.training.pairs import PairConfig, build_pairs
+from metaimprove.training.train import TrainConfig, train
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
 from kill_resume import kill_and_resume

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from metaimprove.envs import default_task, make_env
-from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, init_params
-from metaimprove.rollout import Collector, Simulator, evaluate
-from metaimprove.tasks import get_family, load_families
+from metaimprove.sim.envs import default_task, make_env
+from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params
+from metaimprove.sim.rollout import Collector, Simulator, evaluate
+from metaimprove.sim.tasks import get_family, load_families
 
 
 def _policy(seed: int = 0) -> Policy:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from metaimprove.errors import UserError
-from metaimprove.stats import (
+from metaimprove.evaluation.stats import (
     Band,
     Curves,
     common_grid,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from metaimprove.errors import UserError
-from metaimprove.tasks import Task, TaskFamily, build_model, get_family, load_families, nominal_model
+from metaimprove.sim.tasks import Task, TaskFamily, build_model, get_family, load_families, nominal_model
 
 
 def test_all_families_are_shipped():

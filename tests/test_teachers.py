@@ -12,14 +12,14 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from metaimprove.collect import collect
-from metaimprove.dataset import PairConfig, build_pairs
-from metaimprove.envs import default_task
+from metaimprove.data.collect import collect
 from metaimprove.errors import UserError
-from metaimprove.features import FeatureConfig
-from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, forward, init_params, log_prob
-from metaimprove.rollout import Collector
+from metaimprove.operator.features import FeatureConfig
+from metaimprove.sim.envs import default_task
+from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, forward, init_params, log_prob
+from metaimprove.sim.rollout import Collector
 from metaimprove.teachers import ARS, PPO, ARSConfig, ImprovementRecord, PPOConfig, gae_advantages
+from metaimprove.training.pairs import PairConfig, build_pairs
 
 SPEC = PolicySpec(obs_dim=17, act_dim=6, hidden=(32, 32))
 # Short batches (episodes cut at the batch end and bootstrapped) keep the bookkeeping tests fast.

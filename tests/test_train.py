@@ -11,18 +11,19 @@ import torch
 from conftest import TINY_TEACHER, tiny_config
 
 from metaimprove import cli
-from metaimprove.collect import collect, load_manifest, load_shard
-from metaimprove.dataset import PairConfig, build_pairs, build_union, dataset_dirs
-from metaimprove.envs import default_task
+from metaimprove.data.collect import collect, load_manifest, load_shard
 from metaimprove.errors import UserError
-from metaimprove.features import FeatureConfig
-from metaimprove.operator import OperatorCheckpoint, OperatorConfig
-from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, fold_normalizer, init_params
-from metaimprove.relabel import Start, dataset_runs, operator_visits, perturbed_starts, teacher_pairs
+from metaimprove.operator.checkpoint import OperatorCheckpoint
+from metaimprove.operator.features import FeatureConfig
+from metaimprove.operator.networks import OperatorConfig
+from metaimprove.sim.envs import default_task
+from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, fold_normalizer, init_params
+from metaimprove.sim.tasks import Task
 from metaimprove.storage import load_tensors
-from metaimprove.tasks import Task
 from metaimprove.teachers import make_teacher
-from metaimprove.train import TrainConfig, train
+from metaimprove.training.pairs import PairConfig, build_pairs, build_union, dataset_dirs
+from metaimprove.training.relabel import Start, dataset_runs, operator_visits, perturbed_starts, teacher_pairs
+from metaimprove.training.train import TrainConfig, train
 
 TEACHER = {"name": "ppo", "config": TINY_TEACHER}
 SMALL = {"operator": OperatorConfig(hidden=16, context_dim=8, param_hidden=8),

@@ -13,11 +13,11 @@ import test_apply
 import torch
 from conftest import TINY_TEACHER, run_cli
 
-from metaimprove.apply import ApplyConfig, apply
-from metaimprove.envs import UserEnv, default_task
 from metaimprove.errors import UserError
-from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, init_params
-from metaimprove.rollout import Collector, evaluate
+from metaimprove.evaluation.apply import ApplyConfig, apply
+from metaimprove.sim.envs import UserEnv, default_task
+from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params
+from metaimprove.sim.rollout import Collector, evaluate
 from metaimprove.teachers import ARS, PPO, ARSConfig, PPOConfig
 
 CHEETAH = PolicySpec(17, 6)

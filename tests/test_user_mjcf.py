@@ -15,15 +15,14 @@ import yaml
 from conftest import run_cli
 from gymnasium.utils.env_checker import check_env
 
-from metaimprove.apply import ApplyConfig, apply
-from metaimprove.dataset import PairConfig
-from metaimprove.envs import ROBOTS, make_env, robot_of, root_ground_dims
 from metaimprove.errors import UserError
-from metaimprove.features import FeatureConfig
-from metaimprove.operator import OperatorConfig
-from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, init_params
-from metaimprove.rollout import Collector, Simulator
-from metaimprove.tasks import (
+from metaimprove.evaluation.apply import ApplyConfig, apply
+from metaimprove.operator.features import FeatureConfig
+from metaimprove.operator.networks import OperatorConfig
+from metaimprove.sim.envs import ROBOTS, make_env, robot_of, root_ground_dims
+from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params
+from metaimprove.sim.rollout import Collector, Simulator
+from metaimprove.sim.tasks import (
     TASK_PATH_ENV,
     TaskConfig,
     TaskFamily,
@@ -34,7 +33,8 @@ from metaimprove.tasks import (
     nominal_model,
     robot_xml_path,
 )
-from metaimprove.train import TrainConfig, train
+from metaimprove.training.pairs import PairConfig
+from metaimprove.training.train import TrainConfig, train
 
 # A cart on a rail (root slide joint along x) carrying a pole; it floats above the floor so that only its
 # actuators move it. Observation: the pole's angle, then both velocities (3); actions: 2.

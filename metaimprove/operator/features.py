@@ -32,12 +32,11 @@ import numpy as np
 import torch
 from torch.func import grad, vmap
 
-from metaimprove.baselines import task_coordinates
-from metaimprove.envs import AnyTask
 from metaimprove.errors import UserError
-from metaimprove.policy import NORM_EPS, OBS_CLIP, ObsNormalizer, Policy, PolicySpec, forward, log_prob
-from metaimprove.rollout import Experience
-from metaimprove.tasks import Task
+from metaimprove.sim.envs import AnyTask
+from metaimprove.sim.policy import NORM_EPS, OBS_CLIP, ObsNormalizer, Policy, PolicySpec, forward, log_prob
+from metaimprove.sim.rollout import Experience
+from metaimprove.sim.tasks import Task, task_coordinates
 
 Features = dict[str, torch.Tensor]
 """One encoded (θ, τ) (keys in the module docstring); a batch stacks a leading dimension on each."""
@@ -89,7 +88,7 @@ def warmup_phases(warmup: list[list[int]], what: str = "features.warmup") -> tup
 
 
 def task_vector(task: AnyTask) -> torch.Tensor:
-    """The task as the oracle operator reads it ``[D]``: :func:`~metaimprove.baselines.task_coordinates` (the
+    """The task as the oracle operator reads it ``[D]``: :func:`~metaimprove.sim.tasks.task_coordinates` (the
     normalization of the oracle task distance: a task parameter over the width of its training range, a physics
     scale ``base ** u`` as ``u`` over the width of ``u``'s training range) flattened in the family's order.
 

@@ -4,7 +4,7 @@ A dataset only holds the policies the teacher itself visited. Applied again and 
 wanders off those trajectories (covariate shift), and nothing in the data says how to improve from
 where it lands. Two ways to put such policies into the data share one piece, :func:`teacher_pairs`:
 given start policies on training tasks, run the teacher from each for ``max(ks) + 1`` updates and turn
-the run into hindsight pairs exactly as :func:`metaimprove.dataset.run_pairs` does for a collected run
+the run into hindsight pairs exactly as :func:`metaimprove.training.pairs.run_pairs` does for a collected run
 (so the pairs from the start itself are ``(θ, τ, ask = [log2 k, r̄ᵏ − r̄⁰]) → θᵏ`` for every k, plus
 the pairs between the later policies of that run, which cost no further env steps).
 
@@ -31,17 +31,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from metaimprove.apply import operator_explorer, operator_update
-from metaimprove.collect import load_manifest, load_shard, shard_task, shard_tensors
-from metaimprove.dataset import PairConfig, Pairs, concat_pairs, run_pairs
+from metaimprove.data.collect import load_manifest, load_shard, shard_task, shard_tensors
 from metaimprove.errors import UserError
-from metaimprove.features import FeatureConfig
-from metaimprove.operator import ImprovementOperator, OperatorCheckpoint
-from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, init_params
-from metaimprove.rollout import evaluate
+from metaimprove.operator.checkpoint import OperatorCheckpoint
+from metaimprove.operator.features import FeatureConfig
+from metaimprove.operator.networks import ImprovementOperator
+from metaimprove.operator.runtime import operator_explorer, operator_update
+from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params
+from metaimprove.sim.rollout import evaluate
+from metaimprove.sim.tasks import Task
 from metaimprove.storage import save_tensors
-from metaimprove.tasks import Task
 from metaimprove.teachers import make_teacher
+from metaimprove.training.pairs import PairConfig, Pairs, concat_pairs, run_pairs
 
 CHAIN_FORMAT = "metaimprove.teacher-chain"
 # Fresh initializations for relabel rollouts: collection uses seeds 0, 1, ... and apply uses 100_000 + seed,

@@ -2,7 +2,7 @@
 
 :class:`Simulator` steps ``n_envs`` copies of a task's model with ``mujoco.batch.Batch`` (a C loop,
 no per-env Python) and computes observations and rewards with the same functions as the gymnasium
-env (:mod:`metaimprove.envs`), so both agree exactly. :class:`Collector` runs a policy on it with one
+env (:mod:`metaimprove.sim.envs`), so both agree exactly. :class:`Collector` runs a policy on it with one
 batched forward per step and returns an :class:`Experience` of whole episodes.
 """
 
@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from gymnasium.spaces import Box
 
-from metaimprove.envs import BADQACC, ROBOTS, AnyTask, StepRules, UserEnv, initial_states
 from metaimprove.errors import UserError
-from metaimprove.policy import Policy
-from metaimprove.tasks import Task, build_model, get_family
+from metaimprove.sim.envs import BADQACC, ROBOTS, AnyTask, StepRules, UserEnv, initial_states
+from metaimprove.sim.policy import Policy
+from metaimprove.sim.tasks import Task, build_model, get_family
 
 # HalfCheetah's physics substeps per env step (the baseline of benchmarks/throughput.py).
 FRAME_SKIP = ROBOTS["half_cheetah"].frame_skip

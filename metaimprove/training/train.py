@@ -5,7 +5,7 @@ distribution to the target policy θⁿ⁺ᵏ's, on states of τⁿ and τⁿ⁺
 regression a weak signal — plus an optional small parameter-space term. Validation holds out whole
 tasks; training stops early when the validation loss stops improving and keeps the best checkpoint.
 
-Beyond the collected pairs (see :mod:`metaimprove.relabel`): ``augment_starts`` adds the teacher's pairs from
+Beyond the collected pairs (see :mod:`metaimprove.training.relabel`): ``augment_starts`` adds the teacher's pairs from
 noise-perturbed dataset policies before fitting, and ``relabel_rounds`` then alternates "apply the operator
 on training tasks, run the teacher from the policies it visits, add those pairs, refit". A refit continues
 from the current best weights (with a fresh optimizer and early stopping): the aggregated pairs still hold
@@ -13,7 +13,7 @@ everything the previous fit learned from, so it starts close to a good solution,
 scratch would cost as much as the first fit every round. ``dataset`` may name several datasets (e.g. PPO and
 ARS collections of one family): their union is trained on, and their policy specs and batch shapes must agree.
 ``features.task_input=true`` trains the oracle ablation: the operator also reads each pair's task
-(:func:`~metaimprove.features.task_vector`), so it need not infer the world from τ; the datasets must then hold
+(:func:`~metaimprove.operator.features.task_vector`), so it need not infer the world from τ; the datasets must then hold
 one family, and the checkpoint records it.
 """
 
@@ -32,8 +32,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from metaimprove.apply import batch_schedule
-from metaimprove.dataset import (
+from metaimprove.errors import UserError
+from metaimprove.operator.checkpoint import OperatorCheckpoint, default_ask_k
+from metaimprove.operator.features import FeatureConfig, warmup_phases
+from metaimprove.operator.networks import ImprovementOperator, OperatorConfig
+from metaimprove.operator.runtime import batch_schedule
+from metaimprove.sim.policy import PolicySpec, forward
+from metaimprove.storage import atomic_write_csv
+from metaimprove.training.pairs import (
     PairConfig,
     Pairs,
     build_union,
@@ -42,12 +48,7 @@ from metaimprove.dataset import (
     resolve_features,
     split_tasks,
 )
-from metaimprove.errors import UserError
-from metaimprove.features import FeatureConfig, warmup_phases
-from metaimprove.operator import ImprovementOperator, OperatorCheckpoint, OperatorConfig, default_ask_k
-from metaimprove.policy import PolicySpec, forward
-from metaimprove.relabel import dataset_runs, initial_starts, operator_visits, perturbed_starts, teacher_pairs
-from metaimprove.storage import atomic_write_csv
+from metaimprove.training.relabel import dataset_runs, initial_starts, operator_visits, perturbed_starts, teacher_pairs
 
 
 @dataclass

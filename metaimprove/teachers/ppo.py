@@ -2,31 +2,27 @@
 
 A teacher improves a policy from the experience it just collected, ``improve(τ) -> θ'``, and
 :meth:`Teacher.run` turns that into a stream of :class:`ImprovementRecord` — one per update,
-``(θⁿ, τⁿ, task) → θⁿ⁺¹`` — which :mod:`metaimprove.collect` writes to disk.
+``(θⁿ, τⁿ, task) → θⁿ⁺¹`` — which :mod:`metaimprove.data.collect` writes to disk.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
-from metaimprove.envs import AnyTask
 from metaimprove.errors import UserError
-from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, forward, log_prob
-from metaimprove.rollout import Collector, Experience
-from metaimprove.tasks import Task
+from metaimprove.sim.envs import AnyTask
+from metaimprove.sim.policy import Policy, PolicySpec, forward, log_prob
+from metaimprove.sim.rollout import Collector, Experience
+from metaimprove.teachers.base import Teacher, check_policy
 
-# SB3 builds its Adam with eps=1e-5 (torch's default is 1e-8) and torch's default betas.
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-5
 LOG_2PI = math.log(2 * math.pi)
-
 
 @dataclass
 class PPOConfig:
@@ -58,85 +54,6 @@ class PPOConfig:
     """hidden sizes of the (separate) value network"""
     normalize_advantage: bool = True
     """standardize advantages per minibatch"""
-
-
-@dataclass
-class ImprovementRecord:
-    """One teacher update on one task: θⁿ collected τⁿ, and the teacher turned it into θⁿ⁺¹."""
-
-    task: Task
-    iteration: int
-    """n, counted from 0"""
-    policy: Policy
-    """θⁿ with the normalizer it collected τⁿ with"""
-    experience: Experience
-    """τⁿ"""
-    next_policy: Policy
-    """θⁿ⁺¹ with its (updated) normalizer"""
-    mean_return: float
-    """mean return of τⁿ's completed episodes"""
-    env_steps: int
-    """environment steps used so far, τⁿ included"""
-
-
-class Teacher:
-    """Base of the teachers: ``start`` on a task from a policy, then ``improve`` from each batch."""
-
-    name: str = "teacher"
-
-    @property
-    def batch_shape(self) -> tuple[int, int]:
-        """``(envs, steps per env)`` of the batch collected per update."""
-        raise NotImplementedError
-
-    @property
-    def steps_per_update(self) -> int:
-        """Environment steps collected per update."""
-        n_envs, n_steps = self.batch_shape
-        return n_envs * n_steps
-
-    def resized(self, n_envs: int) -> Teacher:
-        """A fresh teacher of this kind and config whose batches hold ``n_envs`` environments (an operator that
-        reads fewer of them than its teacher ran collects such batches)."""
-        raise NotImplementedError
-
-    def start(self, task: AnyTask, policy: Policy, seed: int) -> None:
-        """Begin a run on ``task`` from ``policy`` (copied); resets all teacher state (value net, optimizer)."""
-        raise NotImplementedError
-
-    def collect(self) -> Experience:
-        """Collect one batch with the current policy."""
-        return self.explore(self.policy)
-
-    def explore(self, policy: Policy) -> Experience:
-        """Collect one batch of this teacher's kind from ``policy`` (not necessarily the teacher's own) on the
-        task of :meth:`start`, drawing on the teacher's collector and noise: what an improvement operator trained
-        on this teacher's pairs must see."""
-        raise NotImplementedError
-
-    def improve(self, experience: Experience) -> Policy:
-        """Update the current policy from ``experience`` (collected by it); returns the new policy."""
-        raise NotImplementedError
-
-    @property
-    def policy(self) -> Policy:
-        """The current policy."""
-        raise NotImplementedError
-
-    def run(self, task: Task, policy: Policy, iterations: int, seed: int) -> Iterator[ImprovementRecord]:
-        """``iterations`` updates from ``policy`` on ``task``, yielding one record per update."""
-        self.start(task, policy, seed)
-        steps = 0
-        for n in range(iterations):
-            before = _snapshot(self.policy)
-            exp = self.collect()
-            steps += exp.n_steps
-            after = _snapshot(self.improve(exp))
-            yield ImprovementRecord(task, n, before, exp, after, exp.mean_return, steps)
-
-
-def _snapshot(policy: Policy) -> Policy:
-    return Policy(policy.spec, policy.theta.detach().clone(), policy.normalizer.copy())
 
 
 def gae_advantages(
@@ -174,7 +91,8 @@ def gae_advantages(
 
 
 class PPO(Teacher):
-    """Proximal Policy Optimization (clipped surrogate, GAE(λ)) on the batched :class:`~metaimprove.rollout.Collector`.
+    """Proximal Policy Optimization (clipped surrogate, GAE(λ)) on the batched
+    :class:`~metaimprove.sim.rollout.Collector`.
 
     The algorithm and defaults are Stable-Baselines3's PPO: a Gaussian actor (the :class:`Policy`) and a
     separate tanh value network, one Adam optimizer (ε = 1e-5) over both, per-minibatch advantage
@@ -191,7 +109,7 @@ class PPO(Teacher):
     cost four times the data collection. So θ and the value network's φ live in one flat float32 buffer
     ``[θ ‖ φ]`` and each step runs a hand-written forward/backward in numpy (~0.2 ms), then one norm clip
     and one in-place Adam update of the whole buffer. ``tests/test_teachers.py`` checks these gradients against autograd
-    through :func:`~metaimprove.policy.forward`. The value network is a one-output MLP in the policy's flat
+    through :func:`~metaimprove.sim.policy.forward`. The value network is a one-output MLP in the policy's flat
     layout (:class:`PolicySpec` ``act_dim=1``); its unused ``log_std`` slot gets zero gradient and never moves.
 
     Args:
@@ -244,7 +162,7 @@ class PPO(Teacher):
         """
         cfg = self.config
         self._collector = Collector(task, cfg.n_envs, seed)
-        _check_policy(policy, self._collector, self.name)
+        check_policy(policy, self._collector, self.name)
         spec = policy.spec
         theta = policy.theta.detach().to(torch.float32).clone()
         self._policy = Policy(spec, theta, policy.normalizer.copy())
@@ -450,189 +368,3 @@ def _init_value_params(spec: PolicySpec, generator: torch.Generator) -> torch.Te
     return phi
 
 
-@dataclass
-class ARSConfig:
-    """ARS V2-t hyperparameters (defaults: sb3-contrib's N and α, the paper's HalfCheetah ν, the top half as b)."""
-
-    n_directions: int = 8
-    """N: random directions per update; each is rolled out as θ + νδ and θ - νδ (2N envs)"""
-    top_b: int = 4
-    """b: the directions with the largest max(r⁺, r⁻) that enter the update (1 <= b <= N)"""
-    lr: float = 0.02
-    """step size α"""
-    noise_std: float = 0.03
-    """ν: standard deviation of the parameter perturbations"""
-    n_steps: int = 256
-    """steps per perturbed rollout (one whole episode at the default episode length)"""
-
-
-class ARS(Teacher):
-    """Augmented Random Search V2-t (Mania et al. 2018) on the batched :class:`~metaimprove.rollout.Collector`.
-
-    ARS improves the deterministic policy (the mean action; ``log_std`` is neither perturbed nor changed) by
-    finite differences along random directions of every weight and bias of θ — the MLP of the
-    :class:`PolicySpec`, or a linear policy if it has no hidden layers. One update, as sb3-contrib's ``ARS``:
-
-    1. draw δ₁ … δ_N ~ N(0, I) over the weights and biases;
-    2. roll out θ + νδ_k and θ - νδ_k for ``n_steps`` each: return r_k⁺, r_k⁻ (sum of the rollout's rewards);
-    3. keep the b directions with the largest max(r_k⁺, r_k⁻) ("-t");
-    4. θ ← θ + α / (b·σ_R + 1e-6) · Σ_top (r_k⁺ - r_k⁻) δ_k, with σ_R the (n-1) standard deviation of the 2b
-       kept returns.
-
-    All 2N perturbed policies run as one batch of 2N envs, env e with its own θ_e.
-
-    Observation normalization (V2): the rollouts use θⁿ's statistics frozen; ``improve`` then folds every
-    state they visited into a copy of the statistics, and θⁿ⁺¹ is paired with that copy. This is exactly the
-    policy ARS V2 runs next (its parameter step is taken in the old coordinates and deployed with the new
-    statistics, as in the original implementation's per-iteration filter sync).
-
-    Args:
-        config: hyperparameters (default :class:`ARSConfig`).
-    """
-
-    name = "ars"
-
-    def __init__(self, config: ARSConfig | None = None) -> None:
-        self.config = config or ARSConfig()
-        cfg = self.config
-        if cfg.n_directions < 1 or cfg.n_steps < 1:
-            raise UserError(f"ARS needs n_directions >= 1 and n_steps >= 1, got {cfg.n_directions} and {cfg.n_steps}")
-        if not 1 <= cfg.top_b <= cfg.n_directions:
-            raise UserError(f"ARS top_b must lie in [1, n_directions={cfg.n_directions}], got {cfg.top_b}")
-        if not (cfg.lr > 0 and cfg.noise_std > 0 and math.isfinite(cfg.lr) and math.isfinite(cfg.noise_std)):
-            raise UserError(f"ARS lr and noise_std must be positive and finite, got {cfg.lr} and {cfg.noise_std}")
-        self.last_stats: dict[str, float] = {}
-        """diagnostics of the last update: return_std (σ_R), step_size (α/(b·σ_R + 1e-6)), step_norm"""
-        self._collector: Collector | None = None
-        self._policy: Policy | None = None
-
-    @property
-    def batch_shape(self) -> tuple[int, int]:
-        """``(2 × n_directions, n_steps)``: one env per perturbed policy."""
-        return 2 * self.config.n_directions, self.config.n_steps
-
-    def resized(self, n_envs: int) -> ARS:
-        """ARS with ``n_envs / 2`` directions (and ``top_b`` capped at them); ``n_envs`` must be even."""
-        if n_envs < 2 or n_envs % 2:
-            raise UserError(f"an ARS batch holds antithetic pairs of envs: its size must be even and >= 2, "
-                            f"got {n_envs}")
-        n = n_envs // 2
-        return ARS(dataclasses.replace(self.config, n_directions=n, top_b=min(self.config.top_b, n)))
-
-    @property
-    def policy(self) -> Policy:
-        """The current policy θ with the normalizer it collects with."""
-        if self._policy is None:
-            raise RuntimeError("ARS.start() must be called first")
-        return self._policy
-
-    def start(self, task: AnyTask, policy: Policy, seed: int) -> None:
-        """Begin a run on ``task`` from a copy of ``policy`` with a fresh collector of 2N envs.
-
-        ``seed`` seeds the initial states and the directions δ: the same seed gives bitwise the same run.
-        """
-        self._collector = Collector(task, 2 * self.config.n_directions, seed)
-        _check_policy(policy, self._collector, self.name)
-        self._policy = Policy(policy.spec, policy.theta.detach().to(torch.float32).clone(), policy.normalizer.copy())
-        # Everything before log_std: every weight and bias.
-        self._n_perturbed = policy.spec.layout()[-1][2]
-        self._gen = torch.Generator().manual_seed(seed)
-
-    def explore(self, policy: Policy) -> Experience:
-        """Roll out the 2N perturbations of ``policy`` along a fresh draw of directions, one env each,
-        normalizer frozen.
-
-        Returns their experience ``[n_steps, 2N, ...]``: env k < N ran θ + νδ_k, env N + k ran θ - νδ_k,
-        deterministically (actions are the perturbed means), and ``perturbation`` records each env's ±νδ_k.
-        ``log_prob`` is recomputed as the log-density of those actions under the unperturbed θ's Gaussian, so
-        that τ relates to θ like a PPO batch.
-        """
-        if self._collector is None:
-            raise RuntimeError("ARS.start() must be called first")
-        cfg = self.config
-        deltas = torch.randn(cfg.n_directions, self._n_perturbed, generator=self._gen)
-        step = torch.zeros(cfg.n_directions, policy.spec.n_params)
-        step[:, :self._n_perturbed] = cfg.noise_std * deltas
-        perturbation = torch.cat([step, -step])
-        exp = self._collector.collect(Policy(policy.spec, policy.theta + perturbation, policy.normalizer),
-                                      cfg.n_steps, deterministic=True)
-        exp.log_prob = policy.log_prob(exp.obs, exp.action)
-        exp.perturbation = perturbation
-        return exp
-
-    def improve(self, experience: Experience) -> Policy:
-        """One ARS step from the returns of the current policy's perturbed rollouts (:meth:`explore`'s
-        experience, which records the perturbations); returns θⁿ⁺¹ (updated normalizer)."""
-        cfg, old = self.config, self.policy
-        n = cfg.n_directions
-        perturbation = experience.perturbation
-        if perturbation is None or perturbation.shape != (2 * n, old.spec.n_params) \
-                or not torch.equal(perturbation[n:], -perturbation[:n]):
-            raise UserError(f"ARS improves from the {2 * n} antithetic perturbed rollouts of its own explore(); "
-                            "this experience does not record them")
-        returns = experience.reward.sum(0)
-        plus, minus = returns[:n], returns[n:]
-        top = torch.argsort(torch.maximum(plus, minus), descending=True, stable=True)[:cfg.top_b]
-        plus, minus = plus[top], minus[top]
-        return_std = float(torch.cat([plus, minus]).std())
-        step_size = cfg.lr / (cfg.top_b * return_std + 1e-6)
-        # (r⁺ − r⁻)·δ_k = (r⁺ − r⁻)·(νδ_k)/ν: the step is taken along the recorded perturbations.
-        step = (step_size / cfg.noise_std) * ((plus - minus) @ perturbation[top, :self._n_perturbed])
-        theta = old.theta.clone()
-        theta[:self._n_perturbed] += step
-        norm = old.normalizer.copy()
-        norm.update(experience.obs.numpy())
-        self._policy = Policy(old.spec, theta, norm)
-        self.last_stats = {"return_std": return_std, "step_size": step_size, "step_norm": float(step.norm())}
-        return self._policy
-
-
-def _check_policy(policy: Policy, collector: Collector, teacher: str) -> None:
-    """Refuse a policy whose shapes do not fit the collector's task, or a batch of θs (one line each)."""
-    spec, sim = policy.spec, collector.sim
-    if (spec.obs_dim, spec.act_dim) != (sim.obs_dim, sim.act_dim):
-        raise UserError(f"policy has obs/act dims {spec.obs_dim}/{spec.act_dim} but task {sim.task.name} "
-                        f"needs {sim.obs_dim}/{sim.act_dim}")
-    if policy.theta.shape != (spec.n_params,):
-        raise UserError(f"{teacher.upper()} improves one policy: θ must have shape ({spec.n_params},), "
-                        f"got {tuple(policy.theta.shape)}")
-
-
-__all__ = ["ARS", "PPO", "ARSConfig", "ImprovementRecord", "ObsNormalizer", "PPOConfig", "Teacher", "gae_advantages"]
-
-
-TEACHERS: dict[str, tuple[type, type[Teacher]]] = {"ppo": (PPOConfig, PPO), "ars": (ARSConfig, ARS)}
-"""teacher option name -> (its config dataclass, the teacher class built from it)"""
-
-
-def teacher_class(config: object) -> type[Teacher]:
-    """The teacher class that ``config`` (an instance of a registered teacher config) configures."""
-    for config_type, cls in TEACHERS.values():
-        if type(config) is config_type:
-            return cls
-    raise UserError(f"no teacher takes a {type(config).__name__}; teachers: {sorted(TEACHERS)}")
-
-
-def recorded_config(record: dict[str, Any], name: str | None = None) -> Any:
-    """The config of teacher ``name`` as recorded in a dataset or checkpoint (``{"name", "config"}``).
-
-    ``name`` defaults to the recorded teacher, which gets the settings it ran with; another teacher gets its
-    defaults (its own batch size, learning rate, ...).
-    """
-    own = str(record.get("name", "ppo"))
-    name = name or own
-    if name not in TEACHERS:
-        raise UserError(f"unknown teacher {name!r}; teachers: {sorted(TEACHERS)}")
-    config_type = TEACHERS[name][0]
-    default = config_type()
-    known = {f.name for f in dataclasses.fields(config_type)}
-    given = record.get("config", {}) if name == own else {}
-    # JSON turned tuples into lists; the config's own defaults say which fields are tuples.
-    return config_type(**{k: tuple(v) if isinstance(getattr(default, k), tuple) else v
-                          for k, v in given.items() if k in known})
-
-
-def make_teacher(record: dict[str, Any], name: str | None = None) -> Teacher:
-    """A fresh teacher ``name`` (default: the recorded one) configured by :func:`recorded_config`."""
-    name = name or str(record.get("name", "ppo"))
-    return TEACHERS[name][1](recorded_config(record, name))

@@ -66,10 +66,10 @@ from omegaconf import MISSING
 from tqdm import tqdm
 
 from metaimprove import __version__
-from metaimprove.envs import mujoco_log
+from metaimprove.sim.envs import mujoco_log
 from metaimprove.errors import UserError
-from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, init_params
-from metaimprove.rollout import Simulator
+from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params
+from metaimprove.sim.rollout import Simulator
 from metaimprove.storage import (
     TEMP_SUFFIX,
     atomic_write_bytes,
@@ -80,7 +80,7 @@ from metaimprove.storage import (
     save_tensors,
     to_json_bytes,
 )
-from metaimprove.tasks import SPLITS, Task, TaskConfig, get_family
+from metaimprove.sim.tasks import SPLITS, Task, TaskConfig, get_family
 from metaimprove.teachers import ImprovementRecord, Teacher, teacher_class
 
 FORMAT = "metaimprove-dataset"

@@ -191,7 +191,7 @@ class TaskFamily:
     physics: dict[str, PhysicsRange] = field(hash=False)
     split_seeds: dict[str, int] = field(hash=False)
     ctrl_cost: float | None = None
-    """weight of |a|^2 in the reward (None: the reward kind's default, see ``metaimprove.envs.CTRL_COST``)"""
+    """weight of |a|^2 in the reward (None: the reward kind's default, see ``metaimprove.sim.envs.CTRL_COST``)"""
     healthy_reward: float = 0.0
     """reward per step while the robot is healthy (Hopper/Walker/Ant upright, as gymnasium's v5 envs)"""
     terminate_when_unhealthy: bool = False
@@ -479,3 +479,41 @@ def build_model(task: Task) -> mujoco.MjModel:
     model = copy.deepcopy(nominal)
     apply_physics(model, task.physics, nominal)
     return model
+
+
+def task_coordinates(task: Task) -> dict[str, np.ndarray]:
+    """The task as normalized coordinates, one array per randomized quantity of its family.
+
+    A task parameter is divided by the width of its training range; a physics scale ``base ** u`` becomes
+    ``u`` (log space) divided by the width of ``u``'s training range. Unrandomized quantities are left out.
+    """
+    family = get_family(task.family)
+    coords: dict[str, np.ndarray] = {}
+    for name, rng in family.params.items():
+        width = (rng.train[1] - rng.train[0]) if rng.train is not None else max(rng.choices) - min(rng.choices)
+        if width > 0:
+            coords[f"params.{name}"] = np.array([task.param(name) / width])
+    for name, phys in family.physics.items():
+        assert phys.exponent.train is not None  # physics ranges are uniform, never choices
+        width = phys.exponent.train[1] - phys.exponent.train[0]
+        if width > 0:
+            exponent = np.log(np.atleast_1d(np.asarray(getattr(task.physics, name), dtype=np.float64)))
+            coords[name] = exponent / math.log(phys.base) / width
+    return coords
+
+
+def task_distance(a: Task, b: Task) -> float:
+    """Oracle distance between two tasks of one family: √(Σ over quantities of the mean squared coordinate gap).
+
+    Each randomized quantity (a task parameter, or one physics field such as ``body_mass`` with one scale
+    per body) counts once, whatever its number of elements: the per-element gaps of :func:`task_coordinates`
+    are averaged within a quantity before the quantities are summed, so 9 friction scales do not outweigh
+    the one target velocity.
+    """
+    if a.family != b.family:
+        raise UserError(f"task distance needs tasks of one family, got {a.family} and {b.family}")
+    ca, cb = task_coordinates(a), task_coordinates(b)
+    return math.sqrt(sum(float(np.mean((ca[k] - cb[k]) ** 2)) for k in ca))
+
+
+# -------------------------------------------------------------------------------------- training runs

@@ -2,7 +2,7 @@
 
 ``metaimprove plot runs=[dir1,dir2] out=results/curves.png per_task=false budget=1e6`` reads every
 ``curves.csv`` (columns ``method, task, seed, env_steps, return``), aggregates each method over tasks
-and seeds with :func:`metaimprove.stats.curve_band`, and writes a PNG (and a PDF on request).
+and seeds with :func:`metaimprove.evaluation.stats.curve_band`, and writes a PNG (and a PDF on request).
 ``methods=[...]`` and ``splits=[test,ood]`` select what is compared (a task's split is the middle part
 of its name, ``family/split/index``); ``per_split=true`` gives each split its own panel.
 A method keeps its color in every figure, so PPO is the same blue in the aggregate and per-task plots.
@@ -26,7 +26,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import EngFormatter
 
 from metaimprove.errors import UserError
-from metaimprove.stats import COLUMNS, Band, Curves, common_grid, curve_band
+from metaimprove.evaluation.stats import COLUMNS, Band, Curves, common_grid, curve_band
 
 
 @dataclass
@@ -61,7 +61,7 @@ class PlotConfig:
 def read_curves(paths: list[Path]) -> Curves:
     """Read and concatenate ``curves.csv`` files, validating them; any problem is a one-line UserError.
 
-    Rejected: no paths, a missing file, a header without one of :data:`~metaimprove.stats.COLUMNS`,
+    Rejected: no paths, a missing file, a header without one of :data:`~metaimprove.evaluation.stats.COLUMNS`,
     a row with a missing, non-numeric or non-finite value, and the same (method, task, seed, env_steps)
     twice (e.g. one run listed under two directories), which would make the curve ambiguous.
     """

@@ -7,7 +7,7 @@ every iteration n and jump k ∈ ``ks`` with n + k < N this makes the pair
 
 where r̄ is the mean reward per step of a batch: the ask is labelled in hindsight with the improvement
 θⁿ⁺ᵏ actually reached (as Decision Transformer and G.pt condition on outcomes). The operator's output
-goes with the normalizer Nⁿ⁺¹ (θⁿ's, updated with τⁿ: see :mod:`metaimprove.features`), so the target
+goes with the normalizer Nⁿ⁺¹ (θⁿ's, updated with τⁿ: see :mod:`metaimprove.operator.features`), so the target
 θⁿ⁺ᵏ is folded from its own normalizer Nⁿ⁺ᵏ into Nⁿ⁺¹ — the same policy, written in the output's
 coordinates. With ``features.envs`` the operator reads a random subset of τⁿ's environments (and Nⁿ⁺¹ is
 θⁿ's normalizer updated with that subset) while the target stays the teacher's step from the whole batch: it
@@ -26,13 +26,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from metaimprove.collect import load_manifest, load_shard
+from metaimprove.data.collect import load_manifest, load_shard
 from metaimprove.errors import UserError
-from metaimprove.features import FeatureConfig, Features, encode, env_subset, next_normalizer, normalize_states, stack
-from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, fold_normalizer
-from metaimprove.rollout import Experience
+from metaimprove.operator.features import (
+    FeatureConfig,
+    Features,
+    encode,
+    env_subset,
+    next_normalizer,
+    normalize_states,
+    stack,
+)
+from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, fold_normalizer
+from metaimprove.sim.rollout import Experience
+from metaimprove.sim.tasks import Task
 from metaimprove.storage import tensor_names
-from metaimprove.tasks import Task
 
 
 @dataclass
@@ -98,7 +106,7 @@ def _experience(t: dict[str, torch.Tensor], n: int) -> Experience:
 
 def run_pairs(t: dict[str, torch.Tensor], meta: dict[str, Any], config: PairConfig, features: FeatureConfig,
               generator: torch.Generator) -> Pairs:
-    """Encode one teacher run (shard tensors ``t`` and meta, see :mod:`metaimprove.collect`) and enumerate its
+    """Encode one teacher run (shard tensors ``t`` and meta, see :mod:`metaimprove.data.collect`) and enumerate its
     hindsight pairs; the run may be too short for any k (then it has no pairs)."""
     spec = PolicySpec.from_dict(meta["policy_spec"])
     n_iter = t["reward"].shape[0]

@@ -19,11 +19,11 @@ training runs used (``start=train_init``).
   at every point): does the operator's batch schedule alone explain its speed per env step?
 * ``no_update``: the starting policy, never updated
 * ``nearest``, ``nearest_noise``, ``nearest_avg``, ``avg_weights``, ``transferred``: zero-adaptation
-  policies built from the training runs (``dataset=``; see :mod:`metaimprove.baselines`)
+  policies built from the training runs (``dataset=``; see :mod:`metaimprove.evaluation.baselines`)
 * ``dr``: the domain-randomized policy (``dr_policy=``) as-is; ``dr_ppo``: PPO fine-tuning it
 
 With ``env=<gymnasium id or module:Class>`` the runs are on a user's own env instead of the family's tasks
-(:class:`~metaimprove.envs.UserEnv`; the methods that need training tasks are refused there).
+(:class:`~metaimprove.sim.envs.UserEnv`; the methods that need training tasks are refused there).
 
 The operator collects its batches as its teacher explores, ``features.envs`` wide; with a warm-up
 (``features.warmup`` recorded in the checkpoint, or ``warmup=``) narrower ones first: ``[[16, 8192]]`` collects
@@ -42,25 +42,33 @@ import math
 import multiprocessing as mp
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
 
-from metaimprove import baselines
-from metaimprove.baselines import batch_return, training_runs
-from metaimprove.envs import AnyTask, UserEnv, mujoco_log
 from metaimprove.errors import UserError
-from metaimprove.features import encode, next_normalizer, stack, warmup_phases
-from metaimprove.operator import ImprovementOperator, OperatorCheckpoint
-from metaimprove.policy import ObsNormalizer, Policy, init_params, load_policy, save_policy
-from metaimprove.rollout import Experience, GymSimulator, Simulator, episode_length, evaluate
+from metaimprove.evaluation import baselines
+from metaimprove.evaluation.baselines import batch_return, training_runs
+from metaimprove.evaluation.guard import Guard, Point, guarded_steps
+from metaimprove.interop.sb3 import load_any_policy
+from metaimprove.operator.checkpoint import OperatorCheckpoint
+from metaimprove.operator.runtime import (
+    BatchSchedule,
+    Explorer,
+    batch_schedule,
+    explorer_teacher,
+    operator_batch,
+    operator_update,
+)
+from metaimprove.sim.envs import AnyTask, UserEnv, mujoco_log
+from metaimprove.sim.policy import ObsNormalizer, Policy, init_params, save_policy
+from metaimprove.sim.rollout import GymSimulator, Simulator, episode_length, evaluate
+from metaimprove.sim.tasks import Task, TaskConfig, get_family
 from metaimprove.storage import atomic_write_csv
-from metaimprove.tasks import Task, TaskConfig, get_family
 from metaimprove.teachers import TEACHERS, Teacher, make_teacher
 
 OPERATOR_METHODS = ("operator", "operator_guarded")
@@ -173,7 +181,7 @@ def initial_policy(config: ApplyConfig, ckpt: OperatorCheckpoint, seed: int) -> 
     ``train_init`` cycles through the training runs' distinct seeds (collection gives runs of one seed one θ⁰).
     """
     if config.init is not None:
-        return load_policy(Path(config.init))
+        return load_any_policy(Path(config.init))
     if config.start == "train_init":
         assert config.dataset is not None  # checked by _validate
         runs = training_runs(config.dataset)
@@ -181,100 +189,6 @@ def initial_policy(config: ApplyConfig, ckpt: OperatorCheckpoint, seed: int) -> 
         first = next(run for run in runs if run.seed == seeds[seed % len(seeds)]).first
         return Policy(first.spec, first.theta.clone(), first.normalizer.copy())
     return start_policy(ckpt, seed)
-
-
-def explorer_teacher(ckpt: OperatorCheckpoint) -> Teacher:
-    """The teacher whose batches the operator collects: its own teacher, resized to ``features.envs`` envs when the
-    operator was trained to read fewer than the teacher ran."""
-    teacher = make_teacher(ckpt.teacher)
-    return teacher if ckpt.features.envs is None else teacher.resized(ckpt.features.envs)
-
-
-def operator_batch(ckpt: OperatorCheckpoint) -> tuple[int, int]:
-    """``(n_envs, n_steps)`` of the batch the operator improves from once warmed up (see :func:`explorer_teacher`)."""
-    return explorer_teacher(ckpt).batch_shape
-
-
-@dataclass(frozen=True)
-class BatchSchedule:
-    """How wide a run's batches are: ``warmup``'s phases ``((envs, until_env_step), ...)`` while the run has used
-    fewer env steps than the phase's end, then ``envs``; ``n_steps`` steps per env."""
-
-    envs: int
-    n_steps: int
-    warmup: tuple[tuple[int, int], ...] = ()
-
-    def envs_at(self, steps: int) -> int:
-        """The envs of the batch collected after ``steps`` env steps."""
-        return next((envs for envs, until in self.warmup if steps < until), self.envs)
-
-    def batch_at(self, steps: int) -> int:
-        """The env steps of the batch collected after ``steps`` env steps."""
-        return self.envs_at(steps) * self.n_steps
-
-    def batches(self, budget: int) -> int:
-        """How many batches a run collects within ``budget`` env steps."""
-        steps = n = 0
-        while steps + self.batch_at(steps) <= budget:
-            steps, n = steps + self.batch_at(steps), n + 1
-        return n
-
-    def seed(self, seed: int, envs: int) -> int:
-        """The seed of run ``seed``'s collector of ``envs``-wide batches: ``seed`` itself at the full width (a run
-        without a warm-up collects as before it had one), one of its own for each warm-up width."""
-        return seed if envs == self.envs else 1_000_003 * seed + 100_000 + envs
-
-
-def describe_warmup(warmup: Sequence[Sequence[int]]) -> str:
-    """A warm-up in words: ``8-env batches until 4096 env steps, then 16-env batches until 8192 env steps``."""
-    return ", then ".join(f"{envs}-env batches until {until} env steps" for envs, until in warmup)
-
-
-def batch_schedule(ckpt: OperatorCheckpoint, warmup: list[list[int]] | None = None) -> BatchSchedule:
-    """The operator's :class:`BatchSchedule`: ``warmup`` (default the checkpoint's ``features.warmup``) before
-    batches of its full width. Every warm-up width must be narrower than that (so a teacher resized from the
-    full-width one is the same as one resized from the checkpoint's teacher) and suit the teacher (ARS batches
-    hold antithetic pairs)."""
-    full = explorer_teacher(ckpt)
-    n_envs, n_steps = full.batch_shape
-    what = "features.warmup" if warmup is None else "warmup"
-    phases = warmup_phases(ckpt.features.warmup if warmup is None else warmup, what)
-    for envs, _ in phases:
-        if envs >= n_envs:
-            raise UserError(f"{what}: a warm-up batch of {envs} envs is not narrower than the operator's "
-                            f"{n_envs}-env batches; give fewer envs")
-        try:
-            full.resized(envs)
-        except UserError as exc:
-            raise UserError(f"{what}: {exc}") from exc
-    return BatchSchedule(n_envs, n_steps, phases)
-
-
-class Explorer:
-    """How the operator collects its batches from a policy on ``task``: as its teacher does (``Teacher.explore``:
-    PPO's Gaussian action noise, ARS's antithetic parameter perturbations), so that it sees the kind of experience
-    it was trained on, as wide as ``schedule`` says after the run's env steps so far (one collector per width,
-    seeded by :meth:`BatchSchedule.seed`)."""
-
-    def __init__(self, ckpt: OperatorCheckpoint, task: AnyTask, start: Policy, seed: int,
-                 schedule: BatchSchedule) -> None:
-        self.schedule = schedule
-        self._teachers: dict[int, Teacher] = {}
-        for envs in {schedule.envs, *(envs for envs, _ in schedule.warmup)}:
-            teacher = explorer_teacher(ckpt)
-            teacher = teacher if envs == schedule.envs else teacher.resized(envs)
-            teacher.start(task, start, schedule.seed(seed, envs))
-            self._teachers[envs] = teacher
-
-    def __call__(self, policy: Policy, steps: int) -> Experience:
-        """A batch collected by ``policy`` in a run that has used ``steps`` env steps."""
-        return self._teachers[self.schedule.envs_at(steps)].explore(policy)
-
-
-def operator_explorer(ckpt: OperatorCheckpoint, task: AnyTask, start: Policy, seed: int,
-                      warmup: list[list[int]] | None = None) -> Explorer:
-    """The operator's :class:`Explorer` on ``task`` for run ``seed``, with :func:`batch_schedule`'s schedule."""
-    return Explorer(ckpt, task, start, seed, batch_schedule(ckpt, warmup))
 
 
 def run_budget(config: ApplyConfig, batch: int) -> int:
@@ -300,109 +214,6 @@ def selection_seed(seed: int) -> int:
 def verify_seed(seed: int) -> int:
     """Seed of run ``seed``'s ``operator_guarded`` verification episodes (never the evaluation's)."""
     return 1_000_003 * seed + 41
-
-
-class Point(NamedTuple):
-    """One point of a run: the env steps used so far and the policy the run deploys after them."""
-
-    steps: int
-    policy: Policy
-    fallbacks: int = 0
-    """guarded runs: rollbacks to a teacher step so far"""
-    guard_steps: int = 0
-    """guarded runs: env steps spent so far verifying policies before deploying them"""
-
-
-def operator_update(op: ImprovementOperator, ckpt: OperatorCheckpoint, task: AnyTask, ask: torch.Tensor,
-                    generator: torch.Generator,
-                    timings: list[float] | None = None) -> Callable[[Policy, Experience], Policy]:
-    """The operator as an update ``(θ, τ) -> θ'`` on ``task``: τ's observations are folded into θ's normalizer (as
-    the teacher does) and θ' = f(θ, τ, ask) for that normalizer (an oracle operator also reads ``task``)."""
-
-    def update(policy: Policy, exp: Experience) -> Policy:
-        begin = time.perf_counter()
-        feats = encode(policy, exp, ckpt.features, generator, task)
-        with torch.no_grad():
-            theta = op(stack([feats]), ask.unsqueeze(0))[0]
-        if timings is not None:
-            timings.append(time.perf_counter() - begin)
-        if not torch.isfinite(theta).all():
-            raise UserError(f"the operator produced non-finite parameters on {task.name}; "
-                            "the checkpoint is unusable for this task")
-        return Policy(ckpt.spec, theta, next_normalizer(policy, exp))
-
-    return update
-
-
-@dataclass(frozen=True)
-class Guard:
-    """How :func:`guarded_steps` protects a run."""
-
-    threshold: float
-    """roll back when a batch of a new operator policy scores this much below the best batch so far"""
-    verify: Callable[[Policy], float]
-    """a policy's return on the run's verification episodes (deterministic, the same episodes every time)"""
-    verify_steps: int
-    """env steps one verification costs"""
-    margin: float
-    """a verified policy replaces the deployed one only when its verified return beats that one's by this much"""
-
-
-def guarded_steps(start: Policy, collect: Callable[[Policy, int], Experience],
-                  update: Callable[[Policy, Experience], Policy],
-                  fallback: Callable[[Policy, int, int], tuple[Policy, int]],
-                  score: Callable[[Experience], float], guard: Guard | None, batch: Callable[[int], int],
-                  budget: int) -> Iterator[Point]:
-    """Improve ``start`` with ``update`` one collected batch at a time; with ``guard``, protected against drops.
-
-    Each step collects a batch with the current policy (``collect(policy, env steps so far)``, ``batch(env steps
-    so far)`` env steps) and ``update`` takes the step from it. With a guard:
-
-    * rollback: if the current policy came from ``update`` and its batch scores more than ``guard.threshold``
-      below the best batch so far, the step instead rolls back to the policy of that best batch and calls
-      ``fallback(best, remaining_env_steps, n)`` (n: fallbacks before this one) for a teacher step, which
-      returns the new policy and the env steps it used;
-    * deployment: batches are stochastic and a batch's score is a noisy, upward-selected estimate, while a
-      run is judged by its deterministic policy. So the run deploys ``start`` (verified first) until a policy
-      whose batch is a new best is verified with ``guard.verify`` and beats the deployed one's verified return
-      by ``guard.margin``. Verifications are charged to the env steps, and skipped when they would not fit in
-      ``budget`` (the deployed policy then stays).
-
-    Without a guard every point deploys the newest policy (the plain operator). Stops when the next batch
-    would exceed ``budget``. Yields one :class:`Point` (the deployed policy) per step.
-    """
-    policy, steps, fallbacks, guard_steps = start, 0, 0, 0
-
-    def verify(candidate: Policy, guard: Guard) -> float:
-        nonlocal steps, guard_steps
-        steps += guard.verify_steps
-        guard_steps += guard.verify_steps
-        return guard.verify(candidate)
-
-    deployed, deployed_value = start, math.inf  # a start that cannot be verified is never replaced
-    if guard is not None and guard.verify_steps + batch(0) <= budget:
-        deployed_value = verify(start, guard)
-    best: tuple[float, Policy] | None = None
-    from_update = unverified = False
-    while steps + batch(steps) <= budget:
-        exp = collect(policy, steps)
-        steps += exp.n_steps
-        value = score(exp)
-        if guard is not None and from_update and best is not None and value < best[0] - guard.threshold:
-            policy, used = fallback(best[1], budget - steps, fallbacks)
-            steps += used
-            fallbacks += 1
-            from_update, unverified = False, used > 0
-        else:
-            if best is None or value > best[0]:
-                best = (value, policy)
-                if guard is not None and unverified and steps + guard.verify_steps <= budget:
-                    verified = verify(policy, guard)
-                    if verified > deployed_value + guard.margin:
-                        deployed, deployed_value = policy, verified
-            policy = update(policy, exp)
-            from_update = unverified = True
-        yield Point(steps, policy if guard is None else deployed, fallbacks, guard_steps)
 
 
 def teacher_steps(teacher: Teacher, task: AnyTask, start: Policy, seed: int, budget: int,
@@ -434,7 +245,7 @@ def zero_adaptation_policy(config: ApplyConfig, ckpt: OperatorCheckpoint, job: J
     if job.method == "no_update":
         return initial_policy(config, ckpt, job.seed), 0
     if job.method == "dr":
-        return load_policy(Path(str(config.dr_policy))), 0
+        return load_any_policy(Path(str(config.dr_policy))), 0
     runs = training_runs(str(config.dataset))
     if job.method == "nearest":
         return baselines.nearest_runs(runs, job.task)[0].final, 0
@@ -497,7 +308,7 @@ def _run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], di
                                lambda exp: batch_return(exp, length), guard, schedule.batch_at, budget)
     elif job.method in TEACHERS or job.method in ("dr_ppo", TEACHER_OP_BATCH):
         name = "ppo" if job.method == "dr_ppo" else job.method
-        start = load_policy(Path(str(config.dr_policy))) if job.method == "dr_ppo" else initial_policy(config, ckpt,
+        start = load_any_policy(Path(str(config.dr_policy))) if job.method == "dr_ppo" else initial_policy(config, ckpt,
                                                                                                       job.seed)
         op_batch = job.method == TEACHER_OP_BATCH
         teacher = explorer_teacher(ckpt) if op_batch else make_teacher(ckpt.teacher, name)
@@ -555,7 +366,7 @@ def _validate(config: ApplyConfig, ckpt: OperatorCheckpoint) -> Sequence[AnyTask
         raise UserError(f"init= and start={config.start} both choose θ⁰; give one of them")
     batch_schedule(ckpt, config.warmup)  # a bad warm-up is a one-line error here, not in a worker
     if config.init is not None:
-        _check_spec(load_policy(Path(config.init)), ckpt, f"initial policy {config.init}")
+        _check_spec(load_any_policy(Path(config.init)), ckpt, f"initial policy {config.init}")
     if config.env is not None:
         return [_validate_env(config, ckpt, config.env)]
     if config.episode_length is not None:
@@ -585,7 +396,7 @@ def _validate(config: ApplyConfig, ckpt: OperatorCheckpoint) -> Sequence[AnyTask
         raise UserError(f"{', '.join(needs_dr)} need(s) dr_policy=<file>; train it with `metaimprove dr "
                         f"task={family} out=<dir>` (writes <dir>/policy.safetensors)")
     if needs_dr:
-        _check_spec(load_policy(Path(str(config.dr_policy))), ckpt, f"dr_policy {config.dr_policy}")
+        _check_spec(load_any_policy(Path(str(config.dr_policy))), ckpt, f"dr_policy {config.dr_policy}")
     seen = set(ckpt.tasks) & {t.name for t in tasks}
     if seen:
         raise UserError(f"tasks {sorted(seen)} were used to train this operator; apply on another split or range")

@@ -1,5 +1,5 @@
 """Gymnasium environments for the task families, and the reward/observation code they share with the
-fast collector (:mod:`metaimprove.rollout`), so both compute exactly the same numbers.
+fast collector (:mod:`metaimprove.sim.rollout`), so both compute exactly the same numbers.
 
 Each family registers as ``metaimprove/<Name>-v0`` and takes either a whole ``task=Task`` or task
 parameters as keyword arguments (``gymnasium.make("metaimprove/HalfCheetahVel-v0", target_velocity=1.0)``).
@@ -31,7 +31,7 @@ from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 from gymnasium.spaces import Box
 
 from metaimprove.errors import UserError
-from metaimprove.tasks import (
+from metaimprove.sim.tasks import (
     Physics,
     Task,
     TaskFamily,
@@ -179,7 +179,7 @@ def unstable(qpos: np.ndarray, qvel: np.ndarray, badqacc: np.ndarray) -> np.ndar
 class StepRules:
     """What a family's env computes from the simulator state after a step: observation, reward, termination.
 
-    The gymnasium env (one state) and the batched :class:`metaimprove.rollout.Simulator` (``[E, ...]``
+    The gymnasium env (one state) and the batched :class:`metaimprove.sim.rollout.Simulator` (``[E, ...]``
     states) both call :meth:`outcome`, so they agree bit for bit.
     """
 

@@ -9,7 +9,7 @@ Zero-adaptation baselines built from the training dataset (each training run's f
 * ``transferred``: the training run's final policy that scores best on the held-out task, chosen on a
   separate batch of episodes whose env steps are charged to it.
 
-Policies are averaged in one coordinate system: each θ is folded (:func:`~metaimprove.policy.fold_normalizer`)
+Policies are averaged in one coordinate system: each θ is folded (:func:`~metaimprove.sim.policy.fold_normalizer`)
 into the pooled normalizer of the runs averaged, so the average is taken over the functions' first-layer
 weights as they act on raw observations, not over numbers that mean different things in different runs.
 
@@ -20,7 +20,6 @@ different task each update (the value network sees no task: it must infer the wo
 from __future__ import annotations
 
 import functools
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,57 +29,19 @@ import torch
 from omegaconf import MISSING
 from tqdm import tqdm
 
-from metaimprove.collect import load_manifest, load_shard, shard_task
+from metaimprove.data.collect import load_manifest, load_shard, shard_task
 from metaimprove.errors import UserError
-from metaimprove.policy import ObsNormalizer, Policy, PolicySpec, fold_normalizer, init_params, save_policy
-from metaimprove.rollout import Collector, Experience, Simulator, evaluate
+from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, fold_normalizer, init_params, save_policy
+from metaimprove.sim.rollout import Collector, Experience, Simulator, evaluate
+from metaimprove.sim.tasks import SPLITS, Task, TaskConfig, get_family, task_distance
 from metaimprove.storage import atomic_write_bytes
-from metaimprove.tasks import SPLITS, Task, TaskConfig, get_family
 from metaimprove.teachers import PPO, PPOConfig
 
 DR_POLICY = "policy.safetensors"
 """the file the ``dr`` stage writes its policy to, inside its run directory"""
 
 
-# ------------------------------------------------------------------------------------- task distance
 
-
-def task_coordinates(task: Task) -> dict[str, np.ndarray]:
-    """The task as normalized coordinates, one array per randomized quantity of its family.
-
-    A task parameter is divided by the width of its training range; a physics scale ``base ** u`` becomes
-    ``u`` (log space) divided by the width of ``u``'s training range. Unrandomized quantities are left out.
-    """
-    family = get_family(task.family)
-    coords: dict[str, np.ndarray] = {}
-    for name, rng in family.params.items():
-        width = (rng.train[1] - rng.train[0]) if rng.train is not None else max(rng.choices) - min(rng.choices)
-        if width > 0:
-            coords[f"params.{name}"] = np.array([task.param(name) / width])
-    for name, phys in family.physics.items():
-        assert phys.exponent.train is not None  # physics ranges are uniform, never choices
-        width = phys.exponent.train[1] - phys.exponent.train[0]
-        if width > 0:
-            exponent = np.log(np.atleast_1d(np.asarray(getattr(task.physics, name), dtype=np.float64)))
-            coords[name] = exponent / math.log(phys.base) / width
-    return coords
-
-
-def task_distance(a: Task, b: Task) -> float:
-    """Oracle distance between two tasks of one family: √(Σ over quantities of the mean squared coordinate gap).
-
-    Each randomized quantity (a task parameter, or one physics field such as ``body_mass`` with one scale
-    per body) counts once, whatever its number of elements: the per-element gaps of :func:`task_coordinates`
-    are averaged within a quantity before the quantities are summed, so 9 friction scales do not outweigh
-    the one target velocity.
-    """
-    if a.family != b.family:
-        raise UserError(f"task distance needs tasks of one family, got {a.family} and {b.family}")
-    ca, cb = task_coordinates(a), task_coordinates(b)
-    return math.sqrt(sum(float(np.mean((ca[k] - cb[k]) ** 2)) for k in ca))
-
-
-# -------------------------------------------------------------------------------------- training runs
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from metaimprove.errors import UserError
+from metaimprove.storage import load_tensors, save_tensors
 
 OBS_CLIP = 10.0
 NORM_EPS = 1e-8
@@ -255,8 +256,6 @@ POLICY_FORMAT = "metaimprove.policy"
 
 def save_policy(path: str | Path, policy: Policy) -> None:
     """Write a policy (θ and its normalizer as safetensors, its spec as JSON), atomically."""
-    from metaimprove.storage import save_tensors
-
     norm = policy.normalizer
     save_tensors(path, {"theta": policy.theta.detach().float(), "norm_mean": torch.as_tensor(norm.mean),
                         "norm_var": torch.as_tensor(norm.var), "norm_count": torch.tensor([norm.count])},
@@ -264,13 +263,9 @@ def save_policy(path: str | Path, policy: Policy) -> None:
 
 
 def load_policy(path: str | Path) -> Policy:
-    """Read a policy written by :func:`save_policy`, or a stable-baselines3 PPO ``MlpPolicy`` zip (its actor, see
-    :func:`metaimprove.interop.load_sb3`), validating shapes and values (one-line errors)."""
-    from metaimprove.interop import is_sb3_zip, load_sb3
-    from metaimprove.storage import load_tensors
+    """Read a policy written by :func:`save_policy`, validating shapes and values (one-line errors).
 
-    if is_sb3_zip(path):
-        return load_sb3(path)
+    :func:`metaimprove.interop.sb3.load_any_policy` also reads stable-baselines3 zips."""
     tensors, meta = load_tensors(path)
     if meta.get("format") != POLICY_FORMAT:
         raise UserError(f"{path} is not a policy file (format {meta.get('format')!r})")

@@ -53,7 +53,7 @@ class Curves:
     """The rows of one or more ``curves.csv`` files as parallel columns, one entry per evaluation point.
 
     ``returns`` stands for the CSV column ``return`` (a Python keyword). Build one with
-    :meth:`from_records` or :func:`metaimprove.plot.read_curves`.
+    :meth:`from_records` or :func:`metaimprove.evaluation.plot.read_curves`.
     """
 
     method: npt.NDArray[np.str_]

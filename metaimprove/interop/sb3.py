@@ -31,7 +31,7 @@ import torch
 from omegaconf import MISSING
 
 from metaimprove.errors import UserError
-from metaimprove.policy import NORM_EPS, OBS_CLIP, ObsNormalizer, Policy, PolicySpec, load_policy, save_policy
+from metaimprove.sim.policy import NORM_EPS, OBS_CLIP, ObsNormalizer, Policy, PolicySpec, load_policy, save_policy
 
 # SB3 layer names of an MlpPolicy actor (``policy_net`` alternates Linear and activation modules).
 POLICY_NET = "mlp_extractor.policy_net"

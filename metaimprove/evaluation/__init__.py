@@ -1,0 +1,1 @@
+"""Applying operators beside their peers under one protocol, with statistics and plots."""

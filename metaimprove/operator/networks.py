@@ -1,0 +1,219 @@
+"""The improvement operator ``f(θ, τ, ask) → θ'``.
+
+Both architectures share a set encoder that turns τ (a subsample of transitions, episode-return
+statistics, the size of the policy gradient) and the ask into a context vector, and predict an update
+Δθ with θ' = θ + Δθ:
+
+* ``flat`` — one MLP over the whole flattened θ, the policy-gradient direction, its per-parameter
+  signal-to-noise ratio and the context.
+  The obvious design; it sees every parameter at once and is tied to one policy size.
+* ``per_param`` — one small network shared by every parameter (learned-optimizer style), reading that
+  parameter's value, its policy-gradient component (globally and per-block normalized) and that
+  component's signal-to-noise ratio across episodes, its role
+  (which block; which observation it reads in the first layer; which action it drives in the last)
+  and the context. It has few weights, works for any hidden size, and cannot memorize whole θs.
+
+The ask is ``[log2 k, requested return improvement per step]``: "do the work of k teacher updates and
+gain this much". Both are zero-initialized at the output so an untrained operator returns θ unchanged.
+
+With ``features.task_input`` (the oracle ablation) the task's vector
+(:func:`~metaimprove.operator.features.task_vector`)
+joins the set encoder's pooled τ before its head, so both architectures see it through the context.
+
+With ``features.es_gradient`` (data from a teacher that explores in parameter space, such as ARS) the operator
+also forms an evolution-strategies step from the batch's per-env perturbations ε_e and returns
+(:class:`ESRecombination`, the learned recombination of Learned Evolution Strategies): Δθ_ES = Σ_e w_e ε_e / E with
+each weight w_e learned from env e's return statistics and the context. ARS's own update is one such weighting.
+The flat operator adds Δθ_ES to its output; the per-parameter one also reads Δθ_ES's component as a feature and
+scales it per parameter by a learned gain in (0, 2).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from metaimprove.errors import UserError
+from metaimprove.operator.features import (
+    ENV_STATS,
+    SNR_CLIP,
+    Features,
+    transition_dim,
+)
+from metaimprove.sim.policy import PolicySpec
+
+ARCHS = ("flat", "per_param")
+ASK_DIM = 2
+@dataclass
+class OperatorConfig:
+    """Architecture of the improvement operator."""
+
+    arch: str = "per_param"
+    """'per_param' (shared per-parameter network) or 'flat' (MLP over the whole θ)"""
+    hidden: int = 128
+    """width of the set encoder and of the flat MLP"""
+    context_dim: int = 32
+    """size of the context vector encoded from τ and the ask"""
+    param_hidden: int = 32
+    """width of the per-parameter network"""
+    role_dim: int = 8
+    """size of each role embedding (block, input unit, output unit)"""
+    step_scale: float = 0.05
+    """multiplies the network's output to give Δθ (keeps early training near θ' = θ)"""
+
+
+def _mlp(sizes: list[int], final_zero: bool = False) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.GELU())
+    if final_zero:
+        last = layers[-1]
+        assert isinstance(last, nn.Linear)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+    return nn.Sequential(*layers)
+
+
+class ContextEncoder(nn.Module):
+    """τ, the ask (and the task's vector, ``task_dim`` wide, if any) → a context vector: a DeepSets encoder (mean
+    and max pool) over transitions."""
+
+    def __init__(self, spec: PolicySpec, config: OperatorConfig, task_dim: int = 0) -> None:
+        super().__init__()
+        h = config.hidden
+        self.task_dim = task_dim
+        self.point = _mlp([transition_dim(spec), h, h])
+        self.head = _mlp([2 * h + 2 + 1 + ASK_DIM + task_dim, h, config.context_dim])
+
+    def forward(self, feats: Features, ask: torch.Tensor) -> torch.Tensor:
+        h = self.point(feats["transitions"])
+        parts = [h.mean(-2), h.amax(-2), feats["returns"], feats["grad_log_norm"], ask]
+        return self.head(torch.cat([*parts, feats["task"]] if self.task_dim else parts, dim=-1))
+
+
+class ESRecombination(nn.Module):
+    """Δθ_ES = Σ_e w_e ε_e / E over a batch's per-env perturbations ε_e (unit RMS), with w_e = MLP(env e's return
+    statistics, context): a learned evolution-strategies step (zero at initialization)."""
+
+    def __init__(self, config: OperatorConfig) -> None:
+        super().__init__()
+        self.weight = _mlp([ENV_STATS + config.context_dim, config.param_hidden, config.param_hidden, 1],
+                           final_zero=True)
+
+    def forward(self, feats: Features, context: torch.Tensor) -> torch.Tensor:
+        stats = feats["env_returns"]
+        ctx = context.unsqueeze(-2).expand(*stats.shape[:-1], context.shape[-1])
+        w = self.weight(torch.cat([stats, ctx], dim=-1))  # [B, E, 1]
+        return (w * feats["perturbation"]).mean(-2)
+
+
+class FlatOperator(nn.Module):
+    """Δθ = MLP([θ, ĝ, snr, context]) (+ Δθ_ES with ``es``)."""
+
+    def __init__(self, spec: PolicySpec, config: OperatorConfig, es: bool = False) -> None:
+        super().__init__()
+        p = spec.n_params
+        self.net = _mlp([3 * p + config.context_dim, config.hidden, config.hidden, p], final_zero=True)
+        self.es = ESRecombination(config) if es else None
+
+    def forward(self, feats: Features, context: torch.Tensor) -> torch.Tensor:
+        delta = self.net(torch.cat([feats["theta"], feats["grad"], feats["grad_snr"] / SNR_CLIP, context], dim=-1))
+        return delta if self.es is None else delta + self.es(feats, context)
+
+
+def parameter_roles(spec: PolicySpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For every entry of θ: its block index, the observation it reads (or obs_dim if none), and the action it
+    drives (or act_dim if none). Hidden units are interchangeable (permutation symmetry), inputs and
+    outputs are not."""
+    block = torch.empty(spec.n_params, dtype=torch.long)
+    inp = torch.full((spec.n_params,), spec.obs_dim, dtype=torch.long)
+    out = torch.full((spec.n_params,), spec.act_dim, dtype=torch.long)
+    last = len(spec.layer_sizes) - 1
+    for b, (name, shape, off) in enumerate(spec.layout()):
+        n = math.prod(shape)
+        block[off : off + n] = b
+        if name == "W0":
+            inp[off : off + n] = torch.arange(shape[1]).repeat(shape[0])
+        if name in (f"W{last}", f"b{last}", "log_std"):
+            rows = torch.arange(shape[0])
+            out[off : off + n] = rows.repeat_interleave(shape[1]) if len(shape) == 2 else rows
+    return block, inp, out
+
+
+class PerParamOperator(nn.Module):
+    """Δθ_i = g([θ_i, ĝ_i, ĝ_i / rms(ĝ_block), snr_i, role_i], context), one small net shared by all parameters.
+
+    With ``es``, g also reads Δθ_ES,i / rms(Δθ_ES) and Δθ_i = g_0 + 2σ(g_1)·Δθ_ES,i (a learned per-parameter gain
+    on the learned ES step, 1 at initialization).
+    """
+
+    N_FEATURES = 4
+
+    def __init__(self, spec: PolicySpec, config: OperatorConfig, es: bool = False) -> None:
+        super().__init__()
+        h, r = config.param_hidden, config.role_dim
+        block, inp, out = parameter_roles(spec)
+        self.register_buffer("block", block, persistent=False)
+        self.register_buffer("inp", inp, persistent=False)
+        self.register_buffer("out", out, persistent=False)
+        self.n_blocks = len(spec.layout())
+        self.block_emb = nn.Embedding(self.n_blocks, r)
+        self.inp_emb = nn.Embedding(spec.obs_dim + 1, r)
+        self.out_emb = nn.Embedding(spec.act_dim + 1, r)
+        # The first layer is split by input so that the context and role terms are computed once, not per entry.
+        self.es = ESRecombination(config) if es else None
+        self.w_feat = nn.Linear(self.N_FEATURES + (1 if es else 0), h)
+        self.w_role = nn.Linear(3 * r, h, bias=False)
+        self.w_ctx = nn.Linear(config.context_dim, h, bias=False)
+        self.rest = _mlp([h, h, 2 if es else 1], final_zero=True)
+
+    def forward(self, feats: Features, context: torch.Tensor) -> torch.Tensor:
+        g = feats["grad"]
+        block_ms = torch.zeros(*g.shape[:-1], self.n_blocks, dtype=g.dtype, device=g.device)
+        block_ms = block_ms.index_add(-1, self.block, g.square()) / torch.bincount(self.block, minlength=self.n_blocks)
+        g_block = g / (block_ms.index_select(-1, self.block).sqrt() + 1e-8)
+        columns = [feats["theta"], g, g_block, feats["grad_snr"] / SNR_CLIP]
+        if self.es is not None:
+            es_step = self.es(feats, context)
+            # ε inside the root: the step is exactly 0 at initialization, where √ has no derivative
+            columns.append(es_step / (es_step.square().mean(-1, keepdim=True) + 1e-16).sqrt())
+        x = torch.stack(columns, dim=-1)
+        roles = self.w_role(torch.cat([self.block_emb(self.block), self.inp_emb(self.inp), self.out_emb(self.out)], -1))
+        h = self.w_feat(x) + roles + self.w_ctx(context).unsqueeze(-2)
+        out = self.rest(torch.nn.functional.gelu(h))
+        if self.es is None:
+            return out.squeeze(-1)
+        return out[..., 0] + 2 * torch.sigmoid(out[..., 1]) * es_step
+
+
+class ImprovementOperator(nn.Module):
+    """``f(θ, τ, ask) → θ'`` for policies of one :class:`PolicySpec`.
+
+    Args:
+        spec: the policy architecture it improves.
+        config: the operator architecture.
+        task_dim: width of the task vector it reads (``features.task_input``); 0: it reads no task.
+        es: whether it also forms an ES step from τ's parameter perturbations (``features.es_gradient``).
+    """
+
+    def __init__(self, spec: PolicySpec, config: OperatorConfig, task_dim: int = 0, es: bool = False) -> None:
+        super().__init__()
+        if config.arch not in ARCHS:
+            raise UserError(f"unknown operator architecture '{config.arch}'; choose one of {list(ARCHS)}")
+        self.spec = spec
+        self.config = config
+        self.context = ContextEncoder(spec, config, task_dim)
+        self.update = (FlatOperator if config.arch == "flat" else PerParamOperator)(spec, config, es)
+
+    def forward(self, feats: Features, ask: torch.Tensor) -> torch.Tensor:
+        """θ' ``[B, P]`` (for the next normalizer N') from encoded (θ, τ) ``feats`` (batched) and ``ask [B, 2]``."""
+        context = self.context(feats, ask)
+        return feats["theta"] + self.config.step_scale * self.update(feats, context)
+
+

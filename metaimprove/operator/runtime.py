@@ -1,0 +1,134 @@
+"""The operator at run time: the batches it collects (as its teacher explores, on a schedule of widths) and
+its update θ' = f(θ, τ, ask)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from metaimprove.errors import UserError
+from metaimprove.operator.checkpoint import OperatorCheckpoint
+from metaimprove.operator.features import encode, next_normalizer, stack, warmup_phases
+from metaimprove.operator.networks import ImprovementOperator
+from metaimprove.sim.envs import AnyTask
+from metaimprove.sim.policy import Policy
+from metaimprove.sim.rollout import Experience
+from metaimprove.teachers import Teacher, make_teacher
+
+
+def explorer_teacher(ckpt: OperatorCheckpoint) -> Teacher:
+    """The teacher whose batches the operator collects: its own teacher, resized to ``features.envs`` envs when the
+    operator was trained to read fewer than the teacher ran."""
+    teacher = make_teacher(ckpt.teacher)
+    return teacher if ckpt.features.envs is None else teacher.resized(ckpt.features.envs)
+
+
+def operator_batch(ckpt: OperatorCheckpoint) -> tuple[int, int]:
+    """``(n_envs, n_steps)`` of the batch the operator improves from once warmed up (see :func:`explorer_teacher`)."""
+    return explorer_teacher(ckpt).batch_shape
+
+
+@dataclass(frozen=True)
+class BatchSchedule:
+    """How wide a run's batches are: ``warmup``'s phases ``((envs, until_env_step), ...)`` while the run has used
+    fewer env steps than the phase's end, then ``envs``; ``n_steps`` steps per env."""
+
+    envs: int
+    n_steps: int
+    warmup: tuple[tuple[int, int], ...] = ()
+
+    def envs_at(self, steps: int) -> int:
+        """The envs of the batch collected after ``steps`` env steps."""
+        return next((envs for envs, until in self.warmup if steps < until), self.envs)
+
+    def batch_at(self, steps: int) -> int:
+        """The env steps of the batch collected after ``steps`` env steps."""
+        return self.envs_at(steps) * self.n_steps
+
+    def batches(self, budget: int) -> int:
+        """How many batches a run collects within ``budget`` env steps."""
+        steps = n = 0
+        while steps + self.batch_at(steps) <= budget:
+            steps, n = steps + self.batch_at(steps), n + 1
+        return n
+
+    def seed(self, seed: int, envs: int) -> int:
+        """The seed of run ``seed``'s collector of ``envs``-wide batches: ``seed`` itself at the full width (a run
+        without a warm-up collects as before it had one), one of its own for each warm-up width."""
+        return seed if envs == self.envs else 1_000_003 * seed + 100_000 + envs
+
+
+def describe_warmup(warmup: Sequence[Sequence[int]]) -> str:
+    """A warm-up in words: ``8-env batches until 4096 env steps, then 16-env batches until 8192 env steps``."""
+    return ", then ".join(f"{envs}-env batches until {until} env steps" for envs, until in warmup)
+
+
+def batch_schedule(ckpt: OperatorCheckpoint, warmup: list[list[int]] | None = None) -> BatchSchedule:
+    """The operator's :class:`BatchSchedule`: ``warmup`` (default the checkpoint's ``features.warmup``) before
+    batches of its full width. Every warm-up width must be narrower than that (so a teacher resized from the
+    full-width one is the same as one resized from the checkpoint's teacher) and suit the teacher (ARS batches
+    hold antithetic pairs)."""
+    full = explorer_teacher(ckpt)
+    n_envs, n_steps = full.batch_shape
+    what = "features.warmup" if warmup is None else "warmup"
+    phases = warmup_phases(ckpt.features.warmup if warmup is None else warmup, what)
+    for envs, _ in phases:
+        if envs >= n_envs:
+            raise UserError(f"{what}: a warm-up batch of {envs} envs is not narrower than the operator's "
+                            f"{n_envs}-env batches; give fewer envs")
+        try:
+            full.resized(envs)
+        except UserError as exc:
+            raise UserError(f"{what}: {exc}") from exc
+    return BatchSchedule(n_envs, n_steps, phases)
+
+
+class Explorer:
+    """How the operator collects its batches from a policy on ``task``: as its teacher does (``Teacher.explore``:
+    PPO's Gaussian action noise, ARS's antithetic parameter perturbations), so that it sees the kind of experience
+    it was trained on, as wide as ``schedule`` says after the run's env steps so far (one collector per width,
+    seeded by :meth:`BatchSchedule.seed`)."""
+
+    def __init__(self, ckpt: OperatorCheckpoint, task: AnyTask, start: Policy, seed: int,
+                 schedule: BatchSchedule) -> None:
+        self.schedule = schedule
+        self._teachers: dict[int, Teacher] = {}
+        for envs in {schedule.envs, *(envs for envs, _ in schedule.warmup)}:
+            teacher = explorer_teacher(ckpt)
+            teacher = teacher if envs == schedule.envs else teacher.resized(envs)
+            teacher.start(task, start, schedule.seed(seed, envs))
+            self._teachers[envs] = teacher
+
+    def __call__(self, policy: Policy, steps: int) -> Experience:
+        """A batch collected by ``policy`` in a run that has used ``steps`` env steps."""
+        return self._teachers[self.schedule.envs_at(steps)].explore(policy)
+
+
+def operator_explorer(ckpt: OperatorCheckpoint, task: AnyTask, start: Policy, seed: int,
+                      warmup: list[list[int]] | None = None) -> Explorer:
+    """The operator's :class:`Explorer` on ``task`` for run ``seed``, with :func:`batch_schedule`'s schedule."""
+    return Explorer(ckpt, task, start, seed, batch_schedule(ckpt, warmup))
+
+
+def operator_update(op: ImprovementOperator, ckpt: OperatorCheckpoint, task: AnyTask, ask: torch.Tensor,
+                    generator: torch.Generator,
+                    timings: list[float] | None = None) -> Callable[[Policy, Experience], Policy]:
+    """The operator as an update ``(θ, τ) -> θ'`` on ``task``: τ's observations are folded into θ's normalizer (as
+    the teacher does) and θ' = f(θ, τ, ask) for that normalizer (an oracle operator also reads ``task``)."""
+
+    def update(policy: Policy, exp: Experience) -> Policy:
+        begin = time.perf_counter()
+        feats = encode(policy, exp, ckpt.features, generator, task)
+        with torch.no_grad():
+            theta = op(stack([feats]), ask.unsqueeze(0))[0]
+        if timings is not None:
+            timings.append(time.perf_counter() - begin)
+        if not torch.isfinite(theta).all():
+            raise UserError(f"the operator produced non-finite parameters on {task.name}; "
+                            "the checkpoint is unusable for this task")
+        return Policy(ckpt.spec, theta, next_normalizer(policy, exp))
+
+    return update

@@ -1,0 +1,1 @@
+"""The simulated world: task families, their MuJoCo envs, batched rollouts and the policy."""

@@ -1,0 +1,1 @@
+"""Fitting the operator: hindsight pairs from datasets, relabeling, the supervised fit."""
