@@ -1,14 +1,7 @@
-"""Gymnasium environments for the task families, and the reward/observation code they share with the
-fast collector (:mod:`metaimprove.sim.rollout`), so both compute exactly the same numbers.
+"""Gymnasium envs of the task families (``metaimprove/<Name>-v0``), the step rules they share with the batched
+collector, and a user's own env (:class:`UserEnv`).
 
-Each family registers as ``metaimprove/<Name>-v0`` and takes either a whole ``task=Task`` or task
-parameters as keyword arguments (``gymnasium.make("metaimprove/HalfCheetahVel-v0", target_velocity=1.0)``).
-A simulator blow-up (MuJoCo's BADQACC warning, a non-finite or exploding state) ends the episode
-with ``info["unstable"] = True`` instead of crashing.
-
-A family's robot is one of gymnasium's (:data:`ROBOTS`) or a user's own MJCF file, which gets the generic rules
-of :func:`robot_of`. A user's own gymnasium env (any registered id or ``module:Class``) runs in place of a task
-as a :class:`UserEnv`.
+Why: see the design notes (docs/design.md, "Tasks and physics randomization" and "Simulator blow-ups").
 """
 
 from __future__ import annotations
@@ -277,7 +270,10 @@ class TaskEnv(MujocoEnv):
     family's reward and a task's physics.
 
     Steps, resets and observes as the robot's gymnasium v5 env does by default (Ant without contact forces in
-    its observation), with the family's reward and termination (:class:`StepRules`).
+    its observation), with the family's reward and termination (:class:`StepRules`). Registered as
+    ``metaimprove/<Name>-v0``: ``gymnasium.make("metaimprove/HalfCheetahVel-v0", target_velocity=1.0)``. A
+    simulator blow-up (MuJoCo's BADQACC, a non-finite or exploding state) ends the episode as terminated with
+    ``info["unstable"] = True``.
 
     Args:
         family: the task family's name (set by the registration).

@@ -1,15 +1,7 @@
-"""Gaussian MLP policies as flat parameter vectors, evaluated one or many at a time.
+"""Gaussian MLP policies: a :class:`PolicySpec`, a flat parameter vector θ and its :class:`ObsNormalizer`, evaluated
+one θ or a batch of θs at once; normalizer folding; policy files.
 
-A policy is a :class:`PolicySpec` (shapes), a flat parameter vector θ and an
-:class:`ObsNormalizer` (running mean/variance of observations): θ without its normalizer is not a
-policy. The layout of θ is, for each linear layer ``l`` in order (input → hidden → … → output)::
-
-    W_l  [out_l, in_l]  row-major,  then  b_l  [out_l]
-
-followed by the state-independent ``log_std [act_dim]``. :func:`forward` takes θ with any batch shape
-``[..., P]`` and observations ``[..., N, obs_dim]`` and returns action means ``[..., N, act_dim]`` with
-batched matmuls, so the behavioural loss and evaluation run many θs at once, and autograd / ``torch.func``
-see an ordinary function of θ.
+Why: see the design notes (docs/design.md, "Functional parameters" and "The normalizer is part of the policy").
 """
 
 from __future__ import annotations
@@ -32,7 +24,11 @@ ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
 
 @dataclass(frozen=True)
 class PolicySpec:
-    """Shapes of a Gaussian MLP policy."""
+    """Shapes of a Gaussian MLP policy, and the layout of its flat θ.
+
+    For each linear layer ``l`` in order (input → hidden → … → output), ``W_l [out_l, in_l]`` row-major, then
+    ``b_l [out_l]``; then the state-independent ``log_std [act_dim]`` (:meth:`layout`).
+    """
 
     obs_dim: int
     act_dim: int
@@ -198,8 +194,8 @@ class Policy:
 class NumpyActor:
     """A policy's weights copied to float64 numpy arrays.
 
-    Per env step the collector evaluates the policy on a handful of observations; torch's per-call
-    overhead would then cost as much as the physics, numpy's is a few microseconds.
+    Per env step the collector evaluates the policy on a handful of observations, where torch's per-call
+    overhead would cost as much as the physics.
     """
 
     def __init__(self, policy: Policy) -> None:

@@ -1,9 +1,7 @@
-"""Fast batched experience collection: one policy θ, one task, many environments, one process.
+"""Batched experience collection: one policy θ, one task, many envs stepped together in C (``mujoco.batch``),
+returned as an :class:`Experience`; and :func:`evaluate`, the evaluation protocol every method shares.
 
-:class:`Simulator` steps ``n_envs`` copies of a task's model with ``mujoco.batch.Batch`` (a C loop,
-no per-env Python) and computes observations and rewards with the same functions as the gymnasium
-env (:mod:`metaimprove.sim.envs`), so both agree exactly. :class:`Collector` runs a policy on it with one
-batched forward per step and returns an :class:`Experience` of whole episodes.
+Why: see the design notes (docs/design.md, "The collector on mujoco.batch").
 """
 
 from __future__ import annotations
@@ -65,7 +63,8 @@ class Experience:
 
 
 class Simulator:
-    """``n_envs`` simulations of one task, stepped together in C.
+    """``n_envs`` simulations of one task, stepped together in C (``mujoco.batch.Batch``), with observations and
+    rewards from the gymnasium env's own :class:`~metaimprove.sim.envs.StepRules`, so both agree exactly.
 
     Args:
         task: the task (its physics are applied to the robot's nominal model).

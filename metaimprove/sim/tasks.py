@@ -1,14 +1,7 @@
-"""Task distribution: families declared in ``tasks/*.yaml``, frozen ``Task`` draws, physics randomization.
+"""Task distribution: families declared in ``tasks/*.yaml`` (and on ``METAIMPROVE_TASK_PATH``), frozen
+JSON-round-tripping :class:`Task` draws, physics randomization of the nominal model, oracle task distance.
 
-A :class:`TaskFamily` is read from one YAML file: the shipped ones in ``tasks/``, and a user's own in the
-directories (or files) listed on ``METAIMPROVE_TASK_PATH``. Its robot is one of gymnasium's MuJoCo robots
-or the user's own MJCF file (``xml:``). ``family.task(split, index)`` returns the
-``index``-th task of a split; each split has its own seed stream, so ``test`` never repeats a
-``train`` draw and the ``i``-th task does not depend on how many tasks are asked for.
-
-A :class:`Task` is a frozen dataclass (family, split, index, task parameters, physics scales) that
-round-trips exactly through JSON. :func:`build_model` compiles the family's robot and scales the
-*nominal* model by the task's physics scales, so the same task always gives the same simulator.
+Why: see the design notes (docs/design.md, "Tasks and physics randomization" and "Oracle task distance").
 """
 
 from __future__ import annotations
@@ -178,7 +171,11 @@ PIPELINE_SIZES = {"n_tasks": 12, "iterations": 30, "test_tasks": 2, "test_seeds"
 
 @dataclass(frozen=True)
 class TaskFamily:
-    """A distribution of tasks declared by one ``tasks/<name>.yaml`` file."""
+    """A distribution of tasks declared by one ``tasks/<name>.yaml`` file.
+
+    Its robot is one of gymnasium's MuJoCo robots or the user's own MJCF file (``xml:``). Each split draws from
+    its own seed stream (``split_seeds``), so ``test`` never repeats a ``train`` draw.
+    """
 
     name: str
     description: str
