@@ -1,8 +1,7 @@
-"""Teachers: the trusted baseline improvers we learn from and compare against (PPO first, ARS second).
+"""The ARS teacher (Augmented Random Search V2-t), exploring in parameter space on the batched collector.
 
-A teacher improves a policy from the experience it just collected, ``improve(τ) -> θ'``, and
-:meth:`Teacher.run` turns that into a stream of :class:`ImprovementRecord` — one per update,
-``(θⁿ, τⁿ, task) → θⁿ⁺¹`` — which :mod:`metaimprove.data.collect` writes to disk.
+Why its batch records each env's perturbation: see the design notes (docs/design.md, "Teachers that explore in
+parameter space, and the learned ES step").
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""Teachers: the trusted baseline improvers we learn from and compare against (PPO first, ARS second).
-
-A teacher improves a policy from the experience it just collected, ``improve(τ) -> θ'``, and
-:meth:`Teacher.run` turns that into a stream of :class:`ImprovementRecord` — one per update,
-``(θⁿ, τⁿ, task) → θⁿ⁺¹`` — which :mod:`metaimprove.data.collect` writes to disk.
+"""The teacher interface: improve a policy from the experience it just collected, ``improve(τ) -> θ'``, and
+:meth:`Teacher.run` as a stream of :class:`ImprovementRecord` pairs ``(θⁿ, τⁿ, task) → θⁿ⁺¹``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
-"""Teachers: the trusted baseline improvers we learn from and compare against (PPO first, ARS second).
+"""The PPO teacher (Stable-Baselines3's algorithm and defaults) on the batched collector, with a hand-written
+numpy backward.
 
-A teacher improves a policy from the experience it just collected, ``improve(τ) -> θ'``, and
-:meth:`Teacher.run` turns that into a stream of :class:`ImprovementRecord` — one per update,
-``(θⁿ, τⁿ, task) → θⁿ⁺¹`` — which :mod:`metaimprove.data.collect` writes to disk.
+Why numpy: see the design notes (docs/design.md, "Functional parameters").
 """
 
 from __future__ import annotations
@@ -104,13 +103,11 @@ class PPO(Teacher):
     compares against τⁿ's recorded log-probabilities (θⁿ under its own statistics), so the normalizer's
     change counts as part of the policy change that the clip bounds.
 
-    Speed: an update is ``n_epochs × n_envs·n_steps / minibatch_size`` (320 by default) gradient steps on
-    networks of a few thousand parameters, where torch autograd's per-node overhead (~2 ms a step) would
-    cost four times the data collection. So θ and the value network's φ live in one flat float32 buffer
-    ``[θ ‖ φ]`` and each step runs a hand-written forward/backward in numpy (~0.2 ms), then one norm clip
-    and one in-place Adam update of the whole buffer. ``tests/test_teachers.py`` checks these gradients against autograd
-    through :func:`~metaimprove.sim.policy.forward`. The value network is a one-output MLP in the policy's flat
-    layout (:class:`PolicySpec` ``act_dim=1``); its unused ``log_std`` slot gets zero gradient and never moves.
+    Gradient steps: θ and the value network's φ live in one flat float32 buffer ``[θ ‖ φ]``; each minibatch step
+    runs a hand-written forward/backward in numpy (checked against autograd by ``tests/test_teachers.py``), then
+    one norm clip and one in-place Adam update of the whole buffer. The value network is a one-output MLP in the
+    policy's flat layout (:class:`PolicySpec` ``act_dim=1``); its unused ``log_std`` slot gets zero gradient and
+    never moves.
 
     Args:
         config: hyperparameters (default :class:`PPOConfig`).
