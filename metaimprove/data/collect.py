@@ -1,41 +1,8 @@
-"""Collection stage: run a teacher on tasks × seeds and write one verified shard per run.
+"""The ``collect`` and ``verify`` stages: a teacher run on every (task, seed) of a plan, each written as one verified
+shard of a resumable dataset, on a process pool or on Ray.
 
-The plan is every task ``start .. start + n_tasks - 1`` of a family's split crossed with seeds
-``seed_start .. seed_start + seeds - 1``. A run starts from θ⁰ = ``init_params(spec, seed)`` with an
-identity normalizer (runs sharing a seed share θ⁰) and records ``iterations`` teacher updates.
-A dataset directory holds::
-
-    config.yaml       the collection config: everything that determines the data (not workers, not out)
-    manifest.json     {"format", "format_version", "shards": [entry, ...]}, rewritten atomically per shard
-    shards/<family>-<split>-<index:04d>-s<seed>.safetensors + .json     one run (see below)
-    MUJOCO_LOG.TXT, .hydra/     MuJoCo's warnings; the resolved config of the last CLI run
-
-A manifest entry is ``{"shard", "task_name", "task" (Task.to_dict()), "teacher", "seed",
-"iterations": [first, stop), "sha256"}``; ``sha256`` pins the shard's JSON, which pins its tensors
-(see :mod:`metaimprove.storage`). A shard's tensors, for N iterations of T steps × E envs::
-
-    theta [N+1, P]            θ⁰ .. θᴺ (θⁿ collected τⁿ; the teacher turned it into θⁿ⁺¹)
-    norm_mean, norm_var [N+1, obs] float64, norm_count [N+1] float64    each θ's observation normalizer
-    mean_return [N] float64, env_steps [N] int64 (cumulative), n_unstable [N] int64
-    obs [N, T, E, obs], action [N, T, E, act], log_prob, reward [N, T, E]   τⁿ (float32)
-    terminated, truncated [N, T, E] uint8
-    perturbation [N, E, P]    each env's θ_e − θⁿ, for a teacher that explores in parameter space (ARS) only
-
-and its JSON meta holds the task, the teacher (name and config), seed, iteration range, policy
-spec, package and format versions.
-
-Runs execute in a pool of spawned worker processes (``executor=local``) or as one Ray task per run
-(``executor=ray``, ``ray.address=auto|host:port``; every node must see ``out`` on a shared file
-system). Either way each run is single-threaded and reseeds every global RNG, so a shard depends on
-its task, seed and config only, never on the executor, the worker count or on which runs a worker did
-before: the two executors write byte-identical datasets. Workers write their shards; the parent alone
-writes the manifest. A Ray task whose worker dies is retried; its shard path is fixed by the run and
-written atomically, so a retry replaces its files and never adds a second copy.
-
-Rerunning into the same directory with the same config resumes: listed shards are
-verified and skipped, anything else in ``shards/`` is a leftover of an interrupted run and is
-removed and redone. ``metaimprove verify dataset=<out>`` checks every shard of a dataset against the
-manifest's checksums (reading a torn or tampered shard is always refused with a one-line error).
+Why: see the design notes (docs/design.md, "Checkpoints and shards without pickle" and "Collection: resumable,
+and independent of the executor").
 """
 
 from __future__ import annotations
@@ -201,7 +168,15 @@ def plan(cfg: CollectConfig) -> list[Run]:
 
 
 def collect(cfg: CollectConfig) -> None:
-    """The ``collect`` stage: run ``cfg.teacher`` on every planned run and write the dataset to ``cfg.out``."""
+    """The ``collect`` stage: run ``cfg.teacher`` on every planned run and write the dataset to ``cfg.out``.
+
+    The plan is every task ``start .. start + n_tasks - 1`` of a family's split crossed with seeds
+    ``seed_start .. seed_start + seeds - 1``. A run starts from θ⁰ = ``init_params(spec, seed)`` with an identity
+    normalizer (runs sharing a seed share θ⁰) and records ``iterations`` teacher updates. Runs execute on a pool of
+    spawned worker processes (``executor=local``) or as one Ray task per run (``executor=ray``; every node must see
+    ``out`` at the same path); both write the same bytes. Rerunning into the same directory with the same config
+    resumes: listed shards are verified and kept, anything else in ``shards/`` is removed and redone.
+    """
     family = get_family(cfg.task.family)
     if cfg.split not in family.split_seeds:
         raise UserError(f"family {family.name} has no split '{cfg.split}'; choose one of {sorted(family.split_seeds)}")
@@ -426,7 +401,18 @@ def _check_chain(records: list[ImprovementRecord], record: ImprovementRecord) ->
 
 
 def shard_tensors(records: list[ImprovementRecord]) -> dict[str, torch.Tensor]:
-    """The tensors of one run's shard (see the module docstring) from its records, in order."""
+    """The tensors of one run's shard from its records, in order; for N updates of T steps × E envs::
+
+        theta [N+1, P]            θ⁰ .. θᴺ (θⁿ collected τⁿ; the teacher turned it into θⁿ⁺¹)
+        norm_mean, norm_var [N+1, obs] float64, norm_count [N+1] float64    each θ's observation normalizer
+        mean_return [N] float64, env_steps [N] int64 (cumulative), n_unstable [N] int64
+        obs [N, T, E, obs], action [N, T, E, act], log_prob, reward [N, T, E]   τⁿ (float32)
+        terminated, truncated [N, T, E] uint8
+        perturbation [N, E, P]    each env's θ_e − θⁿ, for a teacher that explores in parameter space (ARS) only
+
+    The shard's JSON meta holds the task, the teacher (name and config), seed, iteration range, policy spec,
+    package and format versions.
+    """
     policies = [records[0].policy] + [r.next_policy for r in records]
     exps = [r.experience for r in records]
     perturbed = [e.perturbation for e in exps if e.perturbation is not None]
@@ -517,7 +503,16 @@ def _exclusive(root: Path) -> Iterator[None]:
 
 
 def load_manifest(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The shard entries of the dataset at ``root`` (see the module docstring), checked for shape only."""
+    """The shard entries of the dataset at ``root``, checked for shape only. A dataset directory holds::
+
+        config.yaml       the collection config: everything that determines the data (not workers, not out)
+        manifest.json     {"format", "format_version", "shards": [entry, ...]}, rewritten atomically per shard
+        shards/<family>-<split>-<index:04d>-s<seed>.safetensors + .json     one run (:func:`shard_tensors`)
+        MUJOCO_LOG.TXT, .hydra/     MuJoCo's warnings; the resolved config of the last CLI run
+
+    An entry is ``{"shard", "task_name", "task" (Task.to_dict()), "teacher", "seed", "iterations": [first, stop),
+    "sha256"}``; ``sha256`` pins the shard's JSON, which pins its tensors (see :mod:`metaimprove.storage`).
+    """
     path = Path(root) / MANIFEST
     if not path.exists():
         raise UserError(f"{root} is not a collected dataset: it has no {MANIFEST} (run `metaimprove collect out=...`)")
