@@ -1,4 +1,7 @@
-"""The operator's checkpoint: weights in safetensors, everything else needed to apply it in JSON."""
+"""The operator's checkpoint: weights in safetensors, everything else needed to apply it in JSON.
+
+Why no pickle: see the design notes (docs/design.md, "Checkpoints and shards without pickle").
+"""
 
 from __future__ import annotations
 
@@ -23,9 +26,8 @@ from metaimprove.sim.tasks import Task
 from metaimprove.storage import load_tensors, save_tensors
 
 DEFAULT_ASK_K = 2
-"""The jump an operator is asked for when neither its checkpoint nor apply names one. On the validation tasks
-of ``benchmarks/ablations.py`` k = 2 did best and k = 8 worst: a k-step target holds k − 1 teacher steps the
-operator never sees the experience of, and what it learns of them is a bias that adds up over applications."""
+"""The jump an operator is asked for when neither its checkpoint nor apply names one (through
+:func:`default_ask_k`). Why a small one: see the design notes (docs/design.md, "Hindsight pairs and the ask")."""
 
 
 def default_ask_k(ks: list[int]) -> int:
@@ -233,7 +235,7 @@ def _checkpoint_from_meta(meta: dict[str, Any]) -> OperatorCheckpoint:
     if not (isinstance(teacher, dict) and isinstance(teacher.get("name"), str)
             and isinstance(teacher.get("config", {}), dict)):
         raise ValueError("teacher must be a mapping with a string name and a config mapping")
-    # Checkpoints from before the oracle ablation have neither key: they read no task.
+    # A checkpoint may have neither key: it reads no task.
     task_family, task_dim = meta.get("task_family"), meta.get("task_dim", 0)
     if features.task_input and not (isinstance(task_family, str) and task_family and _is_int(task_dim)
                                     and 1 <= task_dim <= MAX_TASK_DIM):
@@ -244,7 +246,7 @@ def _checkpoint_from_meta(meta: dict[str, Any]) -> OperatorCheckpoint:
     if features.envs is not None and features.envs < 1:
         raise ValueError(f"features.envs must be >= 1, got {features.envs}")
     warmup_phases(features.warmup)
-    # Checkpoints from before the recorded ask have none: they are asked for default_ask_k(ks).
+    # A checkpoint may record no ask k: it is asked for default_ask_k(ks).
     ask_k = meta.get("ask_k")
     if ask_k is not None and not (_is_int(ask_k) and ask_k in ks):
         raise ValueError(f"ask_k must be one of ks {ks}, got {str(ask_k)[:40]}")

@@ -1,26 +1,6 @@
-"""What the operator sees of (θ, τ), and the normalizer its output goes with.
+"""What the operator sees of (θ, τ): :func:`encode` in the coordinates of the normalizer its output goes with.
 
-The observation normalizer is part of the policy's state. Like the PPO teacher, an operator step
-first folds τ's observations into the normalizer (a closed-form part of the update that is computed,
-not learned) and then works in the coordinates of that updated normalizer N': θ' is the policy for
-N'. Everything here is a function of (θ, τ) alone — no task identity — so the operator must infer the
-world from the experience, as domain randomization intends (``task_input`` is the oracle ablation that
-adds the task itself):
-
-* ``theta``: θ, read in N' coordinates
-* ``grad``: the policy-gradient direction of τ (REINFORCE with a linear state-time baseline, as rllab's
-  ``LinearFeatureBaseline``), scaled to unit RMS, and ``grad_log_norm`` its size
-* ``grad_snr``: per parameter, the mean over episodes of the per-episode gradients over their standard
-  error (``torch.func.vmap`` of ``torch.func.grad``): how consistently τ pushes that parameter
-* ``transitions``: a fixed-size subsample of (normalized obs, z-scored action, reward, advantage, phase)
-* ``returns``: mean and spread over environments of the mean reward per step
-* ``states`` (raw observations) with ``norm_mean``/``norm_std`` (N'), for the behavioural loss only
-* ``task`` (only with ``task_input``): :func:`task_vector` of the task τ was collected on
-* ``perturbation`` and ``env_returns`` (only with ``es_gradient``): for a batch that explores in parameter
-  space (ARS), each env's θ_e − θ scaled to unit RMS ``[E, P]`` (zeros when every env ran θ), and per env
-  ``[E, 4]``: its return z-scored over the batch, its centered rank, its antithetic partner's z-score (its own
-  when the batch has no antithetic pairs), and the centered rank of the better of the two. From these the
-  operator forms its own evolution-strategies update Σ_e w_e ε_e (:class:`~metaimprove.operator.ESRecombination`)
+Why: see the design notes (docs/design.md, "What the operator reads" and "The normalizer is part of the policy").
 """
 
 from __future__ import annotations
@@ -39,7 +19,22 @@ from metaimprove.sim.rollout import Experience
 from metaimprove.sim.tasks import Task, task_coordinates
 
 Features = dict[str, torch.Tensor]
-"""One encoded (θ, τ) (keys in the module docstring); a batch stacks a leading dimension on each."""
+"""One encoded (θ, τ); a batch stacks a leading dimension on each. Its keys:
+
+* ``theta``: θ, read in N' coordinates (N': θ's normalizer updated with τ, :func:`next_normalizer`)
+* ``grad``: the policy-gradient direction of τ (REINFORCE with a linear state-time baseline, as rllab's
+  ``LinearFeatureBaseline``), scaled to unit RMS, and ``grad_log_norm`` its size
+* ``grad_snr``: per parameter, the mean over episodes of the per-episode gradients over their standard
+  error (``torch.func.vmap`` of ``torch.func.grad``): how consistently τ pushes that parameter
+* ``transitions``: a fixed-size subsample of (normalized obs, z-scored action, reward, advantage, phase)
+* ``returns``: mean and spread over environments of the mean reward per step
+* ``states`` (raw observations) with ``norm_mean``/``norm_std`` (N'), for the behavioural loss only
+* ``task`` (only with ``task_input``): :func:`task_vector` of the task τ was collected on
+* ``perturbation`` and ``env_returns`` (only with ``es_gradient``): for a batch that explores in parameter
+  space (ARS), each env's θ_e − θ scaled to unit RMS ``[E, P]`` (zeros when every env ran θ), and per env
+  ``[E, 4]``: its return z-scored over the batch, its centered rank, its antithetic partner's z-score (its own
+  when the batch has no antithetic pairs), and the centered rank of the better of the two
+"""
 
 SNR_CLIP = 10.0
 
@@ -156,8 +151,8 @@ def next_normalizer(policy: Policy, exp: Experience) -> ObsNormalizer:
 
 def encode(policy: Policy, exp: Experience, config: FeatureConfig, generator: torch.Generator,
            task: AnyTask | None = None) -> Features:
-    """Encode θ (``policy``, which collected ``exp``) and τ (``exp``) for the operator, in N' coordinates; with
-    ``config.task_input`` also ``task``, the task τ was collected on."""
+    """Encode θ (``policy``, which collected ``exp``) and τ (``exp``) for the operator, in N' coordinates (keys:
+    :data:`Features`); with ``config.task_input`` also ``task``, the task τ was collected on."""
     spec = policy.spec
     norm = next_normalizer(policy, exp)
     T, E = exp.reward.shape
@@ -214,7 +209,7 @@ def is_antithetic(exp: Experience) -> bool:
 
 def perturbation_features(exp: Experience, n_params: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``es_gradient`` features of τ: each env's parameter perturbation over their RMS ``[E, P]`` (zeros if
-    τ has none) and the per-env return statistics ``[E, ENV_STATS]`` (see the module docstring)."""
+    τ has none) and the per-env return statistics ``[E, ENV_STATS]`` (see :data:`Features`)."""
     returns = exp.reward.double().sum(0)
     E = len(returns)
     z = ((returns - returns.mean()) / (returns.std() + 1e-8)).float() if E > 1 else torch.zeros(E)

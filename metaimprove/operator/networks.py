@@ -1,31 +1,8 @@
-"""The improvement operator ``f(θ, τ, ask) → θ'``.
+"""The improvement operator ``f(θ, τ, ask) → θ'``: a set encoder of τ and the ask, and a ``per_param`` or ``flat``
+network predicting Δθ, optionally with a learned evolution-strategies step.
 
-Both architectures share a set encoder that turns τ (a subsample of transitions, episode-return
-statistics, the size of the policy gradient) and the ask into a context vector, and predict an update
-Δθ with θ' = θ + Δθ:
-
-* ``flat`` — one MLP over the whole flattened θ, the policy-gradient direction, its per-parameter
-  signal-to-noise ratio and the context.
-  The obvious design; it sees every parameter at once and is tied to one policy size.
-* ``per_param`` — one small network shared by every parameter (learned-optimizer style), reading that
-  parameter's value, its policy-gradient component (globally and per-block normalized) and that
-  component's signal-to-noise ratio across episodes, its role
-  (which block; which observation it reads in the first layer; which action it drives in the last)
-  and the context. It has few weights, works for any hidden size, and cannot memorize whole θs.
-
-The ask is ``[log2 k, requested return improvement per step]``: "do the work of k teacher updates and
-gain this much". Both are zero-initialized at the output so an untrained operator returns θ unchanged.
-
-With ``features.task_input`` (the oracle ablation) the task's vector
-(:func:`~metaimprove.operator.features.task_vector`)
-joins the set encoder's pooled τ before its head, so both architectures see it through the context.
-
-With ``features.es_gradient`` (data from a teacher that explores in parameter space, such as ARS) the operator
-also forms an evolution-strategies step from the batch's per-env perturbations ε_e and returns
-(:class:`ESRecombination`, the learned recombination of Learned Evolution Strategies): Δθ_ES = Σ_e w_e ε_e / E with
-each weight w_e learned from env e's return statistics and the context. ARS's own update is one such weighting.
-The flat operator adds Δθ_ES to its output; the per-parameter one also reads Δθ_ES's component as a feature and
-scales it per parameter by a learned gain in (0, 2).
+Why two architectures, and the ES step: see the design notes (docs/design.md, "The operator's architecture:
+per-parameter or flat" and "Teachers that explore in parameter space, and the learned ES step").
 """
 
 from __future__ import annotations
@@ -193,7 +170,16 @@ class PerParamOperator(nn.Module):
 
 
 class ImprovementOperator(nn.Module):
-    """``f(θ, τ, ask) → θ'`` for policies of one :class:`PolicySpec`.
+    """``f(θ, τ, ask) → θ'`` for policies of one :class:`PolicySpec`: θ' = θ + Δθ.
+
+    The ask is ``[log2 k, requested return improvement per step]``: "do the work of k teacher updates and gain this
+    much". The output layers are zero-initialized, so an untrained operator returns θ unchanged.
+
+    * ``flat`` (:class:`FlatOperator`): one MLP over the whole θ, its policy-gradient direction, that direction's
+      per-parameter signal-to-noise ratio and the context; tied to one policy size.
+    * ``per_param`` (:class:`PerParamOperator`): one small network shared by every parameter, reading that
+      parameter's value, gradient component, signal-to-noise ratio and role (:func:`parameter_roles`) with the
+      context; works for any hidden size.
 
     Args:
         spec: the policy architecture it improves.
