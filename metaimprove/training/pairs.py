@@ -1,19 +1,7 @@
-"""Hindsight improvement pairs from a collected dataset.
+"""Hindsight improvement pairs ``(θⁿ, τⁿ, ask) → θⁿ⁺ᵏ`` from collected datasets, and the task-level validation split.
 
-Every teacher run on disk is a chain θ⁰ → θ¹ → … → θᴺ with the experience τⁿ each θⁿ collected. For
-every iteration n and jump k ∈ ``ks`` with n + k < N this makes the pair
-
-    (θⁿ, τⁿ, ask = [log2 k, r̄ⁿ⁺ᵏ − r̄ⁿ])  →  θⁿ⁺ᵏ
-
-where r̄ is the mean reward per step of a batch: the ask is labelled in hindsight with the improvement
-θⁿ⁺ᵏ actually reached (as Decision Transformer and G.pt condition on outcomes). The operator's output
-goes with the normalizer Nⁿ⁺¹ (θⁿ's, updated with τⁿ: see :mod:`metaimprove.operator.features`), so the target
-θⁿ⁺ᵏ is folded from its own normalizer Nⁿ⁺ᵏ into Nⁿ⁺¹ — the same policy, written in the output's
-coordinates. With ``features.envs`` the operator reads a random subset of τⁿ's environments (and Nⁿ⁺¹ is
-θⁿ's normalizer updated with that subset) while the target stays the teacher's step from the whole batch: it
-learns to do the teacher's work from less experience. Validation holds out whole *tasks*. With
-``features.task_input`` each encoding also carries its task's vector (the oracle ablation), and every pair must
-then come from one task family.
+Why hindsight asks, and whole tasks held out: see the design notes (docs/design.md, "Hindsight pairs and the
+ask").
 """
 
 from __future__ import annotations
@@ -59,7 +47,15 @@ class PairConfig:
 
 @dataclass
 class Pairs:
-    """Encoded iterations and the hindsight pairs over them."""
+    """Encoded iterations and the hindsight pairs over them.
+
+    Every teacher run is a chain θ⁰ → θ¹ → … → θᴺ with the experience τⁿ each θⁿ collected. For every iteration n
+    and jump k ∈ ``ks`` with n + k < N there is a pair ``(θⁿ, τⁿ, ask = [log2 k, r̄ⁿ⁺ᵏ − r̄ⁿ]) → θⁿ⁺ᵏ``, r̄ the mean
+    reward per step of a batch. The target θⁿ⁺ᵏ is folded from its own normalizer into Nⁿ⁺¹, the one the source's
+    output goes with (θⁿ's updated with τⁿ, or with ``features.envs`` with the subset of τⁿ's envs the operator
+    reads, while the target stays the teacher's step from the whole batch). With ``features.task_input`` each
+    encoding also carries its task's vector, and every pair comes from one task family.
+    """
 
     spec: PolicySpec
     items: Features

@@ -1,24 +1,8 @@
-"""Extra teacher pairs from chosen start policies: relabeling rounds (DAgger for operators) and augmentation.
+"""Extra teacher pairs from chosen start policies: relabeling rounds (the policies the operator visits,
+:func:`operator_visits`) and augmentation (noised dataset policies, :func:`perturbed_starts`), both through
+:func:`teacher_pairs`.
 
-A dataset only holds the policies the teacher itself visited. Applied again and again, the operator
-wanders off those trajectories (covariate shift), and nothing in the data says how to improve from
-where it lands. Two ways to put such policies into the data share one piece, :func:`teacher_pairs`:
-given start policies on training tasks, run the teacher from each for ``max(ks) + 1`` updates and turn
-the run into hindsight pairs exactly as :func:`metaimprove.training.pairs.run_pairs` does for a collected run
-(so the pairs from the start itself are ``(θ, τ, ask = [log2 k, r̄ᵏ − r̄⁰]) → θᵏ`` for every k, plus
-the pairs between the later policies of that run, which cost no further env steps).
-
-* **Relabeling** (:func:`operator_visits`): apply the trained operator from initial policies on training
-  tasks and take the policies it visits as starts.
-* **Augmentation** (:func:`perturbed_starts`, D-REX style): add Gaussian noise, scaled to each parameter
-  block's RMS, to policies of the dataset's runs and take those as starts.
-
-Each teacher run from a start begins with a fresh value function and optimizer, as every run of the
-dataset does at θ⁰ and as the PPO baseline does from any initial policy in ``metaimprove apply``: the
-targets say what the teacher does *when started from* that policy. Warming the value function up first
-would make the targets look like mid-run teacher steps, but it needs a value-only fit the teacher
-interface does not offer, and env steps. The teacher is the one recorded in the (first) dataset. Its runs
-are written in the dataset's shard format into the training run's directory (never into the source dataset).
+Why: see the design notes (docs/design.md, "Relabeling and augmentation").
 """
 
 from __future__ import annotations
@@ -88,8 +72,9 @@ def dataset_runs(datasets: list[str], tasks: set[str]) -> list[DatasetRun]:
 
 def teacher_pairs(starts: list[Start], teacher: dict[str, Any], config: PairConfig, features: FeatureConfig,
                   out: Path, prefix: str, generator: torch.Generator) -> tuple[Pairs, int]:
-    """Run ``teacher`` for ``max(config.ks) + 1`` updates from every start and return the runs' hindsight
-    pairs and the env steps spent. Each run is written to ``out/<prefix>-<i>.safetensors`` (shard format)."""
+    """Run ``teacher`` (as recorded in a dataset) for ``max(config.ks) + 1`` updates from every start, each with a fresh
+    value function and optimizer, and return the runs' hindsight pairs and the env steps spent. Each run is written
+    to ``out/<prefix>-<i>.safetensors`` (shard format; ``out`` is the training run's directory, never a dataset)."""
     if not starts:
         raise UserError(f"no start policies for {prefix}; raise the number of starts")
     out.mkdir(parents=True, exist_ok=True)

@@ -1,20 +1,7 @@
-"""Supervised training of the improvement operator on hindsight pairs.
+"""The ``train`` stage: supervised fit of the improvement operator to hindsight pairs with a behavioural loss and
+early stopping on validation tasks, with optional augmentation and relabeling rounds.
 
-The loss is behavioural (function-space): the KL divergence from the predicted θ' 's action
-distribution to the target policy θⁿ⁺ᵏ's, on states of τⁿ and τⁿ⁺ᵏ — weight symmetries make plain parameter
-regression a weak signal — plus an optional small parameter-space term. Validation holds out whole
-tasks; training stops early when the validation loss stops improving and keeps the best checkpoint.
-
-Beyond the collected pairs (see :mod:`metaimprove.training.relabel`): ``augment_starts`` adds the teacher's pairs from
-noise-perturbed dataset policies before fitting, and ``relabel_rounds`` then alternates "apply the operator
-on training tasks, run the teacher from the policies it visits, add those pairs, refit". A refit continues
-from the current best weights (with a fresh optimizer and early stopping): the aggregated pairs still hold
-everything the previous fit learned from, so it starts close to a good solution, and on 2 cores a refit from
-scratch would cost as much as the first fit every round. ``dataset`` may name several datasets (e.g. PPO and
-ARS collections of one family): their union is trained on, and their policy specs and batch shapes must agree.
-``features.task_input=true`` trains the oracle ablation: the operator also reads each pair's task
-(:func:`~metaimprove.operator.features.task_vector`), so it need not infer the world from τ; the datasets must then hold
-one family, and the checkpoint records it.
+Why: see the design notes (docs/design.md, "Behavioural loss" and "Relabeling and augmentation").
 """
 
 from __future__ import annotations
@@ -99,7 +86,7 @@ class TrainConfig:
     """visited policies (drawn at random) the teacher runs max(ks)+1 updates from, per round"""
     ask_k: int | None = None
     """the jump k (one of pairs.ks) the checkpoint asks for unless apply is told otherwise (default: the trained k
-    nearest 2, see operator.DEFAULT_ASK_K); choose it on validation tasks"""
+    nearest 2, see operator.checkpoint.DEFAULT_ASK_K); choose it on validation tasks"""
     relabel_ask_k: int | None = None
     """jump k the operator is asked for in relabel rollouts (default: ask_k, as apply)"""
     relabel_eval_episodes: int = 2
@@ -110,10 +97,8 @@ def behavioural_loss(spec: PolicySpec, theta: torch.Tensor, target: torch.Tensor
                      mean_weight: float = 1.0, std_weight: float = 1.0) -> torch.Tensor:
     """Mean KL(π_θ ‖ π_target) per pair ``[B]`` on normalized ``states [B, S, obs]`` (zero iff same actions).
 
-    It splits into a mean part (mean − t_mean)² / 2σ_target² and a log-std part; the weights scale each.
-    This direction divides the mean error by the *target's* variance: the other, KL(π_target ‖ π_θ),
-    divides by the prediction's, so an operator can lower it by inflating its own log-std, which it
-    then does step after step when applied (the action noise and the control cost blow up).
+    It splits into a mean part (mean − t_mean)² / 2σ_target² and a log-std part; the weights scale each. Why this
+    direction: see the design notes (docs/design.md, "Behavioural loss").
     """
     mean, log_std = forward(spec, theta, states)
     t_mean, t_log_std = forward(spec, target, states)
