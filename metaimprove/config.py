@@ -37,9 +37,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from metaimprove.data.collect import CollectConfig, VerifyConfig
-from metaimprove.evaluation.apply import ApplyConfig
 from metaimprove.evaluation.baselines import DRConfig
 from metaimprove.evaluation.plot import PlotConfig
+from metaimprove.evaluation.protocol import ApplyConfig
 from metaimprove.interop.sb3 import ExportConfig
 from metaimprove.operator.networks import ARCHS, OperatorConfig
 from metaimprove.sim.tasks import TaskConfig, load_families

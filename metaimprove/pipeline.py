@@ -13,8 +13,9 @@ from pathlib import Path
 from metaimprove.config import PipelineConfig
 from metaimprove.data.collect import CollectConfig, collect
 from metaimprove.errors import UserError
-from metaimprove.evaluation.apply import ApplyConfig, apply
+from metaimprove.evaluation.apply import apply
 from metaimprove.evaluation.plot import PlotConfig, run_plot
+from metaimprove.evaluation.protocol import ApplyConfig
 from metaimprove.sim.tasks import get_family
 from metaimprove.teachers import teacher_class
 from metaimprove.training.train import TrainConfig, train

@@ -26,6 +26,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import EngFormatter
 
 from metaimprove.errors import UserError
+from metaimprove.evaluation.methods import METHODS
 from metaimprove.evaluation.stats import COLUMNS, Band, Curves, common_grid, curve_band
 
 
@@ -142,25 +143,10 @@ def _parse_int(text: str, where: str, column: str) -> int:
 # --------------------------------------------------------------------------------------------- colors
 
 # Fixed colors for the methods apply runs (and the names DESIGN.md uses), so every figure agrees on them.
-KNOWN_COLORS: dict[str, str] = {
-    "ppo": "#1f77b4",  # blue: the teacher
-    "operator": "#d62728",  # red: what we are testing
-    "metaimprove": "#d62728",
-    "operator_guarded": "#ff9896",  # light red: the operator with its fallback
-    "ars": "#ff7f0e",  # orange
-    "teacher_op_batch": "#fdae6b",  # light orange: the teacher with the operator's batch
-    "domain_randomized": "#9467bd",  # purple
-    "dr": "#9467bd",
-    "dr_ppo": "#5254a3",  # indigo: DR, then PPO
-    "nearest": "#8c564b",  # brown: the checkpoint baselines
-    "nearest_checkpoint": "#8c564b",
-    "nearest_noise": "#e377c2",  # pink
-    "nearest_checkpoint_noise": "#e377c2",
-    "nearest_avg": "#bcbd22",  # olive
-    "avg_weights": "#17becf",  # cyan
-    "transferred": "#2ca02c",  # green
-    "no_update": "#7f7f7f",  # gray: the floor
-}
+KNOWN_COLORS: dict[str, str] = {name: method.color for name, method in METHODS.items() if method.color is not None}
+KNOWN_COLORS.update({alias: KNOWN_COLORS[name] for alias, name in (
+    ("metaimprove", "operator"), ("domain_randomized", "dr"), ("nearest_checkpoint", "nearest"),
+    ("nearest_checkpoint_noise", "nearest_noise"))})
 # Other names hash into colors none of the known methods use.
 EXTRA_COLORS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1")
 START_SEPARATOR = "@"

@@ -94,22 +94,19 @@ class OperatorCheckpoint:
                             f"with features.task_input=true), not of {task.family} ({width} wide); apply it on "
                             f"task={self.task_family}")
 
-    @property
-    def asked_k(self) -> int:
-        """The jump k the operator is asked for unless told: :attr:`ask_k`, else :func:`default_ask_k`."""
-        return self.ask_k or default_ask_k(self.ks)
+    def resolve_ask_k(self, ask_k: int | None = None) -> int:
+        """The jump k to ask for: ``ask_k`` if given, else the recorded :attr:`ask_k`, else :func:`default_ask_k`."""
+        return ask_k or self.ask_k or default_ask_k(self.ks)
 
-    def default_ask(self, k: int | None = None, improvement: float | None = None) -> torch.Tensor:
-        """The ask ``[2]``: jump ``k`` (default :attr:`asked_k`) and the requested
-        improvement per step (default the 90 % quantile reached in training for that k). Warns outside the
-        trained range."""
-        k = self.asked_k if k is None else k
-        if k < 1:
-            raise UserError(f"ask k must be >= 1, got {k}")
+    def ask(self, ask_k: int | None = None, ask_improvement: float | None = None) -> torch.Tensor:
+        """The ask ``[2]``: the jump :meth:`resolve_ask_k` and the requested improvement per step (default the 90 %
+        quantile reached in training for that k). Warns outside the trained range."""
+        if ask_k is not None and ask_k < 1:
+            raise UserError(f"ask k must be >= 1, got {ask_k}")
+        k = self.resolve_ask_k(ask_k)
         nearest = min(self.quantiles_ks(), key=lambda kk: abs(math.log2(kk) - math.log2(k)))
         lo, _, hi = self.ask_quantiles[nearest]
-        if improvement is None:
-            improvement = hi
+        improvement = hi if ask_improvement is None else ask_improvement
         if k not in self.ks or not (lo <= improvement <= hi):
             warnings.warn(f"ask (k={k}, improvement={improvement:.4g}) is outside the trained range "
                           f"(k in {self.ks}, improvement in [{lo:.4g}, {hi:.4g}] for k={nearest}); "

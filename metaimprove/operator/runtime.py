@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from metaimprove import seeds
 from metaimprove.errors import UserError
 from metaimprove.operator.checkpoint import OperatorCheckpoint
 from metaimprove.operator.features import encode, next_normalizer, stack, warmup_phases
@@ -19,30 +20,55 @@ from metaimprove.sim.rollout import Experience
 from metaimprove.teachers import Teacher, make_teacher
 
 
-def explorer_teacher(ckpt: OperatorCheckpoint) -> Teacher:
+def operator_teacher(ckpt: OperatorCheckpoint) -> Teacher:
     """The teacher whose batches the operator collects: its own teacher, resized to ``features.envs`` envs when the
     operator was trained to read fewer than the teacher ran."""
     teacher = make_teacher(ckpt.teacher)
     return teacher if ckpt.features.envs is None else teacher.resized(ckpt.features.envs)
 
 
-def operator_batch(ckpt: OperatorCheckpoint) -> tuple[int, int]:
-    """``(n_envs, n_steps)`` of the batch the operator improves from once warmed up (see :func:`explorer_teacher`)."""
-    return explorer_teacher(ckpt).batch_shape
+def describe_warmup(warmup: Sequence[Sequence[int]]) -> str:
+    """A warm-up in words: ``8-env batches until 4096 env steps, then 16-env batches until 8192 env steps``."""
+    return ", then ".join(f"{n_envs}-env batches until {until} env steps" for n_envs, until in warmup)
 
 
 @dataclass(frozen=True)
 class BatchSchedule:
-    """How wide a run's batches are: ``warmup``'s phases ``((envs, until_env_step), ...)`` while the run has used
-    fewer env steps than the phase's end, then ``envs``; ``n_steps`` steps per env."""
+    """How wide a run's batches are: ``warmup``'s phases ``((n_envs, until_env_step), ...)`` while the run has used
+    fewer env steps than the phase's end, then ``n_envs``; ``n_steps`` steps per env."""
 
-    envs: int
+    n_envs: int
     n_steps: int
     warmup: tuple[tuple[int, int], ...] = ()
 
+    @classmethod
+    def of(cls, ckpt: OperatorCheckpoint, warmup: list[list[int]] | None = None) -> BatchSchedule:
+        """The operator's schedule: ``warmup`` (default the checkpoint's ``features.warmup``) before batches of
+        :func:`operator_teacher`'s full width. Every warm-up width must be narrower than that (so a teacher resized
+        from the full-width one is the same as one resized from the checkpoint's teacher) and suit the teacher (ARS
+        batches hold antithetic pairs)."""
+        full = operator_teacher(ckpt)
+        n_envs, n_steps = full.batch_shape
+        what = "features.warmup" if warmup is None else "warmup"
+        phases = warmup_phases(ckpt.features.warmup if warmup is None else warmup, what)
+        for width, _ in phases:
+            if width >= n_envs:
+                raise UserError(f"{what}: a warm-up batch of {width} envs is not narrower than the operator's "
+                                f"{n_envs}-env batches; give fewer envs")
+            try:
+                full.resized(width)
+            except UserError as exc:
+                raise UserError(f"{what}: {exc}") from exc
+        return cls(n_envs, n_steps, phases)
+
+    @property
+    def batch(self) -> int:
+        """The env steps of a full-width batch."""
+        return self.n_envs * self.n_steps
+
     def envs_at(self, steps: int) -> int:
         """The envs of the batch collected after ``steps`` env steps."""
-        return next((envs for envs, until in self.warmup if steps < until), self.envs)
+        return next((n_envs for n_envs, until in self.warmup if steps < until), self.n_envs)
 
     def batch_at(self, steps: int) -> int:
         """The env steps of the batch collected after ``steps`` env steps."""
@@ -55,62 +81,31 @@ class BatchSchedule:
             steps, n = steps + self.batch_at(steps), n + 1
         return n
 
-    def seed(self, seed: int, envs: int) -> int:
-        """The seed of run ``seed``'s collector of ``envs``-wide batches: ``seed`` itself at the full width (a run
-        without a warm-up collects as before it had one), one of its own for each warm-up width."""
-        return seed if envs == self.envs else 1_000_003 * seed + 100_000 + envs
-
-
-def describe_warmup(warmup: Sequence[Sequence[int]]) -> str:
-    """A warm-up in words: ``8-env batches until 4096 env steps, then 16-env batches until 8192 env steps``."""
-    return ", then ".join(f"{envs}-env batches until {until} env steps" for envs, until in warmup)
-
-
-def batch_schedule(ckpt: OperatorCheckpoint, warmup: list[list[int]] | None = None) -> BatchSchedule:
-    """The operator's :class:`BatchSchedule`: ``warmup`` (default the checkpoint's ``features.warmup``) before
-    batches of its full width. Every warm-up width must be narrower than that (so a teacher resized from the
-    full-width one is the same as one resized from the checkpoint's teacher) and suit the teacher (ARS batches
-    hold antithetic pairs)."""
-    full = explorer_teacher(ckpt)
-    n_envs, n_steps = full.batch_shape
-    what = "features.warmup" if warmup is None else "warmup"
-    phases = warmup_phases(ckpt.features.warmup if warmup is None else warmup, what)
-    for envs, _ in phases:
-        if envs >= n_envs:
-            raise UserError(f"{what}: a warm-up batch of {envs} envs is not narrower than the operator's "
-                            f"{n_envs}-env batches; give fewer envs")
-        try:
-            full.resized(envs)
-        except UserError as exc:
-            raise UserError(f"{what}: {exc}") from exc
-    return BatchSchedule(n_envs, n_steps, phases)
+    def seed(self, seed: int, n_envs: int) -> int:
+        """The seed of run ``seed``'s collector of ``n_envs``-wide batches: ``seed`` itself at the full width (a run
+        without a warm-up collects as before it had one), :func:`metaimprove.seeds.warmup_collector` otherwise."""
+        return seed if n_envs == self.n_envs else seeds.warmup_collector(seed, n_envs)
 
 
 class Explorer:
     """How the operator collects its batches from a policy on ``task``: as its teacher does (``Teacher.explore``:
     PPO's Gaussian action noise, ARS's antithetic parameter perturbations), so that it sees the kind of experience
-    it was trained on, as wide as ``schedule`` says after the run's env steps so far (one collector per width,
-    seeded by :meth:`BatchSchedule.seed`)."""
+    it was trained on, as wide as ``schedule`` (default: :meth:`BatchSchedule.of` the checkpoint) says after the
+    run's env steps so far, one collector per width seeded by :meth:`BatchSchedule.seed`."""
 
     def __init__(self, ckpt: OperatorCheckpoint, task: AnyTask, start: Policy, seed: int,
-                 schedule: BatchSchedule) -> None:
-        self.schedule = schedule
+                 schedule: BatchSchedule | None = None) -> None:
+        self.schedule = BatchSchedule.of(ckpt) if schedule is None else schedule
         self._teachers: dict[int, Teacher] = {}
-        for envs in {schedule.envs, *(envs for envs, _ in schedule.warmup)}:
-            teacher = explorer_teacher(ckpt)
-            teacher = teacher if envs == schedule.envs else teacher.resized(envs)
-            teacher.start(task, start, schedule.seed(seed, envs))
-            self._teachers[envs] = teacher
+        for n_envs in {self.schedule.n_envs, *(n_envs for n_envs, _ in self.schedule.warmup)}:
+            teacher = operator_teacher(ckpt)
+            teacher = teacher if n_envs == self.schedule.n_envs else teacher.resized(n_envs)
+            teacher.start(task, start, self.schedule.seed(seed, n_envs))
+            self._teachers[n_envs] = teacher
 
     def __call__(self, policy: Policy, steps: int) -> Experience:
         """A batch collected by ``policy`` in a run that has used ``steps`` env steps."""
         return self._teachers[self.schedule.envs_at(steps)].explore(policy)
-
-
-def operator_explorer(ckpt: OperatorCheckpoint, task: AnyTask, start: Policy, seed: int,
-                      warmup: list[list[int]] | None = None) -> Explorer:
-    """The operator's :class:`Explorer` on ``task`` for run ``seed``, with :func:`batch_schedule`'s schedule."""
-    return Explorer(ckpt, task, start, seed, batch_schedule(ckpt, warmup))
 
 
 def operator_update(op: ImprovementOperator, ckpt: OperatorCheckpoint, task: AnyTask, ask: torch.Tensor,

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from gymnasium.spaces import Box
 
+from metaimprove import seeds
 from metaimprove.errors import UserError
 from metaimprove.sim.envs import BADQACC, ROBOTS, AnyTask, StepRules, UserEnv, initial_states
 from metaimprove.sim.policy import Policy
@@ -156,7 +157,7 @@ class GymSimulator:
         # None: the env acts in [-1, 1] itself, and actions pass unchanged.
         self._scale = None if (low == -1).all() and (high == 1).all() else ((high - low) / 2, (high + low) / 2)
         self.obs_dim, self.act_dim = obs_space.shape[0], act_space.shape[0]
-        self._seeds: list[int | None] = [seed * n_envs + e for e in range(n_envs)]
+        self._seeds: list[int | None] = [seeds.env_reset(seed, n_envs, e) for e in range(n_envs)]
         self._obs = np.zeros((n_envs, self.obs_dim))
         self._steps = np.zeros(n_envs, dtype=np.int64)
 

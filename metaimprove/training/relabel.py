@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from metaimprove import seeds
 from metaimprove.data.collect import load_manifest, load_shard, shard_task, shard_tensors
 from metaimprove.errors import UserError
 from metaimprove.operator.checkpoint import OperatorCheckpoint
 from metaimprove.operator.features import FeatureConfig
 from metaimprove.operator.networks import ImprovementOperator
-from metaimprove.operator.runtime import operator_explorer, operator_update
+from metaimprove.operator.runtime import Explorer, operator_update
 from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params
 from metaimprove.sim.rollout import evaluate
 from metaimprove.sim.tasks import Task
@@ -29,9 +30,6 @@ from metaimprove.teachers import make_teacher
 from metaimprove.training.pairs import PairConfig, Pairs, concat_pairs, run_pairs
 
 CHAIN_FORMAT = "metaimprove.teacher-chain"
-# Fresh initializations for relabel rollouts: collection uses seeds 0, 1, ... and apply uses 100_000 + seed,
-# so these are neither training runs' θ⁰ nor the inits operators are evaluated from.
-RELABEL_INIT_OFFSET = 500_000
 
 
 @dataclass
@@ -99,8 +97,8 @@ def initial_starts(runs: list[DatasetRun], spec: PolicySpec, seed: int) -> list[
     """Two initial policies per run: the run's own θ⁰ (as the dataset's teacher began) and a fresh one."""
     starts = []
     for j, run in enumerate(runs):
-        for init_seed, kind, seed_of_run in ((run.seed, "the dataset run's θ⁰", seed + 2 * j),
-                                             (RELABEL_INIT_OFFSET + seed + j, "fresh", seed + 2 * j + 1)):
+        for init_seed, kind, seed_of_run in ((run.seed, "the dataset run's θ⁰", seeds.relabel_run(seed, j, False)),
+                                             (seeds.relabel_init(seed, j), "fresh", seeds.relabel_run(seed, j, True))):
             theta = init_params(spec, torch.Generator().manual_seed(init_seed))
             starts.append(Start(run.task, Policy(spec, theta, ObsNormalizer.identity(spec.obs_dim)), seed_of_run,
                                 f"{run.task.name} init seed {init_seed} ({kind})"))
@@ -117,14 +115,14 @@ def operator_visits(op: ImprovementOperator, ckpt: OperatorCheckpoint, starts: l
     """
     visits, returns, finals = [], [], []
     for start in starts:
-        explore = operator_explorer(ckpt, start.task, start.policy, start.seed)
+        explore = Explorer(ckpt, start.task, start.policy, start.seed)
         update = operator_update(op, ckpt, start.task, ask, torch.Generator().manual_seed(start.seed))
         policy, steps = start.policy, 0
         for i in range(applications):
             exp = explore(policy, steps)
             steps += exp.n_steps
             policy = update(policy, exp)
-            visits.append(Start(start.task, policy, 1_000 * start.seed + i + 1, f"{start.origin} step {i + 1}"))
+            visits.append(Start(start.task, policy, seeds.visit(start.seed, i + 1), f"{start.origin} step {i + 1}"))
             returns.append(evaluate(policy, start.task, eval_episodes, seed=start.seed))
         finals.append(returns[-1])
     return visits, returns, finals

@@ -23,7 +23,7 @@ from metaimprove.errors import UserError
 from metaimprove.operator.checkpoint import OperatorCheckpoint, default_ask_k
 from metaimprove.operator.features import FeatureConfig, warmup_phases
 from metaimprove.operator.networks import ImprovementOperator, OperatorConfig
-from metaimprove.operator.runtime import batch_schedule
+from metaimprove.operator.runtime import BatchSchedule
 from metaimprove.sim.policy import PolicySpec, forward
 from metaimprove.storage import atomic_write_csv
 from metaimprove.training.pairs import (
@@ -235,7 +235,7 @@ class _Trainer:
                                                            config.pairs.ks, pairs.ask[pairs.select(train_tasks)],
                                                            sorted(train_tasks), pairs.teacher, pairs.task_family,
                                                            task_dim, config.ask_k or default_ask_k(config.pairs.ks))
-        batch_schedule(self.checkpoint)  # the warm-up's widths must suit the teacher before anything is fitted
+        BatchSchedule.of(self.checkpoint)  # the warm-up's widths must suit the teacher before anything is fitted
         self.op = self.checkpoint.new_operator()
         self.out = Path(config.out)
         self.path = self.out / "operator.safetensors"
@@ -277,7 +277,7 @@ def _mean(values: list[float]) -> float:
 def _relabel(trainer: _Trainer, datasets: list[str], best: dict[str, float]) -> None:
     """Relabeling rounds after the first fit; one row per round to ``relabel.csv`` (round 0: no relabeled pairs)."""
     config, pairs = trainer.config, trainer.pairs
-    ask = trainer.checkpoint.default_ask(config.relabel_ask_k)
+    ask = trainer.checkpoint.ask(config.relabel_ask_k)
     runs = {name: dataset_runs(datasets, tasks) for name, tasks in
             (("train", trainer.train_tasks), ("val", trainer.val_tasks))}
     rng = np.random.default_rng(config.seed)

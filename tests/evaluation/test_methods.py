@@ -1,0 +1,72 @@
+"""The method registry: one entry adds a method to apply, its validation and its plots."""
+
+import pathlib
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from metaimprove.errors import UserError
+from metaimprove.evaluation import methods
+from metaimprove.evaluation.apply import apply
+from metaimprove.evaluation.guard import Point
+from metaimprove.evaluation.methods import METHODS, Method, Run, method_names, starts_from_theta0
+from metaimprove.evaluation.plot import method_colors
+from metaimprove.sim.policy import Policy
+from tests.helpers import apply_config, curve_rows
+
+
+def _halved(run: Run, start: Policy) -> Iterator[Point]:
+    """A toy adapting method: after each batch's worth of env steps, θ is halved."""
+    policy, steps = start, 0
+    while steps + run.schedule.batch <= run.budget:
+        steps += run.schedule.batch
+        policy = Policy(policy.spec, policy.theta / 2, policy.normalizer)
+        yield Point(steps, policy)
+
+
+def test_one_registry_entry_adds_a_method_to_apply(operator_path: pathlib.Path, tmp_path: pathlib.Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(METHODS, "halved", Method("halved", None, points=_halved, on_user_env=True,
+                                                  improves_start=True))
+    assert "halved" in method_names() and starts_from_theta0("halved")
+    apply(apply_config(operator_path, tmp_path / "run", methods=["halved", "no_update"]))
+    rows = curve_rows(tmp_path / "run")
+    halved = [r for r in rows if r["method"] == "halved"]
+    assert [int(r["env_steps"]) for r in halved if r["seed"] == "0"] == [0, 64, 128]  # start + 2 batches of 2 × 32
+    start = {r["seed"]: r["return"] for r in rows if r["method"] == "no_update"}
+    assert {r["seed"]: r["return"] for r in halved if r["env_steps"] == "0"} == start  # the same θ⁰, evaluated alike
+    assert method_colors(["halved", "ppo"])["halved"] != method_colors(["halved", "ppo"])["ppo"]
+
+
+def test_a_fixed_method_is_drawn_flat_from_its_charged_steps(operator_path: pathlib.Path, tmp_path: pathlib.Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(METHODS, "zeros", Method("zeros", None, policy=lambda run: (
+        Policy(run.ckpt.spec, torch.zeros(run.ckpt.spec.n_params), run.start().normalizer), 64)))
+    apply(apply_config(operator_path, tmp_path / "run", methods=["zeros"], seeds=1))
+    rows = curve_rows(tmp_path / "run")
+    assert [int(r["env_steps"]) for r in rows] == [64, 128]  # charged one batch: its curve starts there
+    assert len({r["return"] for r in rows}) == 1
+
+
+def test_a_method_needing_a_dataset_is_refused_without_one(operator_path: pathlib.Path, tmp_path: pathlib.Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(METHODS, "halved", Method("halved", None, points=_halved, needs=("dataset",)))
+    with pytest.raises(UserError, match="halved need"):
+        apply(apply_config(operator_path, tmp_path / "run", methods=["halved"]))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_method_is_either_adapting_or_fixed() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        Method("both", None, points=_halved, policy=lambda run: (run.start(), 0))
+    with pytest.raises(ValueError, match="exactly one"):
+        Method("neither", None)
+
+
+def test_the_registry_holds_every_method_in_table_order() -> None:
+    assert method_names()[:2] == ["operator", "operator_guarded"]
+    assert [m for m in method_names() if METHODS[m].needs == ("dataset",)] == [
+        "nearest", "nearest_noise", "nearest_avg", "avg_weights", "transferred"]
+    assert {m for m in method_names() if METHODS[m].uses_operator} == {"operator", "operator_guarded"}
+    assert methods.TEACHER_COLORS.keys() <= set(method_names())
