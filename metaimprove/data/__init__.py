@@ -1,0 +1,1 @@
+"""Collection: teacher runs on training tasks written as verified, resumable dataset shards."""
