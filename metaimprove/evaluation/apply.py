@@ -32,6 +32,8 @@ from metaimprove.sim.tasks import Task, get_family
 from metaimprove.storage import atomic_write_csv
 
 CURVE_FIELDS = ["method", "task", "seed", "env_steps", "return", "fallbacks", "guard_steps"]
+
+
 def run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], dict[str, list[float]]]:
     """Run one (method, task, seed); returns its curve rows and step timings."""
     torch.set_num_threads(1)
