@@ -33,10 +33,11 @@ from omegaconf import MISSING
 from tqdm import tqdm
 
 from metaimprove import __version__
-from metaimprove.sim.envs import mujoco_log
 from metaimprove.errors import UserError
+from metaimprove.sim.envs import mujoco_log
 from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params
 from metaimprove.sim.rollout import Simulator
+from metaimprove.sim.tasks import SPLITS, Task, TaskConfig, get_family
 from metaimprove.storage import (
     TEMP_SUFFIX,
     atomic_write_bytes,
@@ -47,7 +48,6 @@ from metaimprove.storage import (
     save_tensors,
     to_json_bytes,
 )
-from metaimprove.sim.tasks import SPLITS, Task, TaskConfig, get_family
 from metaimprove.teachers import ImprovementRecord, Teacher, teacher_class
 
 FORMAT = "metaimprove-dataset"
