@@ -1,20 +1,9 @@
-"""The peers an operator must beat on held-out tasks, and the ``dr`` stage that trains one of them.
+"""The peers an operator must beat that need no adaptation of their own: policies built from the training dataset
+(``nearest``, ``nearest_noise``, ``nearest_avg``, ``avg_weights``, ``transferred``) and the ``dr`` stage that
+trains a domain-randomized PPO policy.
 
-Zero-adaptation baselines built from the training dataset (each training run's first and final policy):
-
-* ``nearest``: the final policy of the training run whose task is nearest to the held-out task
-  (oracle :func:`task_distance`), as-is; ``nearest_noise``: the same with Gaussian weight noise;
-  ``nearest_avg``: the average of the k nearest runs' final policies;
-* ``avg_weights``: the average of the final policies of training runs that share an initialization;
-* ``transferred``: the training run's final policy that scores best on the held-out task, chosen on a
-  separate batch of episodes whose env steps are charged to it.
-
-Policies are averaged in one coordinate system: each θ is folded (:func:`~metaimprove.sim.policy.fold_normalizer`)
-into the pooled normalizer of the runs averaged, so the average is taken over the functions' first-layer
-weights as they act on raw observations, not over numbers that mean different things in different runs.
-
-The domain-randomized policy (``metaimprove dr``): one PPO policy trained across the training tasks, a
-different task each update (the value network sees no task: it must infer the world from observations).
+Why these peers, and averages in one normalizer: see the design notes (docs/design.md, "Equal budgets and equal
+starts" and "The normalizer is part of the policy").
 """
 
 from __future__ import annotations
@@ -93,7 +82,8 @@ def pooled_normalizer(norms: list[ObsNormalizer]) -> ObsNormalizer:
 
 
 def average_policies(policies: list[Policy]) -> Policy:
-    """The mean of ``policies`` after folding each into their pooled normalizer (see the module docstring)."""
+    """The mean of ``policies`` after folding each into their pooled normalizer, so it averages functions of raw
+    observations."""
     canonical = pooled_normalizer([p.normalizer for p in policies])
     spec = policies[0].spec
     folded = [fold_normalizer(spec, p.theta.double(), p.normalizer, canonical) for p in policies]
@@ -161,7 +151,7 @@ class DRConfig:
     n_tasks: int = 32
     """tasks start .. start + n_tasks - 1, visited in turn, one per update"""
     iterations: int = 1536
-    """PPO updates in all (1536 = 32 tasks × 48 updates: the env steps of the shipped operator's dataset)"""
+    """PPO updates in all (give it the env steps of the operator's dataset: 32 tasks × 48 updates is 1536)"""
     seed: int = 0
     """seeds θ⁰, the value network, the collectors and the minibatch shuffles"""
     hidden: list[int] = field(default_factory=lambda: [32, 32])
@@ -171,7 +161,8 @@ class DRConfig:
 
 
 def train_dr(cfg: DRConfig) -> Path:
-    """The ``dr`` stage: PPO on task ``i mod n_tasks`` at update ``i``; writes the policy and a per-update log."""
+    """The ``dr`` stage: PPO on task ``i mod n_tasks`` at update ``i``, its value network told no task; writes the
+    policy and a per-update log."""
     if cfg.split not in SPLITS:
         raise UserError(f"split must be one of {list(SPLITS)}, got '{cfg.split}'")
     if cfg.n_tasks < 1 or cfg.iterations < 1 or cfg.start < 0 or min(cfg.hidden, default=0) < 1:

@@ -1,11 +1,5 @@
-"""Improvement curves: return against env steps per method, IQM line with its 95% CI band.
-
-``metaimprove plot runs=[dir1,dir2] out=results/curves.png per_task=false budget=1e6`` reads every
-``curves.csv`` (columns ``method, task, seed, env_steps, return``), aggregates each method over tasks
-and seeds with :func:`metaimprove.evaluation.stats.curve_band`, and writes a PNG (and a PDF on request).
-``methods=[...]`` and ``splits=[test,ood]`` select what is compared (a task's split is the middle part
-of its name, ``family/split/index``); ``per_split=true`` gives each split its own panel.
-A method keeps its color in every figure, so PPO is the same blue in the aggregate and per-task plots.
+"""The ``plot`` stage: improvement curves, return against env steps per method with its IQM line and 95% CI band,
+from ``curves.csv`` files (over all tasks, per task or per split).
 """
 
 from __future__ import annotations

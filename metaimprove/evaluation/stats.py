@@ -1,23 +1,7 @@
-"""Interval estimates for improvement curves: IQM with stratified-bootstrap 95% CIs, as rliable reports them.
+"""Interval estimates for improvement curves: IQM with stratified-bootstrap 95% CIs as rliable reports them (same
+draws, reimplemented), curve bands on a common env-step grid, and env steps to reach a return.
 
-The honest measurement (DESIGN.md) asks for the interquartile mean over runs with a 95% stratified
-bootstrap confidence interval, and for the env steps each method needs to reach the teacher's return.
-
-* :func:`iqm` is rliable's ``aggregate_iqm`` (a 25% trimmed mean over every run of every task).
-* :func:`iqm_ci` is rliable's ``get_interval_estimates(..., method="percentile")`` with
-  ``StratifiedBootstrap``: runs are resampled with replacement *within* each task, tasks are kept.
-* :func:`curve_band` puts each (task, seed) run of one method on a common env-step grid and gives the
-  IQM and its CI at every grid point.
-* :func:`steps_to_reach` and :func:`reach_ratio` turn bands into the table's "env steps to reach the
-  teacher's return at budget B, as a ratio".
-
-Why the bootstrap is reimplemented here rather than called through ``rliable.library``: rliable 1.2
-draws its resampling indices from numpy's *global* RNG and ignores its ``random_state`` argument, so
-a seeded call is not reproducible without mutating global state; and ``rliable.library`` fails to
-import with current ``arch`` releases (arch 7.x with pandas 3; arch 8 dropped ``random_state``).
-The code below performs the same draws as rliable would after ``np.random.seed(seed)`` — same
-``RandomState.choice`` stream, same percentile rule — so for a [runs, tasks] score matrix the CI is
-rliable's to floating-point rounding (``tests/test_stats.py`` checks that whenever rliable imports).
+Why reimplemented: see the design notes (docs/design.md, "Statistics").
 """
 
 from __future__ import annotations
