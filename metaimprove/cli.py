@@ -1,13 +1,6 @@
-"""The command line: ``metaimprove <stage> [key=value ...]`` (or ``python -m metaimprove <stage> ...``).
-
-Each stage registered in :mod:`metaimprove.config` runs through ``@hydra.main``, so overrides,
-``-m`` sweeps and launchers work as in any Hydra app; configs come from the package
-(``pkg://metaimprove.conf``), so the CLI works from any directory and from an installed wheel.
-``metaimprove --help`` lists the stages, ``metaimprove <stage> --help`` shows a stage's config.
-
-Bad input (an unknown stage, option or key, a wrong type, an impossible value, a dataset that
-does not match) ends with one line on stderr that names the problem, exit status 2, no traceback
-(set ``METAIMPROVE_DEBUG=1`` for one) and no directory left behind. Bugs still show tracebacks.
+"""The command line ``metaimprove <stage> [key=value ...]`` (or ``python -m metaimprove``): each stage registered in
+:mod:`metaimprove.config` runs through ``@hydra.main`` with the package's configs (``pkg://metaimprove.conf``), so
+overrides, ``-m`` sweeps and launchers work as in any Hydra app, from any directory.
 """
 
 from __future__ import annotations
@@ -63,7 +56,12 @@ class _Refused(BaseException):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``metaimprove``; returns the exit status."""
+    """Entry point of ``metaimprove``; returns the exit status.
+
+    Bad input (an unknown stage, option or key, a wrong type, an impossible value, a dataset that does not match)
+    ends with one line on stderr that names the problem, exit status 2, no traceback (``METAIMPROVE_DEBUG=1``
+    shows it) and no directory left behind. Bugs still show tracebacks.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
         print(f"{PROG}: error: name a stage: {', '.join(STAGES)} (see `{PROG} --help`)", file=sys.stderr)

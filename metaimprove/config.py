@@ -1,28 +1,14 @@
 """Hydra structured configs of every stage, their config groups, and the stage registry.
 
-A stage is a config dataclass plus a function that takes it. Adding one (say ``train``) means
-writing, here, the dataclass with a docstring (its first line is the stage's description in
-``metaimprove --help``) and a one-line docstring under every field, decorated with :func:`stage`::
+Adding a stage: beside its code, a function taking a config dataclass whose docstring's first line describes the
+stage in ``metaimprove --help`` and whose every field has a one-line docstring (``metaimprove <stage> --help``);
+each config group the stage uses is a field of that name (``MISSING``). Then register it here::
 
-    @stage("train", "metaimprove.training.train:train", groups={"operator": "mlp"})
-    @dataclass
-    class TrainConfig:
-        \"\"\"Fit the improvement operator to a collected dataset.\"\"\"
+    stage("train", "metaimprove.training.train:train", groups={"operator": "per_param"})(TrainConfig)
 
-        operator: Any = MISSING
-        \"\"\"the operator architecture (config group: operator=<name>)\"\"\"
-        out: str = MISSING
-        \"\"\"run directory (default runs/train/<date>_<time>)\"\"\"
-
-and the function ``train(cfg: TrainConfig) -> None`` in ``metaimprove/train.py``. The CLI then
-runs ``metaimprove train [overrides]`` through ``@hydra.main``. A stage with an ``out`` field
-writes into a run directory: ``out`` is Hydra's run directory (one subdirectory per job under
-``-m``), the CLI fills in the default and records the resolved config in ``<out>/.hydra/``; a
-stage without one (``tasks``, ``verify``) writes nothing.
-
-Config groups: ``task`` has one option per family in ``tasks/*.yaml`` (registered from the files,
-so a new family needs no config of its own), ``teacher`` one per entry of :data:`TEACHERS`. Further
-options can be YAML files in ``configs/<group>/`` (shipped as ``metaimprove.conf``).
+A stage with an ``out`` field writes into that run directory (the CLI fills in the default and records the
+resolved config in ``<out>/.hydra/``). Options of ``task`` come from ``tasks/*.yaml``, of ``teacher`` from
+:data:`TEACHERS`; more can be YAML files in ``configs/<group>/``.
 """
 
 import ast

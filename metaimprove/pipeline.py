@@ -1,9 +1,6 @@
-"""The whole job on a small default: collect → train → apply → plot, in one run directory.
+"""The ``pipeline`` stage: collect → train → apply → plot in one run directory, at each family's small default sizes.
 
-The sizes (training tasks, teacher updates, held-out tasks, seeds, applications) left unset come from the
-family's ``pipeline:`` block in ``tasks/<family>.yaml``, chosen so that the run takes about 15 minutes on 2
-cores for that family's cost (a Hopper step costs 2.5 HalfCheetah steps, an Ant step 4 to 6), else from
-:data:`~metaimprove.sim.tasks.PIPELINE_SIZES`.
+Why sizes per family: see the design notes (docs/design.md, "Tasks and physics randomization").
 """
 
 from __future__ import annotations
@@ -22,7 +19,9 @@ from metaimprove.training.train import TrainConfig, train
 
 
 def pipeline_sizes(cfg: PipelineConfig) -> dict[str, int]:
-    """The sizes the pipeline runs with: ``cfg``'s where set, else the family's, else the shared defaults."""
+    """The sizes the pipeline runs with (training tasks, teacher updates, held-out tasks, seeds, applications):
+    ``cfg``'s where set, else the family's ``pipeline:`` block in ``tasks/<family>.yaml``, else
+    :data:`~metaimprove.sim.tasks.PIPELINE_SIZES`."""
     family = get_family(cfg.task.family).pipeline_sizes()
     sizes = {k: v if getattr(cfg, k) is None else getattr(cfg, k) for k, v in family.items()}
     bad = [k for k, v in sizes.items() if v < 1]

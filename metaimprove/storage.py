@@ -1,19 +1,7 @@
-"""Files on disk: atomic writes, and tensor files that are verified on load and never unpickled.
+"""Files on disk: atomic writes, and tensor files (safetensors plus JSON, see :func:`save_tensors`) that are verified
+on load and never unpickled.
 
-A *tensor file* is a pair written by :func:`save_tensors`::
-
-    name.safetensors   the tensors (safetensors: a JSON header plus raw bytes; no code can hide in it)
-    name.json          {"format", "format_version", "tensors_sha256", "meta"}
-
-The JSON records the tensor file's sha256, so the sha256 *of the JSON file*, which
-:func:`save_tensors` returns, pins both files: a manifest or a checkpoint index stores that one digest
-and :func:`load_tensors` checks everything against it. Without an expected digest, loading still
-checks the tensor file against the digest its JSON records, so a torn or truncated tensor file is
-always caught.
-
-Every file is written to a temporary file in the same directory, flushed to disk and renamed over the
-target, so a crash leaves the old file or the new one, never half of one. Temporary files are named
-``.<name>.<random>.tmp`` (:data:`TEMP_SUFFIX`), so a resuming writer can recognize and remove them.
+Why: see the design notes (docs/design.md, "Checkpoints and shards without pickle").
 """
 
 from __future__ import annotations
@@ -39,6 +27,8 @@ TENSOR_FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 100_000_000
 """safetensors' own bound on a file's JSON header"""
 TEMP_SUFFIX = ".tmp"
+"""suffix of the temporary files atomic writes rename (``.<name>.<random>.tmp``), so a resuming writer can remove
+them"""
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -123,10 +113,14 @@ def meta_path(path: str | os.PathLike[str]) -> Path:
 
 
 def save_tensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
-    """Write ``tensors`` to ``path`` (``.safetensors``) and ``meta`` to the JSON beside it, each atomically.
+    """Write ``tensors`` to ``path`` (``.safetensors``) and ``meta`` to the JSON beside it, each atomically::
 
-    Returns the sha256 of the JSON file, which records the tensor file's sha256 and so pins both.
-    ``meta`` must be plain JSON (tuples come back as lists).
+        name.safetensors   the tensors (safetensors: a JSON header plus raw bytes; no code can hide in it)
+        name.json          {"format", "format_version", "tensors_sha256", "meta"}
+
+    Returns the sha256 of the JSON file, which records the tensor file's sha256 and so pins both: a manifest or a
+    checkpoint index stores that one digest for :func:`load_tensors` to check. ``meta`` must be plain JSON (tuples
+    come back as lists).
     """
     data = safetensors.torch.save({k: v.detach().contiguous() for k, v in tensors.items()})
     header = to_json_bytes({

@@ -1,15 +1,8 @@
-"""A user's own policy: import a stable-baselines3 PPO ``MlpPolicy`` zip as a :class:`Policy`, export a
-:class:`Policy` as a PPO zip that ``PPO.load`` reads; and the ``export`` stage.
+"""A user's own policy: stable-baselines3 PPO ``MlpPolicy`` zips in (:func:`load_sb3`) and out (:func:`save_sb3`,
+the ``export`` stage), without unpickling anything the user did not name.
 
-Import reads only the zip's JSON (``data``) and its tensors (``policy.pth``, through ``torch.load`` with
-``weights_only=True``); nothing in the zip is unpickled. A VecNormalize ``.pkl`` *is* a pickle; it is read
-only when the user names it, and then through a restricted unpickler that builds nothing but numpy arrays
-(every other class in the file becomes an inert record), so it cannot run code either.
-
-Conventions on both sides: SB3 evaluates ``action_net(mlp(obs'))`` with ``obs'`` the VecNormalize-normalized
-observation ``clip((obs - μ) / √(σ² + ε), ±c)`` (raw ``obs`` without VecNormalize); we evaluate the same MLP
-on ``clip((obs - m) / √(v + 1e-8), ±10)``. Exporting folds our normalizer into the first layer (exact while
-observations stay within 10 standard deviations of its mean, where our clip is inactive).
+Why: see the design notes (docs/design.md, "Checkpoints and shards without pickle" and "The normalizer is part of
+the policy").
 """
 
 from __future__ import annotations
@@ -95,8 +88,9 @@ def is_sb3_zip(path: str | Path) -> bool:
 def load_sb3(path: str | Path, vecnormalize: str | Path | None = None) -> Policy:
     """The actor of an SB3 PPO ``MlpPolicy`` zip as our policy: weights, log-std and observation normalization.
 
-    Raises a one-line :class:`UserError` for anything our Gaussian MLP cannot represent (gSDE, squashed or
-    shared-feature policies, an activation other than tanh/relu, a non-Box space).
+    Reads only the zip's JSON (``data``) and its tensors (``policy.pth``, ``torch.load(weights_only=True)``);
+    nothing in the zip is unpickled. Raises a one-line :class:`UserError` for anything our Gaussian MLP cannot
+    represent (gSDE, squashed or shared-feature policies, an activation other than tanh/relu, a non-Box space).
     """
     with zipfile.ZipFile(path) as archive:
         data = json.loads(archive.read("data"))
@@ -147,8 +141,11 @@ def _actor_layers(state: dict[str, torch.Tensor], path: str | Path) -> list[tupl
 def save_sb3(path: str | Path, policy: Policy) -> None:
     """Write ``policy`` as an SB3 PPO ``MlpPolicy`` zip (SB3's own ``save``), atomically.
 
-    Our normalizer is folded into the first layer, so the zip takes raw observations (no VecNormalize).
-    The critic is SB3's fresh initialization: we have no value function to give it.
+    SB3 evaluates ``action_net(mlp(obs'))`` on VecNormalize's ``obs' = clip((obs - μ) / √(σ² + ε), ±c)`` (raw
+    ``obs`` without VecNormalize); we evaluate the same MLP on ``clip((obs - m) / √(v + 1e-8), ±10)``. Our
+    normalizer is folded into the first layer, so the zip takes raw observations (no VecNormalize): exact while
+    observations stay within 10 standard deviations of its mean, where our clip is inactive. The critic is SB3's
+    fresh initialization: we have no value function to give it.
     """
     try:
         from stable_baselines3 import PPO
@@ -205,7 +202,8 @@ class _SpacesOnly(gymnasium.Env):  # type: ignore[type-arg]
 
 
 def read_vecnormalize(path: str | Path, obs_dim: int) -> ObsNormalizer:
-    """Observation statistics of an SB3 VecNormalize ``.pkl`` as our normalizer (restricted unpickling)."""
+    """Observation statistics of an SB3 VecNormalize ``.pkl`` as our normalizer, read only when the user names it and
+    through a restricted unpickler that builds numpy arrays and plain containers only (:class:`_ArraysOnly`)."""
     try:
         with open(path, "rb") as f:
             record = _ArraysOnly(f).load()
