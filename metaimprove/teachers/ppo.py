@@ -104,8 +104,8 @@ class PPO(Teacher):
     change counts as part of the policy change that the clip bounds.
 
     Gradient steps: θ and the value network's φ live in one flat float32 buffer ``[θ ‖ φ]``; each minibatch step
-    runs a hand-written forward/backward in numpy (checked against autograd by ``tests/test_teachers.py``), then
-    one norm clip and one in-place Adam update of the whole buffer. The value network is a one-output MLP in the
+    runs a hand-written forward/backward in numpy (checked against autograd by ``tests/teachers/test_ppo.py``),
+    then one norm clip and one in-place Adam update of the whole buffer. The value network is a one-output MLP in the
     policy's flat layout (:class:`PolicySpec` ``act_dim=1``); its unused ``log_std`` slot gets zero gradient and
     never moves.
 
