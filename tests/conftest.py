@@ -1,46 +1,24 @@
-"""Shared by the collection and CLI tests: a tiny PPO, a tiny collection, and running the real CLI."""
+"""Fixtures shared across the test packages: tiny datasets and operators, built once per session.
 
-import os
+Plain values and functions that tests share are in ``tests/helpers.py``.
+"""
+
+import dataclasses
+import math
 import pathlib
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 import torch
 
-from metaimprove.data.collect import CollectConfig, collect
+from metaimprove.data.collect import collect
+from metaimprove.operator.checkpoint import OperatorCheckpoint
+from metaimprove.operator.features import FeatureConfig
+from metaimprove.operator.networks import ImprovementOperator, OperatorConfig
 from metaimprove.sim.envs import mujoco_log
-from metaimprove.sim.tasks import TaskConfig
-from metaimprove.teachers import PPOConfig
-
-# Two envs × 32 steps per update (below the 256-step episode, so episodes are cut by the batch end).
-TINY_TEACHER = {"n_envs": 2, "n_steps": 32, "minibatch_size": 32, "n_epochs": 1}
-TINY_PLAN = {"n_tasks": 3, "seeds": 2, "iterations": 2}
-# The same collection as tiny_config(), as CLI overrides.
-TINY_OVERRIDES = [f"teacher.{k}={v}" for k, v in TINY_TEACHER.items()] + [f"{k}={v}" for k, v in TINY_PLAN.items()]
-CLI_TIMEOUT = 240
-
-
-def tiny_config(out: pathlib.Path, **changes: object) -> CollectConfig:
-    """A 3 tasks × 2 seeds × 2 iterations collection of halfcheetah_vel with a tiny PPO into ``out``."""
-    settings: dict[str, object] = {"task": TaskConfig("halfcheetah_vel"), "teacher": PPOConfig(**TINY_TEACHER),
-                                   "workers": 2, "out": str(out), **TINY_PLAN}
-    settings.update(changes)
-    return CollectConfig(**settings)  # type: ignore[arg-type]
-
-
-def run_cli(args: list[str], cwd: pathlib.Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    """``python -m metaimprove <args>`` in ``cwd``, as a user would run it."""
-    env = {k: v for k, v in os.environ.items() if k not in ("METAIMPROVE_DEBUG", "HYDRA_FULL_ERROR")}
-    return subprocess.run([sys.executable, "-m", "metaimprove", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=CLI_TIMEOUT, check=False, **kwargs)  # type: ignore[call-overload]
-
-
-def dataset_files(root: pathlib.Path) -> dict[str, bytes]:
-    """The files that make up a dataset (config, manifest, shards) by relative path, with their bytes."""
-    paths = [root / "config.yaml", root / "manifest.json", *sorted((root / "shards").iterdir())]
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in paths}
+from metaimprove.sim.policy import PolicySpec
+from metaimprove.training.train import TrainConfig, train
+from tests.helpers import ORACLE_TRAIN, TINY_ARS, TINY_TEACHER, TINY_TRAIN, tiny_config
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +26,56 @@ def reference_dataset(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """One uninterrupted tiny collection (2 workers) that the other tests compare against; do not modify."""
     out = tmp_path_factory.mktemp("reference") / "data"
     collect(tiny_config(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def ars_dataset(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A tiny ARS collection (3 tasks × 1 seed × 3 updates of 4 envs × 32 steps); do not modify."""
+    out = tmp_path_factory.mktemp("ars") / "data"
+    collect(tiny_config(out, teacher=TINY_ARS, n_tasks=3, seeds=1, iterations=3, workers=1))
+    return out
+
+
+@pytest.fixture(scope="session")
+def operator_path(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """An untrained operator for the halfcheetah policy spec whose teacher is the tiny PPO."""
+    spec = PolicySpec(17, 6)
+    op = ImprovementOperator(spec, OperatorConfig())
+    ckpt = OperatorCheckpoint.from_training(FeatureConfig(), op.config, spec, [1], torch.tensor([[0.0, 0.1]]), [],
+                                            {"name": "ppo", "config": TINY_TEACHER})
+    path = tmp_path_factory.mktemp("op") / "op.safetensors"
+    ckpt.save(path, op, summary={})
+    return path
+
+
+@pytest.fixture(scope="session")
+def ars_operator(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A small untrained operator with the shipped halfcheetah_vel operator's shape: HalfCheetah's policy spec
+    (obs 17, act 6, hidden 32 × 32), an ARS teacher read through es_gradient, a warm-up narrower than its batch,
+    ks 1, 2, 4, 8 with ask quantiles for each and a recorded ask_k = 1, trained on halfcheetah_vel train tasks.
+
+    Unit tests read it instead of ``results/operators/`` (which ``test_shipped.py`` alone checks)."""
+    spec = PolicySpec(17, 6, hidden=(32, 32))
+    ks = [1, 2, 4, 8]
+    envs = 2 * TINY_ARS.n_directions
+    features = dataclasses.replace(TINY_TRAIN["features"], es_gradient=True,  # type: ignore[type-var]
+                                   warmup=[[envs // 2, 4 * envs * TINY_ARS.n_steps]])
+    asks = torch.tensor([[math.log2(k), 0.01 * k * q] for k in ks for q in (-1.0, 0.5, 2.0)])
+    ckpt = OperatorCheckpoint.from_training(features, TINY_TRAIN["operator"], spec, ks, asks,  # type: ignore[arg-type]
+                                            [f"halfcheetah_vel/train/{i}" for i in range(3)],
+                                            {"name": "ars", "config": dataclasses.asdict(TINY_ARS)}, ask_k=1)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ars_operator") / "operator.safetensors"
+    ckpt.save(path, ckpt.new_operator(), summary={})
+    return path
+
+
+@pytest.fixture(scope="session")
+def oracle_run(reference_dataset: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A tiny oracle operator's training run (features.task_input, one relabel round); do not modify."""
+    out = tmp_path_factory.mktemp("oracle") / "run"
+    train(TrainConfig(dataset=str(reference_dataset), out=str(out), **ORACLE_TRAIN))  # type: ignore[arg-type]
     return out
 
 

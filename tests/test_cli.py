@@ -8,7 +8,6 @@ import shutil
 
 import pytest
 import yaml
-from conftest import TINY_OVERRIDES, run_cli
 
 from metaimprove import cli, config
 from metaimprove.config import STAGES, field_docs, stage
@@ -16,6 +15,7 @@ from metaimprove.data.collect import CollectConfig, load_manifest, verify_datase
 from metaimprove.errors import UserError
 from metaimprove.sim.tasks import load_families
 from metaimprove.teachers import TEACHERS, PPOConfig
+from tests.helpers import TINY_OVERRIDES, run_cli
 
 SMALL = [*TINY_OVERRIDES, "n_tasks=1", "seeds=1", "iterations=1", "workers=1"]
 

@@ -5,11 +5,11 @@ import pathlib
 
 import pytest
 import torch
-from conftest import TINY_TEACHER, run_cli
 
 from metaimprove.config import PipelineConfig
 from metaimprove.errors import UserError
-from metaimprove.evaluation.apply import ApplyConfig, apply, start_policy
+from metaimprove.evaluation.apply import apply
+from metaimprove.evaluation.protocol import ApplyConfig, start_policy
 from metaimprove.operator.checkpoint import OperatorCheckpoint
 from metaimprove.operator.features import FeatureConfig
 from metaimprove.operator.networks import ImprovementOperator, OperatorConfig
@@ -17,6 +17,7 @@ from metaimprove.pipeline import pipeline_sizes
 from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, save_policy
 from metaimprove.sim.rollout import evaluate
 from metaimprove.sim.tasks import PIPELINE_SIZES, Task, TaskConfig, TaskFamily, get_family
+from tests.helpers import TINY_TEACHER, run_cli
 
 PIPELINE = [f"teacher.{k}={v}" for k, v in TINY_TEACHER.items()] + [
     "n_tasks=3", "iterations=6", "max_epochs=2", "test_tasks=1", "test_seeds=2", "applications=2", "workers=1",

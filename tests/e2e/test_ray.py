@@ -9,7 +9,6 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
-from conftest import dataset_files, tiny_config
 
 from metaimprove.data.collect import RayConfig, _execute_ray, _Job, _Progress, collect, load_manifest, plan
 from metaimprove.errors import UserError
@@ -17,6 +16,7 @@ from metaimprove.sim.policy import Policy
 from metaimprove.sim.tasks import Task
 from metaimprove.storage import atomic_write_json, meta_path
 from metaimprove.teachers import PPO, ImprovementRecord
+from tests.helpers import dataset_files, tiny_config
 
 ray = pytest.importorskip("ray")
 cloudpickle = pytest.importorskip("ray.cloudpickle")

@@ -1,12 +1,17 @@
-"""Task distribution: seeded sampling, splits, JSON round-trip, physics applied from the nominal model."""
+"""Task distribution: seeded sampling, splits, JSON round-trip, physics applied from the nominal model, task
+distance, and fuzzed family files."""
 
+import contextlib
+import dataclasses
 import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from metaimprove.errors import UserError
-from metaimprove.sim.tasks import Task, TaskFamily, build_model, get_family, load_families, nominal_model
+from metaimprove.sim.tasks import Task, TaskFamily, build_model, get_family, load_families, nominal_model, task_distance
 
 
 def test_all_families_are_shipped():
@@ -129,3 +134,55 @@ def test_tasks_listing_shows_each_family_cost(capsys):
     out = capsys.readouterr().out
     assert "terminates when it falls" in out
     assert "× a halfcheetah_vel env step" in out and "results/family_cost.csv" in out
+
+
+def test_task_distance_normalizes_each_quantity_by_its_training_range() -> None:
+    task = get_family("halfcheetah_vel").task("test", 0)
+    assert task_distance(task, task) == 0.0
+    # The target velocity's training range is [0, 1.5]: a gap of its whole width is distance 1.
+    faster = dataclasses.replace(task, params=(("target_velocity", task.param("target_velocity") + 1.5),))
+    assert task_distance(task, faster) == pytest.approx(1.0)
+    # Masses 1.5× heavier everywhere: log-scale gap 1 against an exponent range of width 6 -> 1/6.
+    heavier = dataclasses.replace(task, physics=dataclasses.replace(
+        task.physics, body_mass=tuple(m * 1.5 for m in task.physics.body_mass)))
+    assert task_distance(task, heavier) == pytest.approx(1 / 6)
+    assert task_distance(faster, heavier) == pytest.approx(task_distance(heavier, faster))
+
+
+# Hypothesis fuzzes the task-family loader: any declaration gives a family or a UserError, never another error.
+_scalar = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True), st.text(max_size=4))
+
+_band = st.one_of(st.lists(_scalar, max_size=3), _scalar)
+
+_range = st.one_of(st.fixed_dictionaries({"train": _band}, optional={"ood": st.lists(_band, max_size=2)}),
+                   st.fixed_dictionaries({"choices": st.lists(_scalar, max_size=3)}), _scalar)
+
+_physics = st.dictionaries(st.sampled_from(["body_mass", "gravity", "wings"]),
+                           st.one_of(st.fixed_dictionaries({"base": _scalar, "train": _band}), _scalar), max_size=2)
+
+def _mutations(base: dict) -> st.SearchStrategy[dict]:
+    keys = st.sampled_from(["name", "robot", "reward", "env_id", "episode_length", "params", "physics", "splits"])
+    values = st.one_of(_scalar, st.dictionaries(st.text(max_size=3), _range, max_size=2), _physics,
+                       st.dictionaries(st.sampled_from(["train", "test", "ood", "x"]),
+                                       st.one_of(st.fixed_dictionaries({"seed": _scalar}), _scalar), max_size=3))
+    return st.dictionaries(keys, values, max_size=3).map(lambda change: {**base, **change})
+
+FAMILY = {"name": "f", "robot": "half_cheetah", "reward": "forward_vel", "env_id": "metaimprove/HalfCheetahVel-v0",
+          "episode_length": 10, "params": {"v": {"train": [0, 1]}},
+          "physics": {"body_mass": {"base": 1.5, "train": [-1, 1]}}, "splits": {"train": {"seed": 1}}}
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.one_of(_mutations(FAMILY), st.dictionaries(st.text(max_size=5), _scalar, max_size=3)))
+def test_fuzzed_task_family_files_give_a_family_or_a_user_error(data: object) -> None:
+    """A family declaration (a tasks/*.yaml's content) parses and draws tasks, or is refused with a UserError
+    (which the CLI prints as one line); any other exception fails the test."""
+    with contextlib.suppress(UserError):
+        family = TaskFamily.from_dict(data)  # type: ignore[arg-type]
+        for split in family.split_seeds:
+            family.task(split, 0)
+
+def test_the_family_fuzzer_starts_from_a_valid_family() -> None:
+    family = TaskFamily.from_dict(FAMILY)
+    assert family.task("train", 0).param("v") <= 1
+    with pytest.raises(UserError, match="bad task family file"):
+        TaskFamily.from_dict({**FAMILY, "episode_length": "long"})

@@ -9,20 +9,18 @@ import textwrap
 
 import numpy as np
 import pytest
-import test_apply
 import torch
-from conftest import TINY_TEACHER, run_cli
 
 from metaimprove.errors import UserError
-from metaimprove.evaluation.apply import ApplyConfig, apply
+from metaimprove.evaluation.apply import apply
+from metaimprove.evaluation.protocol import ApplyConfig
 from metaimprove.sim.envs import UserEnv, default_task
 from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params
 from metaimprove.sim.rollout import Collector, evaluate
 from metaimprove.teachers import ARS, PPO, ARSConfig, PPOConfig
+from tests.helpers import TINY_TEACHER, apply_config, curve_rows, run_cli
 
 CHEETAH = PolicySpec(17, 6)
-operator_path = test_apply.operator_path
-"""fixture: the tiny operator of apply's tests (HalfCheetah's obs 17 / act 6, the tiny PPO as its teacher)"""
 # A user's module: an env whose action Box is not [-1, 1] and whose observation shows the action it received
 # (and, at reset, a draw of its own generator, so that seeding shows).
 USER_MODULE = '''
@@ -75,7 +73,7 @@ def _policy(spec: PolicySpec, seed: int = 0) -> Policy:
 
 
 def _config(operator_path: pathlib.Path, out: pathlib.Path, **changes: object) -> ApplyConfig:
-    return test_apply._config(operator_path, out, **{"env": "HalfCheetah-v5", "episode_length": 64, **changes})
+    return apply_config(operator_path, out, **{"env": "HalfCheetah-v5", "episode_length": 64, **changes})
 
 
 # ------------------------------------------------------------------------------------------ the collector
@@ -133,8 +131,8 @@ def test_apply_on_a_gymnasium_id_end_to_end_and_seeded(operator_path: pathlib.Pa
     methods = ["operator", "operator_guarded", "ppo", "no_update"]
     apply(_config(operator_path, tmp_path / "a", methods=methods))
     apply(_config(operator_path, tmp_path / "b", methods=methods))
-    rows = test_apply._rows(tmp_path / "a")
-    assert rows == test_apply._rows(tmp_path / "b")
+    rows = curve_rows(tmp_path / "a")
+    assert rows == curve_rows(tmp_path / "b")
     assert {r["task"] for r in rows} == {"HalfCheetah-v5"} and {r["method"] for r in rows} == set(methods)
     batch = TINY_TEACHER["n_envs"] * TINY_TEACHER["n_steps"]
     for method in methods:
@@ -153,7 +151,7 @@ def test_apply_on_a_module_class_through_the_cli(user_module: pathlib.Path, oper
                       "methods=[operator]", "seeds=1", "applications=1", "eval_episodes=1", "workers=1",
                       f"out={out}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert {r["task"] for r in test_apply._rows(out)} == {"user_envs:WideCheetah"} and len(test_apply._rows(out)) == 2
+    assert {r["task"] for r in curve_rows(out)} == {"user_envs:WideCheetah"} and len(curve_rows(out)) == 2
 
 
 # ------------------------------------------------------------------------------------------------ errors

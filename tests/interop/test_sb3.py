@@ -6,14 +6,15 @@ import gymnasium
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
 
 from metaimprove.errors import UserError
-from metaimprove.evaluation.apply import ApplyConfig, apply
+from metaimprove.evaluation.apply import apply
+from metaimprove.evaluation.protocol import ApplyConfig
 from metaimprove.interop.sb3 import ExportConfig, export, load_any_policy, load_sb3, save_sb3
 from metaimprove.sim.envs import make_env
 from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params, save_policy
 from metaimprove.sim.tasks import TaskConfig, get_family
+from tests.helpers import run_cli
 
 sb3 = pytest.importorskip("stable_baselines3")
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize  # noqa: E402
@@ -122,15 +123,13 @@ def test_unsupported_sb3_policies_are_one_line_errors(tmp_path: pathlib.Path) ->
         load_any_policy(tmp_path / "sde.zip")
 
 
-def test_a_mismatched_sb3_policy_is_refused_by_apply_naming_both_specs(tmp_path: pathlib.Path) -> None:
+def test_a_mismatched_sb3_policy_is_refused_by_apply_naming_both_specs(tmp_path: pathlib.Path,
+                                                                         ars_operator: pathlib.Path) -> None:
     """A Hopper zip where the operator improves HalfCheetah policies: apply's spec check names both."""
     model, _ = _sb3_model("hopper_rand_params", [32, 32])
     model.save(tmp_path / "hopper.zip")
     assert load_any_policy(tmp_path / "hopper.zip").spec == PolicySpec(11, 3, (32, 32), "tanh")
-    operator = pathlib.Path(__file__).resolve().parents[1] / "results" / "operators" / "halfcheetah_vel.safetensors"
-    if not operator.is_file():
-        pytest.skip("no shipped operator to apply")
-    config = ApplyConfig(operator_path=str(operator), init=str(tmp_path / "hopper.zip"), out=str(tmp_path / "out"),
+    config = ApplyConfig(operator_path=str(ars_operator), init=str(tmp_path / "hopper.zip"), out=str(tmp_path / "out"),
                          task=TaskConfig("halfcheetah_vel"))
     with pytest.raises(UserError, match=r"obs_dim=11.*obs_dim=17"):
         apply(config)

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import run_cli
 from gymnasium.utils.env_checker import check_env
 
 from metaimprove.errors import UserError
-from metaimprove.evaluation.apply import ApplyConfig, apply
+from metaimprove.evaluation.apply import apply
+from metaimprove.evaluation.protocol import ApplyConfig
 from metaimprove.operator.features import FeatureConfig
 from metaimprove.operator.networks import OperatorConfig
 from metaimprove.sim.envs import ROBOTS, make_env, robot_of, root_ground_dims
@@ -35,6 +35,7 @@ from metaimprove.sim.tasks import (
 )
 from metaimprove.training.pairs import PairConfig
 from metaimprove.training.train import TrainConfig, train
+from tests.helpers import run_cli
 
 # A cart on a rail (root slide joint along x) carrying a pole; it floats above the floor so that only its
 # actuators move it. Observation: the pole's angle, then both velocities (3); actions: 2.

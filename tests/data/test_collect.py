@@ -1,4 +1,5 @@
-"""Collection: a valid dataset, results independent of workers, resume after a kill or torn files, refusals."""
+"""Collection: a valid dataset, results independent of workers, resume after a kill or torn files, refusals,
+hostile shards."""
 
 import fcntl
 import json
@@ -13,14 +14,16 @@ import time
 import pytest
 import torch
 import yaml
-from conftest import TINY_OVERRIDES, TINY_PLAN, TINY_TEACHER, dataset_files, tiny_config
 
 from metaimprove.data.collect import collect, load_manifest, load_shard, plan, shard_task, verify_dataset
 from metaimprove.errors import UserError
+from metaimprove.operator.features import FeatureConfig
 from metaimprove.sim.policy import PolicySpec, init_params
 from metaimprove.sim.tasks import get_family
 from metaimprove.storage import atomic_write_json, meta_path
 from metaimprove.teachers import PPOConfig
+from metaimprove.training.pairs import PairConfig, build_pairs
+from tests.helpers import TINY_OVERRIDES, TINY_PLAN, TINY_TEACHER, dataset_files, forge, pickles, tiny_config
 
 N = TINY_PLAN["iterations"]
 T, E = TINY_TEACHER["n_steps"], TINY_TEACHER["n_envs"]
@@ -187,3 +190,21 @@ def test_damaged_manifest_is_refused(tmp_path: pathlib.Path, manifest: str) -> N
     (tmp_path / "manifest.json").write_text(manifest)
     with pytest.raises(UserError):
         load_manifest(tmp_path)
+
+
+def test_pickle_disguised_as_a_shard_is_refused_and_never_runs(reference_dataset: pathlib.Path,
+                                                               tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "data"
+    shutil.copytree(reference_dataset, out)
+    marker = tmp_path / "code-ran"
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = manifest["shards"][1]
+    _, meta = load_shard(out, entry)
+    # The attacker rewrites shard, header and manifest so that every checksum agrees.
+    entry["sha256"] = forge(out / entry["shard"], pickles(tmp_path, marker)["torch.save"], meta)
+    atomic_write_json(out / "manifest.json", manifest)
+    for read in (lambda: load_shard(out, entry), lambda: verify_dataset(out), lambda: collect(tiny_config(out)),
+                 lambda: build_pairs(out, PairConfig(), FeatureConfig())):
+        with pytest.raises(UserError, match=r"not a valid safetensors file|corrupt or missing shard"):
+            read()
+    assert not marker.exists()

@@ -1,39 +1,37 @@
-"""Training beyond the collected pairs: relabeling rounds, augmentation, and the union of datasets."""
+"""Relabeling and augmentation: teacher pairs from the policies the operator visits and from perturbed dataset
+policies."""
 
 import csv
 import pathlib
 import re
-import shutil
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TEACHER, tiny_config
 
-from metaimprove import cli
-from metaimprove.data.collect import collect, load_manifest, load_shard
+from metaimprove.data.collect import load_manifest, load_shard
 from metaimprove.errors import UserError
 from metaimprove.operator.checkpoint import OperatorCheckpoint
 from metaimprove.operator.features import FeatureConfig
-from metaimprove.operator.networks import OperatorConfig
 from metaimprove.sim.envs import default_task
 from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, fold_normalizer, init_params
 from metaimprove.sim.tasks import Task
 from metaimprove.storage import load_tensors
 from metaimprove.teachers import make_teacher
-from metaimprove.training.pairs import PairConfig, build_pairs, build_union, dataset_dirs
+from metaimprove.training.pairs import PairConfig
 from metaimprove.training.relabel import Start, dataset_runs, operator_visits, perturbed_starts, teacher_pairs
 from metaimprove.training.train import TrainConfig, train
+from tests.helpers import TINY_TEACHER, TINY_TRAIN
 
 TEACHER = {"name": "ppo", "config": TINY_TEACHER}
-SMALL = {"operator": OperatorConfig(hidden=16, context_dim=8, param_hidden=8),
-         "features": FeatureConfig(n_transitions=32, n_states=16), "pairs": PairConfig(ks=[1]), "max_epochs": 2}
+
+
 RELABEL = {"relabel_rounds": 1, "relabel_tasks": 1, "relabel_applications": 2, "relabel_starts": 3,
            "relabel_eval_episodes": 1}
 
 
 def _train(dataset: pathlib.Path, out: pathlib.Path, **changes: object) -> pathlib.Path:
-    return train(TrainConfig(dataset=str(dataset), out=str(out), **{**SMALL, **changes}))  # type: ignore[arg-type]
+    return train(TrainConfig(dataset=str(dataset), out=str(out), **{**TINY_TRAIN, **changes}))  # type: ignore[arg-type]
 
 
 def _rows(path: pathlib.Path) -> list[dict[str, str]]:
@@ -90,7 +88,7 @@ def test_relabel_round_adds_teacher_pairs_from_the_policies_the_operator_visited
         init_seed = int(re.search(r"init seed (\d+)", meta["origin"]).group(1))  # type: ignore[union-attr]
         theta0 = init_params(ckpt.spec, torch.Generator().manual_seed(init_seed))
         start = Policy(ckpt.spec, theta0, ObsNormalizer.identity(ckpt.spec.obs_dim))
-        visits, _, _ = operator_visits(op, ckpt, [Start(task, start, start_seed, "")], step, ckpt.default_ask(), 1)
+        visits, _, _ = operator_visits(op, ckpt, [Start(task, start, start_seed, "")], step, ckpt.ask(), 1)
         visited = visits[-1].policy
         assert torch.equal(tensors["theta"][0], visited.theta)
         assert np.array_equal(tensors["norm_mean"][0].numpy(), visited.normalizer.mean)
@@ -139,54 +137,6 @@ def test_augmentation_starts_from_perturbed_dataset_policies(reference_dataset: 
     assert summary["train_pairs"] == 2 * 2 + 4  # 2 training tasks × 2 seeds × 1 pair, and 1 pair per perturbed start
 
 
-@pytest.fixture(scope="module")
-def other_datasets(reference_dataset: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
-                   ) -> dict[str, pathlib.Path]:
-    """A second dataset of the same setup (a copy: a union may repeat tasks), one with another policy size,
-    one with another batch size."""
-    root = tmp_path_factory.mktemp("other")
-    shutil.copytree(reference_dataset, root / "copy")
-    plan = {"n_tasks": 1, "seeds": 1, "iterations": 2, "workers": 1}
-    configs = [tiny_config(root / "hidden", hidden=[16], **plan), tiny_config(root / "batch", **plan)]
-    configs[1].teacher.n_steps = 16
-    for config in configs:
-        collect(config)
-    return {"copy": root / "copy", "hidden": root / "hidden", "batch": root / "batch"}
-
-
-def test_union_holds_the_pairs_of_every_dataset(reference_dataset: pathlib.Path,
-                                                other_datasets: dict[str, pathlib.Path]) -> None:
-    cfg, feats = PairConfig(ks=[1]), FeatureConfig(n_transitions=32, n_states=16)
-    one = build_pairs(reference_dataset, cfg, feats)
-    union = build_union([str(reference_dataset), str(other_datasets["copy"])], cfg, feats)
-    n = len(one.source)
-    assert len(union.source) == 2 * n and union.task_of_pair == 2 * one.task_of_pair
-    assert torch.equal(union.targets[n:], one.targets)
-    # the second dataset's pairs point at its own items, shifted past the first's
-    assert (union.source[n:] == one.source + len(one.items["theta"])).all()
-    assert torch.equal(union.items["theta"][union.source[n:]], one.items["theta"][one.source])
-
-
-@pytest.mark.parametrize(("other", "message"), [("hidden", "hold different policy specs"),
-                                                ("batch", "collected batches of different shapes")])
-def test_union_of_mismatched_datasets_is_refused_naming_both(reference_dataset: pathlib.Path,
-                                                             other_datasets: dict[str, pathlib.Path],
-                                                             other: str, message: str) -> None:
-    dirs = [str(reference_dataset), str(other_datasets[other])]
-    with pytest.raises(UserError, match=message) as err:
-        build_union(dirs, PairConfig(ks=[1]), FeatureConfig(n_transitions=32, n_states=16))
-    assert all(d in str(err.value) for d in dirs) and "\n" not in str(err.value)
-
-
-def test_cli_trains_on_a_list_of_datasets(reference_dataset: pathlib.Path, other_datasets: dict[str, pathlib.Path],
-                                          tmp_path: pathlib.Path) -> None:
-    small = ["pairs.ks=[1]", "max_epochs=1", "operator.hidden=16", "features.n_transitions=32"]
-    assert cli.main(["train", f"dataset=[{reference_dataset},{other_datasets['copy']}]", f"out={tmp_path / 'u'}",
-                     *small]) == 0
-    summary = load_tensors(tmp_path / "u" / "operator.safetensors")[1]["summary"]
-    assert summary["train_pairs"] == 2 * 4  # both copies of the 2 training tasks × 2 seeds × 1 pair
-
-
 @pytest.mark.parametrize("bad", [{"relabel_rounds": -1}, {"augment_starts": -2}, {"relabel_starts": 0},
                                  {"augment_noise": -0.1}])
 def test_bad_relabel_and_augmentation_settings_are_refused(reference_dataset: pathlib.Path, tmp_path: pathlib.Path,
@@ -195,23 +145,3 @@ def test_bad_relabel_and_augmentation_settings_are_refused(reference_dataset: pa
     with pytest.raises(UserError, match=f"{name}={value}"):
         _train(reference_dataset, tmp_path / "out", **bad)
     assert not (tmp_path / "out").exists()
-
-
-def test_dataset_setting_takes_one_directory_a_list_or_a_comma_list() -> None:
-    assert dataset_dirs("a") == ["a"]
-    assert dataset_dirs(["a", "b"]) == dataset_dirs("a, b") == ["a", "b"]
-    with pytest.raises(UserError, match="names no directory"):
-        dataset_dirs(" , ")
-
-
-def test_max_tasks_keeps_the_first_tasks_runs_only(reference_dataset: pathlib.Path) -> None:
-    feats = FeatureConfig(n_transitions=32, n_states=16)
-    every = build_pairs(reference_dataset, PairConfig(ks=[1]), feats)
-    two = build_pairs(reference_dataset, PairConfig(ks=[1], max_tasks=2), feats)
-    assert sorted(set(every.task_of_pair)) == [f"halfcheetah_vel/train/{i}" for i in range(3)]
-    assert sorted(set(two.task_of_pair)) == ["halfcheetah_vel/train/0", "halfcheetah_vel/train/1"]
-    # Same pairs as the full dataset's for those tasks (2 seeds each): a subset, not a different collection.
-    kept = [i for i, t in enumerate(every.task_of_pair) if t != "halfcheetah_vel/train/2"]
-    assert torch.equal(two.targets, every.targets[kept])
-    with pytest.raises(UserError, match=r"pairs.max_tasks=4 but dataset .* holds 3 tasks; give 1 .. 3"):
-        build_pairs(reference_dataset, PairConfig(ks=[1], max_tasks=4), feats)

@@ -1,0 +1,1 @@
+"""Tests of metaimprove.data: collecting datasets."""

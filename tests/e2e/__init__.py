@@ -1,0 +1,1 @@
+"""End-to-end tests across stages: bad inputs through the CLI, users' envs and MJCF, Ray, kill and resume."""

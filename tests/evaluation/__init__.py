@@ -1,0 +1,1 @@
+"""Tests of metaimprove.evaluation: apply, the guard, baselines, statistics, plots."""

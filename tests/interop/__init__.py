@@ -1,0 +1,1 @@
+"""Tests of metaimprove.interop: SB3 import and export."""

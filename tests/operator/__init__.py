@@ -1,0 +1,1 @@
+"""Tests of metaimprove.operator: features, networks, checkpoints, the runtime that applies them."""

@@ -1,0 +1,1 @@
+"""Tests of metaimprove.sim: task families, envs, policies, rollouts."""

@@ -1,0 +1,1 @@
+"""Tests of metaimprove.teachers: PPO and ARS."""

@@ -1,0 +1,30 @@
+"""What every teacher does: explore(θ) collects the teacher's own batch from a policy that is not its own."""
+
+from __future__ import annotations
+
+import torch
+
+from metaimprove.sim.envs import default_task
+from metaimprove.sim.policy import forward
+from metaimprove.sim.rollout import Collector
+from metaimprove.teachers import ARS, PPO
+from tests.teachers.common import ARS_SMALL, SMALL, SPEC, fresh_policy
+
+
+def test_explore_collects_the_teachers_batch_from_any_policy() -> None:
+    # explore(θ) is collect() for a policy that is not the teacher's own: PPO's is the plain collector's batch of
+    # θ (the same seed, the same bits), ARS's the antithetic perturbations of θ.
+    task = default_task("halfcheetah_vel")
+    own, other = fresh_policy(0), fresh_policy(1)
+    ppo = PPO(SMALL)
+    ppo.start(task, own, seed=4)
+    exp = ppo.explore(other)
+    expected = Collector(task, SMALL.n_envs, seed=4).collect(other, SMALL.n_steps)
+    assert torch.equal(exp.action, expected.action) and exp.perturbation is None
+    ars = ARS(ARS_SMALL)
+    ars.start(task, own, seed=4)
+    exp = ars.explore(other)
+    assert exp.perturbation is not None
+    obs = other.normalizer.normalize(exp.obs[:, :, None, :])
+    mean = forward(SPEC, other.theta + exp.perturbation[0], obs[:, 0])[0][:, 0]
+    torch.testing.assert_close(exp.action[:, 0], mean, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,1 @@
+"""Tests of metaimprove.training: pairs, training, relabeling."""
