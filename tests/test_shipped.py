@@ -1,0 +1,67 @@
+"""The shipped operators under results/operators/ load and agree with the collections they were trained on.
+
+The only tests that read ``results/``: unit tests use the ``ars_operator`` fixture, a small operator of the shipped
+halfcheetah_vel operator's shape, and the last test here checks that the two still have the same shape.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import yaml
+
+from metaimprove.operator.checkpoint import OperatorCheckpoint
+from metaimprove.operator.runtime import BatchSchedule
+from metaimprove.sim.envs import default_task, make_env
+from metaimprove.sim.policy import PolicySpec, load_policy
+from metaimprove.sim.tasks import get_family
+
+SHIPPED = pathlib.Path(__file__).resolve().parents[1] / "results" / "operators"
+OPERATORS = sorted(p for p in SHIPPED.glob("*.safetensors") if not p.name.endswith(".dr.safetensors"))
+
+
+def _collection(operator: pathlib.Path) -> dict:
+    """The collect settings the operator's dataset was made with (``<name>.collect.yaml`` beside it)."""
+    return yaml.safe_load(operator.with_name(operator.name.replace(".safetensors", ".collect.yaml")).read_text())
+
+
+def test_the_documented_operators_are_shipped() -> None:
+    assert {"halfcheetah_vel.safetensors", "halfcheetah_vel.ppo.safetensors"} <= {p.name for p in OPERATORS}
+    assert (SHIPPED / "halfcheetah_vel.dr.safetensors").is_file()
+
+
+@pytest.mark.parametrize("operator", OPERATORS, ids=[p.name.removesuffix(".safetensors") for p in OPERATORS])
+def test_a_shipped_operator_loads_and_matches_its_collection(operator: pathlib.Path) -> None:
+    _, ckpt = OperatorCheckpoint.load(operator)
+    collection = _collection(operator)
+    family = collection["task"]["family"]
+    assert operator.name.split(".")[0] == family
+    assert ckpt.teacher == {"name": collection["teacher_name"], "config": collection["teacher"]}
+    env = make_env(default_task(family))
+    assert ckpt.spec == PolicySpec(env.observation_space.shape[0], env.action_space.shape[0],
+                                   tuple(collection["hidden"]))
+    # Trained on the collection's training tasks only: never on a task it is evaluated on.
+    start = collection["start"]
+    planned = {get_family(family).task("train", i).name for i in range(start, start + collection["n_tasks"])}
+    assert collection["split"] == "train" and ckpt.tasks and set(ckpt.tasks) <= planned
+    assert ckpt.resolve_ask_k() in ckpt.ks
+    BatchSchedule.of(ckpt)  # its warm-up, if any, fits its teacher's batch
+
+
+def test_the_shipped_dr_policy_has_the_shipped_operators_policy_spec() -> None:
+    dr = load_policy(SHIPPED / "halfcheetah_vel.dr.safetensors")
+    _, ckpt = OperatorCheckpoint.load(SHIPPED / "halfcheetah_vel.safetensors")
+    assert dr.spec == ckpt.spec
+    assert yaml.safe_load((SHIPPED / "halfcheetah_vel.dr.yaml").read_text())["task"]["family"] == "halfcheetah_vel"
+
+
+def test_the_fixture_operator_has_the_shipped_operators_shape(ars_operator: pathlib.Path) -> None:
+    _, shipped = OperatorCheckpoint.load(SHIPPED / "halfcheetah_vel.safetensors")
+    _, fixture = OperatorCheckpoint.load(ars_operator)
+    assert fixture.spec == shipped.spec and fixture.ks == shipped.ks
+    assert fixture.teacher["name"] == shipped.teacher["name"] == "ars"
+    assert fixture.features.es_gradient and shipped.features.es_gradient
+    assert fixture.features.warmup and shipped.features.warmup
+    assert fixture.ask_k is not None and shipped.ask_k is not None
+    assert {t.split("/")[0] for t in fixture.tasks} == {t.split("/")[0] for t in shipped.tasks} == {"halfcheetah_vel"}
