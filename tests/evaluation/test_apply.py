@@ -25,16 +25,22 @@ from metaimprove.training.train import TrainConfig, train
 from tests.helpers import TINY_ARS, TINY_TEACHER, TINY_TRAIN, apply_config, curve_rows, run_cli
 
 BATCH = TINY_TEACHER["n_envs"] * TINY_TEACHER["n_steps"]
-
-
 # 6 training runs × 1 selection episode × 256 steps: the budget must pay for transferred's selection.
 SELECTION_STEPS = 6 * 256
+
+
+def _apply(operator: pathlib.Path, out: pathlib.Path, **changes: object) -> pathlib.Path:
+    """The operator alone, on one seed of one halfcheetah_vel task."""
+    settings: dict[str, object] = dict(operator_path=str(operator), out=str(out), task=TaskConfig("halfcheetah_vel"),
+                                       n_tasks=1, seeds=1, applications=2, eval_episodes=1, workers=1,
+                                       methods=["operator"])
+    return apply(ApplyConfig(**{**settings, **changes}))  # type: ignore[arg-type]
 
 
 def test_guarded_operator_in_apply_counts_fallbacks(operator_path: pathlib.Path, tmp_path: pathlib.Path) -> None:
     # guard_threshold=0 rejects every operator step whose batch is any worse than the best one.
     apply(apply_config(operator_path, tmp_path / "g", methods=["operator", "operator_guarded"], applications=6,
-                  guard_threshold=0.0))
+                       guard_threshold=0.0))
     rows = curve_rows(tmp_path / "g")
     guarded = [r for r in rows if r["method"] == "operator_guarded"]
     assert max(int(r["fallbacks"]) for r in guarded) >= 1
@@ -166,13 +172,6 @@ def test_cli_names_the_command_that_makes_missing_data(operator_path: pathlib.Pa
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "metaimprove dr task=halfcheetah_vel" in lines[0]
     assert not (tmp_path / "out").exists()
-
-
-def _apply(operator: pathlib.Path, out: pathlib.Path, **changes: object) -> pathlib.Path:
-    settings: dict[str, object] = dict(operator_path=str(operator), out=str(out), task=TaskConfig("halfcheetah_vel"),
-                                       n_tasks=1, seeds=1, applications=2, eval_episodes=1, workers=1,
-                                       methods=["operator"])
-    return apply(ApplyConfig(**{**settings, **changes}))  # type: ignore[arg-type]
 
 
 def test_oracle_operator_refuses_a_user_env_and_another_family(oracle_run: pathlib.Path,

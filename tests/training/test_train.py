@@ -21,7 +21,7 @@ from metaimprove.sim.tasks import TaskConfig
 from metaimprove.storage import load_tensors
 from metaimprove.training.pairs import PairConfig, Pairs, build_pairs
 from metaimprove.training.train import TrainConfig, behavioural_loss, fit, pair_weights, train
-from tests.helpers import TINY_TRAIN, random_features
+from tests.helpers import ORACLE_TRAIN, TINY_TRAIN, random_features
 
 SPEC = PolicySpec(5, 2, hidden=(8, 8))
 
@@ -131,11 +131,13 @@ def test_cli_trains_on_a_list_of_datasets(reference_dataset: pathlib.Path, other
     assert summary["train_pairs"] == 2 * 4  # both copies of the 2 training tasks × 2 seeds × 1 pair
 
 
-def _train(dataset: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
-    return train(TrainConfig(dataset=str(dataset), out=str(out), **TINY_TRAIN))  # type: ignore[arg-type]
+def _train_oracle(dataset: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
+    """Train as the ``oracle_run`` fixture does."""
+    return train(TrainConfig(dataset=str(dataset), out=str(out), **ORACLE_TRAIN))  # type: ignore[arg-type]
 
 
 def _apply(operator: pathlib.Path, out: pathlib.Path, **changes: object) -> pathlib.Path:
+    """The operator alone, on one seed of one halfcheetah_vel task."""
     settings: dict[str, object] = dict(operator_path=str(operator), out=str(out), task=TaskConfig("halfcheetah_vel"),
                                        n_tasks=1, seeds=1, applications=2, eval_episodes=1, workers=1,
                                        methods=["operator"])
@@ -148,7 +150,7 @@ def test_oracle_operator_trains_applies_and_records_its_family(oracle_run: pathl
     assert ckpt.features.task_input and ckpt.task_family == "halfcheetah_vel" and ckpt.task_dim == 34
     assert op.context.head[0].in_features == 2 * 16 + 2 + 1 + 2 + 34
     with (oracle_run / "relabel.csv").open() as f:
-        assert [int(r["pairs_added"]) for r in csv.DictReader(f)] == [0, TINY_TRAIN["relabel_starts"]]
+        assert [int(r["pairs_added"]) for r in csv.DictReader(f)] == [0, ORACLE_TRAIN["relabel_starts"]]
     with _apply(oracle_run / "operator.safetensors", tmp_path / "apply").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 and all(math.isfinite(float(r["return"])) for r in rows)
@@ -157,6 +159,6 @@ def test_oracle_operator_trains_applies_and_records_its_family(oracle_run: pathl
 def test_oracle_training_is_seeded(reference_dataset: pathlib.Path, oracle_run: pathlib.Path,
                                    tmp_path: pathlib.Path) -> None:
     again = tmp_path / "again"
-    _train(reference_dataset, again)
+    _train_oracle(reference_dataset, again)
     for name in ("operator.safetensors", "operator_round0.safetensors", "relabel/round1-0001.safetensors"):
         assert (again / name).read_bytes() == (oracle_run / name).read_bytes(), name
