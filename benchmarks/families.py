@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import shutil
 import subprocess
 import sys
@@ -32,19 +31,16 @@ import time
 from pathlib import Path
 
 import yaml
-from improvement import describe_collection, finals, fmt, verdict
+from common import OPERATORS, RESULTS, describe_collection, finals, fmt, verdict
 
 from metaimprove.evaluation.plot import plot_curves, read_curves, select_splits
 from metaimprove.evaluation.stats import Curves, common_grid, curve_band, iqm_ci, reach_ratio
 from metaimprove.operator.checkpoint import OperatorCheckpoint
-from metaimprove.operator.runtime import operator_batch
+from metaimprove.operator.runtime import BatchSchedule
 from metaimprove.sim.tasks import load_families
 from metaimprove.storage import atomic_write_csv
 from metaimprove.teachers import TEACHERS
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "results"
-OPERATORS = RESULTS / "operators"
 FAMILIES = RESULTS / "families"
 TABLE = RESULTS / "families.csv"
 FIELDS = ["family", "operator_at_B", "ppo_at_B", "ars_at_B", "start_at_B", "nearest_at_B", "operator_vs_ppo",
@@ -85,7 +81,7 @@ def run_family(family: str, teacher: str, scratch: Path) -> dict[str, str]:
     shutil.copy(out / "apply" / "curves.csv", FAMILIES / f"{family}.csv")
     _, ckpt = OperatorCheckpoint.load(out / "operator" / "operator.safetensors")
     sizes = load_families()[family].pipeline_sizes()
-    budget = float(sizes["applications"] * math.prod(operator_batch(ckpt)))
+    budget = float(sizes["applications"] * BatchSchedule.of(ckpt).batch)
     curves = read_curves([FAMILIES / f"{family}.csv"])
     plot_curves(curves, FAMILIES / f"{family}.png", budget=budget)
     return {"family": family, **family_row(curves, budget),

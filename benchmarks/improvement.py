@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
-import math
 import shutil
 import tempfile
 import time
@@ -49,44 +47,34 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
-from kill_resume import write_rows
+from common import (
+    BUDGET,
+    DATASET,
+    OPERATORS,
+    RESULTS,
+    ROOT,
+    collect_command,
+    dataset_or_exit,
+    finals,
+    fmt,
+    verdict,
+    write_rows,
+)
 
 from metaimprove.data.collect import load_manifest, load_shard
-from metaimprove.evaluation.apply import (
-    TEACHER_OP_BATCH,
-    ApplyConfig,
-    apply,
-    method_names,
-    start_policy,
-    starts_from_theta0,
-)
+from metaimprove.evaluation.apply import apply
 from metaimprove.evaluation.baselines import DRConfig, train_dr
+from metaimprove.evaluation.methods import method_names, starts_from_theta0
 from metaimprove.evaluation.plot import plot_curves, read_curves, select_splits
-from metaimprove.evaluation.stats import Curves, Estimate, common_grid, curve_band, iqm_ci, reach_ratio, step_values
-from metaimprove.operator.checkpoint import DEFAULT_ASK_K, OperatorCheckpoint
+from metaimprove.evaluation.protocol import ApplyConfig, start_policy
+from metaimprove.evaluation.stats import Curves, Estimate, common_grid, curve_band, iqm_ci, reach_ratio
+from metaimprove.operator.checkpoint import OperatorCheckpoint
 from metaimprove.operator.features import encode, stack
-from metaimprove.operator.runtime import (
-    BatchSchedule,
-    batch_schedule,
-    describe_warmup,
-    operator_batch,
-    operator_explorer,
-)
+from metaimprove.operator.runtime import BatchSchedule, Explorer, describe_warmup
 from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, fold_normalizer, load_policy
 from metaimprove.sim.tasks import TaskConfig, get_family
-from metaimprove.teachers import TEACHERS, make_teacher
+from metaimprove.teachers import make_teacher
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "results"
-OPERATORS = RESULTS / "operators"
-BUDGET = 61440
-"""B in env steps per run: 30 PPO batches, 15 ARS batches"""
-DATASET = ROOT / "runs" / "ars32d64s_x48"
-"""where the benchmarks look for the shipped operator's training collection (the command above recreates it)"""
-ASK_K = DEFAULT_ASK_K
-"""the jump size operators trained by the benchmarks are asked for: the package's default, chosen on validation
-tasks (``benchmarks/ablations.py``); the shipped checkpoint records it"""
 SPLITS = ("test", "ood")
 TRAIN_INIT = "@train_init"
 """suffix of the methods run from the training runs' initialization"""
@@ -99,11 +87,11 @@ def step_time_ratio(operator_path: str, family: str, ask_k: int, reps: int = 15)
     op, ckpt = OperatorCheckpoint.load(operator_path)
     task = get_family(family).task("test", 0)
     start = start_policy(ckpt, 0)
-    own = operator_explorer(ckpt, task, start, seed=0, warmup=[])(start, 0)  # its full-width batch
+    own = Explorer(ckpt, task, start, 0, BatchSchedule.of(ckpt, []))(start, 0)  # its full-width batch
     ppo = make_teacher(ckpt.teacher, "ppo")
     ppo.start(task, start, seed=0)
     batch = ppo.collect()
-    ask = ckpt.default_ask(ask_k).unsqueeze(0)
+    ask = ckpt.ask(ask_k).unsqueeze(0)
     generator = torch.Generator().manual_seed(0)
     op_times, ppo_times = [], []
     for _ in range(reps):
@@ -121,29 +109,10 @@ def step_time_ratio(operator_path: str, family: str, ask_k: int, reps: int = 15)
 # ------------------------------------------------------------------------------------------ figures
 
 
-def finals(curves: Curves, budget: float) -> np.ndarray:
-    """Each run's return at the budget (its last evaluation at or before B), shaped [seeds, tasks].
-
-    A run may end before B with budget to spare but not enough for another batch (a guarded run after its
-    verifications); what it deploys at B is its last policy."""
-    runs = curves.runs()
-    return np.array([[step_values(s, r, [min(budget, s[-1])])[0] for _, s, r in runs[t]] for t in runs]).T
-
-
 def starts(curves: Curves) -> np.ndarray:
     """Each run's first evaluated return, shaped like :func:`finals`."""
     runs = curves.runs()
     return np.array([[r[0] for _, _, r in runs[t]] for t in runs]).T
-
-
-def fmt(est: Estimate) -> str:
-    """``iqm [lo, hi]`` with one decimal."""
-    return f"{est.iqm:.1f} [{est.lo:.1f}, {est.hi:.1f}]"
-
-
-def verdict(a: Estimate, b: Estimate) -> str:
-    """``wins`` / ``loses`` when the 95% CIs of a and b do not overlap, else ``ties``."""
-    return "wins" if a.lo > b.hi else "loses" if a.hi < b.lo else "ties"
 
 
 def folded(policy: Policy) -> torch.Tensor:
@@ -183,38 +152,6 @@ def memorization(run_dir: Path, snapshots: torch.Tensor) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------------- run
-
-
-def describe_collection(config: dict) -> str:
-    """``<n> tasks × <iterations> <TEACHER> updates`` of a collection config (a dataset's ``config.yaml``), with
-    ARS's directions × rollout steps: collections of one size from differently shaped ARS teachers differ."""
-    name = config["teacher_name"]
-    text = f"{config['n_tasks']} tasks × {config['iterations']} {name.upper()} updates"
-    if name != "ars":
-        return text
-    teacher = dataclasses.asdict(TEACHERS[name][0]()) | config.get("teacher", {})
-    return f"{text} ({teacher['n_directions']} directions × {teacher['n_steps']} steps)"
-
-
-def collect_command(family: str = "halfcheetah_vel", out: str = "<dir>") -> str:
-    """The ``metaimprove collect`` command that recreates the shipped operator's training data (from its
-    collection config, ``results/operators/<family>.collect.yaml``)."""
-    config = yaml.safe_load((OPERATORS / f"{family}.collect.yaml").read_text())
-    name = config["teacher_name"]
-    # Only the teacher settings that differ from its defaults, so the command stays as short as it can be.
-    default = dataclasses.asdict(TEACHERS[name][0]())
-    changed = "".join(f" teacher.{k}={v}" for k, v in config["teacher"].items() if default.get(k) != v)
-    return (f"metaimprove collect teacher={name}{changed} task={family} n_tasks={config['n_tasks']} "
-            f"seeds={config['seeds']} iterations={config['iterations']} out={out}")
-
-
-def dataset_or_exit(path: Path) -> Path:
-    """The dataset directory, or exit with the command that recreates it."""
-    if not (path / "manifest.json").exists():
-        raise SystemExit(f"no dataset at {path}: recreate the shipped operator's training data with "
-                         f"`{collect_command(out=str(path))}` (results/operators/halfcheetah_vel.collect.yaml), or "
-                         "pass --dataset DIR")
-    return path
 
 
 def dr_policy(path: Path, family: str, quick: bool, scratch: Path) -> Path:
@@ -265,9 +202,9 @@ def main() -> None:
     n_seeds = args.seeds or (3 if args.quick else 5)
     budget = args.budget or (BUDGET // 3 if args.quick else BUDGET)
     _, ckpt = OperatorCheckpoint.load(args.operator)
-    args.ask_k = args.ask_k or ckpt.asked_k
+    args.ask_k = ckpt.resolve_ask_k(args.ask_k)
     # The teacher at the operator's batch is the teacher itself unless the operator reads a narrower batch.
-    every = [m for m in method_names() if m != TEACHER_OP_BATCH or ckpt.features.envs is not None]
+    every = [m for m in method_names() if m != "teacher_op_batch" or ckpt.features.envs is not None]
     methods = [] if args.render else args.only or every
     # Rendering runs nothing, so it needs neither the training dataset nor the DR policy.
     dataset = Path(args.dataset) if args.render else dataset_or_exit(Path(args.dataset))
@@ -303,7 +240,7 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(rows)
     curves = read_curves([curves_csv])
-    batch = math.prod(operator_batch(ckpt))
+    batch = BatchSchedule.of(ckpt).batch
     present = {str(r["method"]) for r in rows}
     labels = [label for m in method_names() for label in ((m, m + TRAIN_INIT) if starts_from_theta0(m) else (m,))
               if label in present]
@@ -332,8 +269,8 @@ def main() -> None:
         figures["rerun"] = f"{' '.join(args.only)} on {time.strftime('%Y-%m-%d')}, {apply_minutes:.1f} min of apply"
     elif not args.render:
         figures["apply_wall_minutes"] = f"{apply_minutes:.1f}"
-    summary = render(table, labels, figures, args, n_tasks, n_seeds, budget, ckpt.teacher["name"], batch_schedule(ckpt),
-                     dataset)
+    summary = render(table, labels, figures, args, n_tasks, n_seeds, budget, ckpt.teacher["name"],
+                     BatchSchedule.of(ckpt), dataset)
     (target / "improvement.md").write_text(summary)
     with figures_csv.open("w", newline="") as f:
         csv.writer(f).writerows([["name", "value"], *figures.items()])
@@ -408,10 +345,10 @@ def key_figures(curves: Curves, rows: list[dict[str, object]], table: dict[tuple
 
 def operator_batches(schedule: BatchSchedule, budget: int) -> str:
     """The batches the operator collects within ``budget`` in words: their count and size, and its warm-up."""
-    batch = schedule.envs * schedule.n_steps
+    batch = schedule.n_envs * schedule.n_steps
     if not schedule.warmup:
         return f"{schedule.batches(budget)} batches of {batch}"
-    return (f"{schedule.batches(budget)} batches: {describe_warmup(schedule.warmup)}, then {schedule.envs}-env "
+    return (f"{schedule.batches(budget)} batches: {describe_warmup(schedule.warmup)}, then {schedule.n_envs}-env "
             f"batches of {batch}")
 
 

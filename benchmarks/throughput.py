@@ -18,18 +18,17 @@ import multiprocessing as mp
 import platform
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import mujoco
 import numpy as np
 import torch
-from kill_resume import write_rows
+from common import RESULTS, write_rows
 
 from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params
 from metaimprove.sim.rollout import FRAME_SKIP, Collector
 from metaimprove.sim.tasks import build_model, get_family
 
-RESULTS = Path(__file__).resolve().parent.parent / "results" / "throughput.csv"
+THROUGHPUT = RESULTS / "throughput.csv"
 N_ENVS = 8
 
 
@@ -125,9 +124,9 @@ def main() -> None:
         # Ray collection is a reliability/scale-out figure too (issue: every such figure in reliability.csv).
         note = f"local Ray instance, num_cpus = workers, {n // 2} collector env steps per worker, median of 3"
         write_rows("ray_throughput", {k: (f"{v:.4g}", note) for k, v in ray.items()})
-    RESULTS.parent.mkdir(exist_ok=True)
-    new = not RESULTS.exists()
-    with RESULTS.open("a", newline="") as f:
+    THROUGHPUT.parent.mkdir(exist_ok=True)
+    new = not THROUGHPUT.exists()
+    with THROUGHPUT.open("a", newline="") as f:
         writer = csv.writer(f)
         if new:
             writer.writerow(["date", "host", "mode", "name", "value"])

@@ -15,7 +15,7 @@ and applies both as ``metaimprove apply`` does (fresh starts, 16-env batches, B 
 extra env steps not charged: the headroom. Validation (``train`` tasks 32–35) and ``test`` tasks, 4 × 3 seeds;
 writes ``results/privileged_targets.csv``.
 
-    python benchmarks/privileged_targets.py [--workers 2] [--runs runs]
+    python research/privileged_targets.py [--workers 2] [--runs runs]
 
 The two collections (about 1 and 4 minutes on 2 cores) go to ``--runs``/ars16x24 and ``--runs``/ars64d16x24 and
 are reused when complete (``metaimprove collect`` resumes).
@@ -26,14 +26,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import multiprocessing
+import sys
 import tempfile
 from multiprocessing.pool import Pool
 from pathlib import Path
 
 import torch
-from heldout import add_arguments, apply_settings, at_budget, timed_train
-from improvement import fmt
-from update_rules import final_return
 
 from metaimprove.data.collect import CollectConfig, collect
 from metaimprove.evaluation.stats import Estimate, iqm_ci
@@ -44,8 +42,10 @@ from metaimprove.storage import atomic_write_csv
 from metaimprove.teachers import ARS, ARSConfig, recorded_config
 from metaimprove.training.train import TrainConfig
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # benchmarks/common.py
+from common import RESULTS, ROOT, fmt
+from heldout import add_arguments, apply_settings, at_budget, final_return, timed_train
+
 FACTOR = 8
 """how many times ARS's directions the privileged teacher uses"""
 N_TASKS, ITERATIONS = 16, 24

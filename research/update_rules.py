@@ -1,7 +1,7 @@
 """Is there a better update on ARS's batch? Hand-made variants of the teacher's step, scored at budget B.
 
 An operator fitted to ARS's pairs learns, at best, ARS's update: its target is a function of the batch it reads
-(``benchmarks/step_geometry.py``). It could beat its teacher only where a better update from the same kind of
+(``research/step_geometry.py``). It could beat its teacher only where a better update from the same kind of
 batch exists. This benchmark looks for one among the obvious candidates, each run exactly as ``metaimprove
 apply``'s ``ars`` arm (its fresh starts, seeds and evaluation) with ARS at its defaults (``teacher=ars``: 8
 directions × 256 steps, α = 0.02) as the base, with the step changed:
@@ -20,7 +20,7 @@ directions × 256 steps, α = 0.02) as the base, with the step changed:
 Validation tasks (``train`` tasks 32–35, in no collection) and the held-out ``test`` tasks, fresh starts,
 B = 61440 env steps; writes ``results/update_rules.csv`` (split, rule, IQM return at B [95% CI]).
 
-    python benchmarks/update_rules.py [--tasks 4] [--seeds 3] [--workers 2] [--rules ars momentum_0.5 ...]
+    python research/update_rules.py [--tasks 4] [--seeds 3] [--workers 2] [--rules ars momentum_0.5 ...]
 """
 
 from __future__ import annotations
@@ -29,30 +29,27 @@ import argparse
 import dataclasses
 import itertools
 import multiprocessing
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from heldout import VALIDATION_START, add_arguments
-from improvement import fmt
 
-from metaimprove.evaluation.apply import eval_seed, start_policy, teacher_steps
 from metaimprove.evaluation.stats import iqm_ci
 from metaimprove.operator.checkpoint import OperatorCheckpoint
 from metaimprove.operator.features import FeatureConfig, advantages, per_episode_gradients
 from metaimprove.sim.envs import AnyTask
 from metaimprove.sim.policy import Policy
 from metaimprove.sim.rollout import Experience, evaluate
-from metaimprove.sim.tasks import get_family
 from metaimprove.storage import atomic_write_csv
 from metaimprove.teachers import ARS, ARSConfig
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "results"
-OPERATOR = RESULTS / "operators" / "halfcheetah_vel.safetensors"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # benchmarks/common.py
+from common import OPERATORS, RESULTS, fmt
+from heldout import add_arguments, final_return
+
+OPERATOR = OPERATORS / "halfcheetah_vel.safetensors"
 """whose policy shape gives the runs' fresh starts (apply's, for this family)"""
-EVAL_EPISODES = 8
-"""apply's default evaluation: the mean of 8 deterministic episodes"""
 SEARCH_EPISODES = 2
 """episodes per line-search candidate (uncharged)"""
 
@@ -138,22 +135,6 @@ class RuledARS(ARS):
         direction = per_episode_gradients(policy.spec, policy.theta, states, exp.action, adv).mean(0)
         direction[self._n_perturbed:] = 0
         return direction
-
-
-def tasks(split: str, n: int) -> list[AnyTask]:
-    """``n`` tasks of ``split``: ``val`` is ``train`` tasks from :data:`VALIDATION_START` on."""
-    family = get_family("halfcheetah_vel")
-    return family.tasks("train", n, start=VALIDATION_START) if split == "val" else family.tasks(split, n)
-
-
-def final_return(teacher: ARS, ckpt: OperatorCheckpoint, split: str, task_index: int, seed: int,
-                 budget: int) -> float:
-    """The return (apply's evaluation) after ``teacher``'s updates within ``budget`` env steps from run ``seed``'s
-    fresh start (``ckpt``'s policy) on task ``task_index`` of ``split``."""
-    torch.set_num_threads(1)
-    task = tasks(split, task_index + 1)[task_index]
-    *_, last = teacher_steps(teacher, task, start_policy(ckpt, seed), seed, budget, [])
-    return evaluate(last.policy, task, EVAL_EPISODES, seed=eval_seed(seed))
 
 
 def run(job: tuple[str, str, int, int, int]) -> float:

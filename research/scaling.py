@@ -17,19 +17,18 @@ n_tasks=128 seeds=1 iterations=48 out=runs/ars32d64s_x128``, 7 minutes on 2 core
 ``--envs 32 --ask-k 1`` (44 minutes in all); its table names both. Nothing is chosen on the test tasks: the ask
 is ``--ask-k``.
 
-    python benchmarks/scaling.py [--dataset runs/ars32d64s_x128] [--counts 4 8 16 32 64 128] [--envs 32] [--ask-k 1]
+    python research/scaling.py [--dataset runs/ars32d64s_x128] [--counts 4 8 16 32 64 128] [--envs 32] [--ask-k 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import yaml
-from heldout import PEERS, add_arguments, apply_settings, at_budget, peer_columns, timed_train
-from improvement import dataset_or_exit, describe_collection, fmt
 
 from metaimprove.operator.checkpoint import OperatorCheckpoint
 from metaimprove.operator.features import FeatureConfig
@@ -37,8 +36,10 @@ from metaimprove.storage import atomic_write_csv
 from metaimprove.training.pairs import PairConfig
 from metaimprove.training.train import TrainConfig
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # benchmarks/common.py
+from common import RESULTS, dataset_or_exit, describe_collection, fmt
+from heldout import PEERS, add_arguments, apply_settings, at_budget, peer_columns, timed_train
+
 FIELDS = ["n_tasks", "train_tasks", "operator_at_B", "operator_iqm", "operator_lo", "operator_hi",
           "train_minutes", "collection", "settings"]
 

@@ -1,6 +1,6 @@
 """Does the ablation's choice hold on more validation tasks? The top rows, re-measured on tasks that chose nothing.
 
-``benchmarks/ablations.py`` chooses the settings to ship on 4 validation tasks × 3 seeds, where the top rows lie
+``research/ablations.py`` chooses the settings to ship on 4 validation tasks × 3 seeds, where the top rows lie
 within noise of each other. This benchmark takes the ``--top`` rows of ``results/ablations.csv`` by validation
 IQM (the shortlist depends on validation alone), applies each again, with PPO, ARS and no update beside them, on
 ``--tasks`` fresh validation tasks: ``train`` tasks from ``--start`` on (36 by default: after the ablation's 32–35
@@ -15,23 +15,34 @@ row's operator (the ask sweeps) reuse it here too. Writes ``results/confirm_choi
 validation IQM, its IQM return at B [95% CI] and ``steps_ratio_to_ppo`` on the confirmation tasks, the verdict
 against the ablation's choice (non-overlapping CIs), and ``chosen``.
 
-    python benchmarks/confirm_choice.py [--top 3] [--tasks 12] [--seeds 3] [--trained NAME=CHECKPOINT ...]
+    python research/confirm_choice.py [--top 3] [--tasks 12] [--seeds 3] [--trained NAME=CHECKPOINT ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import sys
 import tempfile
 from pathlib import Path
-
-from ablations import RESULTS, Variant, collection_variants
-from heldout import PEERS, add_arguments, apply_settings, at_budget, band, fit, peer_columns
-from improvement import dataset_or_exit, fmt, verdict
 
 from metaimprove.evaluation.stats import reach_ratio
 from metaimprove.storage import atomic_write_csv
 from metaimprove.training.train import TrainConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # benchmarks/common.py
+from common import RESULTS, dataset_or_exit, fmt, verdict
+from heldout import (
+    PEERS,
+    Variant,
+    add_arguments,
+    apply_settings,
+    at_budget,
+    band,
+    collection_variants,
+    fit,
+    peer_columns,
+)
 
 FIELDS = ["variant", "changed", "ablation_val_at_B", "at_B", "iqm", "lo", "hi", "steps_ratio", "vs_ablation_choice",
           "chosen", "ppo_at_B", "ars_at_B", "start_at_B", "tasks", "budget_env_steps", "runs"]

@@ -1,4 +1,4 @@
-"""Kill-safety: SIGKILL ``python -m metaimprove collect`` at random moments, resume each time, check the data.
+"""Kill-safety machinery: SIGKILL ``python -m metaimprove collect`` at random moments, resume each time, check the data.
 
 Each attempt starts the real CLI in its own session, waits until it has verified the dataset and started
 collecting (its progress bar appears), waits until the manifest lists a number of shards drawn from a
@@ -9,36 +9,26 @@ kills have landed. Every round's dataset must list every planned run exactly onc
 verify, and manifest and config must be byte-identical to those of an uninterrupted collection with the
 same seeds (the manifest's checksums pin every shard's bytes).
 
-Appends ``kill_resume`` rows to ``results/reliability.csv``::
-
-    python benchmarks/kill_resume.py [--kills 20] [--seed 0]
+Used by ``tests/slow/test_kill_resume.py`` (20 kills, what ``benchmarks/kill_resume.py`` ran for the
+``kill_resume`` rows of ``results/reliability.csv``) and by ``tests/e2e/test_kill_resume.py`` (3 kills, in the
+default run).
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
-import csv
 import os
-import platform
 import random
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from metaimprove.data.collect import load_manifest, verify_dataset
 
-RESULTS = Path(__file__).resolve().parent.parent / "results" / "reliability.csv"
-CSV_FIELDS = ["date", "host", "benchmark", "name", "value", "note"]
-# A tiny collection: 3 tasks × 2 seeds × 2 updates of a 2-env × 32-step PPO.
-TINY = ["teacher.n_envs=2", "teacher.n_steps=32", "teacher.minibatch_size=32", "teacher.n_epochs=1",
-        "n_tasks=3", "seeds=2", "iterations=2"]
 STARTED = "collect: "
 START_TIMEOUT = 300.0
 
@@ -151,53 +141,3 @@ def check(out: Path, reference: Path) -> list[str]:
         problems.append("shards/ holds files the manifest does not list")
     return problems
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kills", type=int, default=20, help="SIGKILLs to land mid-run")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the kill moments")
-    parser.add_argument("--jitter", type=float, default=3.0,
-                        help="kill up to this many seconds after the drawn number of shards is listed")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        reference = root / "reference"
-        proc = _cli(reference, [*TINY, "workers=2"], root)
-        _started(proc)
-        if proc.wait() != 0:
-            raise RuntimeError("the uninterrupted reference collection failed")
-        stats = kill_and_resume(root / "killed", reference, [*TINY, "workers=2"], args.kills, args.seed,
-                                args.jitter, root)
-    at = stats.shards_at_kill
-    figures = {
-        "kills": (stats.kills, "SIGKILL of the CLI's process group U(0, "
-                  f"{args.jitter:g}) s after a seeded-random number of shards was listed"),
-        "kills_before_first_shard": (at.count(0), "manifest still empty at the kill"),
-        "kills_mid_dataset": (sum(0 < n < 6 for n in at), "1-5 of the 6 shards written at the kill"),
-        "datasets_completed": (stats.rounds, "a dataset completed before the last kill starts a new one"),
-        "data_equal_to_uninterrupted": (int(not stats.problems), "; ".join(stats.problems) or
-                                        "every round: manifest and config bytes equal, shards verified, no strays"),
-        "wall_s": (round(stats.seconds, 1), "whole session on a shared 2-core machine"),
-    }
-    write_rows("kill_resume", figures)
-    for name, (value, note) in figures.items():
-        print(f"{name}: {value}  ({note})")
-    if stats.problems:
-        sys.exit(1)
-
-
-def write_rows(benchmark: str, figures: dict[str, tuple[object, str]]) -> None:
-    """Append ``figures`` (name → (value, note)) to ``results/reliability.csv``."""
-    RESULTS.parent.mkdir(exist_ok=True)
-    new = not RESULTS.exists()
-    with RESULTS.open("a", newline="") as f:
-        writer = csv.writer(f)
-        if new:
-            writer.writerow(CSV_FIELDS)
-        stamp = datetime.now(UTC).isoformat(timespec="seconds")
-        for name, (value, note) in figures.items():
-            writer.writerow([stamp, platform.node(), benchmark, name, value, note])
-
-
-if __name__ == "__main__":
-    main()

@@ -15,17 +15,17 @@ with), measures:
 
 Writes ``results/step_geometry.csv`` (``quantity, k, value``).
 
-    python benchmarks/step_geometry.py [--dataset runs/ars32d64s_x48] [--operator OPERATOR]
+    python research/step_geometry.py [--dataset runs/ars32d64s_x48] [--operator OPERATOR]
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 import torch
-from improvement import DATASET, dataset_or_exit
 from torch.nn.functional import cosine_similarity
 
 from metaimprove.operator.checkpoint import OperatorCheckpoint
@@ -33,8 +33,8 @@ from metaimprove.storage import atomic_write_csv
 from metaimprove.teachers import make_teacher
 from metaimprove.training.pairs import PairConfig, build_pairs
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # benchmarks/common.py
+from common import DATASET, RESULTS, dataset_or_exit
 
 
 def main() -> None:
@@ -70,7 +70,7 @@ def main() -> None:
         displacement = target - feats["theta"]
         ones = torch.stack([step[int(s)] for s in pairs.source[sel]])
         with torch.no_grad():
-            delta = op(feats, ckpt.default_ask(k).expand(len(sel), -1)) - feats["theta"]
+            delta = op(feats, ckpt.ask(k).expand(len(sel), -1)) - feats["theta"]
         rows += [
             {"quantity": "teacher_displacement_over_k_steps", "k": k,
              "value": float(displacement.norm(dim=-1).mean() / (k * mean_step))},

@@ -3,7 +3,7 @@
 Trains each variant on one collection (the shipped operator's: ARS on 32 ``halfcheetah_vel`` tasks; see
 ``benchmarks/improvement.py``'s docstring to recreate it) with every other training setting the default
 (``per_param``, the baseline row), and applies each from the same fresh starts with the same
-budget B in env steps on two sets of tasks (``benchmarks/heldout.py``): validation tasks (``train`` tasks 32–35,
+budget B in env steps on two sets of tasks (``research/heldout.py``): validation tasks (``train`` tasks 32–35,
 in no 32-task collection) and the held-out ``test`` tasks. PPO, ARS and no update run once per set, beside the baseline.
 The variants:
 
@@ -30,11 +30,11 @@ the test tasks, its ``steps_ratio_to_ppo`` on each (env steps to reach PPO's IQM
 PPO's own, as ``benchmarks/improvement.py`` reports it; ``—`` on a row kept from a run before the column), the
 verdicts on test against the baseline and against PPO (``wins`` / ``loses`` only with non-overlapping 95% CIs, else
 ``ties``), the minutes its fits took, and ``chosen`` on the one row with the best validation IQM: the settings to
-ship once ``benchmarks/confirm_choice.py`` has re-measured it and its runners-up on more validation tasks. The
+ship once ``research/confirm_choice.py`` has re-measured it and its runners-up on more validation tasks. The
 file is rewritten after every variant, so an interrupted run keeps the rows it finished. Nothing is chosen on the
 test tasks.
 
-    python benchmarks/ablations.py [--dataset runs/ars32d64s_x48] [--variants NAME ...] [--quick]
+    python research/ablations.py [--dataset runs/ars32d64s_x48] [--variants NAME ...] [--quick]
 
 ``--quick`` (4 training tasks, 2 epochs, small relabel and augmentation rounds, 1 task × 1 seed, B = 2 ARS
 batches) only checks that every variant runs; it writes to a temporary directory and leaves results/ alone.
@@ -44,26 +44,31 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-from heldout import PEERS, add_arguments, apply_settings, at_budget, band, fit, peer_columns
-from improvement import dataset_or_exit, fmt, verdict
-
 from metaimprove.evaluation.stats import Band, Estimate, reach_ratio
-from metaimprove.operator.features import FeatureConfig
-from metaimprove.operator.networks import OperatorConfig
-from metaimprove.operator.runtime import describe_warmup
 from metaimprove.storage import atomic_write_csv
-from metaimprove.teachers import make_teacher
 from metaimprove.training.pairs import PairConfig
 from metaimprove.training.train import TrainConfig
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # benchmarks/common.py
+from common import RESULTS, dataset_or_exit, fmt, verdict
+from heldout import (
+    AUGMENT_STARTS,
+    PEERS,
+    PPO_OPERATOR,
+    add_arguments,
+    apply_settings,
+    at_budget,
+    band,
+    collection_variants,
+    fit,
+    peer_columns,
+)
+
 SETS = ("val", "test")
 FIELDS = ["variant", "changed", "val_at_B", "val_iqm", "operator_at_B", "operator_iqm", "operator_lo", "operator_hi",
           "val_steps_ratio", "steps_ratio", "vs_baseline", "vs_ppo", "train_minutes", "chosen", "val_ppo_at_B",
@@ -75,91 +80,6 @@ KEPT = FIELDS[:13]
 QUICK_TRAIN = {"max_epochs": 2, "relabel_tasks": 1, "relabel_applications": 2, "relabel_starts": 2,
                "relabel_eval_episodes": 1}
 QUICK_AUGMENT_STARTS = 2
-AUGMENT_STARTS = 16
-"""the augmentation row's noise-perturbed start policies"""
-PPO_OPERATOR = RESULTS / "operators" / "halfcheetah_vel.ppo.safetensors"
-"""the per-parameter operator trained on PPO's pairs (the teacher=ppo row)"""
-WARMUP_ASK_K = 1
-"""the jump the warm-up rows ask the half-width operator for: its best on the validation tasks (``features.envs=<half>
-ask_k=1``)"""
-PPO_ASK_K = 1
-"""the jump size chosen for the PPO-fitted operator on the validation tasks (val IQM at B: k = 1 -106.0, 2 -112.4,
-4 -118.9, 8 -136.5; its checkpoint records it)"""
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One row: how its operator differs from the baseline's."""
-
-    name: str
-    changed: str
-    """what changed against the baseline, in words"""
-    train: dict[str, Any] | None = field(default_factory=dict)
-    """TrainConfig settings that differ from the baseline's; None: an operator not trained here"""
-    ask_k: int | None = None
-    """the jump size it is asked for when applied, if not the baseline's"""
-    checkpoint: Path | None = None
-    """with ``train`` None: the operator's checkpoint, if not one trained here"""
-    reuses: str = "per_param"
-    """with ``train`` and ``checkpoint`` None: the variant whose trained operator it applies"""
-    warmup: list[list[int]] | None = None
-    """the warm-up it is applied with (``ApplyConfig.warmup``), if not its checkpoint's"""
-
-
-def variants(ask_k: int, augment_starts: int, ppo_operator: Path, teacher_envs: int,
-             teacher_steps: int) -> list[Variant]:
-    """The ablation rows, baseline first (``teacher_envs`` × ``teacher_steps``: the envs and steps per env of one batch
-    of the collection's teacher)."""
-    half = teacher_envs // 2
-    return [
-        Variant("per_param", f"baseline: the default training settings, asked for k = {ask_k}"),
-        Variant("teacher=ppo", f"fitted to PPO's pairs (32 tasks × 48 updates) instead of ARS's, asked for k = "
-                f"{PPO_ASK_K}", None, PPO_ASK_K, ppo_operator),
-        Variant("es_gradient=false", "features.es_gradient=false (no ES step from τ's perturbations)",
-                {"features": FeatureConfig(es_gradient=False)}),
-        Variant("flat", "operator.arch=flat (one MLP over the whole θ)", {"operator": OperatorConfig(arch="flat")}),
-        Variant("relabel_rounds=1", f"one relabeling round (its rollouts asked for k = {ask_k})",
-                {"relabel_rounds": 1}),
-        Variant(f"augment_starts={augment_starts} augment_noise=0.1",
-                f"teacher pairs from {augment_starts} noise-perturbed dataset policies",
-                {"augment_starts": augment_starts, "augment_noise": 0.1}),
-        Variant("task_input", "features.task_input=true (the oracle: told the task instead of inferring it)",
-                {"features": FeatureConfig(task_input=True)}),
-        Variant(f"features.envs={half}", f"the operator reads {half} of the teacher's {teacher_envs} envs per τ and "
-                f"collects {half}-env batches", {"features": FeatureConfig(envs=half)}),
-        *(Variant(f"{prefix}ask_k={k}", f"the {what} operator (not retrained) asked for k = {k}", None, k,
-                  reuses=reused)
-          for prefix, what, reused in (("", "baseline", "per_param"),
-                                       (f"features.envs={half} ", f"features.envs={half}", f"features.envs={half}"))
-          for k in (1, 2, 4, 8) if k != ask_k),
-        *(Variant(f"features.envs={half} ask_k={WARMUP_ASK_K} warmup={_compact(warmup)}",
-                  f"the features.envs={half} operator (not retrained) asked for k = {WARMUP_ASK_K}, collecting "
-                  f"{describe_warmup(warmup)}",
-                  None, WARMUP_ASK_K, reuses=f"features.envs={half}", warmup=warmup)
-          for warmup in _warmups(half, teacher_steps)),
-    ]
-
-
-def _warmups(half: int, n_steps: int) -> list[list[list[int]]]:
-    """The warm-ups tried on the half-width operator: a quarter or a half of its width for the first 2 to 8 of its
-    batches, or a quarter then a half."""
-    batch = half * n_steps
-    quarter = half // 8 * 2  # whole antithetic pairs
-    return [[[quarter, 2 * batch]], [[half // 2, 2 * batch]], [[half // 2, 4 * batch]], [[half // 2, 8 * batch]],
-            [[quarter, 2 * batch], [half // 2, 4 * batch]]]
-
-
-def _compact(warmup: list[list[int]]) -> str:
-    return str(warmup).replace(" ", "")
-
-
-def collection_variants(dataset: Path, ask_k: int, augment_starts: int = AUGMENT_STARTS,
-                        ppo_operator: Path = PPO_OPERATOR) -> list[Variant]:
-    """The ablation rows (:func:`variants`) for the collection at ``dataset``, whose teacher's batch width sets the
-    half-width row."""
-    collection = yaml.safe_load((dataset / "config.yaml").read_text())
-    teacher = make_teacher({"name": collection["teacher_name"], "config": collection["teacher"]})
-    return variants(ask_k, augment_starts, ppo_operator, *teacher.batch_shape)
 
 
 def main() -> None:

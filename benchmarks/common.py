@@ -1,0 +1,108 @@
+"""What the benchmarks share: where their outputs go, the held-out comparison's settings and how its figures read.
+
+Every script in ``benchmarks/`` imports from here and from no other script; the settled studies in ``research/``
+import from here too (they put ``benchmarks/`` on ``sys.path`` themselves).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from metaimprove.evaluation.stats import Curves, Estimate, step_values
+from metaimprove.operator.checkpoint import DEFAULT_ASK_K
+from metaimprove.teachers import TEACHERS
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results"
+OPERATORS = RESULTS / "operators"
+RELIABILITY = RESULTS / "reliability.csv"
+"""the reliability figures, one row per figure, appended by every run that measures one"""
+RELIABILITY_FIELDS = ["date", "host", "benchmark", "name", "value", "note"]
+BUDGET = 61440
+"""B in env steps per run: 30 PPO batches, 15 ARS batches"""
+DATASET = ROOT / "runs" / "ars32d64s_x48"
+"""where the benchmarks look for the shipped operator's training collection (``benchmarks/improvement.py``'s
+docstring gives the command that recreates it)"""
+ASK_K = DEFAULT_ASK_K
+"""the jump size operators trained by the benchmarks are asked for: the package's default, chosen on validation
+tasks (``research/ablations.py``); the shipped checkpoint records it"""
+
+
+# ------------------------------------------------------------------------------------------ figures
+
+
+def finals(curves: Curves, budget: float) -> np.ndarray:
+    """Each run's return at the budget (its last evaluation at or before B), shaped [seeds, tasks].
+
+    A run may end before B with budget to spare but not enough for another batch (a guarded run after its
+    verifications); what it deploys at B is its last policy."""
+    runs = curves.runs()
+    return np.array([[step_values(s, r, [min(budget, s[-1])])[0] for _, s, r in runs[t]] for t in runs]).T
+
+
+def fmt(est: Estimate) -> str:
+    """``iqm [lo, hi]`` with one decimal."""
+    return f"{est.iqm:.1f} [{est.lo:.1f}, {est.hi:.1f}]"
+
+
+def verdict(a: Estimate, b: Estimate) -> str:
+    """``wins`` / ``loses`` when the 95% CIs of a and b do not overlap, else ``ties``."""
+    return "wins" if a.lo > b.hi else "loses" if a.hi < b.lo else "ties"
+
+
+# --------------------------------------------------------------------------------------- collections
+
+
+def describe_collection(config: dict) -> str:
+    """``<n> tasks × <iterations> <TEACHER> updates`` of a collection config (a dataset's ``config.yaml``), with
+    ARS's directions × rollout steps: collections of one size from differently shaped ARS teachers differ."""
+    name = config["teacher_name"]
+    text = f"{config['n_tasks']} tasks × {config['iterations']} {name.upper()} updates"
+    if name != "ars":
+        return text
+    teacher = dataclasses.asdict(TEACHERS[name][0]()) | config.get("teacher", {})
+    return f"{text} ({teacher['n_directions']} directions × {teacher['n_steps']} steps)"
+
+
+def collect_command(family: str = "halfcheetah_vel", out: str = "<dir>") -> str:
+    """The ``metaimprove collect`` command that recreates the shipped operator's training data (from its
+    collection config, ``results/operators/<family>.collect.yaml``)."""
+    config = yaml.safe_load((OPERATORS / f"{family}.collect.yaml").read_text())
+    name = config["teacher_name"]
+    # Only the teacher settings that differ from its defaults, so the command stays as short as it can be.
+    default = dataclasses.asdict(TEACHERS[name][0]())
+    changed = "".join(f" teacher.{k}={v}" for k, v in config["teacher"].items() if default.get(k) != v)
+    return (f"metaimprove collect teacher={name}{changed} task={family} n_tasks={config['n_tasks']} "
+            f"seeds={config['seeds']} iterations={config['iterations']} out={out}")
+
+
+def dataset_or_exit(path: Path) -> Path:
+    """The dataset directory, or exit with the command that recreates it."""
+    if not (path / "manifest.json").exists():
+        raise SystemExit(f"no dataset at {path}: recreate the shipped operator's training data with "
+                         f"`{collect_command(out=str(path))}` (results/operators/halfcheetah_vel.collect.yaml), or "
+                         "pass --dataset DIR")
+    return path
+
+
+# -------------------------------------------------------------------------------------------- output
+
+
+def write_rows(benchmark: str, figures: dict[str, tuple[object, str]]) -> None:
+    """Append ``figures`` (name → (value, note)) to ``results/reliability.csv``."""
+    RELIABILITY.parent.mkdir(exist_ok=True)
+    new = not RELIABILITY.exists()
+    with RELIABILITY.open("a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(RELIABILITY_FIELDS)
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        for name, (value, note) in figures.items():
+            writer.writerow([stamp, platform.node(), benchmark, name, value, note])
