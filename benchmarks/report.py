@@ -1,22 +1,41 @@
-"""Regenerate the README's Results section, and ``results/summary.md``, from the committed benchmark outputs.
+"""Write the results page, ``docs/results.md``, and the README's headline block from the committed outputs.
 
-No figure in the README is typed by hand: every benchmark writes its CSV (the improvement benchmark also its
-``results/improvement.md``), and this script copies the figures into the block between ``<!-- results:start -->``
-and ``<!-- results:end -->`` and writes the same section as ``results/summary.md``, the one page of every
-benchmark's figures. ``--out FILE`` writes the section to FILE instead, leaving the README and the summary alone.
+No figure in the docs or the README is typed by hand: every benchmark (``benchmarks/``) and every settled study
+(``research/``) writes its CSV (the improvement benchmark also its ``results/improvement.md``), and this script
+renders them into ``docs/results.md``, the one page of every figure, and fills the block between
+``<!-- headline:start -->`` and ``<!-- headline:end -->`` in ``README.md`` with the headline lines. A README without
+the markers is an error. ``--check`` writes nothing and exits 1 when either differs from what this script would
+write; ``--out FILE`` writes the page to FILE instead, leaving the docs and the README alone.
 
-    python benchmarks/report.py [--out FILE]
+    python benchmarks/report.py [--check] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
-START, END = "<!-- results:start -->", "<!-- results:end -->"
+PAGE = ROOT / "docs" / "results.md"
+README = ROOT / "README.md"
+START, END = "<!-- headline:start -->", "<!-- headline:end -->"
+
+
+def _script(path: str, args: str = "") -> str:
+    """A link to the script at ``path`` (from the repository root), shown with its arguments.
+
+    Links start at the repository root (``/benchmarks/...``): GitHub resolves them there, and the docs build leaves
+    them as they are, where a link out of ``docs/`` would fail it."""
+    return f"[`{path}{' ' + args if args else ''}`](/{path})"
+
+
+def _result(name: str) -> str:
+    """The address of ``results/<name>`` from the page (see :func:`_script`)."""
+    return f"/results/{name}"
 
 
 def _rows(name: str) -> list[dict[str, str]]:
@@ -45,10 +64,11 @@ def _teacher_check(stem: str, ours: str, reference: str) -> list[str]:
     rows = [f"| {task} final return, ours vs reference | {t[f'{task}_final_return_ours']} vs "
             f"{t[f'{task}_final_return_sb3']} |" for task in tasks]
     return [
-        f"### The {ours} teacher against {reference} (`benchmarks/teacher_vs_sb3.py --teacher {ours.lower()}`)",
+        f"### The {ours} teacher against {reference} "
+        f"({_script('benchmarks/teacher_vs_sb3.py', f'--teacher {ours.lower()}')})",
         "",
         f"Same hyperparameters, same tasks and θ⁰, {t.get('seeds')} seeds, {t.get('env_steps_per_run')} env steps "
-        f"per run ([plot](results/{stem}.png)):",
+        f"per run ([plot]({_result(f'{stem}.png')})):",
         "",
         "| figure | value |",
         "| --- | --- |",
@@ -60,7 +80,7 @@ def _teacher_check(stem: str, ours: str, reference: str) -> list[str]:
         f"| end-to-end env-steps/s, ours over the reference | **{t.get('speed_ratio_ours_over_sb3')}×** "
         "(target ≥ 5×) |",
         "",
-        f"![{ours} vs reference](results/{stem}.png)",
+        f"![{ours} vs reference]({_result(f'{stem}.png')})",
         "",
     ]
 
@@ -71,7 +91,7 @@ def _family_cost() -> list[str]:
     if not rows:
         return []
     return [
-        "### What each task family costs (`benchmarks/family_cost.py`)",
+        f"### What each task family costs ({_script('benchmarks/family_cost.py')})",
         "",
         "Ratios to `halfcheetah_vel` measured in the same round (median of rounds): one collector env step, and "
         "one PPO update (collect + improve, default teacher).",
@@ -85,13 +105,18 @@ def _family_cost() -> list[str]:
 
 
 def _reliability() -> list[str]:
-    """The latest run of each reliability benchmark (``benchmarks/stress.py``, ``benchmarks/kill_resume.py``)."""
+    """The latest rows of each reliability figure's source (``results/reliability.csv``)."""
     rows = _rows("reliability.csv")
     if not rows:
         return []
     latest = {r["benchmark"]: r["date"] for r in rows}  # rows are appended in time order
     return [
-        "### Reliability (`benchmarks/stress.py`, `benchmarks/kill_resume.py`)",
+        "### Reliability (`results/reliability.csv`)",
+        "",
+        "The latest rows of each source. `stress` and `kill_resume` came from the scripts that are now the slow tests "
+        f"{_script('tests/slow/test_stress.py')} and {_script('tests/slow/test_kill_resume.py')} (`pytest -m slow`), "
+        f"which assert what they measured; `guarded_apply` from {_script('benchmarks/improvement.py')}, "
+        f"`ray_throughput` from {_script('benchmarks/throughput.py')}.",
         "",
         "| benchmark | figure | value | note |",
         "| --- | --- | --- | --- |",
@@ -107,7 +132,7 @@ def _families() -> list[str]:
     if not rows:
         return []
     return [
-        "### One operator per family (`benchmarks/families.py`)",
+        f"### One operator per family ({_script('benchmarks/families.py')})",
         "",
         "Each family's operator (`results/operators/<family>.safetensors`, collection config beside it) against "
         "PPO and ARS on the family's `test` tasks from fresh starts, equal env-step budget B. IQM return at B with "
@@ -128,42 +153,42 @@ def _families() -> list[str]:
 
 
 def _held_out_runs(first: dict[str, str]) -> str:
-    """How a held-out comparison (``benchmarks/heldout.py``) ran, and its peers' figures."""
+    """How a held-out comparison (``research/heldout.py``) ran, and its peers' figures."""
     ars = f"; ARS: {first['ars_at_B']}" if first.get("ars_at_B") else ""
     return (f"applied on {first['runs']} from fresh starts, B = {first['budget_env_steps']} env steps. PPO at B on "
             f"the same runs: {first['ppo_at_B']}{ars}; the start: {first['start_at_B']}. IQM return at B with 95% CIs")
 
 
 def _scaling() -> list[str]:
-    """Held-out return at B against the number of training tasks (``benchmarks/scaling.py``)."""
+    """Held-out return at B against the number of training tasks (``research/scaling.py``)."""
     rows = _rows("scaling.csv")
     if not rows:
         return []
     return [
-        "### More training tasks, better held-out returns? (`benchmarks/scaling.py`)",
+        f"### More training tasks, better held-out returns? ({_script('research/scaling.py')})",
         "",
         f"One operator per task count N, trained on the first N tasks of one collection "
         f"({rows[0].get('collection') or '32 tasks × 48 PPO updates'}; "
         f"{rows[0].get('settings') or 'the default training settings'}, every other training setting the default), "
-        f"{_held_out_runs(rows[0])} ([plot](results/scaling.png)).",
+        f"{_held_out_runs(rows[0])} ([plot]({_result('scaling.png')})).",
         "",
         "| training tasks N | fitted on (rest validate) | operator at B |",
         "| --- | --- | --- |",
         *(f"| {r['n_tasks']} | {r['train_tasks']} | {r['operator_at_B']} |" for r in rows),
         "",
-        "![scaling](results/scaling.png)",
+        f"![scaling]({_result('scaling.png')})",
         "",
     ]
 
 
 def _confirm_choice() -> list[str]:
-    """The ablation's top validation rows re-measured on fresh validation tasks (``benchmarks/confirm_choice.py``)."""
+    """The ablation's top validation rows re-measured on fresh validation tasks (``research/confirm_choice.py``)."""
     rows = _rows("confirm_choice.csv")
     if not rows:
         return []
     first = rows[0]
     return [
-        "### Does the choice hold on more validation tasks? (`benchmarks/confirm_choice.py`)",
+        f"### Does the choice hold on more validation tasks? ({_script('research/confirm_choice.py')})",
         "",
         f"The {len(rows)} ablation rows with the best validation IQM, applied again on fresh validation tasks "
         f"(`{first['tasks']}`, {first['runs']}, fresh starts, B = {first['budget_env_steps']} env steps); the test "
@@ -182,7 +207,7 @@ def _confirm_choice() -> list[str]:
 
 def _step_geometry() -> list[str]:
     """The teacher's steps against a random walk, and the operator's against the teacher's
-    (``benchmarks/step_geometry.py``)."""
+    (``research/step_geometry.py``)."""
     rows = _rows("step_geometry.csv")
     if not rows:
         return []
@@ -197,7 +222,7 @@ def _step_geometry() -> list[str]:
     reads = "all of the teacher's batch" if share == 1 else (
         f"{share:.0%} of the teacher's envs, so part of the teacher's step comes from envs it never sees")
     return [
-        "### Why asking for k does not buy k updates (`benchmarks/step_geometry.py`)",
+        f"### Why asking for k does not buy k updates ({_script('research/step_geometry.py')})",
         "",
         "On the collection's runs of the tasks the shipped operator was not fitted to. Consecutive ARS steps have "
         f"cosine {value[('teacher_consecutive_step_cosine', '1')]}: the teacher's path through parameter space is "
@@ -220,7 +245,7 @@ def _step_geometry() -> list[str]:
 
 
 def _update_rules() -> list[str]:
-    """Hand-made variants of ARS's update on its own batch, at budget B (``benchmarks/update_rules.py``)."""
+    """Hand-made variants of ARS's update on its own batch, at budget B (``research/update_rules.py``)."""
     rows = _rows("update_rules.csv")
     if not rows:
         return []
@@ -228,7 +253,7 @@ def _update_rules() -> list[str]:
     row = {(r["split"], r["rule"]): r for r in rows}
     first = rows[0]
     return [
-        "### Is there a better update on ARS's batch? (`benchmarks/update_rules.py`)",
+        f"### Is there a better update on ARS's batch? ({_script('research/update_rules.py')})",
         "",
         "An operator fitted to ARS's pairs learns at best ARS's update, since its target is a function of the batch "
         "it reads; it could beat its teacher only where a better update from the same kind of batch exists. ARS at "
@@ -247,13 +272,15 @@ def _update_rules() -> list[str]:
 
 
 def _privileged_targets() -> list[str]:
-    """Operators fitted to ARS's steps and to those of ARS with 8× the directions (``privileged_targets.py``)."""
+    """Operators fitted to ARS's steps and to those of ARS with 8× the directions
+    (``research/privileged_targets.py``)."""
     rows = _rows("privileged_targets.csv")
     if not rows:
         return []
     first = rows[0]
     return [
-        "### Can an operator learn a better teacher's step from ARS's batch? (`benchmarks/privileged_targets.py`)",
+        "### Can an operator learn a better teacher's step from ARS's batch? "
+        f"({_script('research/privileged_targets.py')})",
         "",
         "ARS at its defaults (`teacher=ars`, 8 directions × 256 steps) with 8× the directions improves faster per "
         "update; an operator that took that step from the batch it reads would beat its teacher. Two operators "
@@ -283,7 +310,7 @@ ABLATION_TABLES = {
 
 
 def _ablations(name: str) -> list[str]:
-    """One row per operator variant on validation and held-out tasks (``benchmarks/ablations.py``), from
+    """One row per operator variant on validation and held-out tasks (``research/ablations.py``), from
     ``results/<name>`` (see :data:`ABLATION_TABLES`)."""
     rows = _rows(name)
     if not rows:
@@ -291,7 +318,7 @@ def _ablations(name: str) -> list[str]:
     first = rows[0]
     heading, collection = ABLATION_TABLES[name]
     return [
-        f"### {heading} (`benchmarks/ablations.py`, `{name}`)",
+        f"### {heading} ({_script('research/ablations.py')}, `{name}`)",
         "",
         f"Each variant trained on {collection} with every other setting the default (the "
         "baseline `per_param`: every default), applied from fresh starts with B = "
@@ -331,85 +358,185 @@ def _improvement() -> list[str]:
     lines = []
     for line in path.read_text().splitlines():
         lines.append("##" + line if line.startswith("#") else line)
-    figures = [f"![improvement curves, {split}](results/improvement_{split}.png)" for split in ("test", "ood")
+    lines[0] = lines[0].replace("(`benchmarks/improvement.py`)", f"({_script('benchmarks/improvement.py')})")
+    figures = [f"![improvement curves, {split}]({_result(f'improvement_{split}.png')})" for split in ("test", "ood")
                if (RESULTS / f"improvement_{split}.png").exists()]
     return [*lines, "", *figures, ""]
 
 
-def section() -> str:
-    """The Results section's markdown."""
-    out: list[str] = []
+def _task_diversity() -> list[str]:
+    """PPO trained on one task and evaluated on the others (``benchmarks/task_diversity.py``)."""
+    diversity = _summary(RESULTS / "task_diversity.csv")
+    if not diversity:
+        return []
+    return [
+        f"### Do the tasks really differ? ({_script('benchmarks/task_diversity.py')})",
+        "",
+        "PPO trained on one task, evaluated on every other task of its family (deterministic mean action). "
+        "*Transfer ratio*: the share of a specialist's gain over the untrained policy that policies trained on "
+        "other tasks reach (1 = tasks are interchangeable).",
+        "",
+        "| family | own-task return | return on other tasks | transfer ratio |",
+        "| --- | --- | --- | --- |",
+        *(f"| {fam} | {diversity[f'{fam}_own_task_return']} | {diversity[f'{fam}_other_task_return']} | "
+          f"{diversity[f'{fam}_transfer_ratio']} |" for fam in ("halfcheetah_vel", "halfcheetah_rand_params")
+          if f"{fam}_own_task_return" in diversity),
+        "",
+    ]
+
+
+def _throughput() -> list[str]:
+    """The latest collector throughput run (``benchmarks/throughput.py``)."""
+    throughput = _latest_throughput()
+    if not throughput:
+        return []
+    return [
+        f"### Collector throughput ({_script('benchmarks/throughput.py')})",
+        "",
+        "| figure | value |",
+        "| --- | --- |",
+        f"| collector (policy inference, rewards, bookkeeping) over a bare `mj_step` loop, 1 worker | "
+        f"**{throughput.get('collector_vs_raw_ratio')}×** (target ≥ 0.8×) |",
+        f"| 2 workers over 1 worker | **{throughput.get('scaling_1_to_2_workers')}×** (target ≥ 1.8×) |",
+        *([f"| 2 Ray workers over 1 (local Ray instance, one task per worker) | "
+           f"**{throughput['ray_scaling_1_to_2_workers']}×** |"] if "ray_scaling_1_to_2_workers" in throughput
+          else []),
+        "",
+        "Measured on a 2-core machine, where Ray's own processes (raylet, GCS) run on the same two cores as "
+        "the collectors; Ray was not measured on a machine with cores to spare.",
+        "",
+    ]
+
+
+INTRO = [
+    "# Results",
+    "",
+    "Every figure on this page comes from a script whose output is committed under `results/`: the benchmarks in "
+    "`benchmarks/` measure what the package ships against the peers a user would pick; the settled studies in "
+    "`research/` are the experiments that chose its settings and explain its limits (their questions and answers: "
+    "[findings](findings.md)). `python benchmarks/report.py` writes this page and the README's headline lines from "
+    "those files; nothing here is typed by hand. Timings are ratios measured within one run on a shared 2-core "
+    "machine; absolute speeds there are noise.",
+    "",
+]
+
+
+def page() -> str:
+    """``docs/results.md``: the benchmarks' sections, then the settled studies'."""
+    out = [*INTRO, "## Benchmarks", ""]
     for stem, ours, reference in (("teacher_vs_sb3", "PPO", "Stable-Baselines3's PPO"),
                                   ("ars_vs_sb3", "ARS", "sb3-contrib's ARS")):
         out += _teacher_check(stem, ours, reference)
-    diversity = _summary(RESULTS / "task_diversity.csv")
-    if diversity:
-        out += [
-            "### Do the tasks really differ? (`benchmarks/task_diversity.py`)",
-            "",
-            "PPO trained on one task, evaluated on every other task of its family (deterministic mean action). "
-            "*Transfer ratio*: the share of a specialist's gain over the untrained policy that policies trained on "
-            "other tasks reach (1 = tasks are interchangeable).",
-            "",
-            "| family | own-task return | return on other tasks | transfer ratio |",
-            "| --- | --- | --- | --- |",
-        ]
-        for fam in ("halfcheetah_vel", "halfcheetah_rand_params"):
-            if f"{fam}_own_task_return" in diversity:
-                out.append(f"| {fam} | {diversity[f'{fam}_own_task_return']} | "
-                           f"{diversity[f'{fam}_other_task_return']} | {diversity[f'{fam}_transfer_ratio']} |")
-        out.append("")
-    out += _family_cost()
-    throughput = _latest_throughput()
-    if throughput:
-        out += [
-            "### Collector throughput (`benchmarks/throughput.py`)",
-            "",
-            "| figure | value |",
-            "| --- | --- |",
-            f"| collector (policy inference, rewards, bookkeeping) over a bare `mj_step` loop, 1 worker | "
-            f"**{throughput.get('collector_vs_raw_ratio')}×** (target ≥ 0.8×) |",
-            f"| 2 workers over 1 worker | **{throughput.get('scaling_1_to_2_workers')}×** (target ≥ 1.8×) |",
-            *([f"| 2 Ray workers over 1 (local Ray instance, one task per worker) | "
-               f"**{throughput['ray_scaling_1_to_2_workers']}×** |"] if "ray_scaling_1_to_2_workers" in throughput
-              else []),
-            "",
-            "Measured on a 2-core machine, where Ray's own processes (raylet, GCS) run on the same two cores as "
-            "the collectors; Ray was not measured on a machine with cores to spare.",
-            "",
-        ]
-    out += _reliability()
-    out += _improvement()
+    out += _task_diversity() + _family_cost() + _throughput() + _reliability() + _improvement() + _families()
+    out += ["## Settled studies", "",
+            f"Each study's question, answer and command: {_script('research/README.md')}; its finding in one "
+            "paragraph: [findings](findings.md).", ""]
     out += _scaling()
     for name in ABLATION_TABLES:
         out += _ablations(name)
-    out += _confirm_choice()
-    out += _step_geometry()
-    out += _update_rules()
-    out += _privileged_targets()
-    out += _families()
+    out += _confirm_choice() + _step_geometry() + _update_rules() + _privileged_targets()
     return "\n".join(out).rstrip() + "\n"
+
+
+# -------------------------------------------------------------------------------------- the headline
+
+
+def _improvement_table(text: str) -> dict[str, list[str]]:
+    """method -> the cells of ``results/improvement.md``'s table (test return, test ratio, ood return, ood ratio)."""
+    table = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == 5:
+            table[cells[0].strip("`")] = cells[1:]
+    return table
+
+
+def _verdict(text: str, split: str, method: str) -> str:
+    """The operator's recorded verdict against ``method`` on ``split`` from a fresh start (``wins``, ``ties`` or
+    ``loses``: non-overlapping 95% CIs), from ``results/improvement.md``'s "Where the operator wins and loses"."""
+    line = next(line for line in text.splitlines() if line.startswith(f"- `{split}`, fresh start:"))
+    beats, ties, loses = line.split("; ")
+    return next(v for v, part in (("wins", beats), ("ties", ties), ("loses", loses)) if f"`{method}`" in part)
+
+
+VERBS = {"wins": "beats", "ties": "ties with", "loses": "loses to"}
+"""a verdict of the operator against a peer, as the verb of a headline line"""
+
+
+def _split_line(text: str, figures: dict[str, str], split: str, what: str) -> str:
+    """One headline line: the operator against PPO and ARS on ``split`` (``benchmarks/improvement.py``)."""
+    table = _improvement_table(text)
+    budget = re.search(r"budget B = (\d+) env steps", text)
+    runs = re.search(r"(\d+) tasks × (\d+) seeds per split", text)
+    column = 0 if split == "test" else 2
+    return (f"- **{what}** (`halfcheetah_vel` `{split}` tasks, fresh starts, B = {budget and budget[1]} env steps, "
+            f"{runs and f'{runs[1]} tasks × {runs[2]} seeds'}): the operator's IQM return at B, "
+            f"{table['operator'][column]}, **{VERBS[_verdict(text, split, 'ppo')]}** PPO's {table['ppo'][column]} "
+            f"and **{VERBS[_verdict(text, split, 'ars')]}** ARS's {table['ars'][column]} (95% CIs), and it reaches "
+            f"PPO's return at B in {figures[f'{split}_operator_steps_ratio_to_ppo']} of PPO's env steps. From "
+            "[`benchmarks/improvement.py`](benchmarks/improvement.py); details on the [results page](docs/results.md).")
+
+
+def _family_line(rows: list[dict[str, str]]) -> str:
+    """One headline line: each family's shipped operator against PPO and ARS (``benchmarks/families.py``)."""
+    def tally(column: str) -> str:
+        parts = []
+        for verdict, word in (("wins", "wins on"), ("ties", "ties on"), ("loses", "loses on")):
+            names = [f"`{r['family']}`" for r in rows if r[column] == verdict]
+            if names:
+                parts.append(f"{word} {len(names)}" + (f" ({', '.join(names)})" if verdict != "ties" else ""))
+        return ", ".join(parts)
+
+    return (f"- **One operator per family** ({len(rows)} families, each on its own `test` tasks at its own budget): "
+            f"against PPO it {tally('operator_vs_ppo')}; against ARS it {tally('operator_vs_ars')}. From "
+            "[`benchmarks/families.py`](benchmarks/families.py); details on the [results page](docs/results.md).")
+
+
+def headline() -> str:
+    """The README's headline lines, between the markers."""
+    text = (RESULTS / "improvement.md").read_text()
+    figures = _summary(RESULTS / "improvement_figures.csv")
+    lines = [_split_line(text, figures, "test", "Held-out tasks"),
+             _split_line(text, figures, "ood", "Out of the training ranges")]
+    families = _rows("families.csv")
+    if families:
+        lines.append(_family_line(families))
+    return "\n".join(lines) + "\n"
+
+
+def _with_headline(readme: str) -> str:
+    """``readme`` with :func:`headline` between its markers; exits with one line when it lacks them."""
+    if readme.count(START) != 1 or readme.count(END) != 1 or readme.index(START) > readme.index(END):
+        raise SystemExit(f"report.py: README.md needs one {START} line and one {END} line after it; "
+                         "nothing written")
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{headline()}{END}{tail}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, help="write the section here instead of into README.md")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 if docs/results.md or the README's headline block is stale")
+    parser.add_argument("--out", type=Path, help="write the page here, leaving docs/results.md and README.md alone")
     args = parser.parse_args()
     if args.out is not None:
-        args.out.write_text(section())
-        print(f"wrote the Results section to {args.out}")
+        args.out.write_text(page())
+        print(f"wrote the results page to {args.out}")
         return
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"README.md lacks the {START} ... {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    results = section()
-    readme.write_text(f"{head}{START}\n{results}{END}{tail}")
-    # The summary lies in results/, so its links to results/<file> become <file>.
-    (RESULTS / "summary.md").write_text("# Results\n\n" + results.replace("](results/", "]("))
-    print(f"updated the Results section of {readme} and {RESULTS / 'summary.md'}")
+    readme = README.read_text()
+    outputs = {PAGE: page(), README: _with_headline(readme)}
+    if args.check:
+        stale = [path.relative_to(ROOT).as_posix() for path, text in outputs.items()
+                 if not path.exists() or path.read_text() != text]
+        if stale:
+            sys.exit(f"report.py --check: {' and '.join(stale)} {'differs' if len(stale) == 1 else 'differ'} from "
+                     "what the committed results give; run python benchmarks/report.py")
+        print("docs/results.md and the README's headline block match the committed results")
+        return
+    for path, text in outputs.items():
+        path.write_text(text)
+    print(f"wrote {PAGE.relative_to(ROOT)} and the headline block of {README.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
