@@ -1,13 +1,17 @@
 """Interval estimates for improvement curves: IQM with stratified-bootstrap 95% CIs as rliable reports them (same
 draws, reimplemented), curve bands on a common env-step grid, and env steps to reach a return.
 
+Comparisons across tasks use per-task normalized scores (0 at the task's start return, 1 at its reference
+return), paired by (task, seed): paired differences, per-method scores, probability of improvement and steps to
+reach the best peer, all with CIs from one bootstrap that resamples tasks, then seeds within each task.
+
 Why reimplemented: see the design notes (docs/design.md, "Statistics").
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -178,10 +182,7 @@ def _bootstrap_iqm(
     point; each point's marginal CI is the same either way). With one point this is exactly
     rliable's draw: ``RandomState(seed).choice(runs, (runs, tasks))`` per replicate, in order.
     """
-    if reps < 1:
-        raise ValueError(f"reps must be >= 1, got {reps}")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    _check_bootstrap_args(reps, confidence)
     n_runs, n_tasks, n_points = scores.shape
     point = trim_mean(scores.reshape(n_runs * n_tasks, n_points), IQM_CUT, axis=0)
     # Legacy RandomState, not Generator: it reproduces rliable's np.random.choice stream.
@@ -319,3 +320,345 @@ def reach_ratio(curve: Band, teacher: Band, budget: float) -> float:
     if teacher_steps <= 0:
         return math.nan
     return steps_to_reach(curve, target) / teacher_steps
+
+
+# ------------------------------------------------------------------------------- normalized scores
+
+RunKey = tuple[str, int]
+"""A run's identity, ``(task, seed)``: the unit on which methods are paired."""
+
+PAIR_ON_INTERSECTION = "intersection"
+"""Pass as ``subset`` to pair two methods on the runs they share (e.g. a peer run on fewer tasks × seeds)."""
+
+REPORT_BATCHES = (1, 2, 4, 8)
+"""Budgets in batches of the few-shot regime; :func:`report_budgets` adds B and 4B."""
+
+
+class TaskScale(NamedTuple):
+    """One task's normalization: its start return scores 0, its reference return scores 1."""
+
+    start: float
+    reference: float
+
+
+def normalize(returns: npt.ArrayLike, start: float, reference: float) -> FloatArray:
+    """Per-task score of raw returns: 0 at the task's start return, 1 at its reference return."""
+    if not (math.isfinite(start) and math.isfinite(reference)) or reference <= start:
+        raise UserError(f"reference return {reference:g} does not exceed start return {start:g}; no score scale")
+    return (np.asarray(returns, dtype=np.float64) - start) / (reference - start)
+
+
+def normalize_curves(curves: Curves, scales: Mapping[str, tuple[float, float]]) -> Curves:
+    """``curves`` with each return replaced by its task's score; ``scales`` maps task -> :class:`TaskScale`.
+
+    Every task in ``curves`` needs an entry; extra entries are ignored (a cache may cover more tasks).
+    """
+    tasks = curves.tasks()
+    missing = [task for task in tasks if task not in scales]
+    if missing:
+        raise UserError(
+            f"the reference table does not match the task list: no start/reference return for {', '.join(missing)}; "
+            "rebuild the reference cache for these tasks"
+        )
+    scores = np.empty_like(curves.returns)
+    for task in tasks:
+        start, reference = scales[task]
+        rows = curves.task == task
+        try:
+            scores[rows] = normalize(curves.returns[rows], float(start), float(reference))
+        except UserError as exc:
+            raise UserError(f"task {task!r}: {exc}") from None
+    return Curves(curves.method, curves.task, curves.seed, curves.env_steps, scores)
+
+
+def report_budgets(batch_env_steps: float, budget: float) -> tuple[float, ...]:
+    """The env-step budgets every score is reported at: 1, 2, 4 and 8 batches, B and 4B."""
+    return (*(n * float(batch_env_steps) for n in REPORT_BATCHES), float(budget), 4.0 * float(budget))
+
+
+def scores_at(curves: Curves, budgets: Iterable[float]) -> dict[float, dict[RunKey, float]]:
+    """Per budget, each run's score of one method: its last evaluation at or before the budget (:func:`step_values`).
+
+    NaN where the run had no evaluation yet, or had stopped before the budget.
+    """
+    grid = np.asarray(list(budgets), dtype=np.float64)
+    values = {
+        (task, seed): step_values(steps, rets, grid)
+        for task, task_runs in curves.runs().items()
+        for seed, steps, rets in task_runs
+    }
+    return {float(b): {key: float(v[i]) for key, v in values.items()} for i, b in enumerate(grid)}
+
+
+# ----------------------------------------------------------------------- two-level (task, seed) bootstrap
+
+
+_Statistic = Callable[[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.bool_]], FloatArray]
+"""A statistic of drawn runs: ``(task [n, tasks], seed [n, tasks, seeds], valid [n, tasks, seeds]) -> [n, 1]``."""
+
+
+class Interval(NamedTuple):
+    """A point estimate with its bootstrap CI, and the tasks and (task, seed) runs it rests on."""
+
+    value: float
+    lo: float
+    hi: float
+    n_tasks: int
+    n_runs: int
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Two methods' scores on the same (task, seed) runs as [tasks, seeds] arrays, NaN past a task's seeds."""
+
+    tasks: tuple[str, ...]
+    seeds: tuple[tuple[int, ...], ...]
+    x: FloatArray
+    y: FloatArray
+
+    @property
+    def n_pairs(self) -> int:
+        """How many (task, seed) pairs the comparison uses."""
+        return sum(len(s) for s in self.seeds)
+
+
+def pair(
+    x: Mapping[RunKey, float],
+    y: Mapping[RunKey, float],
+    subset: Iterable[RunKey] | str | None = None,
+) -> Paired:
+    """Line up two methods' per-run scores by (task, seed), for paired differences and P(improvement).
+
+    The runs must match exactly unless ``subset`` names the runs to use, or is :data:`PAIR_ON_INTERSECTION`.
+    """
+    keys = _matched_keys(set(x), set(y), subset)
+    _refuse_missing_scores({k: x[k] for k in keys})
+    _refuse_missing_scores({k: y[k] for k in keys})
+    tasks, seeds, counts = _layout(keys)
+    return Paired(tasks, seeds, _table(x, tasks, seeds, counts)[..., 0], _table(y, tasks, seeds, counts)[..., 0])
+
+
+def score_ci(
+    scores: Mapping[RunKey, float],
+    statistic: str = "mean",
+    reps: int = 10_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """One method's mean (or ``"iqm"``) score over its runs, with the CI of the task-then-seed bootstrap.
+
+    Every run counts once. Runs laid out like a :class:`Paired` comparison's get the same draws for the same ``seed``.
+    """
+    reducers = {"mean": _masked_mean, "iqm": _masked_iqm}
+    if statistic not in reducers:
+        raise ValueError(f"statistic must be one of {sorted(reducers)}, got {statistic!r}")
+    _refuse_missing_scores(scores)
+    tasks, seeds, counts = _layout(set(scores))
+    values = _table(scores, tasks, seeds, counts)
+    reduce = reducers[statistic]
+    return _interval(counts, lambda t, s, m: reduce(values[t[..., None], s], m), reps, confidence, seed)
+
+
+def paired_difference(paired: Paired, reps: int = 10_000, confidence: float = 0.95, seed: int = 0) -> Interval:
+    """Mean over (task, seed) pairs of ``x - y``, with the CI of the task-then-seed bootstrap."""
+    diff = paired.x - paired.y
+    return score_ci(_as_scores(paired, diff), "mean", reps, confidence, seed)
+
+
+def probability_of_improvement(paired: Paired, reps: int = 10_000, confidence: float = 0.95, seed: int = 0) -> Interval:
+    """P(x > y) + ½ P(x = y) over runs within a task, averaged over tasks (rliable's metric), with a bootstrap CI.
+
+    Within a task every x run is compared with every y run (the Mann-Whitney U statistic over the task's
+    run counts). A replicate resamples tasks, then seeds within each, taking both methods' runs at the drawn seeds.
+    """
+    counts = np.array([len(s) for s in paired.seeds], dtype=np.int64)
+    x, y = paired.x, paired.y
+
+    def statistic(task: npt.NDArray[np.int64], seed: npt.NDArray[np.int64], mask: npt.NDArray[np.bool_]) -> FloatArray:
+        xs, ys = x[task[..., None], seed], y[task[..., None], seed]  # [n, tasks, seeds]
+        wins = (xs[..., :, None] > ys[..., None, :]) + 0.5 * (xs[..., :, None] == ys[..., None, :])
+        both = mask[..., :, None] & mask[..., None, :]
+        per_task = np.where(both, wins, 0.0).sum(axis=(2, 3)) / both.sum(axis=(2, 3))
+        return per_task.mean(axis=1)[:, None]
+
+    return _interval(counts, statistic, reps, confidence, seed, points=int(counts.max()))
+
+
+def steps_to_best_peer(
+    method: Curves,
+    peer: Curves,
+    budget: float,
+    subset: Iterable[RunKey] | str | None = None,
+    grid: npt.ArrayLike | None = None,
+    reps: int = 2_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """Env steps ``method``'s mean normalized score needs to reach ``peer``'s mean at ``budget``, over ``budget``.
+
+    Both take normalized curves of one method; ``peer`` is the best peer. ``inf`` when never reached
+    (a replicate that never reaches counts as inf, so a CI's upper end may be inf). A replicate resamples
+    tasks, then seeds, and moves the target with the peer's runs at the same draws. ``grid`` defaults to
+    every step ``method`` was evaluated at, where its mean curve can change.
+    """
+    method_runs, peer_runs = _run_curves(method), _run_curves(peer)
+    keys = _matched_keys(set(method_runs), set(peer_runs), subset)
+    tasks, seeds, counts = _layout(keys)
+    g = np.unique(method.env_steps) if grid is None else np.asarray(grid, dtype=np.float64)
+    curve = _table({k: step_values(*method_runs[k], g) for k in keys}, tasks, seeds, counts)
+    at_budget = {k: float(step_values(*peer_runs[k], [budget])[0]) for k in keys}
+    unknown = sorted(k for k, v in at_budget.items() if math.isnan(v))
+    if unknown:
+        raise UserError(f"the peer has no score at budget {budget:g} on runs {_keys_text(unknown)}")
+    target = _table(at_budget, tasks, seeds, counts)
+
+    def statistic(task: npt.NDArray[np.int64], seed: npt.NDArray[np.int64], mask: npt.NDArray[np.bool_]) -> FloatArray:
+        goal = _masked_mean(target[task[..., None], seed], mask)  # [n, 1]
+        mean_curve = _masked_mean(curve[task[..., None], seed], mask)  # [n, points]
+        with np.errstate(invalid="ignore"):
+            reached = mean_curve >= goal
+        first = np.where(reached.any(axis=1), g[reached.argmax(axis=1)], math.inf)
+        return (first / budget)[:, None]
+
+    return _interval(counts, statistic, reps, confidence, seed, points=g.size, exact_ends=True)
+
+
+# ----------------------------------------------------------------------------------- bootstrap engine
+
+
+def _matched_keys(x: set[RunKey], y: set[RunKey], subset: Iterable[RunKey] | str | None) -> set[RunKey]:
+    """The runs to pair: all of them when both methods ran the same ones, else the ``subset`` asked for."""
+    if subset == PAIR_ON_INTERSECTION:
+        keys = x & y
+    elif subset is None:
+        if x != y:
+            raise UserError(
+                f"runs do not match: only in x {_keys_text(sorted(x - y))}; only in y {_keys_text(sorted(y - x))}; "
+                f"pass subset={PAIR_ON_INTERSECTION!r} to pair on the {len(x & y)} shared runs"
+            )
+        keys = x
+    elif isinstance(subset, str):
+        raise ValueError(f"subset must be runs or {PAIR_ON_INTERSECTION!r}, got {subset!r}")
+    else:
+        keys = {(str(t), int(s)) for t, s in subset}
+        absent = sorted(keys - (x & y))
+        if absent:
+            raise UserError(f"subset runs missing from a method: {_keys_text(absent)}")
+    if not keys:
+        raise UserError("no (task, seed) runs to compare")
+    return keys
+
+
+def _keys_text(keys: list[RunKey], limit: int = 6) -> str:
+    """Runs as ``task/seed`` text for a one-line message, the first ``limit`` of them."""
+    text = ", ".join(f"({task}, {seed})" for task, seed in keys[:limit])
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return (text or "none") + more
+
+
+def _layout(keys: Iterable[RunKey]) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...], npt.NDArray[np.int64]]:
+    """Tasks in natural order, each task's seeds ascending, and the seed count per task."""
+    by_task: dict[str, list[int]] = {}
+    for task, seed in keys:
+        by_task.setdefault(task, []).append(seed)
+    if not by_task:
+        raise UserError("no (task, seed) runs to compare")
+    tasks = tuple(sorted(by_task, key=natural_key))
+    seeds = tuple(tuple(sorted(by_task[t])) for t in tasks)
+    return tasks, seeds, np.array([len(s) for s in seeds], dtype=np.int64)
+
+
+def _table(
+    values: Mapping[RunKey, Any], tasks: tuple[str, ...], seeds: tuple[tuple[int, ...], ...], counts: npt.NDArray
+) -> FloatArray:
+    """Per-run values (scalars or equal-length arrays) as a [tasks, max seeds, points] array padded with NaN."""
+    width = np.asarray(values[(tasks[0], seeds[0][0])], dtype=np.float64).size
+    out = np.full((len(tasks), int(counts.max()), width), np.nan)
+    for i, (task, task_seeds) in enumerate(zip(tasks, seeds, strict=True)):
+        for j, s in enumerate(task_seeds):
+            out[i, j] = values[(task, s)]
+    return out
+
+
+def _as_scores(paired: Paired, values: FloatArray) -> dict[RunKey, float]:
+    """A [tasks, seeds] array of a :class:`Paired` layout back as per-run scores."""
+    return {
+        (task, s): float(values[i, j])
+        for i, (task, task_seeds) in enumerate(zip(paired.tasks, paired.seeds, strict=True))
+        for j, s in enumerate(task_seeds)
+    }
+
+
+def _masked_mean(sample: FloatArray, mask: npt.NDArray[np.bool_]) -> FloatArray:
+    """Mean over the valid runs of ``sample`` [n, tasks, seeds, points] -> [n, points]."""
+    m = mask[..., None]
+    return np.where(m, sample, 0.0).sum(axis=(1, 2)) / m.sum(axis=(1, 2))
+
+
+def _masked_iqm(sample: FloatArray, mask: npt.NDArray[np.bool_]) -> FloatArray:
+    """scipy's 25% trimmed mean over the valid runs of ``sample`` [n, tasks, seeds, points] -> [n, points]."""
+    n, n_tasks, width, n_points = sample.shape
+    ordered = np.sort(np.where(mask[..., None], sample, np.inf).reshape(n, n_tasks * width, n_points), axis=1)
+    valid = mask.reshape(n, -1).sum(axis=1)[:, None]
+    cut = (valid * IQM_CUT).astype(np.int64)  # trim_mean's int(proportion * nobs) from each end
+    position = np.arange(n_tasks * width)[None, :]
+    keep = ((position >= cut) & (position < valid - cut))[..., None]
+    return np.where(keep, ordered, 0.0).sum(axis=1) / keep.sum(axis=1)
+
+
+def _interval(
+    counts: npt.NDArray[np.int64],
+    statistic: _Statistic,
+    reps: int,
+    confidence: float,
+    seed: int,
+    points: int = 1,
+    exact_ends: bool = False,
+) -> Interval:
+    """Point estimate and CI of ``statistic(task, seed, mask) -> [n, 1]`` under the task-then-seed bootstrap.
+
+    A replicate draws as many tasks as there are, with replacement, then for each drawn task as many of its
+    seeds as it has, with replacement. The point estimate is the same statistic on the original runs.
+    ``points`` is how many values per drawn run the statistic touches (it sets the chunk size).
+    ``exact_ends`` takes the CI ends as order statistics (no interpolation), so that inf survives as an end.
+    """
+    _check_bootstrap_args(reps, confidence)
+    n_tasks, width = counts.size, int(counts.max())
+    identity_seed = np.broadcast_to(np.arange(width), (1, n_tasks, width))
+    point = float(statistic(np.arange(n_tasks)[None, :], identity_seed, identity_seed < counts[None, :, None])[0, 0])
+    rng = np.random.default_rng(seed)
+    replicates = np.empty(reps)
+    chunk = max(1, _CHUNK_ELEMENTS // (n_tasks * width * points))
+    for start in range(0, reps, chunk):
+        n = min(chunk, reps - start)
+        task = rng.integers(0, n_tasks, size=(n, n_tasks))
+        drawn = np.broadcast_to(counts[task][..., None], (n, n_tasks, width))
+        seed_index = rng.integers(0, drawn)
+        replicates[start : start + n] = statistic(task, seed_index, np.arange(width) < drawn)[:, 0]
+    alpha = (1.0 - confidence) / 2.0
+    if exact_ends:
+        lo = float(np.percentile(replicates, 100.0 * alpha, method="lower"))
+        hi = float(np.percentile(replicates, 100.0 * (1.0 - alpha), method="higher"))
+    else:
+        lo, hi = (float(v) for v in np.percentile(replicates, [100.0 * alpha, 100.0 * (1.0 - alpha)]))
+    return Interval(point, lo, hi, n_tasks=n_tasks, n_runs=int(counts.sum()))
+
+
+def _check_bootstrap_args(reps: int, confidence: float) -> None:
+    """Refuse a bootstrap with no replicates or a confidence outside (0, 1)."""
+    if reps < 1:
+        raise ValueError(f"reps must be >= 1, got {reps}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+
+
+def _refuse_missing_scores(scores: Mapping[RunKey, float]) -> None:
+    """Refuse NaN scores (a run evaluated after the budget, or stopped before it) by naming the runs."""
+    missing = sorted(k for k, v in scores.items() if math.isnan(v))
+    if missing:
+        raise UserError(f"no score (NaN) on runs {_keys_text(missing)}: was each run evaluated at this budget?")
+
+
+def _run_curves(curves: Curves) -> dict[RunKey, tuple[FloatArray, FloatArray]]:
+    """Each run's ``(env_steps, scores)`` of a one-method table, keyed by (task, seed)."""
+    return {(task, seed): (steps, vals) for task, task_runs in curves.runs().items() for seed, steps, vals in task_runs}

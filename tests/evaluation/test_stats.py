@@ -1,4 +1,5 @@
-"""Interval estimates: IQM by hand, CI coverage/shrinkage/determinism, step interpolation, steps to reach."""
+"""Interval estimates: IQM by hand, CI coverage/shrinkage/determinism, step interpolation, steps to reach;
+normalized scores, paired differences and P(improvement) under the task-then-seed bootstrap."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from metaimprove.errors import UserError
 from metaimprove.evaluation.stats import (
+    PAIR_ON_INTERSECTION,
     Band,
     Curves,
     common_grid,
@@ -16,8 +20,17 @@ from metaimprove.evaluation.stats import (
     iqm,
     iqm_ci,
     natural_key,
+    normalize,
+    normalize_curves,
+    pair,
+    paired_difference,
+    probability_of_improvement,
     reach_ratio,
+    report_budgets,
+    score_ci,
+    scores_at,
     step_values,
+    steps_to_best_peer,
     steps_to_reach,
 )
 
@@ -199,3 +212,232 @@ def test_reach_ratio_against_teacher() -> None:
     assert reach_ratio(fast, teacher, budget=35) == pytest.approx(1 / 3)  # step-wise: budget 35 reads step 30
     assert reach_ratio(band([0, 0, 0, 0, 0]), teacher, budget=30) == math.inf
     assert math.isnan(reach_ratio(fast, teacher, budget=-1))
+
+
+# ------------------------------------------------------------------------------ normalized scores
+
+
+def _by_run(table: np.ndarray) -> dict[tuple[str, int], float]:
+    """Per-run scores from a [runs, tasks] array (rliable's layout): run s of task t is (f"t{t}", s)."""
+    return {(f"t{t}", s): float(table[s, t]) for t in range(table.shape[1]) for s in range(table.shape[0])}
+
+
+def _one_line(exc: pytest.ExceptionInfo[UserError]) -> str:
+    message = str(exc.value)
+    assert "\n" not in message
+    return message
+
+
+def test_normalize_hand_example() -> None:
+    np.testing.assert_allclose(normalize([0.0, 5.0, 10.0, 25.0], start=5.0, reference=15.0), [-0.5, 0.0, 0.5, 2.0])
+
+
+@pytest.mark.parametrize(("start", "reference"), [(5.0, 5.0), (5.0, 1.0), (0.0, math.nan), (-math.inf, 1.0)])
+def test_normalize_refuses_reference_not_above_start(start: float, reference: float) -> None:
+    with pytest.raises(UserError, match="does not exceed") as exc:
+        normalize([1.0], start, reference)
+    _one_line(exc)
+
+
+def test_normalize_curves_per_task_and_refuses_a_table_that_misses_tasks() -> None:
+    curves = _curves({("op", "a", 0): [(0, 10.0), (5, 30.0)], ("op", "b", 0): [(0, -100.0), (5, 0.0)]})
+    scores = normalize_curves(curves, {"a": (10.0, 50.0), "b": (-100.0, 100.0), "unused": (0.0, 1.0)})
+    np.testing.assert_allclose(scores.returns, [0.0, 0.5, 0.0, 0.5])
+    np.testing.assert_array_equal(scores.env_steps, curves.env_steps)
+    with pytest.raises(UserError, match="does not match the task list") as exc:
+        normalize_curves(curves, {"c": (0.0, 1.0)})
+    assert "a, b" in _one_line(exc)
+    with pytest.raises(UserError, match=r"task 'b'.*does not exceed") as exc:
+        normalize_curves(curves, {"a": (10.0, 50.0), "b": (0.0, 0.0)})
+    _one_line(exc)
+
+
+_finite = st.floats(-1e3, 1e3, allow_nan=False)
+
+
+@settings(max_examples=30, deadline=None)
+@given(scale=st.floats(1e-2, 1e2), shift=_finite, returns=st.lists(_finite, min_size=4, max_size=4))
+def test_scores_are_invariant_to_an_affine_change_of_one_tasks_returns(
+    scale: float, shift: float, returns: list[float]
+) -> None:
+    # Task "b" reports returns in other units (scale, shift): its scores, and every comparison built on them, stay.
+    ret = {("x", 0): returns[0], ("x", 1): returns[1], ("y", 0): returns[2], ("y", 1): returns[3]}
+    scales = {"a": (0.0, 100.0), "b": (-50.0, 200.0)}
+
+    def scores(s: float, b: float) -> dict[tuple[str, int], float]:
+        runs = {
+            (m, t, seed): [(0, r * (s if t == "b" else 1.0) + (b if t == "b" else 0.0))]
+            for (m, seed), r in ret.items()
+            for t in ("a", "b")
+        }
+        rescaled = {t: (lo * s + b, hi * s + b) if t == "b" else (lo, hi) for t, (lo, hi) in scales.items()}
+        norm = normalize_curves(_curves(runs), rescaled)
+        return {(m, t, seed): v for m, t, seed, v in zip(norm.method, norm.task, norm.seed, norm.returns, strict=True)}
+
+    base, moved = scores(1.0, 0.0), scores(scale, shift)
+    for key in base:
+        assert moved[key] == pytest.approx(base[key], rel=1e-9, abs=1e-9)
+
+
+def test_scores_at_budgets_read_the_last_evaluation_at_or_before() -> None:
+    assert report_budgets(10, 100) == (10.0, 20.0, 40.0, 80.0, 100.0, 400.0)
+    curves = _curves({("op", "a", 0): [(5, 0.1), (20, 0.2), (90, 0.3), (100, 0.4)], ("op", "a", 1): [(0, 0.0)]})
+    got = scores_at(curves, report_budgets(10, 100))
+    assert got[10.0] == {("a", 0): 0.1, ("a", 1): pytest.approx(np.nan, nan_ok=True)}
+    assert got[40.0][("a", 0)] == 0.2 and got[80.0][("a", 0)] == 0.2 and got[100.0][("a", 0)] == 0.4
+    assert math.isnan(got[400.0][("a", 0)])  # the run stopped at 100: no extrapolation
+
+
+# ----------------------------------------------------------------------------------- paired scores
+
+
+X = {("a", 0): 1.0, ("a", 1): 3.0, ("b", 0): 5.0, ("b", 1): 5.0}
+Y = {("a", 0): 2.0, ("a", 1): 2.0, ("b", 0): 1.0, ("b", 1): 1.0}
+
+
+def test_paired_difference_hand_example() -> None:
+    # Differences: a -> -1, +1; b -> +4, +4. Mean 2.
+    est = paired_difference(pair(X, Y), reps=2_000, seed=0)
+    assert est.value == pytest.approx(2.0)
+    assert (est.n_tasks, est.n_runs) == (2, 4)
+    # The extreme replicates draw task a (mean of resampled -1/+1 in [-1, 1]) or b twice (4): both lie near the ends.
+    assert -1.0 <= est.lo < est.value < est.hi <= 4.0
+    # A constant difference has no spread to resample.
+    shifted = {k: v + 0.25 for k, v in Y.items()}
+    assert paired_difference(pair(shifted, Y), reps=500)[:3] == (0.25, 0.25, 0.25)
+
+
+def test_two_level_bootstrap_is_seeded() -> None:
+    rng = np.random.default_rng(0)
+    x, y = _by_run(rng.normal(size=(3, 5))), _by_run(rng.normal(size=(3, 5)))
+    p = pair(x, y)
+    for f in (paired_difference, probability_of_improvement):
+        assert f(p, reps=1_000, seed=3) == f(p, reps=1_000, seed=3)
+        assert f(p, reps=1_000, seed=3) != f(p, reps=1_000, seed=4)
+    np.random.seed(1)
+    a = score_ci(x, "iqm", reps=1_000, seed=3)
+    np.random.seed(2)
+    assert score_ci(x, "iqm", reps=1_000, seed=3) == a
+
+
+def test_per_method_scores_and_differences_share_the_resampling() -> None:
+    rng = np.random.default_rng(1)
+    x = _by_run(rng.normal(size=(3, 6)))
+    zero = dict.fromkeys(x, 0.0)
+    assert paired_difference(pair(x, zero), reps=1_000, seed=5) == score_ci(x, "mean", reps=1_000, seed=5)
+
+
+def test_score_ci_point_estimates() -> None:
+    assert score_ci(X, "mean", reps=10).value == pytest.approx(3.5)
+    assert score_ci(X, "iqm", reps=10).value == pytest.approx(iqm(list(X.values())))  # trims 1 and 5 -> 4
+    rng = np.random.default_rng(2)
+    table = rng.normal(size=(5, 7))
+    assert score_ci(_by_run(table), "iqm", reps=10).value == pytest.approx(iqm(table), abs=1e-12)
+    # Unequal seeds per task: every run counts once.
+    ragged = {("a", 0): 1.0, ("b", 0): 2.0, ("b", 1): 6.0}
+    assert score_ci(ragged, "mean", reps=10).value == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="statistic"):
+        score_ci(X, "median")
+
+
+def test_bootstrap_resamples_tasks_not_only_seeds() -> None:
+    # One task dominates: seeds agree within each task, so resampling seeds alone (rliable's stratified bootstrap)
+    # sees no spread, while redrawing tasks sometimes draws the dominant task twice.
+    table = np.zeros((3, 4))
+    table[:, 0] = 10.0
+    seeds_only = iqm_ci(table, reps=1_000, seed=0)
+    assert seeds_only.hi - seeds_only.lo == 0.0
+    both = score_ci(_by_run(table), "iqm", reps=1_000, seed=0)
+    assert both.value == seeds_only.iqm == 0.0
+    assert both.hi >= 5.0
+    # With noise within tasks too, the two-level CI of the mean is still the wider one.
+    noisy = table + np.random.default_rng(3).normal(scale=0.5, size=table.shape)
+    flat = noisy - noisy.mean(axis=0) + noisy.mean()  # the same seed noise, without the task effect
+    wide, narrow = score_ci(_by_run(noisy), reps=2_000), score_ci(_by_run(flat), reps=2_000)
+    assert wide.hi - wide.lo > 3 * (narrow.hi - narrow.lo)
+
+
+def test_pairing_refuses_unmatched_runs_unless_asked() -> None:
+    partial = {k: v for k, v in Y.items() if k != ("b", 1)} | {("c", 0): 0.0}
+    with pytest.raises(UserError, match=r"runs do not match.*\(b, 1\).*\(c, 0\).*intersection.*3 shared") as exc:
+        pair(X, partial)
+    _one_line(exc)
+    shared = pair(X, partial, subset=PAIR_ON_INTERSECTION)
+    assert shared.n_pairs == 3 and shared.tasks == ("a", "b") and shared.seeds == ((0, 1), (0,))
+    est = paired_difference(shared, reps=200)
+    assert est.n_runs == 3 and est.value == pytest.approx((-1 + 1 + 4) / 3)
+    chosen = pair(X, Y, subset=[("a", 0), ("b", 0)])
+    assert chosen.n_pairs == 2
+    with pytest.raises(UserError, match=r"missing from a method: \(c, 0\)") as exc:
+        pair(X, partial, subset=[("a", 0), ("c", 0)])
+    _one_line(exc)
+    with pytest.raises(UserError, match="no score") as exc:
+        pair(X | {("a", 0): math.nan}, Y)
+    _one_line(exc)
+
+
+def test_probability_of_improvement_hand_example() -> None:
+    # Task a: x {1, 3} vs y {2, 2}: 2 of 4 comparisons won -> 0.5. Task b: x {5, 5} vs y {1, 1} -> 1. Mean 0.75.
+    est = probability_of_improvement(pair(X, Y), reps=2_000)
+    assert est.value == pytest.approx(0.75)
+    assert 0.0 <= est.lo < est.value < est.hi <= 1.0
+    same = probability_of_improvement(pair(X, X), reps=200)
+    assert same[:3] == (0.5, 0.5, 0.5)  # ties count half
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_probability_of_improvement_matches_rliable(ties: bool) -> None:
+    metrics = pytest.importorskip("rliable.metrics")
+    rng = np.random.default_rng(4 + ties)
+    for _ in range(25):
+        shape = (int(rng.integers(1, 7)), int(rng.integers(1, 6)))
+        if ties:
+            x, y = (rng.integers(0, 3, size=shape).astype(float) for _ in range(2))
+        else:
+            x, y = rng.normal(size=shape), rng.normal(size=shape)
+        ours = probability_of_improvement(pair(_by_run(x), _by_run(y)), reps=1).value
+        assert ours == pytest.approx(float(metrics.probability_of_improvement(x, y)), abs=1e-12)
+
+
+# ------------------------------------------------------------------------------- steps to best peer
+
+
+def _grid_curves(method: str, per_task: dict[str, list[float]], seeds: int = 2) -> Curves:
+    """Normalized curves evaluated at steps 0, 10, 20, 30; every seed of a task has the same values."""
+    return _curves(
+        {(method, t, s): list(zip((0, 10, 20, 30), v, strict=True)) for t, v in per_task.items() for s in range(seeds)}
+    )
+
+
+def test_steps_to_best_peer_hand_example() -> None:
+    peer = _grid_curves("sac", {"a": [0, 0.1, 0.3, 0.5], "b": [0, 0.1, 0.3, 0.5]})
+    fast = _grid_curves("op", {"a": [0, 0.2, 0.6, 1.0], "b": [0, 0.2, 0.6, 1.0]})
+    # The peer's mean at B = 30 is 0.5; the method's mean first reaches it at 20.
+    assert steps_to_best_peer(fast, peer, budget=30, reps=300)[:3] == (2 / 3, 2 / 3, 2 / 3)
+    # Read at an earlier budget the target is lower (0.1 at B = 10): reached at 10, so exactly 1.
+    assert steps_to_best_peer(fast, peer, budget=10, reps=300).value == pytest.approx(1.0)
+
+
+def test_steps_to_best_peer_never_reached_is_inf() -> None:
+    peer = _grid_curves("sac", {"a": [0, 0.4, 0.4, 0.4], "b": [0, 0.4, 0.4, 0.4]})
+    slow = _grid_curves("op", {"a": [0, 0.1, 0.2, 0.3], "b": [0, 0.1, 0.2, 0.3]})
+    assert steps_to_best_peer(slow, peer, budget=30, reps=200)[:3] == (math.inf, math.inf, math.inf)
+    # Task a reaches at once, b never: the mean (0.5) reaches at 10, but replicates that draw b twice never do.
+    split = _grid_curves("op", {"a": [0, 1, 1, 1], "b": [0, 0, 0, 0]})
+    est = steps_to_best_peer(split, peer, budget=30, reps=2_000, seed=0)
+    assert est.value == pytest.approx(1 / 3)
+    assert est.lo == pytest.approx(1 / 3) and est.hi == math.inf
+    assert steps_to_best_peer(split, peer, budget=30, reps=2_000, seed=0) == est
+
+
+def test_steps_to_best_peer_pairs_runs_and_needs_the_peers_score_at_budget() -> None:
+    peer = _grid_curves("sac", {"a": [0, 0.4, 0.4, 0.4]}, seeds=1)
+    method = _grid_curves("op", {"a": [0, 1, 1, 1], "b": [0, 1, 1, 1]})
+    with pytest.raises(UserError, match="runs do not match") as exc:
+        steps_to_best_peer(method, peer, budget=30)
+    _one_line(exc)
+    est = steps_to_best_peer(method, peer, budget=30, subset=PAIR_ON_INTERSECTION, reps=100)
+    assert (est.value, est.n_tasks, est.n_runs) == (1 / 3, 1, 1)
+    with pytest.raises(UserError, match="no score at budget 40") as exc:
+        steps_to_best_peer(method, peer, budget=40, subset=PAIR_ON_INTERSECTION)
+    _one_line(exc)
