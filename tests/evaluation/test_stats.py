@@ -3,7 +3,10 @@ normalized scores, paired differences and P(improvement) under the task-then-see
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -99,16 +102,26 @@ def test_bootstrap_is_stratified_by_task() -> None:
     assert (e.iqm, e.lo, e.hi) == (50.0, 50.0, 50.0)
 
 
+_RLIABLE_CI = """
+import json
+import numpy as np
+from rliable import library, metrics
+x = np.random.default_rng(3).normal(size=(7, 4))
+np.random.seed(5)  # rliable draws from the global RNG
+_, ci = library.get_interval_estimates({"m": x}, lambda s: np.array([metrics.aggregate_iqm(s)]), reps=500)
+print(json.dumps(ci["m"].ravel().tolist()))
+"""
+
+
 def test_ci_matches_rliable_when_it_imports() -> None:
-    try:
-        from rliable import library, metrics
-    except Exception as exc:  # rliable.library breaks on some arch/pandas combinations
-        pytest.skip(f"rliable.library does not import here: {exc!r}")
+    # In a subprocess: rliable.library imports absl, whose log handler keeps the stderr it saw at import (pytest's
+    # capture), and Hydra's logging setup in the in-process CLI tests closes every existing handler's stream.
+    proc = subprocess.run([sys.executable, "-c", _RLIABLE_CI], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:  # rliable.library breaks on some arch/pandas combinations
+        pytest.skip(f"rliable.library does not run here: {proc.stderr.strip().splitlines()[-1:]}")
     x = np.random.default_rng(3).normal(size=(7, 4))
-    np.random.seed(5)  # rliable draws from the global RNG
-    _, ci = library.get_interval_estimates({"m": x}, lambda s: np.array([metrics.aggregate_iqm(s)]), reps=500)
     e = iqm_ci(x, reps=500, seed=5)
-    np.testing.assert_allclose([e.lo, e.hi], ci["m"].ravel(), rtol=1e-12)
+    np.testing.assert_allclose([e.lo, e.hi], json.loads(proc.stdout), rtol=1e-12)
 
 
 def test_ci_confidence_level_orders_widths() -> None:
