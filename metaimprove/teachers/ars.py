@@ -81,12 +81,14 @@ class ARS(Teacher):
         return 2 * self.config.n_directions, self.config.n_steps
 
     def resized(self, n_envs: int) -> ARS:
-        """ARS with ``n_envs / 2`` directions (and ``top_b`` capped at them); ``n_envs`` must be even."""
+        """ARS with ``n_envs / 2`` directions keeping the same share of them as its top ``b`` (at least one);
+        ``n_envs`` must be even."""
         if n_envs < 2 or n_envs % 2:
             raise UserError(f"an ARS batch holds antithetic pairs of envs: its size must be even and >= 2, "
                             f"got {n_envs}")
         n = n_envs // 2
-        return ARS(dataclasses.replace(self.config, n_directions=n, top_b=min(self.config.top_b, n)))
+        top_b = max(1, round(self.config.top_b * n / self.config.n_directions))  # <= n, as top_b <= n_directions
+        return ARS(dataclasses.replace(self.config, n_directions=n, top_b=top_b))
 
     @property
     def policy(self) -> Policy:

@@ -126,3 +126,12 @@ def test_ars_rejects_a_policy_of_the_wrong_shape() -> None:
     policy = Policy(spec, init_params(spec, torch.Generator().manual_seed(0)), ObsNormalizer.identity(5))
     with pytest.raises(UserError, match="obs/act dims"):
         ARS().start(default_task("halfcheetah_vel"), policy, seed=0)
+
+
+@pytest.mark.parametrize(("directions", "top_b", "n_envs", "kept"),
+                         [(32, 16, 16, 4), (8, 4, 4, 1), (8, 8, 4, 2), (8, 1, 2, 1), (16, 8, 32, 8)])
+def test_a_resized_ars_keeps_its_share_of_top_directions(directions: int, top_b: int, n_envs: int,
+                                                         kept: int) -> None:
+    resized = ARS(ARSConfig(n_directions=directions, top_b=top_b, n_steps=64)).resized(n_envs)
+    assert (resized.config.n_directions, resized.config.top_b, resized.config.n_steps) == (n_envs // 2, kept, 64)
+
