@@ -449,8 +449,9 @@ def _check_config(root: Path, settings: dict[str, Any]) -> None:
         saved = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise UserError(f"cannot read {path} ({exc}); choose another out= directory") from exc
-    if saved != settings:
-        changes = [f"{key}: {old!r} there, {new!r} now" for key, old, new in _differences(saved, settings)]
+    # A setting the collection predates reads as None there: the same collection if it is None (its default) now.
+    changes = [f"{key}: {old!r} there, {new!r} now" for key, old, new in _differences(saved, settings)]
+    if changes:
         raise UserError(f"out={root} holds a collection with a different config ({'; '.join(changes[:4])}); "
                         "rerun with its settings to resume it, or choose another out= directory")
 

@@ -53,6 +53,8 @@ class PPOConfig:
     """hidden sizes of the (separate) value network"""
     normalize_advantage: bool = True
     """standardize advantages per minibatch"""
+    log_std_init: float | None = None
+    """log σ of the action noise a run starts with (SB3's log_std_init; None: the start policy's own)"""
 
 
 def gae_advantages(
@@ -162,6 +164,9 @@ class PPO(Teacher):
         check_policy(policy, self._collector, self.name)
         spec = policy.spec
         theta = policy.theta.detach().to(torch.float32).clone()
+        log_std = spec.layout()[-1][2]
+        if cfg.log_std_init is not None:
+            theta[log_std:] = cfg.log_std_init
         self._policy = Policy(spec, theta, policy.normalizer.copy())
         self._value_spec = PolicySpec(spec.obs_dim, 1, tuple(cfg.value_hidden), "tanh")
         self._gen = torch.Generator().manual_seed(seed)
@@ -171,7 +176,6 @@ class PPO(Teacher):
         self._grad = np.zeros_like(self._flat)
         self._actor = _FlatMLP(spec, self._flat[:self._n_theta], self._grad[:self._n_theta])
         self._critic = _FlatMLP(self._value_spec, self._flat[self._n_theta:], self._grad[self._n_theta:])
-        log_std = spec.layout()[-1][2]
         self._log_std = self._flat[log_std:self._n_theta]
         self._log_std_grad = self._grad[log_std:self._n_theta]
         self._adam_m = np.zeros_like(self._flat)

@@ -142,6 +142,19 @@ def test_rerun_with_a_different_config_is_refused_and_touches_nothing(reference_
     assert _stamps(out) == before
 
 
+def test_a_collection_predating_a_setting_resumes_when_the_setting_is_at_its_default(
+        reference_dataset: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    out = _copy(reference_dataset, tmp_path)
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    del config["teacher"]["log_std_init"]  # as written before PPO had the setting
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    before = _stamps(out)
+    collect(tiny_config(out))  # resumes: every shard is kept
+    assert _stamps(out) == before
+    with pytest.raises(UserError, match=r"teacher\.log_std_init: None there, -1\.0 now"):
+        collect(tiny_config(out, teacher=PPOConfig(**TINY_TEACHER, log_std_init=-1.0)))
+
+
 @pytest.mark.parametrize("damage", ["flip", "delete"])
 def test_corrupt_shard_in_manifest_is_refused_by_name(reference_dataset: pathlib.Path, tmp_path: pathlib.Path,
                                                       damage: str) -> None:

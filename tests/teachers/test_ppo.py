@@ -95,6 +95,16 @@ def test_same_seed_same_bits_other_seed_differs() -> None:
     assert not torch.equal(a.value_params, c.value_params)
 
 
+def test_log_std_init_sets_the_action_noise_and_keeps_the_mean() -> None:
+    start = fresh_policy()
+    ppo = PPO(PPOConfig(**{**SMALL.__dict__, "log_std_init": -1.0}))
+    ppo.start(default_task("halfcheetah_vel"), start, seed=0)
+    log_std = SPEC.layout()[-1][2]
+    assert torch.equal(ppo.policy.theta[log_std:], torch.full((SPEC.act_dim,), -1.0))
+    assert torch.equal(ppo.policy.theta[:log_std], start.theta[:log_std])
+    assert torch.equal(start.theta[log_std:], torch.zeros(SPEC.act_dim))  # the caller's policy is left alone
+
+
 def test_records_chain_and_carry_the_collecting_normalizer() -> None:
     ppo, records = run(WHOLE, seed=0, iterations=3)
     start = fresh_policy()
