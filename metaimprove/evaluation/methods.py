@@ -14,7 +14,7 @@ import torch
 
 from metaimprove import seeds
 from metaimprove.errors import UserError
-from metaimprove.evaluation import baselines
+from metaimprove.evaluation import baselines, sac
 from metaimprove.evaluation.baselines import TrainingRun, batch_return, training_runs
 from metaimprove.evaluation.guard import Guard, Point, guarded_steps
 from metaimprove.evaluation.protocol import ApplyConfig, initial_policy
@@ -224,6 +224,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("dr", "#9467bd", policy=lambda run: (run.dr_policy(), 0), needs=("dr_policy",)),
     Method("dr_ppo", "#5254a3", points=_dr_ppo, start=Run.dr_policy, needs=("dr_policy",),
            check_budget=_teacher_fits("ppo")),
+    Method("sac", "#8c6d31", points=lambda run, start: sac.sac_points(run.task, run.seed, run.schedule.batch,
+                                                                      run.budget, run.timer("sac_batch")),
+           start=lambda run: sac.untrained(run.task, run.seed, run.budget), on_user_env=True,
+           check_budget=sac.check_budget),
 )}
 """every method ``apply`` runs, by name, in table order"""
 

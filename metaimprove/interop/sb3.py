@@ -1,5 +1,6 @@
 """A user's own policy: stable-baselines3 PPO ``MlpPolicy`` zips in (:func:`load_sb3`) and out (:func:`save_sb3`,
-the ``export`` stage), without unpickling anything the user did not name.
+the ``export`` stage), without unpickling anything the user did not name; SAC actors in (:func:`load_sb3`,
+:func:`from_sac`) as squashed policies.
 
 Why: see the design notes (docs/design.md, "Checkpoints and shards without pickle" and "The normalizer is part of
 the policy").
@@ -29,6 +30,12 @@ from metaimprove.sim.policy import NORM_EPS, OBS_CLIP, ObsNormalizer, Policy, Po
 # SB3 layer names of an MlpPolicy actor (``policy_net`` alternates Linear and activation modules).
 POLICY_NET = "mlp_extractor.policy_net"
 ACTIVATION_NAMES = {"Tanh": "tanh", "ReLU": "relu"}
+# SB3 layer names of a SAC actor: ``latent_pi`` alternates Linear and activation modules, ``mu`` is the output
+# layer before the tanh squash (ReLU is SAC's default activation, Tanh PPO's).
+SAC_LATENT = "actor.latent_pi"
+SAC_MU = "actor.mu"
+SAC_LOG_STD_RANGE = (-20.0, 2.0)
+"""SB3's clamp of SAC's log-std (``LOG_STD_MIN``, ``LOG_STD_MAX``)"""
 # An imported policy without VecNormalize sees raw observations; our normalizer always clips at ±10, so it
 # gets the standard deviation RAW_SCALE (clipping only beyond ±1000, far past any sane observation) and the
 # first layer is scaled up by as much to compensate.
@@ -86,11 +93,12 @@ def is_sb3_zip(path: str | Path) -> bool:
 
 
 def load_sb3(path: str | Path, vecnormalize: str | Path | None = None) -> Policy:
-    """The actor of an SB3 PPO ``MlpPolicy`` zip as our policy: weights, log-std and observation normalization.
+    """The actor of an SB3 PPO ``MlpPolicy`` zip as our policy: weights, log-std and observation normalization;
+    of a SAC ``MlpPolicy`` zip, a squashed policy (:func:`sac_policy`).
 
     Reads only the zip's JSON (``data``) and its tensors (``policy.pth``, ``torch.load(weights_only=True)``);
     nothing in the zip is unpickled. Raises a one-line :class:`UserError` for anything our Gaussian MLP cannot
-    represent (gSDE, squashed or shared-feature policies, an activation other than tanh/relu, a non-Box space).
+    represent (gSDE, squashed PPO or shared-feature policies, an activation other than tanh/relu, a non-Box space).
     """
     with zipfile.ZipFile(path) as archive:
         data = json.loads(archive.read("data"))
@@ -99,12 +107,16 @@ def load_sb3(path: str | Path, vecnormalize: str | Path | None = None) -> Policy
         except Exception as exc:
             raise UserError(f"{path}: policy.pth is not a plain tensor state dict ({exc})") from exc
     kwargs = data.get("policy_kwargs") or {}
-    if data.get("use_sde") or kwargs.get("use_sde") or kwargs.get("squash_output"):
+    sac = f"{SAC_MU}.weight" in state
+    if data.get("use_sde") or kwargs.get("use_sde") or (kwargs.get("squash_output") and not sac):
         raise UserError(f"{path}: gSDE or squashed-output policies are not Gaussian MLPs; train with use_sde=False")
-    activation_repr = str(kwargs.get("activation_fn", "<class 'torch.nn.modules.activation.Tanh'>"))
+    default = "ReLU" if sac else "Tanh"
+    activation_repr = str(kwargs.get("activation_fn", f"<class 'torch.nn.modules.activation.{default}'>"))
     activation = next((ours for name, ours in ACTIVATION_NAMES.items() if f".{name}'" in activation_repr), None)
     if activation is None:
         raise UserError(f"{path}: activation {activation_repr} is not one of {sorted(ACTIVATION_NAMES)}")
+    if sac:
+        return sac_policy(state, activation, str(path), vecnormalize)
     layers = _actor_layers(state, path)
     obs_dim, act_dim = layers[0][0].shape[1], layers[-1][0].shape[0]
     log_std = state.get("log_std")
@@ -113,24 +125,74 @@ def load_sb3(path: str | Path, vecnormalize: str | Path | None = None) -> Policy
                         f"expected ({act_dim},) (a state-independent Gaussian)")
     spec = PolicySpec(obs_dim, act_dim, tuple(w.shape[0] for w, _ in layers[:-1]), activation)
     theta = torch.cat([t.detach().double().reshape(-1) for layer in layers for t in layer] + [log_std.double()])
+    return _with_normalizer(spec, theta, vecnormalize)
+
+
+def _with_normalizer(spec: PolicySpec, theta: torch.Tensor, vecnormalize: str | Path | None) -> Policy:
+    """The policy of an SB3 actor's float64 θ: VecNormalize's statistics as its normalizer, or without them raw
+    observations (:data:`RAW_SCALE`)."""
     if vecnormalize is None:
-        normalizer = ObsNormalizer(np.zeros(obs_dim), np.full(obs_dim, RAW_SCALE**2 - NORM_EPS))
+        normalizer = ObsNormalizer(np.zeros(spec.obs_dim), np.full(spec.obs_dim, RAW_SCALE**2 - NORM_EPS))
         spec.unflatten(theta)["W0"].mul_(RAW_SCALE)
     else:
-        normalizer = read_vecnormalize(vecnormalize, obs_dim)
+        normalizer = read_vecnormalize(vecnormalize, spec.obs_dim)
     return Policy(spec, theta.float(), normalizer)
 
 
-def _actor_layers(state: dict[str, torch.Tensor], path: str | Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(weight, bias) of each linear layer of the actor, input to output, checked to chain."""
-    hidden_ids = sorted(int(k.split(".")[2]) for k in state if k.startswith(POLICY_NET + ".") and k.endswith("weight"))
+def sac_policy(state: dict[str, torch.Tensor], activation: str, where: str,
+               vecnormalize: str | Path | None = None) -> Policy:
+    """An SB3 SAC actor (a ``SACPolicy`` state dict: ``actor.latent_pi``, ``actor.mu``) as our squashed policy.
+
+    Its deterministic action tanh(mu(latent_pi(obs))) is ours exactly (``squash=True``; an action space other
+    than [-1, 1] is rescaled linearly by both SB3 and our user-env simulator). SAC's log-std is a function of the
+    state, which our policies cannot hold: θ's ``log_std`` is that layer's bias, the log-std at a zero latent,
+    clamped as SB3 clamps it. ``where`` names the source in errors; ``activation`` is ours (``relu``, ``tanh``).
+    """
+    if "actor.log_std" in state or f"{SAC_MU}.0.weight" in state:
+        raise UserError(f"{where}: a gSDE SAC actor is not a Gaussian MLP; train with use_sde=False")
+    layers = _actor_layers(state, where, SAC_LATENT, SAC_MU)
+    obs_dim, act_dim = layers[0][0].shape[1], layers[-1][0].shape[0]
+    log_std = state.get("actor.log_std.bias")
+    if log_std is None or tuple(log_std.shape) != (act_dim,):
+        raise UserError(f"{where}: SAC actor has no log-std layer of {act_dim} outputs")
+    spec = PolicySpec(obs_dim, act_dim, tuple(w.shape[0] for w, _ in layers[:-1]), activation, squash=True)
+    theta = torch.cat([t.detach().double().reshape(-1) for layer in layers for t in layer]
+                      + [log_std.detach().double().clamp(*SAC_LOG_STD_RANGE)])
+    return _with_normalizer(spec, theta, vecnormalize)
+
+
+def from_sac(model: Any) -> Policy:
+    """The actor of an in-memory SB3 ``SAC`` model (``MlpPolicy``, no VecNormalize) as our squashed policy
+    (:func:`sac_policy`); one-line errors for what it cannot represent (gSDE, non-Box spaces, other activations)."""
+    obs_space, act_space = model.observation_space, model.action_space
+    if not (isinstance(obs_space, gymnasium.spaces.Box) and isinstance(act_space, gymnasium.spaces.Box)
+            and len(obs_space.shape) == 1 and len(act_space.shape) == 1):
+        raise UserError(f"SAC model has observation space {obs_space} and action space {act_space}; our policies "
+                        "need one-dimensional Box spaces")
+    if model.use_sde:
+        raise UserError("a gSDE SAC actor is not a Gaussian MLP; train with use_sde=False")
+    if model.get_vec_normalize_env() is not None:
+        raise UserError("SAC model runs under VecNormalize: save both and read them with load_sb3(zip, vecnormalize)")
+    kinds = {type(m).__name__ for m in model.actor.latent_pi if not isinstance(m, torch.nn.Linear)}
+    if not kinds <= ACTIVATION_NAMES.keys() or len(kinds) > 1:
+        raise UserError(f"SAC actor activations {sorted(kinds)} are not one of {sorted(ACTIVATION_NAMES)}")
+    activation = ACTIVATION_NAMES[kinds.pop()] if kinds else "relu"
+    state = {k: v.detach().cpu() for k, v in model.policy.state_dict().items()}
+    return sac_policy(state, activation, f"SAC model {type(model.policy).__name__}")
+
+
+def _actor_layers(state: dict[str, torch.Tensor], path: str | Path, hidden: str = POLICY_NET,
+                  output: str = "action_net") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(weight, bias) of each linear layer of the actor (``hidden``'s, then ``output``), input to output, checked
+    to chain."""
+    hidden_ids = sorted(int(k.split(".")[2]) for k in state if k.startswith(hidden + ".") and k.endswith("weight"))
     try:
-        layers = [(state[f"{POLICY_NET}.{i}.weight"], state[f"{POLICY_NET}.{i}.bias"]) for i in hidden_ids]
-        layers.append((state["action_net.weight"], state["action_net.bias"]))
+        layers = [(state[f"{hidden}.{i}.weight"], state[f"{hidden}.{i}.bias"]) for i in hidden_ids]
+        layers.append((state[f"{output}.weight"], state[f"{output}.bias"]))
     except KeyError as exc:
-        raise UserError(f"{path} is not an SB3 MlpPolicy actor (no {exc.args[0]}); only PPO MlpPolicy zips "
-                        "are supported") from exc
-    if any(k.startswith("pi_features_extractor.") or k.startswith("features_extractor.") for k in state):
+        raise UserError(f"{path} is not an SB3 MlpPolicy actor (no {exc.args[0]}); only PPO and SAC MlpPolicy "
+                        "zips are supported") from exc
+    if any("features_extractor." in k for k in state):
         raise UserError(f"{path}: the policy has a learned features extractor; only MlpPolicy is supported")
     for (w, b), (w_next, _) in zip(layers, [*layers[1:], (None, None)], strict=True):
         if w.ndim != 2 or b.shape != (w.shape[0],) or (w_next is not None and w_next.shape[1] != w.shape[0]):
@@ -154,6 +216,8 @@ def save_sb3(path: str | Path, policy: Policy) -> None:
         raise UserError("writing an SB3 zip needs stable-baselines3: pip install metaimprove[baselines]") from exc
 
     spec = policy.spec
+    if spec.squash:
+        raise UserError("a squashed (SAC) policy has no PPO MlpPolicy form; only unsquashed policies export to SB3")
     norm = policy.normalizer
     std = torch.as_tensor(np.sqrt(norm.var + NORM_EPS), dtype=torch.float64)
     blocks = {k: v.double() for k, v in spec.unflatten(policy.theta.detach()).items()}

@@ -34,6 +34,10 @@ class PolicySpec:
     act_dim: int
     hidden: tuple[int, ...] = (32, 32)
     activation: str = "tanh"
+    squash: bool = False
+    """the mean action is tanh of the output layer: SAC's deterministic action (``interop.sb3.sac_policy``). The
+    Gaussian is then around the squashed mean, not SAC's state-dependent tanh-Gaussian; such policies are read
+    and evaluated, and the teachers and operators here improve unsquashed ones"""
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
@@ -75,16 +79,23 @@ class PolicySpec:
         }
 
     def to_dict(self) -> dict[str, object]:
-        """JSON-ready form."""
-        return {"obs_dim": self.obs_dim, "act_dim": self.act_dim, "hidden": list(self.hidden),
-                "activation": self.activation}
+        """JSON-ready form; ``squash`` only when set, so that every unsquashed policy's files keep their bytes."""
+        data: dict[str, object] = {"obs_dim": self.obs_dim, "act_dim": self.act_dim, "hidden": list(self.hidden),
+                                   "activation": self.activation}
+        if self.squash:
+            data["squash"] = True
+        return data
 
     @staticmethod
     def from_dict(data: dict[str, object]) -> PolicySpec:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (no ``squash``: unsquashed, as every file written before it existed)."""
+        squash = data.get("squash", False) if isinstance(data, dict) else False
+        if not isinstance(squash, bool):
+            raise UserError(f"invalid policy spec {data!r}: squash must be true or false")
         try:
             return PolicySpec(int(data["obs_dim"]), int(data["act_dim"]),  # type: ignore[arg-type]
-                              tuple(int(h) for h in data["hidden"]), str(data["activation"]))  # type: ignore[union-attr]
+                              tuple(int(h) for h in data["hidden"]), str(data["activation"]),  # type: ignore[union-attr]
+                              squash)
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"invalid policy spec {data!r}: {exc}") from exc
 
@@ -124,6 +135,8 @@ def forward(spec: PolicySpec, theta: torch.Tensor, obs: torch.Tensor) -> tuple[t
         h = h @ blocks[f"W{layer}"].mT + blocks[f"b{layer}"].unsqueeze(-2)
         if layer < n_layers - 1:
             h = act(h)
+    if spec.squash:
+        h = torch.tanh(h)
     return h, blocks["log_std"].unsqueeze(-2)
 
 
@@ -209,6 +222,7 @@ class NumpyActor:
         else:
             self._weights = [(blocks[f"W{i}"].T.copy(), blocks[f"b{i}"]) for i in range(n_layers)]
         self._act = np.tanh if policy.spec.activation == "tanh" else (lambda x: np.maximum(x, 0.0))
+        self._squash = policy.spec.squash
         self.std = np.exp(blocks["log_std"])
         self._mean = policy.normalizer.mean
         self._inv_std = 1.0 / np.sqrt(policy.normalizer.var + NORM_EPS)
@@ -224,6 +238,8 @@ class NumpyActor:
             h = h @ w + b
             if i < len(self._weights) - 1:
                 h = self._act(h)
+        if self._squash:
+            h = np.tanh(h)
         return h[:, 0, :] if self._batched else h
 
 

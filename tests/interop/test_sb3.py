@@ -133,3 +133,62 @@ def test_a_mismatched_sb3_policy_is_refused_by_apply_naming_both_specs(tmp_path:
                          task=TaskConfig("halfcheetah_vel"))
     with pytest.raises(UserError, match=r"obs_dim=11.*obs_dim=17"):
         apply(config)
+
+
+# ------------------------------------------------------------------------------------------ SAC actors in
+
+from metaimprove.interop.sb3 import from_sac as sac_from_model  # noqa: E402
+
+ACTIVATION = {torch.nn.ReLU: "relu", torch.nn.Tanh: "tanh"}
+
+
+def _sac_model(env: gymnasium.Env, activation: type = torch.nn.ReLU, **kwargs: object) -> object:
+    model = sb3.SAC("MlpPolicy", env, device="cpu", seed=4, buffer_size=100,
+                    policy_kwargs={"net_arch": [32, 16], "activation_fn": activation}, **kwargs)
+    with torch.no_grad():  # SB3 starts mu near 0; make the actions non-trivial, some saturated
+        model.actor.mu.weight.mul_(50.0)
+        model.actor.latent_pi[0].bias.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(5))
+    return model
+
+
+@pytest.mark.parametrize("activation", [torch.nn.ReLU, torch.nn.Tanh])
+def test_a_sac_actor_reads_exactly_as_a_squashed_policy(tmp_path: pathlib.Path, activation: type) -> None:
+    obs = _states("halfcheetah_vel")
+    model = _sac_model(make_env(get_family("halfcheetah_vel").task("train", 0)), activation)
+    sb3_actions, _ = model.predict(obs, deterministic=True)
+    assert np.abs(sb3_actions).mean() > 0.3 and (np.abs(sb3_actions) > 0.999).any()
+    ours = sac_from_model(model)
+    assert ours.spec == PolicySpec(17, 6, (32, 16), ACTIVATION[activation], squash=True)
+    np.testing.assert_allclose(_our_actions(ours, obs), sb3_actions, atol=1e-5)
+    model.save(tmp_path / "sac.zip")  # and from its zip, through the loader every policy argument uses
+    from_zip = load_any_policy(tmp_path / "sac.zip")
+    assert from_zip.spec == ours.spec and torch.equal(from_zip.theta, ours.theta)
+    log_std = model.actor.log_std.bias.detach().numpy()
+    np.testing.assert_allclose(ours.theta[-6:].numpy(), np.clip(log_std, -20.0, 2.0), rtol=1e-6)
+
+
+def test_a_sac_actor_on_a_wider_action_box_is_rescaled_as_sb3_does() -> None:
+    env = gymnasium.make("Pendulum-v1")  # actions in [-2, 2]
+    model = _sac_model(env)
+    obs = np.stack([env.observation_space.sample() for _ in range(64)])
+    sb3_actions, _ = model.predict(obs, deterministic=True)
+    ours = _our_actions(sac_from_model(model), obs)
+    np.testing.assert_allclose(ours * 2.0, sb3_actions, atol=1e-5)  # GymSimulator's linear map onto [low, high]
+
+
+def test_unsupported_sac_actors_are_one_line_errors(tmp_path: pathlib.Path) -> None:
+    env = gymnasium.make("Pendulum-v1")
+    sde = sb3.SAC("MlpPolicy", env, device="cpu", buffer_size=100, use_sde=True)
+    with pytest.raises(UserError, match="gSDE"):
+        sac_from_model(sde)
+    sde.save(tmp_path / "sde.zip")
+    with pytest.raises(UserError, match="gSDE"):
+        load_any_policy(tmp_path / "sde.zip")
+    elu = _sac_model(env, torch.nn.ELU)
+    with pytest.raises(UserError, match=r"activations \['ELU'\] are not one of"):
+        sac_from_model(elu)
+    elu.save(tmp_path / "elu.zip")
+    with pytest.raises(UserError, match=r"activation .*ELU.* is not one of"):
+        load_any_policy(tmp_path / "elu.zip")
+    with pytest.raises(UserError, match="squashed"):  # a PPO zip cannot squash its actions
+        save_sb3(tmp_path / "out.zip", sac_from_model(_sac_model(env)))

@@ -89,3 +89,59 @@ def test_policy_file_round_trip_and_refusals(tmp_path):
     save_policy(tmp_path / "nan.safetensors", bad)
     with pytest.raises(UserError, match="non-finite"):
         load_policy(tmp_path / "nan.safetensors")
+
+
+# ------------------------------------------------------------------------------------------ squashed policies
+
+SQUASHED = PolicySpec(17, 6, (32, 16), "relu", squash=True)
+
+
+def _big_policy(spec: PolicySpec) -> Policy:
+    """Outputs well past ±1, so that the squash matters."""
+    theta = init_params(spec, torch.Generator().manual_seed(7), log_std=-1.0)
+    spec.unflatten(theta)["W2"].mul_(300.0)
+    rng = np.random.default_rng(1)
+    return Policy(spec, theta, ObsNormalizer(rng.normal(size=17), rng.uniform(0.5, 2.0, 17)))
+
+
+def test_a_squashed_policy_acts_with_the_tanh_of_its_unsquashed_mean():
+    policy = _big_policy(SQUASHED)
+    plain = Policy(PolicySpec(17, 6, (32, 16), "relu"), policy.theta, policy.normalizer)
+    obs = np.random.default_rng(2).normal(size=(32, 17))
+    raw = plain.actor().mean(obs)
+    assert np.abs(raw).max() > 3.0
+    np.testing.assert_allclose(policy.actor().mean(obs), np.tanh(raw), rtol=1e-12)
+    mean, _ = forward(SQUASHED, policy.theta.double(), policy.normalizer.normalize(obs).double())
+    np.testing.assert_allclose(mean.numpy(), np.tanh(raw), atol=1e-6)  # torch forward (log-densities) agrees
+    batched = Policy(SQUASHED, policy.theta.expand(32, -1), policy.normalizer).actor().mean(obs)
+    np.testing.assert_allclose(batched, np.tanh(raw), rtol=1e-12)  # a batch of θs (ARS) too
+
+
+def test_squash_round_trips_and_unsquashed_specs_keep_their_bytes(tmp_path):
+    from metaimprove.sim.policy import load_policy, save_policy
+
+    policy = _big_policy(SQUASHED)
+    save_policy(tmp_path / "sq.safetensors", policy)
+    again = load_policy(tmp_path / "sq.safetensors")
+    assert again.spec == SQUASHED and torch.equal(again.theta, policy.theta)
+    obs = np.random.default_rng(3).normal(size=(8, 17))
+    np.testing.assert_array_equal(again.actor().mean(obs), policy.actor().mean(obs))
+    assert SQUASHED.to_dict()["squash"] is True
+    assert "squash" not in SPEC.to_dict()  # every file written before squash existed keeps its bytes
+    assert PolicySpec.from_dict(SPEC.to_dict()) == SPEC and not PolicySpec.from_dict(SPEC.to_dict()).squash
+    with pytest.raises(UserError, match="squash must be true or false"):
+        PolicySpec.from_dict({**SPEC.to_dict(), "squash": "yes"})
+
+
+def test_a_shipped_policy_file_loads_and_saves_unchanged(tmp_path):
+    from pathlib import Path
+
+    from metaimprove.sim.policy import load_policy, save_policy
+
+    shipped = Path(__file__).parents[2] / "results" / "operators" / "halfcheetah_vel.dr.safetensors"
+    if not shipped.exists():
+        pytest.skip("no shipped DR policy in this checkout")
+    policy = load_policy(shipped)
+    assert not policy.spec.squash
+    save_policy(tmp_path / "again.safetensors", policy)
+    assert (tmp_path / "again.safetensors").read_bytes() == shipped.read_bytes()
