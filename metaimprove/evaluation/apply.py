@@ -62,9 +62,8 @@ def _run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], di
         _save_final(config, job, fixed)
         return rows, run.timings
     assert method.points is not None
-    start = method.start(run)
-    last = Point(0, start)
-    rows = [row(last)]
+    last = start = method.start(run)
+    rows = [row(start)]
     for last in method.points(run, start):
         rows.append(row(last))
     _save_final(config, job, last.policy)

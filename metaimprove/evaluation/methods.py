@@ -67,12 +67,12 @@ class Method:
     name: str
     color: str | None
     """its color in every plot (None: a color hashed from the name)"""
-    points: Callable[[Run, Policy], Iterator[Point]] | None = None
+    points: Callable[[Run, Point], Iterator[Point]] | None = None
     """an adapting method's run from its start: the points it deploys after each of its steps"""
     policy: Callable[[Run], tuple[Policy, int]] | None = None
     """a fixed method's policy and the env steps charged for choosing it"""
-    start: Callable[[Run], Policy] = Run.start
-    """where an adapting method starts (default: the run's θ⁰)"""
+    start: Callable[[Run], Point] = lambda run: Point(0, run.start())
+    """where an adapting method starts, and the env steps that start cost (default: the run's θ⁰, free)"""
     uses_operator: bool = False
     """whether it applies the operator (which must then suit the tasks and the ask)"""
     needs: tuple[str, ...] = ()
@@ -90,13 +90,14 @@ class Method:
 
 
 def teacher_steps(teacher: Teacher, task: AnyTask, start: Policy, seed: int, budget: int,
-                  timings: list[float], schedule: BatchSchedule | None = None) -> Iterator[Point]:
-    """A teacher's updates from ``start`` on ``task`` while its next batch fits in ``budget``.
+                  timings: list[float], schedule: BatchSchedule | None = None, steps: int = 0) -> Iterator[Point]:
+    """A teacher's updates from ``start`` on ``task`` while its next batch fits in ``budget``, counting env steps
+    from ``steps`` (what reaching ``start`` cost).
 
     With ``schedule`` (``teacher`` of its full width) its batches are as wide as the schedule says: at each change
     of width a teacher of that width restarts from the current policy, seeded by :meth:`BatchSchedule.seed` (ARS
     keeps nothing else between steps; PPO's value net and optimizer would start afresh)."""
-    steps, policy, n_envs = 0, start, None
+    policy, n_envs = start, None
     while True:
         wanted = teacher.batch_shape[0] if schedule is None else schedule.envs_at(steps)
         if wanted != n_envs:
@@ -116,9 +117,9 @@ def teacher_steps(teacher: Teacher, task: AnyTask, start: Policy, seed: int, bud
 def _operator(guarded: bool) -> Callable[[Run], Iterator[Point]]:
     """The operator's run: θ ← f(θ, τ, ask) per batch it explores; ``guarded``: protected by a :class:`Guard`."""
 
-    def points(run: Run, start: Policy) -> Iterator[Point]:
+    def points(run: Run, start: Point) -> Iterator[Point]:
         config, ckpt, task = run.config, run.ckpt, run.task
-        explore = Explorer(ckpt, task, start, run.seed, run.schedule)
+        explore = Explorer(ckpt, task, start.policy, run.seed, run.schedule)
         ask = ckpt.ask(config.ask_k, config.ask_improvement)
         update = operator_update(run.operator, ckpt, task, ask, torch.Generator().manual_seed(run.seed),
                                  run.timer("operator_step"))
@@ -137,7 +138,7 @@ def _operator(guarded: bool) -> Callable[[Run], Iterator[Point]]:
             guard = Guard(config.guard_threshold,
                           lambda p: evaluate(p, task, config.guard_episodes, seed=seeds.verification(run.seed)),
                           config.guard_episodes * length, config.guard_margin)
-        return guarded_steps(start, explore, update, fallback, lambda exp: batch_return(exp, length), guard,
+        return guarded_steps(start.policy, explore, update, fallback, lambda exp: batch_return(exp, length), guard,
                              run.schedule.batch_at, run.budget)
 
     return points
@@ -157,23 +158,23 @@ def _teacher_fits(name: str) -> Callable[[ApplyConfig, OperatorCheckpoint, int, 
 def _teacher(name: str) -> Method:
     """Teacher ``name``'s own updates from the run's θ⁰."""
 
-    def points(run: Run, start: Policy) -> Iterator[Point]:
-        return teacher_steps(make_teacher(run.ckpt.teacher, name), run.task, start, run.seed, run.budget,
+    def points(run: Run, start: Point) -> Iterator[Point]:
+        return teacher_steps(make_teacher(run.ckpt.teacher, name), run.task, start.policy, run.seed, run.budget,
                              run.timer(f"{name}_update"))
 
     return Method(name, TEACHER_COLORS.get(name), points=points, on_user_env=True, improves_start=True,
                   check_budget=_teacher_fits(name))
 
 
-def _teacher_op_batch(run: Run, start: Policy) -> Iterator[Point]:
+def _teacher_op_batch(run: Run, start: Point) -> Iterator[Point]:
     """The operator's teacher on the operator's batch schedule: does the schedule alone explain its speed?"""
-    return teacher_steps(operator_teacher(run.ckpt), run.task, start, run.seed, run.budget,
+    return teacher_steps(operator_teacher(run.ckpt), run.task, start.policy, run.seed, run.budget,
                          run.timer("teacher_op_batch_update"), run.schedule)
 
 
-def _dr_ppo(run: Run, start: Policy) -> Iterator[Point]:
+def _dr_ppo(run: Run, start: Point) -> Iterator[Point]:
     """PPO fine-tuning the domain-randomized policy."""
-    return teacher_steps(make_teacher(run.ckpt.teacher, "ppo"), run.task, start, run.seed, run.budget,
+    return teacher_steps(make_teacher(run.ckpt.teacher, "ppo"), run.task, start.policy, run.seed, run.budget,
                          run.timer("ppo_update"))
 
 
@@ -196,12 +197,37 @@ def _transferred(run: Run) -> tuple[Policy, int]:
                                  seeds.selection(run.seed))
 
 
+def _dr(run: Run) -> tuple[Policy, int]:
+    return run.dr_policy(), 0
+
+
 def _transfer_fits(config: ApplyConfig, ckpt: OperatorCheckpoint, budget: int, family: str) -> None:
     """``transferred``'s selection episodes must fit in the budget."""
     charged = len(training_runs(str(config.dataset))) * config.transfer_episodes * get_family(family).episode_length
     if charged > budget:
         raise UserError(f"transferred's selection costs {charged} env steps, more than the budget B = {budget}; "
                         "raise applications/budget or lower transfer_episodes")
+
+
+def _fine_tuned(fixed: Callable[[Run], tuple[Policy, int]]) -> Callable[[Run, Point], Iterator[Point]]:
+    """ARS (the operator's own ARS when it learned from one, else ARS's defaults) fine-tuning a fixed policy for the
+    rest of the budget: what a user holding that policy would do."""
+
+    def points(run: Run, start: Point) -> Iterator[Point]:
+        return teacher_steps(make_teacher(run.ckpt.teacher, "ars"), run.task, start.policy, run.seed, run.budget,
+                             run.timer("ars_update"), steps=start.steps)
+
+    return points
+
+
+def _fixed_start(fixed: Callable[[Run], tuple[Policy, int]]) -> Callable[[Run], Point]:
+    """A fixed method's policy as a start, at the env steps choosing it cost."""
+    return lambda run: Point(*reversed(fixed(run)))
+
+
+def _transfer_then_ars_fits(config: ApplyConfig, ckpt: OperatorCheckpoint, budget: int, family: str) -> None:
+    _transfer_fits(config, ckpt, budget, family)
+    _teacher_fits("ars")(config, ckpt, budget, family)
 
 
 TEACHER_COLORS = {"ppo": "#1f77b4", "ars": "#ff7f0e"}
@@ -221,12 +247,18 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("avg_weights", "#17becf", policy=lambda run: (baselines.shared_init_average(run.training_runs()), 0),
            needs=("dataset",)),
     Method("transferred", "#2ca02c", policy=_transferred, needs=("dataset",), check_budget=_transfer_fits),
-    Method("dr", "#9467bd", policy=lambda run: (run.dr_policy(), 0), needs=("dr_policy",)),
-    Method("dr_ppo", "#5254a3", points=_dr_ppo, start=Run.dr_policy, needs=("dr_policy",),
+    Method("dr", "#9467bd", policy=_dr, needs=("dr_policy",)),
+    Method("dr_ppo", "#5254a3", points=_dr_ppo, start=lambda run: Point(0, run.dr_policy()), needs=("dr_policy",),
            check_budget=_teacher_fits("ppo")),
+    Method("nearest_ars", "#c49c94", points=_fine_tuned(_nearest), start=_fixed_start(_nearest), needs=("dataset",),
+           check_budget=_teacher_fits("ars")),
+    Method("transferred_ars", "#98df8a", points=_fine_tuned(_transferred), start=_fixed_start(_transferred),
+           needs=("dataset",), check_budget=_transfer_then_ars_fits),
+    Method("dr_ars", "#c5b0d5", points=_fine_tuned(_dr), start=_fixed_start(_dr), needs=("dr_policy",),
+           check_budget=_teacher_fits("ars")),
     Method("sac", "#8c6d31", points=lambda run, start: sac.sac_points(run.task, run.seed, run.schedule.batch,
                                                                       run.budget, run.timer("sac_batch")),
-           start=lambda run: sac.untrained(run.task, run.seed, run.budget), on_user_env=True,
+           start=lambda run: Point(0, sac.untrained(run.task, run.seed, run.budget)), on_user_env=True,
            check_budget=sac.check_budget),
 )}
 """every method ``apply`` runs, by name, in table order"""

@@ -99,6 +99,8 @@ def check_policy(policy: Policy, collector: Collector, teacher: str) -> None:
     if (spec.obs_dim, spec.act_dim) != (sim.obs_dim, sim.act_dim):
         raise UserError(f"policy has obs/act dims {spec.obs_dim}/{spec.act_dim} but task {sim.task.name} "
                         f"needs {sim.obs_dim}/{sim.act_dim}")
+    if spec.squash:
+        raise UserError(f"{teacher.upper()} improves Gaussian policies; this one squashes its actions (an SAC actor)")
     if policy.theta.shape != (spec.n_params,):
         raise UserError(f"{teacher.upper()} improves one policy: θ must have shape ({spec.n_params},), "
                         f"got {tuple(policy.theta.shape)}")

@@ -16,9 +16,9 @@ from metaimprove.sim.policy import Policy
 from tests.helpers import apply_config, curve_rows
 
 
-def _halved(run: Run, start: Policy) -> Iterator[Point]:
+def _halved(run: Run, start: Point) -> Iterator[Point]:
     """A toy adapting method: after each batch's worth of env steps, θ is halved."""
-    policy, steps = start, 0
+    steps, policy = start.steps, start.policy
     while steps + run.schedule.batch <= run.budget:
         steps += run.schedule.batch
         policy = Policy(policy.spec, policy.theta / 2, policy.normalizer)
@@ -67,6 +67,25 @@ def test_a_method_is_either_adapting_or_fixed() -> None:
 def test_the_registry_holds_every_method_in_table_order() -> None:
     assert method_names()[:2] == ["operator", "operator_guarded"]
     assert [m for m in method_names() if METHODS[m].needs == ("dataset",)] == [
-        "nearest", "nearest_noise", "nearest_avg", "avg_weights", "transferred"]
+        "nearest", "nearest_noise", "nearest_avg", "avg_weights", "transferred", "nearest_ars", "transferred_ars"]
+    assert [m for m in method_names() if METHODS[m].needs == ("dr_policy",)] == ["dr", "dr_ppo", "dr_ars"]
     assert {m for m in method_names() if METHODS[m].uses_operator} == {"operator", "operator_guarded"}
     assert methods.TEACHER_COLORS.keys() <= set(method_names())
+
+
+def test_pretrained_policies_fine_tuned_by_ars_start_where_their_selection_left_them(
+        ars_operator: pathlib.Path, ars_dataset: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    methods = ["nearest", "nearest_ars", "transferred", "transferred_ars"]
+    apply(apply_config(ars_operator, tmp_path / "run", methods=methods, dataset=str(ars_dataset), seeds=1,
+                       budget=1280))
+    rows = curve_rows(tmp_path / "run")
+    curve = {m: [(int(r["env_steps"]), float(r["return"])) for r in rows if r["method"] == m] for m in methods}
+    charged = curve["transferred"][0][0]  # 3 training runs × 1 selection episode
+    assert charged == 3 * 256
+    # Each fine-tuned curve starts at its pretrained policy, where and as that policy stands, then takes ARS steps
+    # of one 4-env × 32-step batch each for the rest of the budget.
+    assert curve["transferred_ars"][0] == curve["transferred"][0]
+    assert [s for s, _ in curve["transferred_ars"]] == list(range(charged, 1280 + 1, 128))
+    assert curve["nearest_ars"][0] == curve["nearest"][0]
+    assert [s for s, _ in curve["nearest_ars"]] == list(range(0, 1280 + 1, 128))
+    assert len({r for _, r in curve["nearest_ars"]}) > 1  # ARS moved it

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 import torch
 
+from metaimprove.errors import UserError
 from metaimprove.sim.envs import default_task
-from metaimprove.sim.policy import forward
+from metaimprove.sim.policy import Policy, forward
 from metaimprove.sim.rollout import Collector
 from metaimprove.teachers import ARS, PPO
 from tests.teachers.common import ARS_SMALL, SMALL, SPEC, fresh_policy
@@ -28,3 +32,11 @@ def test_explore_collects_the_teachers_batch_from_any_policy() -> None:
     obs = other.normalizer.normalize(exp.obs[:, :, None, :])
     mean = forward(SPEC, other.theta + exp.perturbation[0], obs[:, 0])[0][:, 0]
     torch.testing.assert_close(exp.action[:, 0], mean, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("teacher", [PPO(SMALL), ARS(ARS_SMALL)])
+def test_teachers_refuse_a_squashed_policy(teacher: PPO | ARS) -> None:
+    policy = fresh_policy()
+    squashed = Policy(dataclasses.replace(policy.spec, squash=True), policy.theta, policy.normalizer)
+    with pytest.raises(UserError, match="squashes its actions"):
+        teacher.start(default_task("halfcheetah_vel"), squashed, seed=0)
