@@ -26,7 +26,7 @@ from metaimprove.sim.envs import AnyTask
 from metaimprove.sim.policy import Policy
 from metaimprove.sim.rollout import episode_length, evaluate
 from metaimprove.sim.tasks import get_family
-from metaimprove.teachers import TEACHERS, Teacher, make_teacher
+from metaimprove.teachers import TEACHERS, Teacher, make_teacher, teacher_option
 
 
 @dataclass(frozen=True)
@@ -144,26 +144,39 @@ def _operator(guarded: bool) -> Callable[[Run], Iterator[Point]]:
     return points
 
 
-def _teacher_fits(name: str) -> Callable[[ApplyConfig, OperatorCheckpoint, int, str], None]:
-    """A budget check: B must pay for one batch of teacher ``name``."""
+TeacherOf = Callable[[OperatorCheckpoint], Teacher]
+"""how a method builds its teacher from the operator's checkpoint"""
+
+
+def _registered(name: str) -> TeacherOf:
+    """Teacher ``name`` of :data:`TEACHERS`: the operator's own settings when it learned from it, else its defaults."""
+    return lambda ckpt: make_teacher(ckpt.teacher, name)
+
+
+def _teacher_fits(name: str, teacher: TeacherOf | None = None) -> Callable[[ApplyConfig, OperatorCheckpoint, int, str],
+                                                                          None]:
+    """A budget check: B must pay for one batch of teacher ``name`` (built by ``teacher``, default the registered
+    one)."""
+    build = teacher or _registered(name)
 
     def check(config: ApplyConfig, ckpt: OperatorCheckpoint, budget: int, family: str) -> None:
-        steps = make_teacher(ckpt.teacher, name).steps_per_update
+        steps = build(ckpt).steps_per_update
         if steps > budget:
             raise UserError(f"budget B = {budget} env steps is smaller than one batch of {name} ({steps} steps)")
 
     return check
 
 
-def _teacher(name: str) -> Method:
-    """Teacher ``name``'s own updates from the run's θ⁰."""
+def _teacher(name: str, teacher: TeacherOf | None = None) -> Method:
+    """Teacher ``name``'s own updates from the run's θ⁰ (built by ``teacher``, default the registered one)."""
+    build = teacher or _registered(name)
 
     def points(run: Run, start: Point) -> Iterator[Point]:
-        return teacher_steps(make_teacher(run.ckpt.teacher, name), run.task, start.policy, run.seed, run.budget,
+        return teacher_steps(build(run.ckpt), run.task, start.policy, run.seed, run.budget,
                              run.timer(f"{name}_update"))
 
     return Method(name, TEACHER_COLORS.get(name), points=points, on_user_env=True, improves_start=True,
-                  check_budget=_teacher_fits(name))
+                  check_budget=_teacher_fits(name, build))
 
 
 def _teacher_op_batch(run: Run, start: Point) -> Iterator[Point]:
@@ -230,8 +243,8 @@ def _transfer_then_ars_fits(config: ApplyConfig, ckpt: OperatorCheckpoint, budge
     _teacher_fits("ars")(config, ckpt, budget, family)
 
 
-TEACHER_COLORS = {"ppo": "#1f77b4", "ars": "#ff7f0e"}
-"""blue for the PPO teacher, orange for ARS; a teacher without one gets a hashed color"""
+TEACHER_COLORS = {"ppo": "#1f77b4", "ppo_tuned": "#aec7e8", "ars": "#ff7f0e"}
+"""blue for the PPO teacher (light: tuned on validation), orange for ARS; a teacher without one gets a hashed color"""
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("operator", "#d62728", points=_operator(guarded=False), uses_operator=True, on_user_env=True,
@@ -239,6 +252,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("operator_guarded", "#ff9896", points=_operator(guarded=True), uses_operator=True, on_user_env=True,
            improves_start=True),
     *(_teacher(name) for name in TEACHERS),
+    _teacher("ppo_tuned", lambda ckpt: teacher_option("ppo_tuned")),
     Method("teacher_op_batch", "#fdae6b", points=_teacher_op_batch, on_user_env=True, improves_start=True),
     Method("no_update", "#7f7f7f", policy=lambda run: (run.start(), 0), on_user_env=True, improves_start=True),
     Method("nearest", "#8c564b", policy=_nearest, needs=("dataset",)),

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from importlib import resources
 from typing import Any
+
+import yaml
 
 from metaimprove.errors import UserError
 from metaimprove.teachers.ars import ARS, ARSConfig
@@ -11,7 +14,7 @@ from metaimprove.teachers.base import ImprovementRecord, Teacher
 from metaimprove.teachers.ppo import PPO, PPOConfig, gae_advantages
 
 __all__ = ["ARS", "PPO", "TEACHERS", "ARSConfig", "ImprovementRecord", "PPOConfig", "Teacher", "gae_advantages",
-           "make_teacher", "recorded_config", "teacher_class"]
+           "make_teacher", "recorded_config", "teacher_class", "teacher_option"]
 
 
 TEACHERS: dict[str, tuple[type, type[Teacher]]] = {"ppo": (PPOConfig, PPO), "ars": (ARSConfig, ARS)}
@@ -49,3 +52,21 @@ def make_teacher(record: dict[str, Any], name: str | None = None) -> Teacher:
     """A fresh teacher ``name`` (default: the recorded one) configured by :func:`recorded_config`."""
     name = name or str(record.get("name", "ppo"))
     return TEACHERS[name][1](recorded_config(record, name))
+
+
+def teacher_option(option: str) -> Teacher:
+    """The teacher of option ``option`` of the ``teacher`` config group, a YAML file in ``configs/teacher/`` that
+    extends a registered teacher (``defaults: [ppo, _self_]`` and the settings it changes), such as ``ppo_tuned``."""
+    path = resources.files("metaimprove.conf.teacher") / f"{option}.yaml"
+    if not path.is_file():
+        raise UserError(f"no teacher option {option!r}: configs/teacher/{option}.yaml is missing"
+                        + ("; benchmarks/tune_ppo.py writes it" if option == "ppo_tuned" else ""))
+    settings = yaml.safe_load(path.read_text()) or {}
+    base = [d for d in settings.pop("defaults", []) if d in TEACHERS]
+    if len(base) != 1:
+        raise UserError(f"configs/teacher/{option}.yaml must extend one teacher of {sorted(TEACHERS)} in its defaults")
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(TEACHERS[base[0]][0])})
+    if unknown:
+        raise UserError(f"configs/teacher/{option}.yaml sets {unknown}, which {base[0]} does not have")
+    return make_teacher({"name": base[0], "config": settings})
+

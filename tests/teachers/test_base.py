@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 
 import pytest
 import torch
 
+from metaimprove import teachers
 from metaimprove.errors import UserError
 from metaimprove.sim.envs import default_task
 from metaimprove.sim.policy import Policy, forward
 from metaimprove.sim.rollout import Collector
-from metaimprove.teachers import ARS, PPO
+from metaimprove.teachers import ARS, PPO, PPOConfig, teacher_option
 from tests.teachers.common import ARS_SMALL, SMALL, SPEC, fresh_policy
 
 
@@ -40,3 +42,18 @@ def test_teachers_refuse_a_squashed_policy(teacher: PPO | ARS) -> None:
     squashed = Policy(dataclasses.replace(policy.spec, squash=True), policy.theta, policy.normalizer)
     with pytest.raises(UserError, match="squashes its actions"):
         teacher.start(default_task("halfcheetah_vel"), squashed, seed=0)
+
+
+def test_a_teacher_option_extends_a_registered_teacher(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(teachers.resources, "files", lambda package: tmp_path)
+    (tmp_path / "fast.yaml").write_text("defaults: [ppo, _self_]\nlr: 0.001\nlog_std_init: -1.0\n")
+    teacher = teacher_option("fast")
+    assert isinstance(teacher, PPO) and teacher.config == PPOConfig(lr=0.001, log_std_init=-1.0)
+    (tmp_path / "typo.yaml").write_text("defaults: [ppo, _self_]\nlearning_rate: 0.001\n")
+    with pytest.raises(UserError, match=r"sets \['learning_rate'\], which ppo does not have"):
+        teacher_option("typo")
+    (tmp_path / "orphan.yaml").write_text("lr: 0.001\n")
+    with pytest.raises(UserError, match="must extend one teacher"):
+        teacher_option("orphan")
+    with pytest.raises(UserError, match="no teacher option 'missing'"):
+        teacher_option("missing")
