@@ -1,8 +1,10 @@
 """Write the results page, ``docs/results.md``, and the README's headline block from the committed outputs.
 
 No figure in the docs or the README is typed by hand: every benchmark (``benchmarks/``) and every settled study
-(``research/``) writes its CSV (the improvement benchmark also its ``results/improvement.md``), and this script
-renders them into ``docs/results.md``, the one page of every figure, and fills the block between
+(``research/``) writes its CSV (the improvement benchmark also its ``results/improvement.md``), every file under
+``results/`` names the script and command that produced it in ``results/PROVENANCE.csv`` (checked by
+``tests/test_provenance.py``), and this script renders them into ``docs/results.md``, the one page of every figure,
+each section under the command that produced it, and fills the block between
 ``<!-- headline:start -->`` and ``<!-- headline:end -->`` in ``README.md`` with the headline lines. A README without
 the markers is an error. ``--check`` writes nothing and exits 1 when either differs from what this script would
 write; ``--out FILE`` writes the page to FILE instead, leaving the docs and the README alone.
@@ -23,6 +25,7 @@ RESULTS = ROOT / "results"
 PAGE = ROOT / "docs" / "results.md"
 README = ROOT / "README.md"
 START, END = "<!-- headline:start -->", "<!-- headline:end -->"
+PROVENANCE = RESULTS / "PROVENANCE.csv"
 
 
 def _script(path: str, args: str = "") -> str:
@@ -47,6 +50,18 @@ def _rows(name: str) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _provenance(name: str) -> dict[str, dict[str, str]]:
+    """``rows -> manifest row`` of ``results/<name>`` in ``results/PROVENANCE.csv`` (``""``: the whole file;
+    ``column=value``: the rows of a file that several sources append to)."""
+    return {r["rows"]: r for r in _rows(PROVENANCE.name) if r["path"] == f"results/{name}"}
+
+
+def _produced(name: str) -> list[str]:
+    """The paragraph naming the command that produced ``results/<name>`` (none when the manifest lacks it)."""
+    row = _provenance(name).get("")
+    return [f"Produced by `{row['command']}`.", ""] if row else []
+
+
 def _summary(path: Path) -> dict[str, str]:
     """``name -> value`` of a benchmark CSV: its summary rows, or every row of a two-column file."""
     rows = _rows(path.name)
@@ -67,6 +82,7 @@ def _teacher_check(stem: str, ours: str, reference: str) -> list[str]:
         f"### The {ours} teacher against {reference} "
         f"({_script('benchmarks/teacher_vs_sb3.py', f'--teacher {ours.lower()}')})",
         "",
+        *_produced(f"{stem}.csv"),
         f"Same hyperparameters, same tasks and θ⁰, {t.get('seeds')} seeds, {t.get('env_steps_per_run')} env steps "
         f"per run ([plot]({_result(f'{stem}.png')})):",
         "",
@@ -93,6 +109,7 @@ def _family_cost() -> list[str]:
     return [
         f"### What each task family costs ({_script('benchmarks/family_cost.py')})",
         "",
+        *_produced("family_cost.csv"),
         "Ratios to `halfcheetah_vel` measured in the same round (median of rounds): one collector env step, and "
         "one PPO update (collect + improve, default teacher).",
         "",
@@ -110,13 +127,15 @@ def _reliability() -> list[str]:
     if not rows:
         return []
     latest = {r["benchmark"]: r["date"] for r in rows}  # rows are appended in time order
+    sources = _provenance("reliability.csv")
     return [
         "### Reliability (`results/reliability.csv`)",
         "",
-        "The latest rows of each source. `stress` and `kill_resume` came from the scripts that are now the slow tests "
-        f"{_script('tests/slow/test_stress.py')} and {_script('tests/slow/test_kill_resume.py')} (`pytest -m slow`), "
-        f"which assert what they measured; `guarded_apply` from {_script('benchmarks/improvement.py')}, "
-        f"`ray_throughput` from {_script('benchmarks/throughput.py')}.",
+        "The latest rows of each source, the value of their `benchmark` column:",
+        "",
+        *(f"- `{benchmark}`: produced by `{sources[f'benchmark={benchmark}']['command']}` "
+          f"({_script(sources[f'benchmark={benchmark}']['script'])}); {sources[f'benchmark={benchmark}']['note']}."
+          for benchmark in latest if f"benchmark={benchmark}" in sources),
         "",
         "| benchmark | figure | value | note |",
         "| --- | --- | --- | --- |",
@@ -134,6 +153,7 @@ def _families() -> list[str]:
     return [
         f"### One operator per family ({_script('benchmarks/families.py')})",
         "",
+        *_produced("families.csv"),
         "Each family's operator (`results/operators/<family>.safetensors`, collection config beside it) against "
         "PPO and ARS on the family's `test` tasks from fresh starts, equal env-step budget B. IQM return at B with "
         "95% CIs; a verdict needs non-overlapping CIs; `steps_ratio_to_ppo` as under Held-out improvement. Every "
@@ -167,6 +187,7 @@ def _scaling() -> list[str]:
     return [
         f"### More training tasks, better held-out returns? ({_script('research/scaling.py')})",
         "",
+        *_produced("scaling.csv"),
         f"One operator per task count N, trained on the first N tasks of one collection "
         f"({rows[0].get('collection') or '32 tasks × 48 PPO updates'}; "
         f"{rows[0].get('settings') or 'the default training settings'}, every other training setting the default), "
@@ -190,6 +211,7 @@ def _confirm_choice() -> list[str]:
     return [
         f"### Does the choice hold on more validation tasks? ({_script('research/confirm_choice.py')})",
         "",
+        *_produced("confirm_choice.csv"),
         f"The {len(rows)} ablation rows with the best validation IQM, applied again on fresh validation tasks "
         f"(`{first['tasks']}`, {first['runs']}, fresh starts, B = {first['budget_env_steps']} env steps); the test "
         "tasks play no part. IQM return at B with 95% CIs. **Chosen** (and shipped): of the rows whose IQM here ties "
@@ -224,6 +246,7 @@ def _step_geometry() -> list[str]:
     return [
         f"### Why asking for k does not buy k updates ({_script('research/step_geometry.py')})",
         "",
+        *_produced("step_geometry.csv"),
         "On the collection's runs of the tasks the shipped operator was not fitted to. Consecutive ARS steps have "
         f"cosine {value[('teacher_consecutive_step_cosine', '1')]}: the teacher's path through parameter space is "
         "close to a random walk, so a k-step target adds to the one step that τⁿ determines k − 1 steps it cannot "
@@ -255,6 +278,7 @@ def _update_rules() -> list[str]:
     return [
         f"### Is there a better update on ARS's batch? ({_script('research/update_rules.py')})",
         "",
+        *_produced("update_rules.csv"),
         "An operator fitted to ARS's pairs learns at best ARS's update, since its target is a function of the batch "
         "it reads; it could beat its teacher only where a better update from the same kind of batch exists. ARS at "
         "its defaults (`teacher=ars`) with its step or its batch's split changed, all else as `apply`'s `ars` arm "
@@ -282,6 +306,7 @@ def _privileged_targets() -> list[str]:
         "### Can an operator learn a better teacher's step from ARS's batch? "
         f"({_script('research/privileged_targets.py')})",
         "",
+        *_produced("privileged_targets.csv"),
         "ARS at its defaults (`teacher=ars`, 8 directions × 256 steps) with 8× the directions improves faster per "
         "update; an operator that took that step from the batch it reads would beat its teacher. Two operators "
         "fitted on collections of one size "
@@ -320,6 +345,7 @@ def _ablations(name: str) -> list[str]:
     return [
         f"### {heading} ({_script('research/ablations.py')}, `{name}`)",
         "",
+        *_produced(name),
         f"Each variant trained on {collection} with every other setting the default (the "
         "baseline `per_param`: every default), applied from fresh starts with B = "
         f"{first['budget_env_steps']} env steps on {first['runs']}: validation tasks (`train` tasks 32–35, in no "
@@ -359,6 +385,7 @@ def _improvement() -> list[str]:
     for line in path.read_text().splitlines():
         lines.append("##" + line if line.startswith("#") else line)
     lines[0] = lines[0].replace("(`benchmarks/improvement.py`)", f"({_script('benchmarks/improvement.py')})")
+    lines[2:2] = _produced("improvement.md")
     figures = [f"![improvement curves, {split}]({_result(f'improvement_{split}.png')})" for split in ("test", "ood")
                if (RESULTS / f"improvement_{split}.png").exists()]
     return [*lines, "", *figures, ""]
@@ -372,6 +399,7 @@ def _task_diversity() -> list[str]:
     return [
         f"### Do the tasks really differ? ({_script('benchmarks/task_diversity.py')})",
         "",
+        *_produced("task_diversity.csv"),
         "PPO trained on one task, evaluated on every other task of its family (deterministic mean action). "
         "*Transfer ratio*: the share of a specialist's gain over the untrained policy that policies trained on "
         "other tasks reach (1 = tasks are interchangeable).",
@@ -393,6 +421,7 @@ def _throughput() -> list[str]:
     return [
         f"### Collector throughput ({_script('benchmarks/throughput.py')})",
         "",
+        *_produced("throughput.csv"),
         "| figure | value |",
         "| --- | --- |",
         f"| collector (policy inference, rewards, bookkeeping) over a bare `mj_step` loop, 1 worker | "
