@@ -1,7 +1,7 @@
 """The shipped operators under results/operators/ load and agree with the collections they were trained on.
 
-The only tests that read ``results/``: unit tests use the ``ars_operator`` fixture, a small operator of the shipped
-halfcheetah_vel operator's shape, and the last test here checks that the two still have the same shape.
+Unit tests use the ``ars_operator`` fixture instead, a small operator of the shipped halfcheetah_vel operator's shape;
+the last test here checks that the two still have the same shape (``test_provenance.py`` reads ``results/`` too).
 """
 
 from __future__ import annotations
