@@ -30,6 +30,7 @@ from metaimprove.interop.sb3 import ExportConfig
 from metaimprove.operator.networks import ARCHS, OperatorConfig
 from metaimprove.sim.tasks import TaskConfig, load_families
 from metaimprove.teachers import TEACHERS
+from metaimprove.training.metalearn import MetaLearnConfig
 from metaimprove.training.train import TrainConfig
 
 HYDRA_VERSION_BASE = "1.3"
@@ -142,6 +143,7 @@ stage("collect", "metaimprove.data.collect:collect",
 stage("verify", "metaimprove.data.collect:verify")(VerifyConfig)
 stage("train", "metaimprove.training.train:train", groups={"operator": "per_param"})(TrainConfig)
 stage("dr", "metaimprove.evaluation.baselines:train_dr", groups={"task": "halfcheetah_vel"})(DRConfig)
+stage("metalearn", "metaimprove.training.metalearn:metalearn", groups={"task": "halfcheetah_vel"})(MetaLearnConfig)
 stage("apply", "metaimprove.evaluation.apply:apply", groups={"task": "halfcheetah_vel"})(ApplyConfig)
 stage("plot", "metaimprove.evaluation.plot:run_plot")(PlotConfig)
 stage("export", "metaimprove.interop.sb3:export")(ExportConfig)

@@ -32,6 +32,8 @@ from metaimprove.sim.tasks import Task, get_family
 from metaimprove.storage import atomic_write_csv
 
 CURVE_FIELDS = ["method", "task", "seed", "env_steps", "return", "fallbacks", "guard_steps"]
+POLICY_NEEDS = {"dr_policy": "dr", "meta_policy": "metalearn"}
+"""the policy files a method may need (``Method.needs``), by ApplyConfig field, and the stage that writes each"""
 
 
 def run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], dict[str, list[float]]]:
@@ -132,12 +134,14 @@ def _validate(config: ApplyConfig, ckpt: OperatorCheckpoint) -> Sequence[AnyTask
         _check_spec(runs[0].final, ckpt, f"dataset {config.dataset}")
         if runs[0].task.family != family:
             raise UserError(f"dataset {config.dataset} holds {runs[0].task.family} runs, not {family}")
-    needs_dr = [m for m in config.methods if "dr_policy" in METHODS[m].needs]
-    if needs_dr and config.dr_policy is None:
-        raise UserError(f"{', '.join(needs_dr)} need(s) dr_policy=<file>; train it with `metaimprove dr "
-                        f"task={family} out=<dir>` (writes <dir>/policy.safetensors)")
-    if needs_dr:
-        _check_spec(load_any_policy(Path(str(config.dr_policy))), ckpt, f"dr_policy {config.dr_policy}")
+    for need, stage in POLICY_NEEDS.items():
+        needing = [m for m in config.methods if need in METHODS[m].needs]
+        path = getattr(config, need)
+        if needing and path is None:
+            raise UserError(f"{', '.join(needing)} need(s) {need}=<file>; train it with `metaimprove {stage} "
+                            f"task={family} out=<dir>` (writes <dir>/policy.safetensors)")
+        if needing:
+            _check_spec(load_any_policy(Path(str(path))), ckpt, f"{need} {path}")
     seen = set(ckpt.tasks) & {t.name for t in tasks}
     if seen:
         raise UserError(f"tasks {sorted(seen)} were used to train this operator; apply on another split or range")

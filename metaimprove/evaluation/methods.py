@@ -76,7 +76,7 @@ class Method:
     uses_operator: bool = False
     """whether it applies the operator (which must then suit the tasks and the ask)"""
     needs: tuple[str, ...] = ()
-    """the ApplyConfig fields it cannot run without (``dataset``, ``dr_policy``)"""
+    """the ApplyConfig fields it cannot run without (``dataset``, or a policy file of ``apply.POLICY_NEEDS``)"""
     on_user_env: bool = False
     """whether it runs on a user's env (``env=``), where there are no training tasks"""
     improves_start: bool = False
@@ -214,6 +214,11 @@ def _dr(run: Run) -> tuple[Policy, int]:
     return run.dr_policy(), 0
 
 
+def _meta(run: Run) -> tuple[Policy, int]:
+    """The meta-learned start θ₀ (``meta_policy=``; its pretraining is not charged, as DR's is not)."""
+    return load_any_policy(Path(str(run.config.meta_policy))), 0
+
+
 def _transfer_fits(config: ApplyConfig, ckpt: OperatorCheckpoint, budget: int, family: str) -> None:
     """``transferred``'s selection episodes must fit in the budget."""
     charged = len(training_runs(str(config.dataset))) * config.transfer_episodes * get_family(family).episode_length
@@ -269,6 +274,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("transferred_ars", "#98df8a", points=_fine_tuned(_transferred), start=_fixed_start(_transferred),
            needs=("dataset",), check_budget=_transfer_then_ars_fits),
     Method("dr_ars", "#c5b0d5", points=_fine_tuned(_dr), start=_fixed_start(_dr), needs=("dr_policy",),
+           check_budget=_teacher_fits("ars")),
+    Method("meta", "#637939", policy=_meta, needs=("meta_policy",)),
+    Method("meta_ars", "#b5cf6b", points=_fine_tuned(_meta), start=_fixed_start(_meta), needs=("meta_policy",),
            check_budget=_teacher_fits("ars")),
     Method("sac", "#8c6d31", points=lambda run, start: sac.sac_points(run.task, run.seed, run.schedule.batch,
                                                                       run.budget, run.timer("sac_batch")),

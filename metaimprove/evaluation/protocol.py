@@ -53,12 +53,14 @@ class ApplyConfig:
     """budget B in env steps per run instead of applications (at least one batch)"""
     methods: list[str] = field(default_factory=lambda: ["operator", "ppo", "no_update"])
     """methods: operator, operator_guarded, a teacher (ppo, ...), teacher_op_batch, no_update, nearest,
-    nearest_noise, nearest_avg, avg_weights, transferred, dr, dr_ppo, nearest_ars, transferred_ars, dr_ars, sac
-    (the registry: evaluation/methods.py)"""
+    nearest_noise, nearest_avg, avg_weights, transferred, dr, dr_ppo, nearest_ars, transferred_ars, dr_ars, meta,
+    meta_ars, sac (the registry: evaluation/methods.py)"""
     dataset: str | None = None
     """the operator's training dataset (`metaimprove collect` out=): for the checkpoint baselines and train_init"""
     dr_policy: str | None = None
     """the domain-randomized policy (`metaimprove dr` out=/policy.safetensors): needed by dr and dr_ppo"""
+    meta_policy: str | None = None
+    """the meta-learned start θ₀ (`metaimprove metalearn` out=/policy.safetensors): needed by meta and meta_ars"""
     guard_threshold: float = 10.0
     """operator_guarded: roll back when a new operator policy's batch returns this much below the best batch"""
     guard_episodes: int = 2
