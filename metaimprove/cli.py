@@ -23,6 +23,7 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, MissingMandatoryValue, OmegaConfBaseException
 
+from metaimprove import __version__
 from metaimprove.config import CONFIG_MODULE, HYDRA_VERSION_BASE, STAGES, Stage, TasksConfig, field_docs
 from metaimprove.errors import UserError
 from metaimprove.sim.envs import mujoco_log
@@ -68,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     if args[0] in ("-h", "--help"):
         print(usage())
+        return 0
+    if args[0] in ("-V", "--version"):
+        print(f"{PROG} {__version__}")
         return 0
     name, rest = args[0], args[1:]
     created: list[Path] = []
@@ -250,7 +254,8 @@ def usage() -> str:
     width = max(len(name) for name in STAGES)
     lines = [f"usage: {PROG} <stage> [key=value ...] [Hydra flags, e.g. -m to sweep]", "", "stages:"]
     lines += [f"  {name:<{width}}  {stage.description}" for name, stage in STAGES.items()]
-    lines += ["", f"`{PROG} <stage> --help` shows a stage's settings; METAIMPROVE_DEBUG=1 shows tracebacks."]
+    lines += ["", f"`{PROG} <stage> --help` shows a stage's settings; `{PROG} --version` the version; "
+              "METAIMPROVE_DEBUG=1 shows tracebacks."]
     return "\n".join(lines)
 
 

@@ -1,8 +1,10 @@
 """The package's imports point down the pipeline and never form a cycle.
 
 Every module of ``metaimprove/`` has a rank, its place in the pipeline: the foundations (``errors``, ``storage``,
-``seeds`` and the package's ``__init__``) < ``sim`` < ``interop`` < ``teachers`` < ``data`` < ``operator`` <
-``training`` < ``evaluation`` < ``config`` < ``cli``, ``pipeline``. A module imports only from its own rank or
+``seeds``) < ``sim`` and the package's ``__init__`` (which registers the families' gymnasium ids) < ``interop`` <
+``teachers`` < ``data`` < ``operator`` < ``training`` < ``evaluation`` < ``config`` < ``cli``, ``pipeline``, ``api``.
+The package re-exports ``api``'s names lazily, by name (PEP 562 ``__getattr__``), which is no import statement:
+tests/test_api.py checks that ``import metaimprove`` loads none of it. A module imports only from its own rank or
 lower ones, and no chain of imports leads back to where it started. Every import counts, the ones inside functions
 (deferred to break a cycle at import time, which still is one) and under ``TYPE_CHECKING`` included.
 """
@@ -17,8 +19,8 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "metaimprove"
 
 RANKS = {
-    "__init__": 0, "errors": 0, "storage": 0, "seeds": 0,
-    "sim": 1,
+    "errors": 0, "storage": 0, "seeds": 0,
+    "__init__": 1, "sim": 1,
     "interop": 2,
     "teachers": 3,
     "data": 4,
@@ -26,7 +28,7 @@ RANKS = {
     "training": 6,
     "evaluation": 7,
     "config": 8,
-    "cli": 9, "pipeline": 9, "__main__": 9,
+    "cli": 9, "pipeline": 9, "__main__": 9, "api": 9,
 }
 """rank of each subpackage or top-level module (``__init__``: the package itself)"""
 

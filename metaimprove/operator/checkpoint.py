@@ -5,7 +5,9 @@ Why no pickle: see the design notes (docs/design.md, "Checkpoints and shards wit
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -23,7 +25,7 @@ from metaimprove.operator.networks import ARCHS, ImprovementOperator, OperatorCo
 from metaimprove.sim.envs import AnyTask
 from metaimprove.sim.policy import PolicySpec
 from metaimprove.sim.tasks import Task
-from metaimprove.storage import load_tensors, save_tensors
+from metaimprove.storage import load_tensors, meta_path, save_tensors
 
 DEFAULT_ASK_K = 2
 """The jump an operator is asked for when neither its checkpoint nor apply names one (through
@@ -37,6 +39,44 @@ def default_ask_k(ks: list[int]) -> int:
 
 CHECKPOINT_FORMAT = "metaimprove.operator"
 CHECKPOINT_VERSION = 1
+
+
+def shipped_dir() -> Path:
+    """Directory of the shipped operators (package data ``metaimprove.operators``): ``results/operators`` in a
+    source checkout, ``metaimprove/operators/`` in an installed package."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "results" / "operators").is_dir():
+        return checkout / "results" / "operators"
+    return Path(__file__).resolve().parents[1] / "operators"
+
+
+def shipped_operators() -> dict[str, Path]:
+    """The shipped operators by name (``halfcheetah_vel``, ``halfcheetah_vel.ppo``, ...): each ``<name>.safetensors``
+    of :func:`shipped_dir` whose JSON beside it describes an operator (the DR policy shipped there is none)."""
+    found = {}
+    for path in sorted(shipped_dir().glob("*.safetensors")):
+        try:
+            header = json.loads(meta_path(path).read_text())
+        except (OSError, ValueError):
+            continue
+        meta = header.get("meta") if isinstance(header, dict) else None
+        if isinstance(meta, dict) and meta.get("format") == CHECKPOINT_FORMAT:
+            found[path.name.removesuffix(".safetensors")] = path
+    return dict(sorted(found.items()))
+
+
+def resolve_operator(name_or_path: str | os.PathLike[str]) -> Path:
+    """The checkpoint file ``name_or_path`` names: an existing file wins; else a shipped operator's name (with or
+    without ``.safetensors``); else a one-line :class:`UserError` listing the shipped names."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    shipped = shipped_operators()
+    name = str(name_or_path).removesuffix(".safetensors")
+    if name in shipped:
+        return shipped[name]
+    raise UserError(f"operator {name_or_path} is missing: no such checkpoint file, nor a shipped operator of that "
+                    f"name ({', '.join(shipped) or 'none shipped in this install'})")
 
 
 @dataclass
@@ -144,14 +184,16 @@ class OperatorCheckpoint:
         save_tensors(path, tensors, self.meta(summary))
 
     @staticmethod
-    def load(path: str | Path) -> tuple[ImprovementOperator, OperatorCheckpoint]:
-        """Read and validate a checkpoint; returns the operator (eval mode) and its description.
+    def load(path: str | os.PathLike[str]) -> tuple[ImprovementOperator, OperatorCheckpoint]:
+        """Read and validate a checkpoint, a file or a shipped operator's name (:func:`resolve_operator`); returns the
+        operator (eval mode) and its description.
 
         The file pair is checked by :func:`~metaimprove.storage.load_tensors` (safetensors + JSON, never
         unpickled); then every metadata field's type, range and the format version are checked, and the
         weights' names, shapes and values against the architecture the metadata describes, before any
         of it is used. Anything wrong is a one-line :class:`UserError`.
         """
+        path = resolve_operator(path)
         tensors, meta = load_tensors(path)
         try:
             ckpt = _checkpoint_from_meta(meta)

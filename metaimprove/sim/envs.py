@@ -30,8 +30,8 @@ from metaimprove.sim.tasks import (
     TaskFamily,
     apply_physics,
     get_family,
-    load_families,
     nominal_model,
+    register_envs,
     robot_xml_path,
     settotalmass_accepted,
 )
@@ -331,11 +331,9 @@ class TaskEnv(MujocoEnv):
 
 
 def register_families() -> None:
-    """Register every shipped family with gymnasium (idempotent)."""
-    for fam in load_families().values():
-        if fam.env_id not in gymnasium.registry:
-            gymnasium.register(id=fam.env_id, entry_point=TaskEnv, kwargs={"family": fam.name},
-                               max_episode_steps=fam.episode_length)
+    """Register every family with gymnasium (idempotent; :func:`~metaimprove.sim.tasks.register_envs`, which
+    ``import metaimprove`` has already called for the families known then)."""
+    register_envs()
 
 
 def make_env(task: Task, render_mode: str | None = None) -> gymnasium.Env:

@@ -386,6 +386,22 @@ def get_family(name: str) -> TaskFamily:
     return families[name]
 
 
+ENV_ENTRY_POINT = "metaimprove.sim.envs:TaskEnv"
+"""the env class every family's gymnasium id makes, named as a string so that registering imports nothing"""
+
+
+def register_envs() -> None:
+    """Register every family's gymnasium id (``env_id`` in its file, e.g. ``metaimprove/HalfCheetahVel-v0``);
+    idempotent. ``import metaimprove`` calls it, so it stays cheap: it reads the family files only, and the env
+    class (:data:`ENV_ENTRY_POINT`) is imported and its MuJoCo model built by the first ``gymnasium.make``."""
+    import gymnasium
+
+    for fam in load_families().values():
+        if fam.env_id not in gymnasium.registry:
+            gymnasium.register(id=fam.env_id, entry_point=ENV_ENTRY_POINT, kwargs={"family": fam.name},
+                               max_episode_steps=fam.episode_length)
+
+
 # Robots: the gymnasium MuJoCo model each family randomizes (the files gymnasium's v5 envs load).
 ROBOT_XML = {
     "half_cheetah": "half_cheetah.xml",
