@@ -51,6 +51,11 @@ def relabel_run(seed: int, j: int, fresh: bool) -> int:
     return seed + 2 * j + int(fresh)
 
 
+def meta_inner(seed: int, i: int) -> int:
+    """The seed of inner loop ``i`` of a meta-training seeded ``seed`` (apart from apply's streams)."""
+    return STRIDE * seed + 300_000 + i
+
+
 def visit(seed: int, step: int) -> int:
     """The seed of the teacher run from the policy an operator run of seed ``seed`` reached after ``step`` steps."""
     return 1_000 * seed + step

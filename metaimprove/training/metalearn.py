@@ -54,8 +54,6 @@ META_POLICY = "policy.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
 """θ₀ and the progress after the last finished outer step, inside the run directory"""
 CHECKPOINT_FORMAT = "metaimprove.metalearn"
-INNER_SEED_BASE = 300_000
-"""inner loop ``i`` of seed ``s`` is seeded ``STRIDE·s + INNER_SEED_BASE + i``: apart from apply's streams"""
 LOG_FIELDS = ["outer_step", "env_steps", "step_size", "tasks", "first_batch_return", "last_batch_return", "step_norm"]
 
 
@@ -231,11 +229,6 @@ def task_order(n_tasks: int, n_inner: int, seed: int) -> list[int]:
     return order[:n_inner]
 
 
-def inner_seed(seed: int, i: int) -> int:
-    """The seed of inner loop ``i`` of a meta-training seeded ``seed``."""
-    return seeds.STRIDE * seed + INNER_SEED_BASE + i
-
-
 # ------------------------------------------------------------------------------------------ the stage
 
 
@@ -299,7 +292,7 @@ def meta_train(cfg: MetaLearnConfig, out: Path | None = None, progress: bool = T
             seen.frozen = False
             runs = []
             for i in range(t * p.meta_batch, min((t + 1) * p.meta_batch, p.n_inner)):
-                run = inner_loop(teacher, p.tasks[order[i]], policy, p.inner_steps, inner_seed(cfg.seed, i), seen)
+                run = inner_loop(teacher, p.tasks[order[i]], policy, p.inner_steps, seeds.meta_inner(cfg.seed, i), seen)
                 runs.append(run)
                 env_steps += run.env_steps
                 bar.update(run.env_steps)
