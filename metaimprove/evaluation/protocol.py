@@ -24,7 +24,7 @@ class ApplyConfig:
     """Apply an operator on held-out tasks in place of RL updates, beside the baselines (equal env-step budgets)."""
 
     operator_path: str = "???"
-    """operator checkpoint (.safetensors) written by `metaimprove train`"""
+    """operator checkpoint (.safetensors) written by `metaimprove train`, or a shipped operator's name"""
     out: str = "???"
     """run directory for curves.csv and timings.csv"""
     task: TaskConfig = field(default_factory=lambda: TaskConfig("halfcheetah_vel"))
@@ -52,13 +52,13 @@ class ApplyConfig:
     budget: int | None = None
     """budget B in env steps per run instead of applications (at least one batch)"""
     methods: list[str] = field(default_factory=lambda: ["operator", "ppo", "no_update"])
-    """methods: operator, operator_guarded, a teacher (ppo, ...), teacher_op_batch, no_update, nearest,
+    """methods: operator, operator_guarded, a teacher (ppo, ...), ppo_tuned, teacher_op_batch, no_update, nearest,
     nearest_noise, nearest_avg, avg_weights, transferred, dr, dr_ppo, nearest_ars, transferred_ars, dr_ars, meta,
     meta_ars, sac (the registry: evaluation/methods.py)"""
     dataset: str | None = None
     """the operator's training dataset (`metaimprove collect` out=): for the checkpoint baselines and train_init"""
     dr_policy: str | None = None
-    """the domain-randomized policy (`metaimprove dr` out=/policy.safetensors): needed by dr and dr_ppo"""
+    """the domain-randomized policy (`metaimprove dr` out=/policy.safetensors): needed by dr, dr_ppo and dr_ars"""
     meta_policy: str | None = None
     """the meta-learned start θ₀ (`metaimprove metalearn` out=/policy.safetensors): needed by meta and meta_ars"""
     guard_threshold: float = 10.0
