@@ -13,11 +13,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
+from metaimprove import seeds
+from metaimprove.evaluation.methods import teacher_steps
+from metaimprove.evaluation.protocol import start_policy
 from metaimprove.evaluation.stats import Curves, Estimate, step_values
-from metaimprove.operator.checkpoint import DEFAULT_ASK_K
-from metaimprove.teachers import TEACHERS
+from metaimprove.operator.checkpoint import DEFAULT_ASK_K, OperatorCheckpoint
+from metaimprove.sim.envs import AnyTask
+from metaimprove.sim.rollout import evaluate
+from metaimprove.teachers import TEACHERS, Teacher
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
@@ -81,6 +87,23 @@ def collect_command(family: str = "halfcheetah_vel", out: str = "<dir>") -> str:
     changed = "".join(f" teacher.{k}={v}" for k, v in config["teacher"].items() if default.get(k) != v)
     return (f"metaimprove collect teacher={name}{changed} task={family} n_tasks={config['n_tasks']} "
             f"seeds={config['seeds']} iterations={config['iterations']} out={out}")
+
+
+EVAL_EPISODES = 8
+"""apply's default evaluation episodes"""
+
+
+def fresh_start_run(teacher: Teacher, ckpt: OperatorCheckpoint, task: AnyTask, seed: int,
+                    budget: int) -> tuple[float, float]:
+    """``teacher``'s updates within ``budget`` env steps from apply's fresh start of run ``seed`` on ``task`` (one
+    that none of ``ckpt``'s training tasks is): the start's return and the last policy's, on apply's evaluation."""
+    if task.name in ckpt.tasks:
+        raise SystemExit(f"{task.name} is one of the operator's training tasks")
+    torch.set_num_threads(1)
+    start = start_policy(ckpt, seed)
+    *_, last = teacher_steps(teacher, task, start, seed, budget, [])
+    return (evaluate(start, task, EVAL_EPISODES, seed=seeds.evaluation(seed)),
+            evaluate(last.policy, task, EVAL_EPISODES, seed=seeds.evaluation(seed)))
 
 
 def dataset_or_exit(path: Path) -> Path:

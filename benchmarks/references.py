@@ -18,15 +18,10 @@ import multiprocessing as mp
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
-import torch
-from common import BUDGET, OPERATORS, RESULTS
+from common import BUDGET, OPERATORS, RESULTS, fresh_start_run
 
-from metaimprove import seeds
-from metaimprove.evaluation.methods import teacher_steps
-from metaimprove.evaluation.protocol import start_policy
 from metaimprove.operator.checkpoint import OperatorCheckpoint
 from metaimprove.sim.envs import AnyTask
-from metaimprove.sim.rollout import evaluate
 from metaimprove.sim.tasks import get_family
 from metaimprove.storage import atomic_write_csv
 from metaimprove.teachers import Teacher, make_teacher, teacher_option
@@ -36,8 +31,6 @@ VALIDATION_START = 32
 """the first validation task: the shipped operator's collection holds train tasks 0-31"""
 LONG_RUN = 8
 """a reference run's length in budgets B"""
-EVAL_EPISODES = 8
-"""apply's default evaluation episodes"""
 METHODS = ("ars", "ppo_tuned")
 """the reference methods"""
 RUNS = RESULTS / "references_runs.csv"
@@ -60,15 +53,10 @@ def reference_teacher(method: str, ckpt: OperatorCheckpoint) -> Teacher:
 
 def long_run(task: AnyTask, method: str, seed: int, env_steps: int) -> dict[str, object]:
     """One reference run: ``method`` from run ``seed``'s fresh start on ``task`` for ``env_steps``."""
-    torch.set_num_threads(1)
     _, ckpt = OperatorCheckpoint.load(OPERATORS / f"{FAMILY}.safetensors")
-    if task.name in ckpt.tasks:
-        raise SystemExit(f"{task.name} is one of the operator's training tasks")
-    start = start_policy(ckpt, seed)
-    *_, last = teacher_steps(reference_teacher(method, ckpt), task, start, seed, env_steps, [])
-    return {"task": task.name, "method": method, "seed": seed, "env_steps": env_steps,
-            "start_return": evaluate(start, task, EVAL_EPISODES, seed=seeds.evaluation(seed)),
-            "final_return": evaluate(last.policy, task, EVAL_EPISODES, seed=seeds.evaluation(seed))}
+    start, final = fresh_start_run(reference_teacher(method, ckpt), ckpt, task, seed, env_steps)
+    return {"task": task.name, "method": method, "seed": seed, "env_steps": env_steps, "start_return": start,
+            "final_return": final}
 
 
 def read_runs(env_steps: int) -> list[dict[str, str]]:

@@ -22,16 +22,11 @@ import multiprocessing as mp
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
-import torch
 import yaml
-from common import BUDGET, OPERATORS, RESULTS, ROOT
+from common import BUDGET, OPERATORS, RESULTS, ROOT, fresh_start_run
 
-from metaimprove import seeds
-from metaimprove.evaluation.methods import teacher_steps
-from metaimprove.evaluation.protocol import start_policy
 from metaimprove.evaluation.stats import normalize, score_ci
 from metaimprove.operator.checkpoint import OperatorCheckpoint
-from metaimprove.sim.rollout import evaluate
 from metaimprove.sim.tasks import get_family
 from metaimprove.storage import atomic_write_csv
 from metaimprove.teachers import PPO, PPOConfig
@@ -39,8 +34,6 @@ from metaimprove.teachers import PPO, PPOConfig
 FAMILY = "halfcheetah_vel"
 VALIDATION_START = 32
 """the first validation task: the shipped operator's collection holds train tasks 0-31"""
-EVAL_EPISODES = 8
-"""apply's default evaluation episodes"""
 SETTINGS: dict[str, dict[str, object]] = {
     "default": {},
     "lr_1e-3": {"lr": 1e-3},
@@ -62,17 +55,11 @@ FIELDS = ["setting", "task", "seed", "budget", "start_return", "return_at_budget
 
 def run(setting: str, task_index: int, seed: int, budget: int) -> dict[str, object]:
     """One PPO run of ``setting`` from run ``seed``'s fresh start on validation task ``task_index``."""
-    torch.set_num_threads(1)
     _, ckpt = OperatorCheckpoint.load(OPERATORS / f"{FAMILY}.safetensors")
     task = get_family(FAMILY).task("train", VALIDATION_START + task_index)
-    if task.name in ckpt.tasks:
-        raise SystemExit(f"{task.name} is one of the operator's training tasks, not a validation task")
-    start = start_policy(ckpt, seed)
-    teacher = PPO(PPOConfig(**SETTINGS[setting]))  # type: ignore[arg-type]
-    *_, last = teacher_steps(teacher, task, start, seed, budget, [])
-    return {"setting": setting, "task": task.name, "seed": seed, "budget": budget,
-            "start_return": evaluate(start, task, EVAL_EPISODES, seed=seeds.evaluation(seed)),
-            "return_at_budget": evaluate(last.policy, task, EVAL_EPISODES, seed=seeds.evaluation(seed))}
+    start, final = fresh_start_run(PPO(PPOConfig(**SETTINGS[setting])), ckpt, task, seed, budget)  # type: ignore[arg-type]
+    return {"setting": setting, "task": task.name, "seed": seed, "budget": budget, "start_return": start,
+            "return_at_budget": final}
 
 
 def done_runs(budget: int) -> list[dict[str, str]]:
