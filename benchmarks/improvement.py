@@ -204,7 +204,7 @@ def main() -> None:
     _, ckpt = OperatorCheckpoint.load(args.operator)
     args.ask_k = ckpt.resolve_ask_k(args.ask_k)
     # The teacher at the operator's batch is the teacher itself unless the operator reads a narrower batch.
-    every = [m for m in method_names() if m != "teacher_op_batch" or ckpt.features.envs is not None]
+    every = [m for m in method_names() if m != "teacher_op_batch" or ckpt.features.n_envs is not None]
     methods = [] if args.render else args.only or every
     # Rendering runs nothing, so it needs neither the training dataset nor the DR policy.
     dataset = Path(args.dataset) if args.render else dataset_or_exit(Path(args.dataset))

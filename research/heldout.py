@@ -162,7 +162,7 @@ def variants(ask_k: int, augment_starts: int, ppo_operator: Path, teacher_envs: 
         Variant("task_input", "features.task_input=true (the oracle: told the task instead of inferring it)",
                 {"features": FeatureConfig(task_input=True)}),
         Variant(f"features.envs={half}", f"the operator reads {half} of the teacher's {teacher_envs} envs per τ and "
-                f"collects {half}-env batches", {"features": FeatureConfig(envs=half)}),
+                f"collects {half}-env batches", {"features": FeatureConfig(n_envs=half)}),
         *(Variant(f"{prefix}ask_k={k}", f"the {what} operator (not retrained) asked for k = {k}", None, k,
                   reuses=reused)
           for prefix, what, reused in (("", "baseline", "per_param"),

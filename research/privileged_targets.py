@@ -92,7 +92,7 @@ def main() -> None:
     minutes: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         fits = {"operator (ARS targets)": (small, FeatureConfig(), ["operator", "ars"]),
-                f"operator ({FACTOR}× ARS targets)": (large, FeatureConfig(envs=n_envs), ["operator"])}
+                f"operator ({FACTOR}× ARS targets)": (large, FeatureConfig(n_envs=n_envs), ["operator"])}
         checkpoints: dict[str, Path] = {}
         for name, (dataset, features, methods) in fits.items():
             config = TrainConfig(dataset=str(dataset), features=features, out=str(Path(tmp) / name.replace(" ", "_")))

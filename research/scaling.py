@@ -58,7 +58,7 @@ def main() -> None:
     for i, n in enumerate(args.counts):
         checkpoint, minutes = timed_train(TrainConfig(dataset=str(dataset), out=str(scratch / f"op{n}"),
                                                       pairs=PairConfig(max_tasks=n), ask_k=args.ask_k,
-                                                      features=FeatureConfig(envs=args.envs)))
+                                                      features=FeatureConfig(n_envs=args.envs)))
         _, ckpt = OperatorCheckpoint.load(checkpoint)
         # The teachers and the start do not depend on the operator: run them once, beside the first.
         methods = ["operator", *PEERS] if i == 0 else ["operator"]

@@ -62,7 +62,7 @@ def main() -> None:
     teacher_envs = make_teacher(ckpt.teacher).batch_shape[0]
     # k-independent quantities are filed under k = 1.
     rows = [{"quantity": "teacher_consecutive_step_cosine", "k": 1, "value": sum(consecutive) / len(consecutive)},
-            {"quantity": "operator_env_share", "k": 1, "value": (ckpt.features.envs or teacher_envs) / teacher_envs}]
+            {"quantity": "operator_env_share", "k": 1, "value": (ckpt.features.n_envs or teacher_envs) / teacher_envs}]
     for k in ckpt.ks:
         sel = index[log_k == math.log2(k)]
         sel = sel[[int(s) in step for s in pairs.source[sel]]]

@@ -249,7 +249,11 @@ def _checkpoint_from_meta(meta: dict[str, Any]) -> OperatorCheckpoint:
             raise ValueError(f"operator.{name} must be in [1, 65536], got {size}")
     if not operator.step_scale > 0:
         raise ValueError(f"operator.step_scale must be > 0, got {operator.step_scale}")
-    features = _dataclass_from(FeatureConfig, meta["features"], "features")
+    # Checkpoints written before the setting was named n_envs (the shipped ones among them) call it envs.
+    raw_features = meta["features"]
+    if isinstance(raw_features, dict) and "envs" in raw_features and "n_envs" not in raw_features:
+        raw_features = {("n_envs" if k == "envs" else k): v for k, v in raw_features.items()}
+    features = _dataclass_from(FeatureConfig, raw_features, "features")
     if features.n_transitions < 1 or features.n_states < 1 or not 0 < features.gamma <= 1 \
             or features.baseline_ridge < 0:
         raise ValueError(f"features out of range ({features}): need n_transitions, n_states >= 1, "
@@ -282,8 +286,8 @@ def _checkpoint_from_meta(meta: dict[str, Any]) -> OperatorCheckpoint:
                          f"{task_family!r} and {task_dim!r}")
     if not features.task_input and (task_family is not None or task_dim != 0):
         raise ValueError(f"task_family / task_dim ({task_family!r}, {task_dim!r}) without features.task_input")
-    if features.envs is not None and features.envs < 1:
-        raise ValueError(f"features.envs must be >= 1, got {features.envs}")
+    if features.n_envs is not None and features.n_envs < 1:
+        raise ValueError(f"features.n_envs must be >= 1, got {features.n_envs}")
     warmup_phases(features.warmup)
     # A checkpoint may record no ask k: it is asked for default_ask_k(ks).
     ask_k = meta.get("ask_k")

@@ -56,7 +56,7 @@ class FeatureConfig:
     es_gradient: bool | None = None
     """read the per-env perturbations and returns of a parameter-space teacher's batch (ARS); None: exactly when
     the training data has them"""
-    envs: int | None = None
+    n_envs: int | None = None
     """environments per τ the operator reads: training encodes a random subset of each recorded batch (antithetic
     pairs kept together) against the teacher's whole-batch targets, and apply collects batches this wide; None:
     the teacher's whole batch"""
@@ -232,7 +232,7 @@ def env_subset(exp: Experience, n: int, generator: torch.Generator) -> Experienc
     antithetic = is_antithetic(exp)
     if not 1 <= n <= E or (antithetic and n % 2):
         kind = "an even number of envs (antithetic pairs)" if antithetic else "envs"
-        raise UserError(f"features.envs={n}: the recorded batches have {E} envs, so give {kind} between "
+        raise UserError(f"features.n_envs={n}: the recorded batches have {E} envs, so give {kind} between "
                         f"{2 if antithetic else 1} and {E}")
     if antithetic:
         pairs = torch.randperm(half, generator=generator)[: n // 2].sort().values

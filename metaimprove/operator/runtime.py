@@ -21,10 +21,10 @@ from metaimprove.teachers import Teacher, make_teacher
 
 
 def operator_teacher(ckpt: OperatorCheckpoint) -> Teacher:
-    """The teacher whose batches the operator collects: its own teacher, resized to ``features.envs`` envs when the
+    """The teacher whose batches the operator collects: its own teacher, resized to ``features.n_envs`` envs when the
     operator was trained to read fewer than the teacher ran."""
     teacher = make_teacher(ckpt.teacher)
-    return teacher if ckpt.features.envs is None else teacher.resized(ckpt.features.envs)
+    return teacher if ckpt.features.n_envs is None else teacher.resized(ckpt.features.n_envs)
 
 
 def describe_warmup(warmup: Sequence[Sequence[int]]) -> str:

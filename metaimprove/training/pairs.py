@@ -52,7 +52,7 @@ class Pairs:
     Every teacher run is a chain θ⁰ → θ¹ → … → θᴺ with the experience τⁿ each θⁿ collected. For every iteration n
     and jump k ∈ ``ks`` with n + k < N there is a pair ``(θⁿ, τⁿ, ask = [log2 k, r̄ⁿ⁺ᵏ − r̄ⁿ]) → θⁿ⁺ᵏ``, r̄ the mean
     reward per step of a batch. The target θⁿ⁺ᵏ is folded from its own normalizer into Nⁿ⁺¹, the one the source's
-    output goes with (θⁿ's updated with τⁿ, or with ``features.envs`` with the subset of τⁿ's envs the operator
+    output goes with (θⁿ's updated with τⁿ, or with ``features.n_envs`` with the subset of τⁿ's envs the operator
     reads, while the target stays the teacher's step from the whole batch). With ``features.task_input`` each
     encoding also carries its task's vector, and every pair comes from one task family.
     """
@@ -115,8 +115,8 @@ def run_pairs(t: dict[str, torch.Tensor], meta: dict[str, Any], config: PairConf
     # The normalizer each source's output goes with: the teacher's next one, or, when the operator reads a
     # subset of τ's envs, θⁿ's updated with that subset (what apply computes from a batch that wide).
     outputs = norms[1:]
-    if features.envs is not None:
-        exps = [env_subset(exp, features.envs, generator) for exp in exps]
+    if features.n_envs is not None:
+        exps = [env_subset(exp, features.n_envs, generator) for exp in exps]
         outputs = [next_normalizer(policy, exp) for policy, exp in zip(policies, exps, strict=True)]
     items = [encode(policy, exp, features, generator, task) for policy, exp in zip(policies, exps, strict=True)]
     reward_rate = t["reward"].double().mean(dim=(1, 2))
@@ -139,7 +139,7 @@ def run_pairs(t: dict[str, torch.Tensor], meta: dict[str, Any], config: PairConf
         ask=torch.tensor(ask, dtype=torch.float32).reshape(-1, 2),
         task_of_pair=[name] * len(source),
         teacher=meta["teacher"],
-        batch_shape=(t["reward"].shape[1], features.envs or t["reward"].shape[2]),
+        batch_shape=(t["reward"].shape[1], features.n_envs or t["reward"].shape[2]),
         task_family=task.family if features.task_input else None,
     )
 

@@ -208,8 +208,8 @@ def _check(config: TrainConfig) -> None:
         raise UserError(f"pairs.ks must be a non-empty list of jumps >= 1, got {config.pairs.ks}")
     if config.ask_k is not None and config.ask_k not in config.pairs.ks:
         raise UserError(f"ask_k={config.ask_k} is not a trained jump; give one of pairs.ks {list(config.pairs.ks)}")
-    if config.features.envs is not None and config.features.envs < 1:
-        raise UserError(f"features.envs={config.features.envs}: give the number of envs per τ to read (>= 1), or "
+    if config.features.n_envs is not None and config.features.n_envs < 1:
+        raise UserError(f"features.n_envs={config.features.n_envs}: give the number of envs per τ to read (>= 1), or "
                         "drop it to read the whole batch")
     warmup_phases(config.features.warmup)
     counts = {"augment_starts": config.augment_starts, "relabel_rounds": config.relabel_rounds}

@@ -39,6 +39,18 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
         ckpt2.ask(ask_k=64)
 
 
+def test_a_checkpoint_that_calls_the_env_width_envs_loads_it_as_n_envs(tmp_path: pathlib.Path) -> None:
+    op = ImprovementOperator(SPEC, OperatorConfig(hidden=16, context_dim=8, param_hidden=8))
+    ckpt = OperatorCheckpoint.from_training(FeatureConfig(n_envs=4), op.config, SPEC, [1], torch.tensor([[0.0, 0.1]]),
+                                            ["a/train/0"], {"name": "ars", "config": {}})
+    path = tmp_path / "op.safetensors"
+    ckpt.save(path, op, summary={})
+    header = json.loads(meta_path(path).read_text())
+    header["meta"]["features"]["envs"] = header["meta"]["features"].pop("n_envs")  # as written before the rename
+    meta_path(path).write_text(json.dumps(header))
+    assert OperatorCheckpoint.load(path)[1].features.n_envs == 4
+
+
 def test_without_a_recorded_ask_the_trained_jump_nearest_two_is_asked_for():
     # Not the largest: far jumps drift (see DEFAULT_ASK_K); ties go to the smaller jump.
     assert [default_ask_k(ks) for ks in ([1, 2, 4, 8], [1, 4], [4, 8, 16], [8], [1])] == [2, 1, 4, 8, 1]

@@ -31,7 +31,7 @@ def test_operator_batch_is_its_teachers_batch_for_every_teacher() -> None:
     assert operator_teacher(ars).batch_shape == (8, 64)  # type: ignore[arg-type]
     assert operator_teacher(ppo).batch_shape == (3, 32)  # type: ignore[arg-type]
     # Trained to read a subset of its teacher's envs, it collects batches that wide.
-    narrow = FeatureConfig(envs=2)
+    narrow = FeatureConfig(n_envs=2)
     assert operator_teacher(SimpleNamespace(teacher=ars.teacher, features=narrow)).batch_shape == (2, 64)  # type: ignore[arg-type]
     assert operator_teacher(SimpleNamespace(teacher=ppo.teacher, features=narrow)).batch_shape == (2, 32)  # type: ignore[arg-type]
 
@@ -62,10 +62,10 @@ def test_an_operator_trained_on_ars_reads_its_perturbations_and_collects_as_ars_
 
 def test_an_operator_trained_on_part_of_each_batch_collects_that_much(ars_dataset: pathlib.Path,
                                                                       tmp_path: pathlib.Path) -> None:
-    settings = {**TINY_TRAIN, "features": FeatureConfig(n_transitions=32, n_states=16, envs=2)}
+    settings = {**TINY_TRAIN, "features": FeatureConfig(n_transitions=32, n_states=16, n_envs=2)}
     path = train(TrainConfig(dataset=str(ars_dataset), out=str(tmp_path / "op"), **settings))  # type: ignore[arg-type]
     _, ckpt = OperatorCheckpoint.load(path)
-    assert ckpt.features.envs == 2 and operator_teacher(ckpt).batch_shape == (2, TINY_ARS.n_steps)
+    assert ckpt.features.n_envs == 2 and operator_teacher(ckpt).batch_shape == (2, TINY_ARS.n_steps)
     spec = ckpt.spec
     start = Policy(spec, init_params(spec, torch.Generator().manual_seed(1)), ObsNormalizer.identity(spec.obs_dim))
     exp = Explorer(ckpt, default_task("halfcheetah_vel"), start, 0)(start, 0)
@@ -81,7 +81,7 @@ def test_an_operator_trained_on_part_of_each_batch_collects_that_much(ars_datase
     assert [int(r[3]) for r in rows if r[0] == "ars"] == [0, 4 * TINY_ARS.n_steps]
     assert [int(r[3]) for r in rows if r[0] == "teacher_op_batch"] == half
     header = json.loads(meta_path(path).read_text())
-    header["meta"]["features"]["envs"] = "2"
+    header["meta"]["features"]["n_envs"] = "2"
     meta_path(path).write_text(json.dumps(header))
-    with pytest.raises(UserError, match=r"features\.envs must be int"):
+    with pytest.raises(UserError, match=r"features\.n_envs must be int"):
         OperatorCheckpoint.load(path)

@@ -64,7 +64,7 @@ def test_whole_batch_subset_targets_match_the_teachers_normalizer(ars_dataset: p
     tensors, meta = load_shard(ars_dataset, load_manifest(ars_dataset)[0])
 
     def pairs(envs: int | None) -> Pairs:
-        features = FeatureConfig(n_transitions=32, n_states=16, es_gradient=True, envs=envs)
+        features = FeatureConfig(n_transitions=32, n_states=16, es_gradient=True, n_envs=envs)
         return run_pairs(tensors, meta, PairConfig(ks=[1, 2]), features, torch.Generator().manual_seed(0))
 
     whole, half = pairs(None), pairs(2)
