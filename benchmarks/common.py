@@ -106,6 +106,37 @@ def fresh_start_run(teacher: Teacher, ckpt: OperatorCheckpoint, task: AnyTask, s
             evaluate(last.policy, task, EVAL_EPISODES, seed=seeds.evaluation(seed)))
 
 
+REFERENCE_RUNS = RESULTS / "references_runs.csv"
+"""each task's long reference runs (``benchmarks/references.py``)"""
+REFERENCE_METHODS = ("ars", "ppo_tuned")
+"""the methods a task's reference return is the best of"""
+
+
+def reference_table(tasks: list[str], n_seeds: int) -> list[dict[str, object]]:
+    """Per task of ``tasks``: the mean start return over seeds 0 .. n_seeds - 1 (score 0) and the best reference
+    method's mean final return (score 1), from ``results/references_runs.csv``; exits naming the tasks it lacks."""
+    runs: list[dict[str, str]] = []
+    if REFERENCE_RUNS.exists():
+        with REFERENCE_RUNS.open() as f:
+            runs = [r for r in csv.DictReader(f) if int(r["seed"]) < n_seeds]
+    have = {(r["task"], r["method"]) for r in runs}
+    counts = {key: sum(1 for r in runs if (r["task"], r["method"]) == key) for key in have}
+    missing = [t for t in tasks if any(counts.get((t, m), 0) < n_seeds for m in REFERENCE_METHODS)]
+    if missing:
+        raise SystemExit(f"{REFERENCE_RUNS} lacks reference runs of {len(missing)} tasks ({', '.join(missing[:3])}"
+                         f"{', ...' if len(missing) > 3 else ''}): run benchmarks/references.py for them")
+    rows = []
+    for task in tasks:
+        mine = [r for r in runs if r["task"] == task]
+        means = {m: float(np.mean([float(r["final_return"]) for r in mine if r["method"] == m]))
+                 for m in REFERENCE_METHODS}
+        best = max(REFERENCE_METHODS, key=lambda m: means[m])  # max keeps the first of equals
+        starts = [float(r["start_return"]) for r in mine if r["method"] == REFERENCE_METHODS[0]]
+        rows.append({"task": task, "start": round(float(np.mean(starts)), 4), "reference": round(means[best], 4),
+                     "reference_method": best, "seeds": n_seeds, "env_steps": int(mine[0]["env_steps"])})
+    return rows
+
+
 def dataset_or_exit(path: Path) -> Path:
     """The dataset directory, or exit with the command that recreates it."""
     if not (path / "manifest.json").exists():

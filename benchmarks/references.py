@@ -15,10 +15,9 @@ from __future__ import annotations
 import argparse
 import csv
 import multiprocessing as mp
-import sys
 from concurrent.futures import ProcessPoolExecutor
 
-from common import BUDGET, OPERATORS, RESULTS, fresh_start_run
+from common import BUDGET, OPERATORS, REFERENCE_METHODS, REFERENCE_RUNS, RESULTS, fresh_start_run, reference_table
 
 from metaimprove.operator.checkpoint import OperatorCheckpoint
 from metaimprove.sim.envs import AnyTask
@@ -31,9 +30,8 @@ VALIDATION_START = 32
 """the first validation task: the shipped operator's collection holds train tasks 0-31"""
 LONG_RUN = 8
 """a reference run's length in budgets B"""
-METHODS = ("ars", "ppo_tuned")
-"""the reference methods"""
-RUNS = RESULTS / "references_runs.csv"
+METHODS = REFERENCE_METHODS
+RUNS = REFERENCE_RUNS
 TABLE = RESULTS / "references.csv"
 RUN_FIELDS = ["task", "method", "seed", "env_steps", "start_return", "final_return"]
 TABLE_FIELDS = ["task", "start", "reference", "reference_method", "seeds", "env_steps"]
@@ -67,20 +65,6 @@ def read_runs(env_steps: int) -> list[dict[str, str]]:
         return [r for r in csv.DictReader(f) if int(r["env_steps"]) == env_steps]
 
 
-def table(runs: list[dict[str, str]], tasks: list[AnyTask], n_seeds: int) -> list[dict[str, object]]:
-    """Per task: the mean start return and the best reference method's mean final return."""
-    rows = []
-    for task in tasks:
-        mine = [r for r in runs if r["task"] == task.name and int(r["seed"]) < n_seeds]
-        means = {m: sum(float(r["final_return"]) for r in mine if r["method"] == m) / n_seeds for m in METHODS}
-        starts = [float(r["start_return"]) for r in mine if r["method"] == METHODS[0]]
-        best = max(METHODS, key=lambda m: means[m])  # max keeps the first of equals
-        rows.append({"task": task.name, "start": round(sum(starts) / len(starts), 4),
-                     "reference": round(means[best], 4), "reference_method": best, "seeds": n_seeds,
-                     "env_steps": int(mine[0]["env_steps"])})
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--validation", type=int, default=8, help="validation tasks (train tasks 32, 33, ...)")
@@ -106,12 +90,7 @@ def main() -> None:
             f.flush()
             print(f"{i}/{len(jobs)} {row['method']} {row['task']} s{row['seed']}: {row['start_return']:.1f} -> "
                   f"{row['final_return']:.1f}", flush=True)
-    runs = read_runs(env_steps)
-    missing = len(tasks) * args.seeds * len(METHODS) - len({(r["task"], r["method"], int(r["seed"])) for r in runs
-                                                             if int(r["seed"]) < args.seeds})
-    if missing:
-        sys.exit(f"{missing} reference runs missing from {RUNS}: rerun to finish")
-    atomic_write_csv(TABLE, TABLE_FIELDS, table(runs, tasks, args.seeds))
+    atomic_write_csv(TABLE, TABLE_FIELDS, reference_table([t.name for t in tasks], args.seeds))
     print(f"references of {len(tasks)} tasks -> {TABLE}")
 
 
