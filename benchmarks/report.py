@@ -425,6 +425,28 @@ def _improvement() -> list[str]:
     return [*lines, "", *figures, ""]
 
 
+def _peers() -> list[str]:
+    """``results/peers_validation.md`` (written by ``benchmarks/peers.py``), its heading moved under the section's."""
+    path = RESULTS / "peers_validation.md"
+    if not path.exists():
+        return []
+    lines = ["##" + line if line.startswith("#") else line for line in path.read_text().splitlines()]
+    lines[0] = lines[0].replace("(`benchmarks/peers.py`)", f"({_script('benchmarks/peers.py')})")
+    lines[2:2] = _produced("peers_validation.md")
+    return [*lines, ""]
+
+
+def _peers_line(figures: dict[str, str]) -> str:
+    """One headline line: the operator against the best peer on validation tasks (``benchmarks/peers.py``)."""
+    best = figures["best_peer_validation"]
+    return (f"- **Evaluation v2, validation tasks** (per-task normalized scores, paired): the best peer at B is "
+            f"`{best}` ({figures[f'score_at_B_{best}_validation']}); the operator scores "
+            f"{figures['score_at_B_operator_validation']}, a paired difference of "
+            f"{figures['paired_vs_best_peer_validation']}, and reaches the best peer's score at B in "
+            f"{figures['steps_to_best_peer_validation']} of B. From [`benchmarks/peers.py`](benchmarks/peers.py); "
+            "details on the [results page](docs/results.md).")
+
+
 def _task_diversity() -> list[str]:
     """PPO trained on one task and evaluated on the others (``benchmarks/task_diversity.py``)."""
     diversity = _summary(RESULTS / "task_diversity.csv")
@@ -491,7 +513,7 @@ def page() -> str:
                                   ("ars_vs_sb3", "ARS", "sb3-contrib's ARS")):
         out += _teacher_check(stem, ours, reference)
     out += _task_diversity() + _family_cost() + _throughput() + _reliability() + _improvement() + _families()
-    out += _tune_ppo()
+    out += _tune_ppo() + _peers()
     out += ["## Settled studies", "",
             f"Each study's question, answer and command: {_script('research/README.md')}; its finding in one "
             "paragraph: [findings](findings.md).", ""]
@@ -568,6 +590,8 @@ def headline() -> str:
     tuned = _rows("tune_ppo_summary.csv")
     if tuned:
         lines.append(_tune_ppo_line(tuned))
+    if (RESULTS / "peers_validation_figures.csv").exists():
+        lines.append(_peers_line(_summary(RESULTS / "peers_validation_figures.csv")))
     return "\n".join(lines) + "\n"
 
 
