@@ -92,6 +92,8 @@ def figures(curves: Curves, budget: float, batch: float, n_seeds: int) -> tuple[
            "probability_of_improvement_vs_best_peer_validation": fmt(poi),
            "steps_to_best_peer_validation": fmt(steps)}
     out |= {f"score_at_B_{m}_validation": fmt(estimates[m][budget]) for m in methods}
+    if 2 * batch in estimates[OPERATOR]:
+        out |= {f"few_shot_2_{m}_validation": fmt(estimates[m][2 * batch]) for m in (OPERATOR, best)}
     labels = ["B" if b == budget else f"{b / batch:g} batch{'es' if b > batch else ''}" for b in budgets]
     lines = [f"Validation tasks: `{FAMILY}` `train` {VALIDATION_START}–{VALIDATION_START + len(tasks) - 1} "
              f"({len(tasks)} tasks × {n_seeds} seeds), fresh starts, B = {budget:g} env steps, batches of {batch:g}. "

@@ -443,8 +443,9 @@ def _peers_line(figures: dict[str, str]) -> str:
             f"`{best}` ({figures[f'score_at_B_{best}_validation']}); the operator scores "
             f"{figures['score_at_B_operator_validation']}, a paired difference of "
             f"{figures['paired_vs_best_peer_validation']}, and reaches the best peer's score at B in "
-            f"{figures['steps_to_best_peer_validation']} of B. From [`benchmarks/peers.py`](benchmarks/peers.py); "
-            "details on the [results page](docs/results.md).")
+            f"{figures['steps_to_best_peer_validation']} of B; after 2 batches it scores "
+            f"{figures['few_shot_2_operator_validation']} against {figures[f'few_shot_2_{best}_validation']}. "
+            "From [`benchmarks/peers.py`](benchmarks/peers.py); details on the [results page](docs/results.md).")
 
 
 def _task_diversity() -> list[str]:
