@@ -593,6 +593,10 @@ def headline() -> str:
         lines.append(_tune_ppo_line(tuned))
     if (RESULTS / "peers_validation_figures.csv").exists():
         lines.append(_peers_line(_summary(RESULTS / "peers_validation_figures.csv")))
+    reads = len(_rows("test_ledger.csv"))
+    lines.append(f"- **Sealed test split**: read {reads} time{'' if reads == 1 else 's'} through "
+                 "`benchmarks/peers.py --final`, each read a row of `results/test_ledger.csv`; the held-out lines "
+                 "above come from `benchmarks/improvement.py` and predate the ledger.")
     return "\n".join(lines) + "\n"
 
 
