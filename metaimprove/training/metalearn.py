@@ -1,28 +1,7 @@
 """The ``metalearn`` stage: a start θ₀ meta-trained by first-order Reptile over training tasks, with ARS inner loops,
 for the meta-learned peer of ``apply`` (``meta``: θ₀ as it is; ``meta_ars``: ARS fine-tuning it).
 
-Reptile (Nichol, Achiam and Schulman 2018, "On First-Order Meta-Learning Algorithms"), batched: outer step ``t``
-draws ``meta_batch`` training tasks, runs ``inner_steps`` ARS updates on each from θ₀ (:func:`inner_loop`) and moves
-θ₀ toward the mean of where they ended, θ₀ ← θ₀ + ε_t (mean_i θ_k^i − θ₀) (:func:`reptile_step`). The inner loop is
-ARS because ARS is what ``apply`` fine-tunes the start with: the operator's own ARS when its dataset came from one,
-ARS's defaults otherwise, exactly as ``meta_ars``, ``dr_ars`` and the other pretrain-then-fine-tune peers run.
-
-No ``torch.func``: ARS needs no derivatives, and first-order Reptile's outer step is a difference of parameters, so
-no gradient (let alone a second derivative) is taken anywhere. An ES-MAML outer gradient would be more rollouts of
-perturbed starts, not a derivative either; Reptile was chosen as the simpler of the two.
-
-The normalizer is part of the policy. Each inner loop's ARS updates its own copy of θ₀'s normalizer (ARS V2), so
-θ_k^i lives in its own coordinates; the outer step first folds θ₀ and every θ_k^i into one normalizer
-(:func:`~metaimprove.sim.policy.fold_normalizer`, exact apart from clipping and linear in θ) and interpolates there.
-That normalizer is θ₀'s updated with every observation the outer step's inner loops collected: the pooled
-statistics of all the observations meta-training has seen, which θ₀ is then saved with.
-
-Budget: meta-training spends whole inner loops while the next one fits in ``env_steps`` (default: the env steps of
-the dataset's runs, so that this peer pretrains on as many env steps as the operator's dataset holds); every env
-step an inner loop collects is counted. The last outer step may hold fewer inner loops than ``meta_batch``.
-
-Seeded and deterministic (the same settings give θ₀ bit for bit), and resumable: a checkpoint after each outer step
-(``<out>/checkpoint.safetensors``) lets a rerun with the same settings continue where it stopped, with the same bits.
+Why: see the design notes (docs/design.md, "The meta-learned start").
 """
 
 from __future__ import annotations
