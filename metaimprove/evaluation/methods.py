@@ -55,9 +55,9 @@ class Run:
         """The operator's training runs (``dataset=``)."""
         return training_runs(str(self.config.dataset))
 
-    def dr_policy(self) -> Policy:
-        """The domain-randomized policy (``dr_policy=``)."""
-        return load_any_policy(Path(str(self.config.dr_policy)))
+    def policy_file(self, field: str) -> Policy:
+        """The pretrained policy the ApplyConfig field ``field`` names (``dr_policy``, ``meta_policy``)."""
+        return load_any_policy(Path(str(getattr(self.config, field))))
 
 
 @dataclass(frozen=True)
@@ -210,13 +210,13 @@ def _transferred(run: Run) -> tuple[Policy, int]:
                                  seeds.selection(run.seed))
 
 
-def _dr(run: Run) -> tuple[Policy, int]:
-    return run.dr_policy(), 0
+def _pretrained(field: str) -> Callable[[Run], tuple[Policy, int]]:
+    """The policy of the ApplyConfig field ``field`` as a fixed method: the DR policy or the meta-learned start (their
+    pretraining is not charged, as the operator's dataset is not)."""
+    return lambda run: (run.policy_file(field), 0)
 
 
-def _meta(run: Run) -> tuple[Policy, int]:
-    """The meta-learned start θ₀ (``meta_policy=``; its pretraining is not charged, as DR's is not)."""
-    return load_any_policy(Path(str(run.config.meta_policy))), 0
+_dr, _meta = _pretrained("dr_policy"), _pretrained("meta_policy")
 
 
 def _transfer_fits(config: ApplyConfig, ckpt: OperatorCheckpoint, budget: int, family: str) -> None:
@@ -267,7 +267,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            needs=("dataset",)),
     Method("transferred", "#2ca02c", policy=_transferred, needs=("dataset",), check_budget=_transfer_fits),
     Method("dr", "#9467bd", policy=_dr, needs=("dr_policy",)),
-    Method("dr_ppo", "#5254a3", points=_dr_ppo, start=lambda run: Point(0, run.dr_policy()), needs=("dr_policy",),
+    Method("dr_ppo", "#5254a3", points=_dr_ppo, start=_fixed_start(_dr), needs=("dr_policy",),
            check_budget=_teacher_fits("ppo")),
     Method("nearest_ars", "#c49c94", points=_fine_tuned(_nearest), start=_fixed_start(_nearest), needs=("dataset",),
            check_budget=_teacher_fits("ars")),
