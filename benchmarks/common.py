@@ -110,6 +110,8 @@ REFERENCE_RUNS = RESULTS / "references_runs.csv"
 """each task's long reference runs (``benchmarks/references.py``)"""
 REFERENCE_METHODS = ("ars", "ppo_tuned")
 """the methods a task's reference return is the best of"""
+REFERENCE_SEEDS = 3
+"""the seeds of each reference method per task (0, 1, 2): a task's start and reference returns are their means"""
 
 
 def reference_table(tasks: list[str], n_seeds: int) -> list[dict[str, object]]:

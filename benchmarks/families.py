@@ -12,7 +12,8 @@ them), timed, in a scratch directory. It then ships:
 and writes one row per family to ``results/families.csv``: IQM return at B with 95% CIs of the operator, PPO, ARS,
 the start and the nearest checkpoint, the operator-vs-PPO and -ARS verdicts (non-overlapping CIs),
 ``steps_ratio_to_ppo``, the sizes and the pipeline's wall time. The ``halfcheetah_vel`` row is computed the same
-way from ``results/improvement.csv`` (its ``test`` split, fresh starts). The README's family table is generated from it.
+way from ``results/improvement_v1.csv`` (``research/improvement_v1.py``'s ``test`` split, fresh starts), so that
+every row reads the same statistic. The README's family table is generated from it.
 
     python benchmarks/families.py [--teacher ppo] [--families hopper_rand_params ant_dir ...]
 
@@ -90,8 +91,8 @@ def run_family(family: str, teacher: str, scratch: Path) -> dict[str, str]:
 
 
 def halfcheetah_vel_row() -> dict[str, str] | None:
-    """The shipped ``halfcheetah_vel`` operator's row, from ``benchmarks/improvement.py``'s committed curves."""
-    path = RESULTS / "improvement.csv"
+    """The shipped ``halfcheetah_vel`` operator's row, from ``research/improvement_v1.py``'s committed curves."""
+    path = RESULTS / "improvement_v1.csv"
     if not path.exists():
         return None
     with path.open() as f:
@@ -101,7 +102,7 @@ def halfcheetah_vel_row() -> dict[str, str] | None:
     sizes = yaml.safe_load((OPERATORS / "halfcheetah_vel.collect.yaml").read_text())
     return {"family": "halfcheetah_vel", **family_row(curves, budget),
             "training": describe_collection(sizes), "pipeline_minutes": "",
-            "source": "benchmarks/improvement.py"}
+            "source": "research/improvement_v1.py"}
 
 
 def main() -> None:
@@ -109,7 +110,7 @@ def main() -> None:
     choices = [f for f in load_families() if f != "halfcheetah_vel"]
     parser.add_argument("--families", nargs="*", choices=choices, default=choices,
                         help="families whose pipeline to rerun (none: only refresh the table from the committed "
-                             "curves and the halfcheetah_vel row from results/improvement.csv)")
+                             "curves and the halfcheetah_vel row from results/improvement_v1.csv)")
     parser.add_argument("--teacher", choices=sorted(TEACHERS), default="ars",
                         help="the teacher every stage of the pipelines uses (the operator learns from its pairs)")
     args = parser.parse_args()

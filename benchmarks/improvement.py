@@ -1,425 +1,500 @@
-"""Does the operator beat the baselines on tasks it never saw, and with how many env steps?
+"""Evaluation v2: the shipped operator against the peers a user would pick, per-task normalized and paired, on
+validation tasks; ``--final`` alone reads the test and ood splits.
 
-Runs ``metaimprove apply`` with every method (the operator, the guarded operator, every teacher, no update,
-the checkpoint baselines, the domain-randomized policy zero-shot and PPO-fine-tuned) on held-out ``test``
-(interpolation) and ``ood`` (extrapolation) tasks, equal env-step budget B per run, from two starts: fresh
-initializations no training run used, and the training runs' own initialization (methods suffixed
-``@train_init``; the other methods do not depend on the start). Writes:
+Runs ``metaimprove apply`` on ``halfcheetah_vel`` from fresh starts with every method of :data:`METHODS`, one apply
+run per method and task set (a *chunk*, kept under ``--work`` as it ends, so an interrupted run resumes where it
+stopped). Each return is normalized per task (0: the task's start return, 1: its reference return, from
+``results/references_runs.csv``, ``benchmarks/references.py``). Per method: the mean normalized score at 1, 2, 4 and
+8 batches, at B and at 4B, with 95% CIs from a bootstrap that resamples tasks, then seeds. The operator and the best
+peer run to 4B; SAC (a gradient step per env step) runs to B on the first :data:`SUBSET` tasks × seeds only, and is
+paired only there. The best peer is the peer with the highest mean score at B on validation, over the (task, seed)
+runs every peer has. Against it: the operator's paired difference at B and at 4B, its probability of improvement,
+and ``steps_to_best_peer`` (env steps the operator needs to reach the best peer's mean score at B, over B). Raw
+returns at B per task are reported too.
 
-* ``results/improvement.csv``: every curve (method, task, seed, env_steps, return, fallbacks, split, start)
-* ``results/improvement_<split>.png``: IQM curves with 95% CI bands, B marked
-* ``results/improvement.md``: method × split → IQM return at B [95% CI] and ``steps_ratio_to_ppo`` (env steps to reach
-  PPO's IQM return at B over PPO's own, same start), the guarded operator's record, the memorization audit
-  (the operator's final θ distance to its nearest training checkpoint against the distance between two PPO
-  seeds' final θ on one task, all folded into one normalizer), and the key figures as ``name: value``
+Task sets: ``validation`` (``train`` tasks from :data:`VALIDATION_START` on, outside every collection), ``test``
+and ``ood``. Writes ``results/improvement_<set>.csv`` (every curve), ``.md`` (tables), ``_figures.csv``
+(``name,value``) and ``.png`` (normalized curves), and prints the figures as ``name: value`` lines.
 
-and prints the key figures as ``name: value`` lines. It needs the operator's training dataset, which is not
-in git; recreate it (2.2 minutes on 2 cores) with::
+``--final`` runs ``test`` and ``ood`` against the best peer validation chose. Before anything runs it refuses a
+working tree with changes and a reference table lacking any of its tasks; then it appends a row (date, commit,
+settings hash, methods) to ``results/test_ledger.csv``. ``--render`` reruns nothing: it recomputes every set's
+figures from the committed curves and prints ``test_ledger_reads``. ``--quick`` (2 validation tasks × 2 seeds, B / 4,
+the methods that need nothing beyond the package's shipped files) works on a fresh clone and leaves results/ alone.
+
+    python benchmarks/improvement.py [--tasks 8] [--seeds 3] [--methods operator ars ...] [--workers 2]
+    python benchmarks/improvement.py --final [--tasks 16]
+    python benchmarks/improvement.py --render | --quick
+
+The peers that start from training checkpoints (``nearest_ars``, ``transferred_ars``) need the operator's training
+collection, which is not in git; recreate it (2.2 minutes on 2 cores) with::
 
     metaimprove collect teacher=ars teacher.n_directions=32 teacher.top_b=16 teacher.n_steps=64 teacher.lr=0.03 \
         task=halfcheetah_vel n_tasks=32 seeds=1 iterations=48 workers=2 out=runs/ars32d64s_x48
-
-(the settings of ``results/operators/halfcheetah_vel.collect.yaml``). The domain-randomized policy is shipped
-(``results/operators/halfcheetah_vel.dr.safetensors``, from ``metaimprove dr task=halfcheetah_vel n_tasks=32
-iterations=1536``); when it is missing the benchmark trains it first.
-
-    python benchmarks/improvement.py [--quick] [--dataset runs/ars32d64s_x48] [--only METHOD ...]
-
-``--render`` runs nothing and rewrites the summary, plots and figures from the committed curves. ``--only`` reruns
-just the methods named (both starts where the start matters) and replaces their rows in the
-committed ``results/improvement.csv``; every other method's rows, and the figures that need methods not rerun
-(the memorization audit needs ``operator`` and ``ppo``), are kept from ``results/improvement_figures.csv``.
-Runs are seeded, so a method's rows do not depend on which other methods ran beside it.
-
-Full run: 4 tasks × 5 seeds per split, B = 61,440 env steps per run, every method: measured 23.6 minutes of apply
-on the shared 2-core machine while a collection ran beside it (58.8 minutes for the PPO-trained operator, whose 30
-applications each cost a PPO-sized encoding). ``--quick`` (2 tasks × 3 seeds, B / 3) leaves results/ alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import datetime
+import hashlib
+import json
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from common import (
-    BUDGET,
-    DATASET,
-    OPERATORS,
-    RESULTS,
-    ROOT,
-    collect_command,
-    dataset_or_exit,
-    finals,
-    fmt,
-    verdict,
-    write_rows,
+from common import BUDGET, DATASET, OPERATORS, REFERENCE_SEEDS, RESULTS, ROOT, dataset_or_exit, reference_table
+
+from metaimprove.errors import UserError
+from metaimprove.evaluation.apply import CURVE_FIELDS, apply
+from metaimprove.evaluation.methods import METHODS as REGISTRY
+from metaimprove.evaluation.plot import plot_curves, read_curves
+from metaimprove.evaluation.protocol import ApplyConfig
+from metaimprove.evaluation.stats import (
+    PAIR_ON_INTERSECTION,
+    Curves,
+    Interval,
+    TaskScale,
+    normalize_curves,
+    pair,
+    paired_difference,
+    probability_of_improvement,
+    report_budgets,
+    score_ci,
+    step_values,
+    steps_to_best_peer,
 )
-
-from metaimprove.data.collect import load_manifest, load_shard
-from metaimprove.evaluation.apply import apply
-from metaimprove.evaluation.baselines import DRConfig, train_dr
-from metaimprove.evaluation.methods import method_names, starts_from_theta0
-from metaimprove.evaluation.plot import plot_curves, read_curves, select_splits
-from metaimprove.evaluation.protocol import ApplyConfig, start_policy
-from metaimprove.evaluation.stats import Curves, Estimate, common_grid, curve_band, iqm_ci, reach_ratio
 from metaimprove.operator.checkpoint import OperatorCheckpoint
-from metaimprove.operator.features import encode, stack
-from metaimprove.operator.runtime import BatchSchedule, Explorer, describe_warmup
-from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, fold_normalizer, load_policy
+from metaimprove.operator.runtime import BatchSchedule
 from metaimprove.sim.tasks import TaskConfig, get_family
-from metaimprove.teachers import make_teacher
+from metaimprove.storage import atomic_write_csv
 
-SPLITS = ("test", "ood")
-TRAIN_INIT = "@train_init"
-"""suffix of the methods run from the training runs' initialization"""
+FAMILY = "halfcheetah_vel"
+VALIDATION_START = 32
+"""the first validation task: the shipped operator's collection holds train tasks 0-31"""
+OPERATOR = "operator"
+NOT_PEERS = (OPERATOR, "operator_guarded", "no_update")
+"""the methods that are not peers: the operator itself, the operator behind its guard, and the floor"""
+METHODS = ["operator", "operator_guarded", "ars", "teacher_op_batch", "ppo", "ppo_tuned", "sac", "nearest_ars",
+           "transferred_ars", "dr_ars", "meta_ars", "nearest", "transferred", "dr", "meta", "no_update"]
+"""every method a run compares: the operator, each peer of evaluation v2, the zero-shot starts they fine-tune, the
+floor"""
+QUICK_METHODS = ["operator", "ars", "teacher_op_batch", "ppo_tuned", "dr_ars", "no_update"]
+"""``--quick``'s methods: those that need no collection and no SB3 run"""
+LONG_RUN = 4
+"""the operator and the best peer run to LONG_RUN × B"""
+SUBSET = (8, 2)
+"""SAC's tasks × seeds per set (the first ones): it runs up to B there only"""
+SETS = {"validation": ("train", VALIDATION_START), "test": ("test", 0), "ood": ("ood", 0)}
+"""each set of tasks: its split and its first task"""
+DR_POLICY = OPERATORS / f"{FAMILY}.dr.safetensors"
+META_POLICY = OPERATORS / f"{FAMILY}.meta.safetensors"
+LEDGER = RESULTS / "test_ledger.csv"
+LEDGER_FIELDS = ["date", "commit", "config_sha256", "methods", "tasks", "seeds", "budget"]
+CHUNK_FIELDS = ["method", "budget", "tasks", "seeds", "commit", "minutes"]
 
 
-def step_time_ratio(operator_path: str, family: str, ask_k: int, reps: int = 15) -> float:
-    """Median wall time of one operator application (encode τ + forward) on its own batch (collected as its
-    teacher explores) over one PPO update on PPO's batch, from the same policy, in this process, one thread each."""
-    torch.set_num_threads(1)
-    op, ckpt = OperatorCheckpoint.load(operator_path)
-    task = get_family(family).task("test", 0)
-    start = start_policy(ckpt, 0)
-    own = Explorer(ckpt, task, start, 0, BatchSchedule.of(ckpt, []))(start, 0)  # its full-width batch
-    ppo = make_teacher(ckpt.teacher, "ppo")
-    ppo.start(task, start, seed=0)
-    batch = ppo.collect()
-    ask = ckpt.ask(ask_k).unsqueeze(0)
-    generator = torch.Generator().manual_seed(0)
-    op_times, ppo_times = [], []
-    for _ in range(reps):
-        begin = time.perf_counter()
-        with torch.no_grad():
-            op(stack([encode(start, own, ckpt.features, generator)]), ask)
-        op_times.append(time.perf_counter() - begin)
-        ppo.start(task, start, seed=0)  # every timed update is the first one from the same start
-        begin = time.perf_counter()
-        ppo.improve(batch)
-        ppo_times.append(time.perf_counter() - begin)
-    return float(np.median(op_times) / np.median(ppo_times))
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """One apply run: one method on the first ``n_tasks`` tasks × ``seeds`` seeds of a task set, up to ``budget``."""
+
+    name: str
+    """the task set"""
+    method: str
+    budget: int
+    """env steps per run"""
+    n_tasks: int
+    seeds: int
+
+    def path(self, work: Path) -> Path:
+        """Where the chunk's curves and record are kept once it has ended."""
+        return work / self.name / f"{self.method}-{self.budget}-{self.n_tasks}x{self.seeds}"
+
+
+def outputs(name: str, where: Path = RESULTS) -> tuple[Path, Path, Path, Path]:
+    """The curves, summary, figures and plot of task set ``name``."""
+    stem = where / f"improvement_{name}"
+    return stem.with_suffix(".csv"), stem.with_suffix(".md"), Path(f"{stem}_figures.csv"), stem.with_suffix(".png")
+
+
+def task_names(name: str, n_tasks: int) -> list[str]:
+    """The first ``n_tasks`` tasks of set ``name``."""
+    split, start = SETS[name]
+    return [t.name for t in get_family(FAMILY).tasks(split, n_tasks, start=start)]
+
+
+def plan(name: str, methods: list[str], args: argparse.Namespace, long: set[str]) -> list[Chunk]:
+    """The chunks of task set ``name``: SAC on its subset to B, the methods in ``long`` to 4B, the rest to B."""
+    chunks = []
+    for method in methods:
+        if method == "sac":
+            chunks.append(Chunk(name, method, args.budget, min(SUBSET[0], args.tasks), min(SUBSET[1], args.seeds)))
+        else:
+            budget = LONG_RUN * args.budget if method in long else args.budget
+            chunks.append(Chunk(name, method, budget, args.tasks, args.seeds))
+    return chunks
+
+
+def apply_config(chunk: Chunk, args: argparse.Namespace, out: Path) -> ApplyConfig:
+    """The apply settings of ``chunk``; the files a method needs are passed only to the methods that need them."""
+    split, start = SETS[chunk.name]
+    needs = REGISTRY[chunk.method].needs
+    return ApplyConfig(operator_path=str(OPERATORS / f"{FAMILY}.safetensors"), out=str(out), task=TaskConfig(FAMILY),
+                       split=split, task_start=start, n_tasks=chunk.n_tasks, seeds=chunk.seeds, budget=chunk.budget,
+                       methods=[chunk.method], workers=args.workers,
+                       dataset=str(args.dataset) if "dataset" in needs else None,
+                       dr_policy=str(DR_POLICY) if "dr_policy" in needs else None,
+                       meta_policy=str(META_POLICY) if "meta_policy" in needs else None)
+
+
+def check(chunks: list[Chunk], args: argparse.Namespace, ckpt: OperatorCheckpoint) -> None:
+    """Before anything runs: every chunk's method can pay for one of its steps, and its files exist."""
+    for chunk in chunks:
+        method = REGISTRY[chunk.method]
+        if "dataset" in method.needs:
+            dataset_or_exit(Path(args.dataset))
+        for need, path in (("dr_policy", DR_POLICY), ("meta_policy", META_POLICY)):
+            if need in method.needs and not path.exists():
+                raise SystemExit(f"{chunk.method} needs {path.relative_to(ROOT)}, which is missing: see "
+                                 "docs/evaluation.md for the command that makes it")
+        if method.check_budget is not None:
+            try:
+                method.check_budget(apply_config(chunk, args, Path()), ckpt, chunk.budget, FAMILY)
+            except UserError as err:
+                raise SystemExit(f"{chunk.method}: {err}") from None
+
+
+def head_commit() -> str:
+    """The commit the code runs at."""
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def run_chunk(chunk: Chunk, args: argparse.Namespace) -> Path:
+    """Run ``chunk`` unless it has ended before; returns its directory (``curves.csv`` and ``chunk.json``)."""
+    done = chunk.path(args.work)
+    if (done / "chunk.json").exists():
+        return done
+    partial = done.with_name(done.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    print(f"{chunk.name}: {chunk.method} on {chunk.n_tasks} tasks × {chunk.seeds} seeds, {chunk.budget} env steps",
+          flush=True)
+    began = time.perf_counter()
+    apply(apply_config(chunk, args, partial))
+    record = {"method": chunk.method, "budget": chunk.budget, "tasks": chunk.n_tasks, "seeds": chunk.seeds,
+              "commit": head_commit(), "minutes": round((time.perf_counter() - began) / 60, 2)}
+    (partial / "chunk.json").write_text(json.dumps(record, indent=1) + "\n")
+    partial.rename(done)
+    return done
+
+
+def collate(name: str, chunks: list[Chunk], args: argparse.Namespace, target: Path) -> None:
+    """Task set ``name``'s curves from its chunks (per method, its longest chunk) and each chunk's record."""
+    longest: dict[str, Path] = {}
+    for chunk in sorted(chunks, key=lambda c: c.budget):
+        longest[chunk.method] = chunk.path(args.work)
+    rows, records = [], []
+    for method in dict.fromkeys(c.method for c in chunks):
+        mine = read_rows(longest[method])
+        for shorter in {c.path(args.work) for c in chunks if c.method == method} - {longest[method]}:
+            # Runs are seeded and never look at their budget until it stops them: a longer run's start is the
+            # shorter one, which the table's scores at B rely on.
+            short = read_rows(shorter)
+            budget = max(float(r["env_steps"]) for r in short)
+            if short != [r for r in mine if float(r["env_steps"]) <= budget]:
+                raise SystemExit(f"{method}'s runs to {budget:g} env steps differ from the start of its longer runs")
+        rows += mine
+        records.append(json.loads((longest[method] / "chunk.json").read_text()))
+    curves_csv, *_ = outputs(name, target)
+    atomic_write_csv(curves_csv, CURVE_FIELDS, rows)
+    atomic_write_csv(curves_csv.with_name(f"improvement_{name}_chunks.csv"), CHUNK_FIELDS, records)
+
+
+def read_rows(chunk: Path) -> list[dict[str, str]]:
+    """The curve rows of an ended chunk."""
+    with (chunk / "curves.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def seal(args: argparse.Namespace) -> None:
+    """Before a ``--final`` run: refuse a changed tree or missing references, then record the read in the ledger."""
+    changed = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+    if changed:
+        raise SystemExit(f"--final reads the test split only from a clean tree: {len(changed)} changed paths "
+                         f"({changed[0].strip()}, ...); commit them first")
+    for name in ("test", "ood"):
+        reference_table(task_names(name, args.tasks), REFERENCE_SEEDS)  # exits naming the tasks it lacks
+    settings = {k: str(v) for k, v in sorted(vars(args).items()) if k not in ("workers", "render", "work")}
+    row = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "commit": head_commit(),
+           "config_sha256": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest(),
+           "methods": " ".join(args.methods), "tasks": args.tasks, "seeds": args.seeds, "budget": args.budget}
+    new = not LEDGER.exists()
+    with LEDGER.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LEDGER_FIELDS, lineterminator="\n")
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def ledger_reads() -> int:
+    """How many times ``--final`` has read the test split."""
+    if not LEDGER.exists():
+        return 0
+    with LEDGER.open() as f:
+        return sum(1 for _ in csv.DictReader(f))
 
 
 # ------------------------------------------------------------------------------------------ figures
 
 
-def starts(curves: Curves) -> np.ndarray:
-    """Each run's first evaluated return, shaped like :func:`finals`."""
-    runs = curves.runs()
-    return np.array([[r[0] for _, _, r in runs[t]] for t in runs]).T
+def fmt(est: Interval) -> str:
+    """``mean [lo, hi]`` with three decimals."""
+    return f"{est.value:.3f} [{est.lo:.3f}, {est.hi:.3f}]"
 
 
-def folded(policy: Policy) -> torch.Tensor:
-    """θ folded into the identity normalizer: one coordinate system for every policy compared."""
-    return fold_normalizer(policy.spec, policy.theta.double(), policy.normalizer,
-                           ObsNormalizer.identity(policy.spec.obs_dim))
+def choose_best(scores: dict[str, dict[tuple[str, int], float]]) -> str:
+    """The selection rule: the peer with the highest mean score at B over the (task, seed) runs every peer has."""
+    peers = [m for m in scores if m not in NOT_PEERS]
+    shared = set.intersection(*(set(scores[m]) for m in peers))
+    return max(peers, key=lambda m: float(np.mean([scores[m][k] for k in shared])))  # max keeps the first of equals
 
 
-def training_snapshots(dataset: Path) -> torch.Tensor:
-    """Every θⁿ of every training run of ``dataset`` [runs × (N+1), P], folded (see :func:`folded`)."""
-    out = []
-    for entry in load_manifest(dataset):
-        tensors, meta = load_shard(dataset, entry)
-        spec = PolicySpec.from_dict(meta["policy_spec"])
-        for n in range(len(tensors["theta"])):
-            norm = ObsNormalizer(tensors["norm_mean"][n].numpy(), tensors["norm_var"][n].numpy())
-            out.append(folded(Policy(spec, tensors["theta"][n].float(), norm)))
-    return torch.stack(out)
+def deployed_at(curves: Curves, budgets: list[float]) -> dict[float, dict[tuple[str, int], float]]:
+    """Per budget, each run's score: what it deploys there, its last evaluation at or before it. A run may stop
+    short of a budget it was given (the guard's verifications leave too little for another batch); it deploys its
+    last policy then."""
+    values = {(task, seed): step_values(steps, returns, [min(b, steps[-1]) for b in budgets])
+              for task, runs in curves.runs().items() for seed, steps, returns in runs}
+    return {b: {key: float(v[i]) for key, v in values.items()} for i, b in enumerate(budgets)}
 
 
-def memorization(run_dir: Path, snapshots: torch.Tensor) -> dict[str, float]:
-    """Median distances (folded θ): operator / PPO final to the nearest training checkpoint, PPO seed to seed."""
-    def load(method: str) -> dict[str, list[torch.Tensor]]:
-        by_task: dict[str, list[torch.Tensor]] = {}
-        for path in sorted((run_dir / "policies" / method).glob("*.safetensors")):
-            by_task.setdefault(path.name.rsplit("-s", 1)[0], []).append(folded(load_policy(path)))
-        return by_task
+@dataclasses.dataclass
+class Scored:
+    """One task set's curves, normalized, with each method's scores at every budget its runs were given."""
 
-    def to_nearest(by_task: dict[str, list[torch.Tensor]]) -> float:
-        thetas = torch.stack([t for ts in by_task.values() for t in ts])
-        return float(torch.cdist(thetas, snapshots).min(1).values.median())
+    path: Path
+    """the curves file"""
+    curves: Curves
+    normalized: Curves
+    scales: dict[str, TaskScale]
+    budgets: list[float]
+    """1, 2, 4 and 8 batches, B and 4B"""
+    scores: dict[str, dict[float, dict[tuple[str, int], float]]]
+    """method -> budget -> (task, seed) -> score, for the budgets up to the one its runs were given"""
 
-    ops, ppos = load("operator"), load("ppo")
-    pairs = [float((a - b).norm()) for ts in ppos.values() for i, a in enumerate(ts) for b in ts[i + 1:]]
-    return {"operator_to_nearest_checkpoint": to_nearest(ops), "ppo_to_nearest_checkpoint": to_nearest(ppos),
-            "ppo_seed_to_seed": float(np.median(pairs))}
-
-
-# ----------------------------------------------------------------------------------------------- run
-
-
-def dr_policy(path: Path, family: str, quick: bool, scratch: Path) -> Path:
-    """The domain-randomized policy: the shipped file, or one trained now (a short one for --quick)."""
-    if path.exists():
-        return path
-    out = scratch / "dr" if quick else path.parent / "dr_run"
-    print(f"no DR policy at {path}: training it (metaimprove dr) into {out}", flush=True)
-    trained = train_dr(DRConfig(task=TaskConfig(family), iterations=64 if quick else 1536, out=str(out)))
-    if quick:
-        return trained
-    shutil.copy(trained, path)
-    shutil.copy(trained.with_suffix(".json"), path.with_suffix(".json"))
-    shutil.rmtree(out)
-    return path
+    @classmethod
+    def of(cls, path: Path, batch: float, budget: float) -> Scored:
+        """Normalize the curves in ``path`` by the reference table and score each method at its budgets."""
+        curves = read_curves([path])
+        scales = {r["task"]: TaskScale(float(r["start"]), float(r["reference"]))
+                  for r in reference_table(curves.tasks(), REFERENCE_SEEDS)}
+        normalized = normalize_curves(curves, scales)
+        budgets = sorted(set(report_budgets(batch, budget)))
+        scores = {}
+        for method in curves.methods():
+            runs = normalized.where(method=method)
+            given = LONG_RUN * budget if runs.env_steps.max() > budget else budget
+            scores[method] = deployed_at(runs, [b for b in budgets if b <= given])
+        return cls(path, curves, normalized, scales, budgets, scores)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"2 tasks × 3 seeds, B = {BUDGET // 3} env steps; results/ left alone")
-    parser.add_argument("--operator", default=str(OPERATORS / "halfcheetah_vel.safetensors"))
-    parser.add_argument("--dataset", default=str(DATASET),
-                        help="the operator's training dataset (see the module docstring for the command)")
-    parser.add_argument("--dr-policy", default=str(OPERATORS / "halfcheetah_vel.dr.safetensors"))
-    parser.add_argument("--family", default="halfcheetah_vel")
-    parser.add_argument("--tasks", type=int, default=None, help="tasks per split (default 4; quick 2)")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per task (default 5; quick 3)")
-    parser.add_argument("--budget", type=int, default=None,
-                        help=f"budget B in env steps per run (default {BUDGET}; quick {BUDGET // 3})")
-    parser.add_argument("--ask-k", type=int, default=None,
-                        help="jump size to ask for (default: the one the checkpoint records, chosen on validation "
-                             "tasks train/32-35, not on test)")
-    parser.add_argument("--guard-threshold", type=float, default=ApplyConfig.guard_threshold)
-    parser.add_argument("--guard-episodes", type=int, default=ApplyConfig.guard_episodes)
-    parser.add_argument("--guard-margin", type=float, default=ApplyConfig.guard_margin)
-    parser.add_argument("--only", nargs="+", choices=method_names(), metavar="METHOD",
-                        help="rerun only these methods; keep the other rows of results/improvement.csv")
-    parser.add_argument("--render", action="store_true",
-                        help="run nothing: rewrite summary, plots and figures from results/improvement.csv")
-    parser.add_argument("--workers", type=int, default=0)
-    args = parser.parse_args()
-    committed = bool(args.only or args.render)
-    if committed and (args.quick or not (RESULTS / "improvement.csv").exists()):
-        raise SystemExit("--only and --render work on a full run's results/improvement.csv: run the full benchmark "
-                         "first, and not with --quick")
-    n_tasks = args.tasks or (2 if args.quick else 4)
-    n_seeds = args.seeds or (3 if args.quick else 5)
-    budget = args.budget or (BUDGET // 3 if args.quick else BUDGET)
-    _, ckpt = OperatorCheckpoint.load(args.operator)
-    args.ask_k = ckpt.resolve_ask_k(args.ask_k)
-    # The teacher at the operator's batch is the teacher itself unless the operator reads a narrower batch.
-    every = [m for m in method_names() if m != "teacher_op_batch" or ckpt.features.n_envs is not None]
-    methods = [] if args.render else args.only or every
-    # Rendering runs nothing, so it needs neither the training dataset nor the DR policy.
-    dataset = Path(args.dataset) if args.render else dataset_or_exit(Path(args.dataset))
-    scratch = Path(tempfile.mkdtemp(prefix="improvement-"))
-    dr = Path(args.dr_policy) if args.render else dr_policy(Path(args.dr_policy), args.family, args.quick, scratch)
-    began = time.perf_counter()
-    rows: list[dict[str, object]] = []
-    for split in SPLITS:
-        for start in ("fresh", "train_init"):
-            chosen = methods if start == "fresh" else [m for m in methods if starts_from_theta0(m)]
-            if not chosen:
-                continue
-            out = scratch / f"{split}-{start}"
-            apply(ApplyConfig(operator_path=args.operator, out=str(out), task=TaskConfig(args.family), split=split,
-                              n_tasks=n_tasks, seeds=n_seeds, budget=budget, methods=chosen,
-                              start=start, dataset=str(dataset), dr_policy=str(dr), ask_k=args.ask_k,
-                              guard_threshold=args.guard_threshold, guard_episodes=args.guard_episodes,
-                              guard_margin=args.guard_margin, save_policies=start == "fresh",
-                              workers=args.workers))
-            with (out / "curves.csv").open() as f:
-                for row in csv.DictReader(f):
-                    dependent = starts_from_theta0(row["method"])
-                    suffix = TRAIN_INIT if start == "train_init" else ""
-                    rows.append({**row, "method": row["method"] + suffix, "split": split,
-                                 "start": start if dependent else "any"})
-    apply_minutes = (time.perf_counter() - began) / 60
-    target = scratch if args.quick else RESULTS  # only the full run is committed
-    curves_csv = target / "improvement.csv"
-    if committed:
-        rows = merged(curves_csv, rows, set(methods))
-    with curves_csv.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    curves = read_curves([curves_csv])
-    batch = BatchSchedule.of(ckpt).batch
-    present = {str(r["method"]) for r in rows}
-    labels = [label for m in method_names() for label in ((m, m + TRAIN_INIT) if starts_from_theta0(m) else (m,))
-              if label in present]
-    table: dict[tuple[str, str], tuple[Estimate, float]] = {}
-    for split in SPLITS:
-        in_split = select_splits(curves, [split])
-        plot_curves(in_split, target / f"improvement_{split}.png", budget=budget)
-        bands = {m: curve_band(in_split.where(method=m), common_grid(in_split.where(method=m))) for m in labels}
-        for label in labels:
-            ppo = "ppo" + (TRAIN_INIT if label.endswith(TRAIN_INIT) else "")
-            table[label, split] = (iqm_ci(finals(in_split.where(method=label), budget)),
-                                   reach_ratio(bands[label], bands[ppo], budget))
-    figures_csv = target / "improvement_figures.csv"
-    figures = read_figures(figures_csv) if committed else {}
-    figures.update(key_figures(curves, rows, table, budget, batch))
-    if {"operator", "ppo"} <= set(methods):
-        snapshots = training_snapshots(dataset)
-        for split in SPLITS:
-            audit = memorization(scratch / f"{split}-fresh", snapshots)
-            figures.update({f"{split}_{k}": f"{v:.2f}" for k, v in audit.items()})
-            figures[f"{split}_memorization_ratio"] = (
-                f"{audit['operator_to_nearest_checkpoint'] / audit['ppo_seed_to_seed']:.3f}")
-    if not args.render:
-        figures["operator_step_vs_ppo_update_time"] = f"{step_time_ratio(args.operator, args.family, args.ask_k):.3f}"
-    if args.only:
-        figures["rerun"] = f"{' '.join(args.only)} on {time.strftime('%Y-%m-%d')}, {apply_minutes:.1f} min of apply"
-    elif not args.render:
-        figures["apply_wall_minutes"] = f"{apply_minutes:.1f}"
-    summary = render(table, labels, figures, args, n_tasks, n_seeds, budget, ckpt.teacher["name"],
-                     BatchSchedule.of(ckpt), dataset)
-    (target / "improvement.md").write_text(summary)
-    with figures_csv.open("w", newline="") as f:
-        csv.writer(f).writerows([["name", "value"], *figures.items()])
-    if not args.quick and "operator_guarded" in methods:
-        write_rows("guarded_apply", guard_rows(figures, args))
-    for name, value in figures.items():
-        print(f"{name}: {value}")
-    print(f"outputs: {target}")
+def figures(scored: Scored, budget: float, batch: float, name: str, best: str) -> tuple[dict[str, str], list[str]]:
+    """The key figures (``name`` -> ``value``) and the summary's markdown lines of task set ``name``."""
+    scores, methods = scored.scores, list(scored.scores)
+    estimates = {m: {b: score_ci(s) for b, s in scores[m].items()} for m in methods}
+    long = LONG_RUN * budget
+    paired = pair(scores[OPERATOR][budget], scores[best][budget], PAIR_ON_INTERSECTION)
+    diff, poi = paired_difference(paired), probability_of_improvement(paired)
+    steps = steps_to_best_peer(scored.normalized.where(method=OPERATOR), scored.normalized.where(method=best), budget,
+                               PAIR_ON_INTERSECTION)
+    out = {f"best_peer_{name}": best, f"paired_vs_best_peer_{name}": fmt(diff),
+           f"probability_of_improvement_vs_best_peer_{name}": fmt(poi), f"steps_to_best_peer_{name}": fmt(steps)}
+    if long in scores[best]:
+        out[f"paired_vs_best_peer_4B_{name}"] = fmt(paired_difference(
+            pair(scores[OPERATOR][long], scores[best][long], PAIR_ON_INTERSECTION)))
+    if "sac" in scores and best != "sac":
+        out[f"paired_vs_sac_{name}"] = fmt(paired_difference(
+            pair(scores[OPERATOR][budget], scores["sac"][budget], PAIR_ON_INTERSECTION)))
+    out |= {f"score_at_B_{m}_{name}": fmt(estimates[m][budget]) for m in methods}
+    out |= {f"score_at_4B_{m}_{name}": fmt(estimates[m][long]) for m in methods if long in estimates[m]}
+    out |= {f"few_shot_2_{m}_{name}": fmt(estimates[m][2 * batch]) for m in (OPERATOR, best)}
+    out |= guard_figures(scored, budget, name)
+    labels = {b: "4B" if b == long else "B" if b == budget else f"{b / batch:g} batch{'es' if b > batch else ''}"
+              for b in scored.budgets}
+    split, start = SETS[name]
+    tasks = scored.curves.tasks()
+    lines = [f"{name.capitalize()} tasks: `{FAMILY}` `{split}` {start}–{start + len(tasks) - 1}, fresh starts, "
+             f"B = {budget:g} env steps, batches of {batch:g} (the operator's). Mean per-task normalized score (0: "
+             "the task's start return, 1: its reference return) with 95% CIs resampling tasks, then seeds. The "
+             f"operator and the best peer run to 4B; SAC runs to B on the first {SUBSET[0]} tasks × {SUBSET[1]} "
+             "seeds only; `—`: a budget the method's runs do not reach.", "",
+             f"| method | runs | {' | '.join(labels.values())} |", f"| --- | --- |{' --- |' * len(labels)}"]
+    for m in methods:
+        runs = next(iter(scores[m].values()))
+        cells = [fmt(estimates[m][b]) if b in estimates[m] else "—" for b in scored.budgets]
+        tag = " **best peer**" if m == best else ""
+        lines.append(f"| `{m}`{tag} | {len({t for t, _ in runs})} × {len(runs) // len({t for t, _ in runs})} | "
+                     f"{' | '.join(cells)} |")
+    lines += ["", f"The operator against the best peer (`{best}`, chosen on validation) at B, paired by task and seed "
+              f"({paired.n_pairs} pairs): difference {fmt(diff)}, probability of improvement {fmt(poi)}; it reaches "
+              f"the best peer's score at B in {fmt(steps)} of B (inf: not within its runs).", ""]
+    if f"paired_vs_best_peer_4B_{name}" in out:
+        lines += [f"At 4B, paired: {out[f'paired_vs_best_peer_4B_{name}']}.", ""]
+    if f"paired_vs_sac_{name}" in out:
+        lines += [f"Against `sac` at B, paired on SAC's runs: {out[f'paired_vs_sac_{name}']}.", ""]
+    lines += [f"Guard: runs ending below their start return, unguarded {out[f'operator_runs_below_start_{name}']}, "
+              f"guarded {out[f'operator_guarded_runs_below_start_{name}']}; fallbacks per guarded run "
+              f"{out[f'guard_fallbacks_per_run_{name}']}.", ""] if f"guard_fallbacks_per_run_{name}" in out else []
+    lines += ["Raw returns at B, mean over seeds:", "",
+              f"| task | start | reference | {' | '.join(f'`{m}`' for m in methods)} |",
+              f"| --- | --- | --- |{' --- |' * len(methods)}"]
+    for task in tasks:
+        cells = []
+        for m in methods:
+            finals = deployed_at(scored.curves.where(method=m, task=task), [budget])[budget]
+            cells.append(f"{np.mean(list(finals.values())):.1f}" if finals else "—")
+        lines.append(f"| {task} | {scored.scales[task].start:.1f} | {scored.scales[task].reference:.1f} | "
+                     f"{' | '.join(cells)} |")
+    return out, lines
 
 
-def guard_rows(figures: dict[str, str], args: argparse.Namespace) -> dict[str, tuple[object, str]]:
-    """The guarded operator's record as ``results/reliability.csv`` rows (name → (value, note))."""
-    setting = (f"{args.family} test+ood, fresh+train_init starts, guard_threshold {args.guard_threshold:g}, "
-               f"guard_episodes {args.guard_episodes}, guard_margin {args.guard_margin:g}")
-    return {
-        "guarded_runs_ending_below_start": (figures["operator_guarded_runs_ending_below_start"], setting),
-        "unguarded_runs_ending_below_start": (figures["operator_runs_ending_below_start"], "the same runs, no guard"),
-        "guarded_worst_final_minus_start": (figures["operator_guarded_worst_final_minus_start"], ""),
-        "guard_fallbacks_per_run": (figures["guard_fallbacks_per_run"], "rollbacks to a teacher step"),
-        "guard_rejected_env_steps_share_of_budget": (figures["guard_rejected_env_steps_share_of_budget"], ""),
-        "guard_verification_env_steps_share_of_budget": (figures["guard_verification_env_steps_share_of_budget"],
-                                                         "deterministic verification episodes"),
-    }
+def guard_figures(scored: Scored, budget: float, name: str) -> dict[str, str]:
+    """The guard's record on task set ``name``: runs ending below their start, with and without it, and fallbacks."""
+    if "operator_guarded" not in scored.scores:
+        return {}
+    out = {}
+    for method in (OPERATOR, "operator_guarded"):
+        runs = scored.curves.where(method=method).runs()
+        below = [step_values(s, r, [min(budget, s[-1])])[0] < r[0] for t in runs for _, s, r in runs[t]]
+        out[f"{method}_runs_below_start_{name}"] = f"{sum(below)}/{len(below)}"
+    last: dict[tuple[str, str], int] = {}
+    with scored.path.open() as f:
+        for row in csv.DictReader(f):  # a guarded run's rows count its fallbacks so far
+            if row["method"] == "operator_guarded":
+                last[row["task"], row["seed"]] = int(row["fallbacks"])
+    out[f"guard_fallbacks_per_run_{name}"] = f"{np.mean(list(last.values())):.2f}"
+    return out
 
 
-def merged(curves_csv: Path, rows: list[dict[str, object]], rerun: set[str]) -> list[dict[str, object]]:
-    """The committed rows of every method not in ``rerun``, then ``rows``. A column the older rows lack is a
-    count the code that wrote them did not have (such as ``guard_steps``): 0."""
-    with curves_csv.open() as f:
-        kept = [r for r in csv.DictReader(f) if r["method"].removesuffix(TRAIN_INIT) not in rerun]
-    columns = list(dict.fromkeys([*(kept[:1] or [{}])[0], *(rows[:1] or [{}])[0]]))
-    return [{c: r.get(c, 0) for c in columns} for r in [*kept, *rows]]
+def report(name: str, args: argparse.Namespace, batch: float, best: str | None, target: Path) -> dict[str, str]:
+    """Recompute task set ``name``'s summary, figures and plot from its curves; returns the figures."""
+    curves_csv, summary, figures_csv, png = outputs(name, target)
+    scored = Scored.of(curves_csv, batch, float(args.budget))
+    if best is None:
+        best = choose_best({m: s[float(args.budget)] for m, s in scored.scores.items()})
+    key, lines = figures(scored, float(args.budget), batch, name, best)
+    chunks = curves_csv.with_name(f"improvement_{name}_chunks.csv")
+    if chunks.exists():
+        with chunks.open() as f:
+            records = list(csv.DictReader(f))
+        key[f"apply_minutes_{name}"] = f"{sum(float(r['minutes']) for r in records):.1f}"
+        commits = sorted({r["commit"][:7] for r in records})
+        lines += ["", f"{len(records)} apply runs, {key[f'apply_minutes_{name}']} minutes on 2 cores, at commit"
+                  f"{'s' if len(commits) > 1 else ''} {', '.join(commits)} (`{chunks.name}`)."]
+    title = f"# Evaluation v2 on {name} tasks (`benchmarks/improvement.py`)"
+    summary.write_text("\n".join([title, "", *lines]) + "\n")
+    atomic_write_csv(figures_csv, ["name", "value"], [{"name": k, "value": v} for k, v in key.items()])
+    shown = [m for m in scored.curves.methods() if not REGISTRY[m].policy or m == "no_update"]
+    plot_curves(scored.normalized, png, methods=shown, budget=float(args.budget), value="normalized score")
+    return key
+
+
+# ----------------------------------------------------------------------------------------------- main
 
 
 def read_figures(path: Path) -> dict[str, str]:
-    """The key figures a previous full run wrote (``name,value`` rows)."""
+    """A figures file's ``name`` -> ``value``."""
     with path.open() as f:
         return {r["name"]: r["value"] for r in csv.DictReader(f)}
 
 
-def key_figures(curves: Curves, rows: list[dict[str, object]], table: dict[tuple[str, str], tuple[Estimate, float]],
-                budget: float, batch: int) -> dict[str, str]:
-    """The ``name: value`` figures: operator vs PPO per split, and the guarded operator's record."""
-    figures: dict[str, str] = {}
-    for split in SPLITS:
-        for label in ("operator", "operator_guarded"):
-            if (label, split) in table:
-                figures[f"{split}_{label}_steps_ratio_to_ppo"] = f"{table[label, split][1]:.3f}"
-        op, ppo = table["operator", split][0], table["ppo", split][0]
-        figures[f"{split}_operator_vs_ppo_at_budget"] = verdict(op, ppo)
-    for label in ("operator", "operator_guarded"):
-        runs = [curves.where(method=label + s) for s in ("", TRAIN_INIT)]
-        gain = np.concatenate([(finals(r, budget) - starts(r)).ravel() for r in runs])
-        figures[f"{label}_runs_ending_below_start"] = f"{int((gain < 0).sum())}/{gain.size}"
-        figures[f"{label}_worst_final_minus_start"] = f"{gain.min():.2f}"
-    # A guarded run's last row holds its fallback count and the env steps it spent verifying.
-    last: dict[tuple[object, ...], tuple[float, int, int]] = {}
-    for row in rows:
-        if str(row["method"]).startswith("operator_guarded"):
-            key = (row["method"], row["split"], row["task"], row["seed"])
-            steps = float(row["env_steps"])  # type: ignore[arg-type]
-            if key not in last or steps > last[key][0]:
-                last[key] = (steps, int(row["fallbacks"]), int(row["guard_steps"]))  # type: ignore[call-overload]
-    fallbacks = np.array([n for _, n, _ in last.values()])
-    verification = np.array([v for _, _, v in last.values()])
-    figures["guard_fallbacks_per_run"] = f"{fallbacks.mean():.2f}"
-    # Each fallback spends one batch on a rejected policy before the teacher's step.
-    figures["guard_rejected_env_steps_share_of_budget"] = f"{fallbacks.mean() * batch / budget:.3f}"
-    figures["guard_verification_env_steps_share_of_budget"] = f"{verification.mean() / budget:.3f}"
-    return figures
+def arguments() -> argparse.Namespace:
+    """The command line, checked: one line and exit 2 on anything it cannot run."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=None, help="tasks per set (default 8; --final 16; --quick 2)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per task (default 3; --quick 2)")
+    parser.add_argument("--budget", type=int, default=None, help=f"B in env steps per run (default {BUDGET})")
+    parser.add_argument("--methods", nargs="+", default=None, help="default: every method of METHODS")
+    parser.add_argument("--dataset", type=Path, default=DATASET, help="the operator's training collection")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "evaluation_v2",
+                        help="where each ended apply run is kept, so that a rerun resumes")
+    parser.add_argument("--workers", type=int, default=2)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--final", action="store_true", help="the test and ood splits (recorded in the ledger)")
+    mode.add_argument("--render", action="store_true", help="run nothing: recompute from the committed curves")
+    mode.add_argument("--quick", action="store_true", help="a small validation run from a fresh clone")
+    args = parser.parse_args()
+    args.tasks = args.tasks or (2 if args.quick else 16 if args.final else 8)
+    args.seeds = args.seeds or (2 if args.quick else 3)
+    args.budget = args.budget or (BUDGET // 4 if args.quick else BUDGET)
+    args.methods = args.methods or (QUICK_METHODS if args.quick else METHODS)
+    unknown = [m for m in args.methods if m not in REGISTRY]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(REGISTRY)}")
+    if OPERATOR not in args.methods or not set(args.methods) - set(NOT_PEERS):
+        raise SystemExit("--methods needs the operator and at least one peer")
+    if args.quick:
+        args.work = Path(tempfile.mkdtemp(prefix="improvement-quick-"))
+    return args
 
 
-def operator_batches(schedule: BatchSchedule, budget: int) -> str:
-    """The batches the operator collects within ``budget`` in words: their count and size, and its warm-up."""
-    batch = schedule.n_envs * schedule.n_steps
-    if not schedule.warmup:
-        return f"{schedule.batches(budget)} batches of {batch}"
-    return (f"{schedule.batches(budget)} batches: {describe_warmup(schedule.warmup)}, then {schedule.n_envs}-env "
-            f"batches of {batch}")
+def main() -> None:
+    args = arguments()
+    _, ckpt = OperatorCheckpoint.load(OPERATORS / f"{FAMILY}.safetensors")
+    batch = float(BatchSchedule.of(ckpt).batch)
+    chosen = outputs("validation")[2]
+    target = args.work if args.quick else RESULTS
+    if args.render:
+        names = [n for n in SETS if outputs(n)[0].exists()]
+    elif args.final:
+        if not chosen.exists():
+            raise SystemExit("--final compares against the best peer validation chose: run benchmarks/improvement.py "
+                             "first")
+        best = read_figures(chosen)["best_peer_validation"]
+        chunks = [c for n in ("test", "ood") for c in plan(n, args.methods, args, {OPERATOR, best})]
+        check(chunks, args, ckpt)
+        seal(args)
+        names = ["test", "ood"]
+    else:
+        names = ["validation"]
+        reference_table(task_names("validation", args.tasks), REFERENCE_SEEDS)  # exits naming the tasks it lacks
+        check(plan("validation", args.methods, args, set()), args, ckpt)
+    key: dict[str, str] = {}
+    for name in names:
+        if not args.render:
+            key |= run_set(name, args, batch, target, chosen)
+        else:
+            best = None if name == "validation" else read_figures(chosen)["best_peer_validation"]
+            key |= report(name, args, batch, best, target)
+    key["test_ledger_reads"] = str(ledger_reads())
+    for name, value in key.items():
+        print(f"{name}: {value}")
+    print(f"outputs: {target}")
 
 
-def render(table: dict[tuple[str, str], tuple[Estimate, float]], labels: list[str], figures: dict[str, str],
-           args: argparse.Namespace, n_tasks: int, n_seeds: int, budget: int, teacher: str, schedule: BatchSchedule,
-           dataset: Path) -> str:
-    """``results/improvement.md``."""
-    operator = Path(args.operator).resolve()
-    lines = [
-        "# Held-out improvement: the operator against its peers (`benchmarks/improvement.py`)",
-        "",
-        f"Operator `{operator.relative_to(ROOT) if operator.is_relative_to(ROOT) else operator}` "
-        f"(fitted to {teacher.upper()}'s pairs, asked for k = {args.ask_k}); {n_tasks} tasks × {n_seeds} seeds per "
-        f"split; budget B = {budget} env steps per run (the operator: {operator_batches(schedule, budget)}); returns "
-        "are the mean of 8 deterministic episodes. "
-        "`test`: new draws inside the training ranges; `ood`: target velocities and masses outside them. "
-        f"`@train_init`: started from the training runs' initialization instead of a fresh one. "
-        "IQM over tasks × seeds with 95% stratified-bootstrap CIs; `steps_ratio_to_ppo`: env steps to reach PPO's "
-        "IQM return at B (same start) over PPO's own (inf: never within B; 0: already there at the start; nan: PPO "
-        "ends no higher than it started, so there is nothing to reach).",
-        "",
-        "| method | test: return at B | test: steps_ratio_to_ppo | ood: return at B | ood: steps_ratio_to_ppo |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for label in labels:
-        cells = [f"{fmt(table[label, s][0])} | {table[label, s][1]:.3f}" for s in SPLITS]
-        lines.append(f"| `{label}` | {' | '.join(cells)} |")
-    lines += ["", "## Where the operator wins and loses", ""]
-    for split in SPLITS:
-        op = table["operator", split][0]
-        results = {v: [f"`{label}`" for label in labels if not label.startswith("operator") and
-                       verdict(op, table[label, split][0]) == v] for v in ("wins", "ties", "loses")}
-        lines.append(f"- `{split}`, fresh start: the operator beats {', '.join(results['wins']) or 'nothing'}; "
-                     f"ties with {', '.join(results['ties']) or 'nothing'}; loses to "
-                     f"{', '.join(results['loses']) or 'nothing'} (non-overlapping 95% CIs of the return at B).")
-    lines += [
-        "",
-        "## Guarded operator",
-        "",
-        f"After each operator step, a batch whose return falls more than {args.guard_threshold:g} below the best batch "
-        f"so far rolls the policy back to that best one and takes one {teacher.upper()} step from it instead. The run "
-        "deploys θ⁰ "
-        f"until a policy whose batch is a new best returns more than {args.guard_margin:g} above the deployed one "
-        f"on {args.guard_episodes} deterministic verification episodes (seeds of their own, never the evaluation's; "
-        "their env steps are charged to the run). Runs (both splits, both "
-        f"starts) ending below their starting return: guarded {figures['operator_guarded_runs_ending_below_start']}, "
-        f"unguarded {figures['operator_runs_ending_below_start']}; worst final − start: guarded "
-        f"{figures['operator_guarded_worst_final_minus_start']}, "
-        f"unguarded {figures['operator_worst_final_minus_start']}. "
-        f"Fallbacks per run: {figures['guard_fallbacks_per_run']}; env steps spent on rejected batches: "
-        f"{figures['guard_rejected_env_steps_share_of_budget']} of B, on verification: "
-        f"{figures['guard_verification_env_steps_share_of_budget']} of B.",
-        "",
-        "## Memorization audit",
-        "",
-        "Distances between policies as parameter vectors, after folding every normalizer into the identity one "
-        "(so each θ is the same function of raw observations). A weight generator that recalls training "
-        "checkpoints ends much nearer to one than two PPO runs on one task end to each other.",
-        "",
-        "| split | operator final → nearest training checkpoint | PPO final → nearest training checkpoint | "
-        "PPO seed ↔ PPO seed, same task | ratio operator / PPO seeds |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for split in SPLITS:
-        lines.append(f"| {split} | {figures[f'{split}_operator_to_nearest_checkpoint']} | "
-                     f"{figures[f'{split}_ppo_to_nearest_checkpoint']} | {figures[f'{split}_ppo_seed_to_seed']} | "
-                     f"{figures[f'{split}_memorization_ratio']} |")
-    lines += ["", "## Key figures", "", "```"] + [f"{k}: {v}" for k, v in figures.items()] + ["```", ""]
-    lines += [f"Curves: `improvement.csv`, `improvement_test.png`, `improvement_ood.png`. Training dataset: "
-              f"`{dataset.name}` (not in git; `{collect_command()}` recreates it)."]
-    return "\n".join(lines) + "\n"
+def run_set(name: str, args: argparse.Namespace, batch: float, target: Path, chosen: Path) -> dict[str, str]:
+    """Run task set ``name``'s chunks (validation: every method to B, then the operator and the best peer it
+    chose to 4B) and report it."""
+    if name == "validation":
+        chunks = plan(name, args.methods, args, set())
+        for chunk in chunks:
+            run_chunk(chunk, args)
+        collate(name, chunks, args, target)
+        best = report(name, args, batch, None, target)[f"best_peer_{name}"]
+        chunks += plan(name, [OPERATOR, best], args, {OPERATOR, best})
+    else:
+        best = read_figures(chosen)["best_peer_validation"]
+        chunks = plan(name, args.methods, args, {OPERATOR, best})
+    for chunk in chunks:
+        run_chunk(chunk, args)
+    collate(name, chunks, args, target)
+    return report(name, args, batch, best, target)
 
 
 if __name__ == "__main__":

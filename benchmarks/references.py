@@ -17,7 +17,16 @@ import csv
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
 
-from common import BUDGET, OPERATORS, REFERENCE_METHODS, REFERENCE_RUNS, RESULTS, fresh_start_run, reference_table
+from common import (
+    BUDGET,
+    OPERATORS,
+    REFERENCE_METHODS,
+    REFERENCE_RUNS,
+    REFERENCE_SEEDS,
+    RESULTS,
+    fresh_start_run,
+    reference_table,
+)
 
 from metaimprove.operator.checkpoint import OperatorCheckpoint
 from metaimprove.sim.envs import AnyTask
@@ -70,7 +79,7 @@ def main() -> None:
     parser.add_argument("--validation", type=int, default=8, help="validation tasks (train tasks 32, 33, ...)")
     parser.add_argument("--test", type=int, default=16, help="test tasks")
     parser.add_argument("--ood", type=int, default=16, help="ood tasks")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per task and method")
+    parser.add_argument("--seeds", type=int, default=REFERENCE_SEEDS, help="seeds per task and method")
     parser.add_argument("--budget", type=int, default=BUDGET, help="B; reference runs are LONG_RUN × B long")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import re
 import sys
 from pathlib import Path
 
@@ -324,8 +323,8 @@ def _tune_ppo_line(rows: list[dict[str, str]]) -> str:
     ci = {r["setting"]: r["ci"] for r in rows}
     best = max(rows, key=lambda r: float(r["normalized_score"]))
     return (f"- **PPO is a weak peer at its defaults**: on validation tasks its normalized score at B is "
-            f"{ci['default']}; tuned there (`{best['setting']}`) it is {ci[best['setting']]}. The held-out lines "
-            "above compare against PPO at its defaults; the tuned PPO (`ppo_tuned`) has not been run on them yet. "
+            f"{ci['default']}; tuned there (`{best['setting']}`) it is {ci[best['setting']]}, and evaluation v2 "
+            "runs the tuned one (`ppo_tuned`). "
             "From [`benchmarks/tune_ppo.py`](benchmarks/tune_ppo.py); details on the [results page](docs/results.md).")
 
 
@@ -410,42 +409,52 @@ def _latest_throughput() -> dict[str, str]:
     return {r["name"]: r["value"] for r in rows if r["date"] == last}
 
 
-def _improvement() -> list[str]:
-    """``results/improvement.md`` (written by ``benchmarks/improvement.py``), its headings moved under the section's."""
-    path = RESULTS / "improvement.md"
-    if not path.exists():
-        return []
-    lines = []
-    for line in path.read_text().splitlines():
-        lines.append("##" + line if line.startswith("#") else line)
-    lines[0] = lines[0].replace("(`benchmarks/improvement.py`)", f"({_script('benchmarks/improvement.py')})")
-    lines[2:2] = _produced("improvement.md")
-    figures = [f"![improvement curves, {split}]({_result(f'improvement_{split}.png')})" for split in ("test", "ood")
-               if (RESULTS / f"improvement_{split}.png").exists()]
-    return [*lines, "", *figures, ""]
+TASK_SETS = ("validation", "test", "ood")
+"""evaluation v2's task sets, in the order the page shows them"""
 
 
-def _peers() -> list[str]:
-    """``results/peers_validation.md`` (written by ``benchmarks/peers.py``), its heading moved under the section's."""
-    path = RESULTS / "peers_validation.md"
+def _markdown_section(name: str, script: str) -> list[str]:
+    """``results/<name>`` (a script's markdown summary), its headings moved under the section's, with its
+    provenance."""
+    path = RESULTS / name
     if not path.exists():
         return []
     lines = ["##" + line if line.startswith("#") else line for line in path.read_text().splitlines()]
-    lines[0] = lines[0].replace("(`benchmarks/peers.py`)", f"({_script('benchmarks/peers.py')})")
-    lines[2:2] = _produced("peers_validation.md")
-    return [*lines, ""]
+    lines[0] = lines[0].replace(f"(`{script}`)", f"({_script(script)})")
+    lines[2:2] = _produced(name)
+    return lines
 
 
-def _peers_line(figures: dict[str, str]) -> str:
-    """One headline line: the operator against the best peer on validation tasks (``benchmarks/peers.py``)."""
-    best = figures["best_peer_validation"]
-    return (f"- **Evaluation v2, validation tasks** (per-task normalized scores, paired): the best peer at B is "
-            f"`{best}` ({figures[f'score_at_B_{best}_validation']}); the operator scores "
-            f"{figures['score_at_B_operator_validation']}, a paired difference of "
-            f"{figures['paired_vs_best_peer_validation']}, and reaches the best peer's score at B in "
-            f"{figures['steps_to_best_peer_validation']} of B; after 2 batches it scores "
-            f"{figures['few_shot_2_operator_validation']} against {figures[f'few_shot_2_{best}_validation']}. "
-            "From [`benchmarks/peers.py`](benchmarks/peers.py); details on the [results page](docs/results.md).")
+def _improvement() -> list[str]:
+    """Evaluation v2 (``benchmarks/improvement.py``): each task set's summary and its normalized curves."""
+    out = []
+    for name in TASK_SETS:
+        lines = _markdown_section(f"improvement_{name}.md", "benchmarks/improvement.py")
+        if lines:
+            png = f"improvement_{name}.png"
+            out += [*lines, "", f"![normalized curves, {name} tasks]({_result(png)})", ""]
+    return out
+
+
+def _improvement_v1() -> list[str]:
+    """Evaluation v1 (``research/improvement_v1.py``): IQM raw returns, the guard and the memorization audit."""
+    lines = _markdown_section("improvement_v1.md", "research/improvement_v1.py")
+    figures = [f"![evaluation v1, {split}]({_result(f'improvement_v1_{split}.png')})" for split in ("test", "ood")
+               if (RESULTS / f"improvement_v1_{split}.png").exists()]
+    return [*lines, "", *figures, ""] if lines else []
+
+
+def _improvement_line(figures: dict[str, str], name: str, what: str) -> str:
+    """One headline line: the operator against the best peer on task set ``name`` (``benchmarks/improvement.py``)."""
+    best = figures[f"best_peer_{name}"]
+    long = figures.get(f"paired_vs_best_peer_4B_{name}")
+    return (f"- **{what}** (per-task normalized scores, 0 = start, 1 = reference; paired by task and seed): the best "
+            f"peer, chosen on validation, is `{best}` at {figures[f'score_at_B_{best}_{name}']} at B; the operator "
+            f"scores {figures[f'score_at_B_operator_{name}']}, a paired difference of "
+            f"{figures[f'paired_vs_best_peer_{name}']}{f' (at 4B: {long})' if long else ''}, and reaches the best "
+            f"peer's score at B in {figures[f'steps_to_best_peer_{name}']} of B; after 2 batches it scores "
+            f"{figures[f'few_shot_2_operator_{name}']} against {figures[f'few_shot_2_{best}_{name}']}. From "
+            "[`benchmarks/improvement.py`](benchmarks/improvement.py); details on the [results page](docs/results.md).")
 
 
 def _task_diversity() -> list[str]:
@@ -513,55 +522,19 @@ def page() -> str:
     for stem, ours, reference in (("teacher_vs_sb3", "PPO", "Stable-Baselines3's PPO"),
                                   ("ars_vs_sb3", "ARS", "sb3-contrib's ARS")):
         out += _teacher_check(stem, ours, reference)
-    out += _task_diversity() + _family_cost() + _throughput() + _reliability() + _improvement() + _families()
-    out += _tune_ppo() + _peers()
+    out += _improvement() + _tune_ppo() + _families()
+    out += _task_diversity() + _family_cost() + _throughput() + _reliability()
     out += ["## Settled studies", "",
             f"Each study's question, answer and command: {_script('research/README.md')}; its finding in one "
             "paragraph: [findings](findings.md).", ""]
     out += _scaling()
     for name in ABLATION_TABLES:
         out += _ablations(name)
-    out += _confirm_choice() + _step_geometry() + _update_rules() + _privileged_targets()
+    out += _confirm_choice() + _step_geometry() + _update_rules() + _privileged_targets() + _improvement_v1()
     return "\n".join(out).rstrip() + "\n"
 
 
 # -------------------------------------------------------------------------------------- the headline
-
-
-def _improvement_table(text: str) -> dict[str, list[str]]:
-    """method -> the cells of ``results/improvement.md``'s table (test return, test ratio, ood return, ood ratio)."""
-    table = {}
-    for line in text.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| `") and len(cells) == 5:
-            table[cells[0].strip("`")] = cells[1:]
-    return table
-
-
-def _verdict(text: str, split: str, method: str) -> str:
-    """The operator's recorded verdict against ``method`` on ``split`` from a fresh start (``wins``, ``ties`` or
-    ``loses``: non-overlapping 95% CIs), from ``results/improvement.md``'s "Where the operator wins and loses"."""
-    line = next(line for line in text.splitlines() if line.startswith(f"- `{split}`, fresh start:"))
-    beats, ties, loses = line.split("; ")
-    return next(v for v, part in (("wins", beats), ("ties", ties), ("loses", loses)) if f"`{method}`" in part)
-
-
-VERBS = {"wins": "beats", "ties": "ties with", "loses": "loses to"}
-"""a verdict of the operator against a peer, as the verb of a headline line"""
-
-
-def _split_line(text: str, figures: dict[str, str], split: str, what: str) -> str:
-    """One headline line: the operator against PPO and ARS on ``split`` (``benchmarks/improvement.py``)."""
-    table = _improvement_table(text)
-    budget = re.search(r"budget B = (\d+) env steps", text)
-    runs = re.search(r"(\d+) tasks × (\d+) seeds per split", text)
-    column = 0 if split == "test" else 2
-    return (f"- **{what}** (`halfcheetah_vel` `{split}` tasks, fresh starts, B = {budget and budget[1]} env steps, "
-            f"{runs and f'{runs[1]} tasks × {runs[2]} seeds'}): the operator's IQM return at B, "
-            f"{table['operator'][column]}, **{VERBS[_verdict(text, split, 'ppo')]}** PPO's {table['ppo'][column]} "
-            f"and **{VERBS[_verdict(text, split, 'ars')]}** ARS's {table['ars'][column]} (95% CIs), and it reaches "
-            f"PPO's return at B in {figures[f'{split}_operator_steps_ratio_to_ppo']} of PPO's env steps. From "
-            "[`benchmarks/improvement.py`](benchmarks/improvement.py); details on the [results page](docs/results.md).")
 
 
 def _family_line(rows: list[dict[str, str]]) -> str:
@@ -581,22 +554,21 @@ def _family_line(rows: list[dict[str, str]]) -> str:
 
 def headline() -> str:
     """The README's headline lines, between the markers."""
-    text = (RESULTS / "improvement.md").read_text()
-    figures = _summary(RESULTS / "improvement_figures.csv")
-    lines = [_split_line(text, figures, "test", "Held-out tasks"),
-             _split_line(text, figures, "ood", "Out of the training ranges")]
-    families = _rows("families.csv")
-    if families:
-        lines.append(_family_line(families))
+    lines = []
+    for name, what in (("validation", "Validation tasks"), ("test", "Held-out test tasks"),
+                       ("ood", "Out of the training ranges")):
+        figures = _summary(RESULTS / f"improvement_{name}_figures.csv")
+        if figures:
+            lines.append(_improvement_line(figures, name, what))
+    reads = len(_rows("test_ledger.csv"))
+    lines.append(f"- **Sealed test split**: read {reads} time{'' if reads == 1 else 's'}, each through "
+                 "`benchmarks/improvement.py --final` and recorded in `results/test_ledger.csv`.")
     tuned = _rows("tune_ppo_summary.csv")
     if tuned:
         lines.append(_tune_ppo_line(tuned))
-    if (RESULTS / "peers_validation_figures.csv").exists():
-        lines.append(_peers_line(_summary(RESULTS / "peers_validation_figures.csv")))
-    reads = len(_rows("test_ledger.csv"))
-    lines.append(f"- **Sealed test split**: read {reads} time{'' if reads == 1 else 's'} through "
-                 "`benchmarks/peers.py --final`, each read a row of `results/test_ledger.csv`; the held-out lines "
-                 "above come from `benchmarks/improvement.py` and predate the ledger.")
+    families = _rows("families.csv")
+    if families:
+        lines.append(_family_line(families))
     return "\n".join(lines) + "\n"
 
 

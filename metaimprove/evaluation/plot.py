@@ -212,8 +212,10 @@ def build_figure(
     reps: int = 2_000,
     seed: int = 0,
     per_split: bool = False,
+    value: str = "return",
 ) -> Figure:
-    """The improvement-curve figure: one panel over all tasks, one per task, or one per split."""
+    """The improvement-curve figure: one panel over all tasks, one per task, or one per split; ``value`` names what
+    the curves hold (raw returns, or normalized scores)."""
     if per_task and per_split:
         raise UserError("per_task and per_split both set the panels; choose one")
     available = curves.methods()
@@ -263,7 +265,7 @@ def build_figure(
             ax.tick_params(labelbottom=True)
             ax.set_xlabel("environment steps")
     for ax in axes[::n_cols]:
-        ax.set_ylabel("return")
+        ax.set_ylabel(value)
 
     # One legend for the figure: the same method has the same color in every panel.
     runs = {name: _run_count(curves.where(method=name)) for name in methods}
@@ -273,7 +275,7 @@ def build_figure(
     per_row = 2 if n_cols == 1 else 4
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), per_row), frameon=False, fontsize=9)
     fig.suptitle(
-        "Return vs environment steps\n"
+        f"{value.capitalize()} vs environment steps\n"
         f"line: IQM over {'seeds' if per_task else 'tasks and seeds'}, shaded: 95% stratified bootstrap CI",
         fontsize=10,
     )
@@ -320,6 +322,7 @@ def plot_curves(
     reps: int = 2_000,
     seed: int = 0,
     per_split: bool = False,
+    value: str = "return",
 ) -> list[Path]:
     """Draw the improvement curves and write ``out`` as PNG (plus PDF if asked); returns the files written.
 
@@ -330,7 +333,7 @@ def plot_curves(
     out = Path(out)
     stem = out / "curves" if out.is_dir() else out.with_suffix("") if out.suffix.lower() in (".png", ".pdf") else out
     fig = build_figure(curves, per_task=per_task, methods=methods, budget=budget, reps=reps, seed=seed,
-                       per_split=per_split)
+                       per_split=per_split, value=value)
     written = []
     for fmt in ("png", "pdf") if pdf else ("png",):
         target = stem.parent / f"{stem.name}.{fmt}"

@@ -89,3 +89,16 @@ def test_pretrained_policies_fine_tuned_by_ars_start_where_their_selection_left_
     assert curve["nearest_ars"][0] == curve["nearest"][0]
     assert [s for s, _ in curve["nearest_ars"]] == list(range(0, 1280 + 1, 128))
     assert len({r for _, r in curve["nearest_ars"]}) > 1  # ARS moved it
+
+
+@pytest.mark.parametrize("method", ["operator", "ars", "teacher_op_batch"])
+def test_a_longer_budget_extends_a_run_without_changing_its_start(ars_operator: pathlib.Path, tmp_path: pathlib.Path,
+                                                                   method: str) -> None:
+    """These runs are seeded and never look ahead at their budget: a run to 2B starts as the run to B, row for row
+    (the benchmark reads their scores at B from runs to 4B). The guarded operator does look: it skips verifications
+    that would not fit in what is left."""
+    rows = {n: curve_rows(apply(apply_config(ars_operator, tmp_path / str(n), methods=[method], seeds=1,
+                                             applications=n)).parent) for n in (3, 6)}
+    end = max(int(r["env_steps"]) for r in rows[3])
+    assert len(rows[6]) > len(rows[3])
+    assert [r for r in rows[6] if int(r["env_steps"]) <= end] == rows[3]
