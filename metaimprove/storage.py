@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import hashlib
 import io
 import json
 import os
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +70,43 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         os.close(dir_fd)
 
 
+@contextlib.contextmanager
+def exclusive(root: str | os.PathLike[str], stage: str) -> Iterator[None]:
+    """Hold an exclusive lock on the directory ``root`` while ``stage`` writes into it, so that two processes never
+    write one run directory (one-line :class:`UserError` for the second); the lock goes with the process."""
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{root} is being written by another process ({stage} refuses to share it); "
+                            "wait for it to finish or choose another out= directory") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def to_json_bytes(obj: Any) -> bytes:
     """Canonical JSON (sorted keys, no NaN/Infinity) of ``obj``; a one-line UserError if it has none."""
     try:
         return (json.dumps(obj, sort_keys=True, indent=1, allow_nan=False) + "\n").encode()
     except (TypeError, ValueError) as exc:
         raise UserError(f"metadata is not plain JSON ({exc}); use str keys and finite numbers, lists, dicts") from exc
+
+
+def plain_json(obj: Any) -> Any:
+    """``obj`` as plain JSON types (tuples become lists), so that it compares equal to its saved form."""
+    return json.loads(to_json_bytes(obj))
+
+
+def differences(old: Any, new: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """Every ``(dotted key, old value, new value)`` where two nested dicts of settings differ (a key one lacks reads
+    as None there)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            yield from differences(old.get(key), new.get(key), f"{prefix}{key}.")
+    elif old != new:
+        yield prefix.rstrip("."), old, new
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> str:

@@ -6,7 +6,9 @@ as ``from tests.helpers import ...``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import hashlib
 import json
 import os
@@ -14,6 +16,7 @@ import pathlib
 import pickle
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import torch
 
@@ -105,6 +108,18 @@ def apply_config(operator_path: pathlib.Path, out: pathlib.Path, **changes: obje
                                        eval_episodes=1, workers=1)
     settings.update(changes)
     return ApplyConfig(**settings)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def held_by_another_process(out: pathlib.Path) -> Iterator[pathlib.Path]:
+    """The directory ``out`` (made if missing) locked as a running stage locks its run directory."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield out
+    finally:
+        os.close(fd)
 
 
 def curve_rows(run_dir: pathlib.Path) -> list[dict[str, str]]:

@@ -1,8 +1,9 @@
 """The package's imports point down the pipeline and never form a cycle.
 
 Every module of ``metaimprove/`` has a rank, its place in the pipeline: the foundations (``errors``, ``storage``,
-``seeds``) < ``sim`` and the package's ``__init__`` (which registers the families' gymnasium ids) < ``interop`` <
-``teachers`` < ``data`` < ``operator`` < ``training`` < ``evaluation`` < ``config`` < ``cli``, ``pipeline``, ``api``.
+``seeds``, ``loggers``) < ``sim`` and the package's ``__init__`` (which registers the families' gymnasium ids) <
+``interop`` < ``teachers`` < ``data`` < ``operator`` < ``training`` < ``evaluation`` < ``config`` < ``cli``,
+``pipeline``, ``api``.
 The package re-exports ``api``'s names lazily, by name (PEP 562 ``__getattr__``), which is no import statement:
 tests/test_api.py checks that ``import metaimprove`` loads none of it. A module imports only from its own rank or
 lower ones, and no chain of imports leads back to where it started. Every import counts, the ones inside functions
@@ -19,7 +20,7 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "metaimprove"
 
 RANKS = {
-    "errors": 0, "storage": 0, "seeds": 0,
+    "errors": 0, "storage": 0, "seeds": 0, "loggers": 0,
     "__init__": 1, "sim": 1,
     "interop": 2,
     "teachers": 3,

@@ -70,8 +70,6 @@ class ARS(Teacher):
             raise UserError(f"ARS top_b must lie in [1, n_directions={cfg.n_directions}], got {cfg.top_b}")
         if not (cfg.lr > 0 and cfg.noise_std > 0 and math.isfinite(cfg.lr) and math.isfinite(cfg.noise_std)):
             raise UserError(f"ARS lr and noise_std must be positive and finite, got {cfg.lr} and {cfg.noise_std}")
-        self.last_stats: dict[str, float] = {}
-        """diagnostics of the last update: return_std (σ_R), step_size (α/(b·σ_R + 1e-6)), step_norm"""
         self._collector: Collector | None = None
         self._policy: Policy | None = None
 

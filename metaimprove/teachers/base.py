@@ -4,8 +4,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from metaimprove.errors import UserError
 from metaimprove.sim.envs import AnyTask
@@ -31,12 +32,17 @@ class ImprovementRecord:
     """mean return of τⁿ's completed episodes"""
     env_steps: int
     """environment steps used so far, τⁿ included"""
+    stats: dict[str, float] = field(default_factory=dict)
+    """the teacher's diagnostics of this update (:attr:`Teacher.last_stats`), for the logs"""
 
 
 class Teacher:
     """Base of the teachers: ``start`` on a task from a policy, then ``improve`` from each batch."""
 
     name: str = "teacher"
+    last_stats: Mapping[str, float] = MappingProxyType({})
+    """diagnostics of the last update (PPO: approx_kl, clip_fraction, explained_variance, std; ARS: return_std,
+    step_size, step_norm); a teacher without any leaves it empty"""
 
     @property
     def batch_shape(self) -> tuple[int, int]:
@@ -86,7 +92,7 @@ class Teacher:
             exp = self.collect()
             steps += exp.n_steps
             after = _snapshot(self.improve(exp))
-            yield ImprovementRecord(task, n, before, exp, after, exp.mean_return, steps)
+            yield ImprovementRecord(task, n, before, exp, after, exp.mean_return, steps, dict(self.last_stats))
 
 
 def _snapshot(policy: Policy) -> Policy:

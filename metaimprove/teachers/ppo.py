@@ -122,8 +122,6 @@ class PPO(Teacher):
         cfg = self.config
         if cfg.n_envs < 1 or cfg.n_steps < 1 or cfg.n_epochs < 1 or cfg.minibatch_size < 1:
             raise UserError(f"PPO needs n_envs, n_steps, n_epochs, minibatch_size >= 1, got {cfg}")
-        self.last_stats: dict[str, float] = {}
-        """diagnostics of the last update: approx_kl, clip_fraction, explained_variance, std"""
         self._collector: Collector | None = None
         self._policy: Policy | None = None
 

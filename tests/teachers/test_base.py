@@ -1,4 +1,5 @@
-"""What every teacher does: explore(θ) collects the teacher's own batch from a policy that is not its own."""
+"""What every teacher does: explore(θ) collects the teacher's own batch from a policy that is not its own; each update
+records the teacher's diagnostics."""
 
 from __future__ import annotations
 
@@ -57,3 +58,14 @@ def test_a_teacher_option_extends_a_registered_teacher(tmp_path: pathlib.Path, m
         teacher_option("orphan")
     with pytest.raises(UserError, match="no teacher option 'missing'"):
         teacher_option("missing")
+
+
+@pytest.mark.parametrize(("teacher", "diagnostics"), [
+    (PPO(SMALL), {"approx_kl", "clip_fraction", "explained_variance", "std"}),
+    (ARS(ARS_SMALL), {"return_std", "step_size", "step_norm"}),
+])
+def test_each_update_record_carries_the_teachers_diagnostics(teacher: PPO | ARS, diagnostics: set[str]) -> None:
+    records = list(teacher.run(default_task("halfcheetah_vel"), fresh_policy(0), 2, seed=0))
+    assert [set(r.stats) for r in records] == [diagnostics] * 2
+    assert records[-1].stats == teacher.last_stats and records[0].stats != records[1].stats
+    assert all(isinstance(v, float) for r in records for v in r.stats.values())
