@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
-import json
+import logging
 import os
 import random
 import re
@@ -30,10 +29,10 @@ import numpy as np
 import torch
 import yaml
 from omegaconf import MISSING
-from tqdm import tqdm
 
 from metaimprove import __version__
 from metaimprove.errors import UserError
+from metaimprove.loggers import CsvTable, Metrics, check_logger, progress, read_rows, run_log
 from metaimprove.sim.envs import mujoco_log
 from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params
 from metaimprove.sim.rollout import Simulator
@@ -42,11 +41,13 @@ from metaimprove.storage import (
     TEMP_SUFFIX,
     atomic_write_bytes,
     atomic_write_json,
+    differences,
+    exclusive,
     load_tensors,
     meta_path,
+    plain_json,
     read_json,
     save_tensors,
-    to_json_bytes,
 )
 from metaimprove.teachers import ImprovementRecord, Teacher, teacher_class
 
@@ -54,16 +55,20 @@ FORMAT = "metaimprove-dataset"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.yaml"
 MANIFEST = "manifest.json"
+TEACHER_LOG = "teacher.csv"
+"""every update of every finished run: its env steps, batch return and the teacher's diagnostics"""
 SHARD_DIR = "shards"
 # What a CLI run may leave in a directory before the collection config exists there.
 RUN_LEFTOVERS = {".hydra", "MUJOCO_LOG.TXT"}
 ENTRY_KEYS = ("shard", "task_name", "task", "teacher", "seed", "iterations", "sha256")
 EXECUTORS = ("local", "ray")
 # Settings that decide where and how fast runs execute, never what they produce: not part of config.yaml.
-EXECUTION_SETTINGS = ("out", "workers", "executor", "ray")
+EXECUTION_SETTINGS = ("out", "workers", "executor", "ray", "logger")
 # A Ray task whose worker process dies (a node lost, OOM-killed) is rerun this many times; its shard
 # path is fixed by the run and written atomically, so a rerun replaces, never duplicates, its files.
 RAY_MAX_RETRIES = 3
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -104,6 +109,8 @@ class CollectConfig:
     """executor=ray: the cluster (ray.address=auto|host:port; unset: a Ray instance on this machine)"""
     out: str = MISSING
     """dataset directory, also the run directory (default runs/collect/<date>_<time>); rerun to resume"""
+    logger: str = "csv"
+    """where the teachers' diagnostics go besides teacher.csv: csv (nowhere more), tensorboard or wandb"""
 
     def __post_init__(self) -> None:
         checks = [
@@ -122,6 +129,7 @@ class CollectConfig:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        check_logger(self.logger)
 
 
 @dataclass
@@ -146,6 +154,10 @@ class Run:
     def shard(self) -> str:
         """Path of its shard relative to the dataset directory."""
         return f"{SHARD_DIR}/{self.family}-{self.split}-{self.index:04d}-s{self.seed}.safetensors"
+
+
+_Finished = tuple[dict[str, Any], list[dict[str, Any]]]
+"""a finished run: its manifest entry and its rows of ``teacher.csv``"""
 
 
 @dataclass(frozen=True)
@@ -184,8 +196,8 @@ def collect(cfg: CollectConfig) -> None:
     teacher_config = _as_declared(cfg.teacher)
     # Built once here so that a bad teacher config is refused before anything is written.
     steps_per_update = teacher_cls(teacher_config).steps_per_update
-    settings = _plain({key: value for key, value in dataclasses.asdict(cfg).items() if key not in EXECUTION_SETTINGS}
-                      | {"teacher": dataclasses.asdict(teacher_config), "teacher_name": teacher_cls.name})
+    settings = plain_json({k: v for k, v in dataclasses.asdict(cfg).items() if k not in EXECUTION_SETTINGS}
+                          | {"teacher": dataclasses.asdict(teacher_config), "teacher_name": teacher_cls.name})
     root = Path(cfg.out).absolute()
     runs = plan(cfg)
     if root.exists():
@@ -194,7 +206,7 @@ def collect(cfg: CollectConfig) -> None:
     session = _ray_session(cfg.ray.address) if cfg.executor == "ray" else contextlib.nullcontext()
     with session:
         root.mkdir(parents=True, exist_ok=True)
-        with _exclusive(root):
+        with exclusive(root, "collect"):
             _check_config(root, settings)
             if not (root / CONFIG_FILE).exists():
                 atomic_write_bytes(root / CONFIG_FILE, yaml.safe_dump(settings, sort_keys=False).encode())
@@ -202,18 +214,46 @@ def collect(cfg: CollectConfig) -> None:
             todo = [run for run in runs if run.shard not in done]
             jobs = [_Job(run, str(root), teacher_cls, teacher_config, cfg.iterations, tuple(cfg.hidden))
                     for run in todo]
-            if jobs:
-                progress = _Progress(steps_per_update * cfg.iterations, len(runs) - len(todo), len(runs))
-                if cfg.executor == "ray":
-                    finished = _execute_ray(jobs, progress)
-                else:
-                    finished = _execute(jobs, min(cfg.workers or os.cpu_count() or 1, len(jobs)), progress)
-                with contextlib.closing(finished):
-                    for entry in finished:
-                        done[entry["shard"]] = entry
-                        _write_manifest(root, [done[run.shard] for run in runs if run.shard in done])
-    skipped = f" ({len(runs) - len(todo)} were already done)" if len(todo) < len(runs) else ""
-    print(f"collected {len(todo)} runs{skipped}: {len(runs)} shards in {root}")
+            with run_log(root, "collect"), Metrics(root, cfg.logger, "collect", settings) as metrics:
+                if jobs:
+                    bar = _Progress(steps_per_update * cfg.iterations, len(runs) - len(todo), len(runs))
+                    if cfg.executor == "ray":
+                        finished = _execute_ray(jobs, bar)
+                    else:
+                        finished = _execute(jobs, min(cfg.workers or os.cpu_count() or 1, len(jobs)), bar)
+                    teacher_log = _TeacherLog(root, set(done))
+                    with contextlib.closing(finished):
+                        for entry, updates in finished:
+                            # The diagnostics before the manifest: a run the manifest lists has all its rows.
+                            teacher_log.append(updates)
+                            done[entry["shard"]] = entry
+                            _write_manifest(root, [done[run.shard] for run in runs if run.shard in done])
+                            for row in updates:
+                                metrics.log(f"{entry['task_name']}/s{entry['seed']}", row, int(row["env_steps"]))
+                skipped = f" ({len(runs) - len(todo)} were already done)" if len(todo) < len(runs) else ""
+                log.info(f"collected {len(todo)} runs{skipped}: {len(runs)} shards in {root}")
+
+
+class _TeacherLog:
+    """``teacher.csv`` of a dataset: one row per update of every finished run, appended as runs finish. Rows of runs
+    the manifest does not list (an interrupted collection's) are dropped when it resumes."""
+
+    def __init__(self, root: Path, done: set[str]) -> None:
+        self.path = root / TEACHER_LOG
+        kept = [row for row in read_rows(self.path) if row.get("shard") in done]
+        self.table: CsvTable | None = None
+        if kept:
+            self.table = CsvTable(self.path, list(kept[0]))
+            self.table.reset(kept)
+        else:
+            self.path.unlink(missing_ok=True)
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        """Add one finished run's rows."""
+        if self.table is None:
+            self.table = CsvTable(self.path, list(rows[0]))
+            self.table.reset()
+        self.table.append(rows)
 
 
 class _Progress:
@@ -221,8 +261,8 @@ class _Progress:
 
     def __init__(self, steps_per_run: int, already: int, total: int) -> None:
         self.steps_per_run, self.finished, self.total = steps_per_run, already, total
-        self.bar = tqdm(total=steps_per_run * (total - already), unit="step", unit_scale=True, dynamic_ncols=True,
-                        desc=f"collect: {already}/{total} runs")
+        self.bar = progress(total=steps_per_run * (total - already), unit="step", unit_scale=True,
+                            desc=f"collect: {already}/{total} runs")
 
     def run_done(self, steps: int = 0) -> None:
         """Count one finished run (and ``steps`` of it that were not reported while it ran)."""
@@ -231,20 +271,20 @@ class _Progress:
         self.bar.set_description(f"collect: {self.finished}/{self.total} runs")
 
 
-def _execute(jobs: list[_Job], workers: int, progress: _Progress) -> Generator[dict[str, Any], None, None]:
-    """Run ``jobs`` on a process pool; yield each finished run's manifest entry as it completes."""
+def _execute(jobs: list[_Job], workers: int, progress: _Progress) -> Generator[_Finished, None, None]:
+    """Run ``jobs`` on a process pool; yield each finished run's manifest entry and updates as it completes."""
     context = get_context("spawn")
     steps: Queue[int] = context.Queue()
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(steps,))
     try:
-        pending: set[Future[dict[str, Any]]] = {pool.submit(_collect_run, job) for job in jobs}
+        pending: set[Future[_Finished]] = {pool.submit(_collect_run, job) for job in jobs}
         while pending:
             done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             progress.bar.update(_drain(steps))
             for future in done:
-                entry = future.result()
+                finished = future.result()
                 progress.run_done()
-                yield entry
+                yield finished
         pool.shutdown()
     finally:
         progress.bar.close()
@@ -293,8 +333,8 @@ def _ray_session(address: str | None) -> Iterator[None]:
         ray.shutdown()
 
 
-def _execute_ray(jobs: list[_Job], progress: _Progress) -> Generator[dict[str, Any], None, None]:
-    """Run ``jobs`` as Ray tasks, one per run; yield each finished run's manifest entry as it completes.
+def _execute_ray(jobs: list[_Job], progress: _Progress) -> Generator[_Finished, None, None]:
+    """Run ``jobs`` as Ray tasks, one per run; yield each finished run's manifest entry and updates as it completes.
 
     On a cluster every node must see the dataset directory at the same path (a shared file system).
     """
@@ -306,14 +346,14 @@ def _execute_ray(jobs: list[_Job], progress: _Progress) -> Generator[dict[str, A
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             try:
-                entry = ray.get(done[0])
+                finished = ray.get(done[0])
             except ray.exceptions.RayTaskError as exc:
                 # Ray wraps a worker's exception with its traceback; bad input stays one line.
                 if isinstance(exc.cause, UserError):
                     raise exc.cause from None
                 raise
             progress.run_done(progress.steps_per_run)
-            yield entry
+            yield finished
     finally:
         progress.bar.close()
         # As with the pool: runs still going are stopped now; finished shards are in the manifest.
@@ -321,7 +361,7 @@ def _execute_ray(jobs: list[_Job], progress: _Progress) -> Generator[dict[str, A
             ray.cancel(ref, force=True)
 
 
-def _collect_run_ray(job: _Job) -> dict[str, Any]:
+def _collect_run_ray(job: _Job) -> _Finished:
     """Ray task: one run in a Ray worker process, single-threaded like a pool worker."""
     torch.set_num_threads(1)
     return _collect_run(job)
@@ -347,8 +387,9 @@ def _init_worker(progress: Queue[int]) -> None:
     torch.set_num_threads(1)
 
 
-def _collect_run(job: _Job) -> dict[str, Any]:
-    """Worker: one teacher run, written as a shard; returns its manifest entry."""
+def _collect_run(job: _Job) -> _Finished:
+    """Worker: one teacher run, written as a shard; returns its manifest entry and one row per update (its env
+    steps, batch return and the teacher's diagnostics) for ``teacher.csv``."""
     run, root = job.run, Path(job.root)
     # Anything in the teacher drawing from global RNGs then depends on this run only, not on the
     # runs this worker happened to do before.
@@ -376,14 +417,17 @@ def _collect_run(job: _Job) -> dict[str, Any]:
         "format_version": FORMAT_VERSION,
         "package_version": __version__,
         "task": task.to_dict(),
-        "teacher": {"name": teacher.name, "config": _plain(dataclasses.asdict(job.teacher_config))},
+        "teacher": {"name": teacher.name, "config": plain_json(dataclasses.asdict(job.teacher_config))},
         "seed": run.seed,
         "iterations": [0, job.iterations],
         "policy_spec": spec.to_dict(),
     }
     digest = save_tensors(root / run.shard, shard_tensors(records), meta)
-    return {"shard": run.shard, "task_name": task.name, "task": task.to_dict(), "teacher": teacher.name,
-            "seed": run.seed, "iterations": [0, job.iterations], "sha256": digest}
+    entry = {"shard": run.shard, "task_name": task.name, "task": task.to_dict(), "teacher": teacher.name,
+             "seed": run.seed, "iterations": [0, job.iterations], "sha256": digest}
+    updates = [{"shard": run.shard, "task": task.name, "seed": run.seed, "iteration": r.iteration,
+                "env_steps": r.env_steps, "mean_return": r.mean_return, **r.stats} for r in records]
+    return entry, updates
 
 
 def _check_chain(records: list[ImprovementRecord], record: ImprovementRecord) -> None:
@@ -450,18 +494,10 @@ def _check_config(root: Path, settings: dict[str, Any]) -> None:
     except (OSError, yaml.YAMLError) as exc:
         raise UserError(f"cannot read {path} ({exc}); choose another out= directory") from exc
     # A setting the collection predates reads as None there: the same collection if it is None (its default) now.
-    changes = [f"{key}: {old!r} there, {new!r} now" for key, old, new in _differences(saved, settings)]
+    changes = [f"{key}: {old!r} there, {new!r} now" for key, old, new in differences(saved, settings)]
     if changes:
         raise UserError(f"out={root} holds a collection with a different config ({'; '.join(changes[:4])}); "
                         "rerun with its settings to resume it, or choose another out= directory")
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new), key=str):
-            yield from _differences(old.get(key), new.get(key), f"{prefix}{key}.")
-    elif old != new:
-        yield prefix.rstrip("."), old, new
 
 
 def _resume(root: Path, runs: list[Run]) -> list[dict[str, Any]]:
@@ -488,26 +524,13 @@ def _write_manifest(root: Path, entries: list[dict[str, Any]]) -> None:
     atomic_write_json(root / MANIFEST, {"format": FORMAT, "format_version": FORMAT_VERSION, "shards": entries})
 
 
-@contextlib.contextmanager
-def _exclusive(root: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``root`` so that two collections never write one dataset."""
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"{root} is being written by another collect process; "
-                            "wait for it to finish or choose another out= directory") from None
-        yield
-    finally:
-        os.close(fd)
-
-
 def load_manifest(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The shard entries of the dataset at ``root``, checked for shape only. A dataset directory holds::
 
         config.yaml       the collection config: everything that determines the data (not workers, not out)
         manifest.json     {"format", "format_version", "shards": [entry, ...]}, rewritten atomically per shard
+        teacher.csv       one row per update of each listed run: env steps, batch return, the teacher's diagnostics
+        collect.log       the log of every collect run into the directory
         shards/<family>-<split>-<index:04d>-s<seed>.safetensors + .json     one run (:func:`shard_tensors`)
         MUJOCO_LOG.TXT, .hydra/     MuJoCo's warnings; the resolved config of the last CLI run
 
@@ -583,8 +606,3 @@ def _as_declared(config: Any) -> Any:
     tuples = {f.name: tuple(getattr(config, f.name)) for f in dataclasses.fields(config)
               if typing.get_origin(hints[f.name]) is tuple}
     return dataclasses.replace(config, **tuples)
-
-
-def _plain(obj: Any) -> Any:
-    """``obj`` as plain JSON types (tuples become lists), so that it compares equal to its saved form."""
-    return json.loads(to_json_bytes(obj))

@@ -1,7 +1,7 @@
 """Collection: a valid dataset, results independent of workers, resume after a kill or torn files, refusals,
 hostile shards."""
 
-import fcntl
+import csv
 import json
 import os
 import pathlib
@@ -23,7 +23,16 @@ from metaimprove.sim.tasks import get_family
 from metaimprove.storage import atomic_write_json, meta_path
 from metaimprove.teachers import PPOConfig
 from metaimprove.training.pairs import PairConfig, build_pairs
-from tests.helpers import TINY_OVERRIDES, TINY_PLAN, TINY_TEACHER, dataset_files, forge, pickles, tiny_config
+from tests.helpers import (
+    TINY_OVERRIDES,
+    TINY_PLAN,
+    TINY_TEACHER,
+    dataset_files,
+    forge,
+    held_by_another_process,
+    pickles,
+    tiny_config,
+)
 
 N = TINY_PLAN["iterations"]
 T, E = TINY_TEACHER["n_steps"], TINY_TEACHER["n_envs"]
@@ -36,8 +45,9 @@ def _copy(reference: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
 
 
 def _stamps(root: pathlib.Path) -> dict[str, tuple[int, int]]:
+    """Each file's inode and modification time, but the log that every collect run into ``root`` appends to."""
     return {p.relative_to(root).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns)
-            for p in root.rglob("*") if p.is_file()}
+            for p in root.rglob("*") if p.is_file() and p.name != "collect.log"}
 
 
 def test_dataset_lists_every_planned_run_in_order(reference_dataset: pathlib.Path) -> None:
@@ -129,17 +139,41 @@ def test_leftovers_of_interrupted_runs_are_removed_and_redone(reference_dataset:
     assert not any(path.exists() for path in stray)
     after = _stamps(out)
     assert all(after[e["shard"]] == before[e["shard"]] for e in kept)
+    # The redone runs' diagnostics replace the ones they had: the same rows as an uninterrupted collection's.
+    assert sorted(_teacher_log(out)) == sorted(_teacher_log(reference_dataset))
+
+
+def _teacher_log(root: pathlib.Path) -> list[tuple[str, ...]]:
+    with (root / "teacher.csv").open() as f:
+        return [tuple(row.values()) for row in csv.DictReader(f)]
+
+
+def test_teacher_csv_holds_every_update_with_the_teachers_diagnostics(reference_dataset: pathlib.Path) -> None:
+    with (reference_dataset / "teacher.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["shard", "task", "seed", "iteration", "env_steps", "mean_return", "approx_kl",
+                             "clip_fraction", "explained_variance", "std"]
+    entries = load_manifest(reference_dataset)
+    assert sorted((r["shard"], r["iteration"]) for r in rows) == sorted(
+        (e["shard"], str(n)) for e in entries for n in range(TINY_PLAN["iterations"]))
+    shard = load_shard(reference_dataset, entries[0])[0]
+    mine = [r for r in rows if r["shard"] == entries[0]["shard"]]
+    # NaN where no episode ended in the batch, in both
+    torch.testing.assert_close(torch.tensor([float(r["mean_return"]) for r in mine], dtype=torch.float64),
+                               shard["mean_return"], rtol=0, atol=0, equal_nan=True)
+    assert [int(r["env_steps"]) for r in mine] == shard["env_steps"].tolist()
+    assert all(0 <= float(r["clip_fraction"]) <= 1 and float(r["approx_kl"]) >= -1e-6 for r in rows)
 
 
 def test_rerun_with_a_different_config_is_refused_and_touches_nothing(reference_dataset: pathlib.Path,
                                                                       tmp_path: pathlib.Path) -> None:
     out = _copy(reference_dataset, tmp_path)
-    before = _stamps(out)
+    before, log = _stamps(out), (out / "collect.log").read_bytes()
     with pytest.raises(UserError, match=r"different config \(iterations: 2 there, 3 now\)"):
         collect(tiny_config(out, iterations=3))
     with pytest.raises(UserError, match=r"teacher\.lr: 0\.0003 there, 0\.001 now"):
         collect(tiny_config(out, teacher=PPOConfig(**TINY_TEACHER, lr=1e-3)))
-    assert _stamps(out) == before
+    assert _stamps(out) == before and (out / "collect.log").read_bytes() == log
 
 
 def test_a_collection_predating_a_setting_resumes_when_the_setting_is_at_its_default(
@@ -181,14 +215,9 @@ def test_directory_that_is_not_a_dataset_is_refused(tmp_path: pathlib.Path) -> N
 
 
 def test_second_writer_is_refused(reference_dataset: pathlib.Path, tmp_path: pathlib.Path) -> None:
-    out = _copy(reference_dataset, tmp_path)
-    fd = os.open(out, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        with pytest.raises(UserError, match="another collect process"):
-            collect(tiny_config(out))
-    finally:
-        os.close(fd)
+    with held_by_another_process(_copy(reference_dataset, tmp_path)) as out, \
+            pytest.raises(UserError, match=r"being written by another process \(collect refuses"):
+        collect(tiny_config(out))
 
 
 @pytest.mark.parametrize("manifest", [

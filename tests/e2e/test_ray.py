@@ -95,7 +95,7 @@ def test_a_run_whose_worker_dies_is_retried_into_the_same_single_shard(
     (tmp_path / "data" / "shards").mkdir(parents=True)
     job = _Job(run, str(tmp_path / "data"), _DiesOnce, config.teacher, config.iterations, tuple(config.hidden))
     progress = _Progress(1, 0, 1)
-    entries = list(_execute_ray([job], progress))
+    entries = [entry for entry, _ in _execute_ray([job], progress)]
     assert (tmp_path / "died").exists(), "the worker never died: nothing was retried"
     expected = load_manifest(reference_dataset)[3]
     assert entries == [expected]
