@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -17,15 +18,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from metaimprove.errors import UserError
+from metaimprove.loggers import CsvTable, Metrics, check_logger, progress, run_log
 from metaimprove.operator.checkpoint import OperatorCheckpoint, default_ask_k
 from metaimprove.operator.features import FeatureConfig, warmup_phases
 from metaimprove.operator.networks import ImprovementOperator, OperatorConfig
 from metaimprove.operator.runtime import BatchSchedule
 from metaimprove.sim.policy import PolicySpec, forward
-from metaimprove.storage import atomic_write_csv
+from metaimprove.storage import atomic_write_csv, differences, exclusive, load_tensors, plain_json, save_tensors
 from metaimprove.training.pairs import (
     PairConfig,
     Pairs,
@@ -36,6 +37,18 @@ from metaimprove.training.pairs import (
     split_tasks,
 )
 from metaimprove.training.relabel import dataset_runs, initial_starts, operator_visits, perturbed_starts, teacher_pairs
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("cpu", "cuda", "auto")
+LAST = "last.safetensors"
+"""the fit's state after its last finished epoch (with ``last.json``), what a rerun into the same out resumes from"""
+STATE_FORMAT = "metaimprove-train-state"
+STATE_VERSION = 1
+ROW_FIELDS = ("epoch", "train_loss", "val_loss", "val_identity_loss", "seconds")
+"""the columns of :func:`fit`'s per-epoch metrics; ``metrics.csv`` adds the relabel round in front"""
+# Settings that decide where a fit runs and what it reports, never what it computes: a resumed fit may change them.
+EXECUTION_SETTINGS = ("out", "logger", "device")
 
 
 @dataclass
@@ -91,6 +104,40 @@ class TrainConfig:
     """jump k the operator is asked for in relabel rollouts (default: ask_k, as apply)"""
     relabel_eval_episodes: int = 2
     """deterministic episodes per visited policy for the returns in relabel.csv"""
+    device: str = "cpu"
+    """where the fit runs: cpu (bit-for-bit reproducible), cuda, or auto (cuda when one is visible, else cpu)"""
+    logger: str = "csv"
+    """where the losses go besides metrics.csv: csv (nowhere more), tensorboard or wandb"""
+
+
+@dataclass
+class FitState:
+    """Where a fit stands after an epoch: everything a resumed fit needs to go on as if it had never stopped."""
+
+    epochs: int
+    """epochs done"""
+    done: bool
+    """whether the fit is over (early stopping or max_epochs)"""
+    rows: list[dict[str, float]]
+    """per-epoch metrics so far (:data:`ROW_FIELDS`)"""
+    best: float
+    """the best monitored loss so far"""
+    best_epoch: int
+    """its epoch (-1: none yet)"""
+    optimizer: dict[str, Any]
+    """the optimizer's ``state_dict()`` (a resumed fit reads its ``state``; the settings come from the config)"""
+    generator: torch.Tensor
+    """the state of the generator that orders the training pairs"""
+
+
+def resolve_device(device: str) -> torch.device:
+    """The torch device of ``device=`` (cpu, cuda or auto); a one-line UserError for cuda without one."""
+    if device not in DEVICES:
+        raise UserError(f"device must be one of {list(DEVICES)}, got '{device}'")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda, but torch sees no CUDA device (or this torch build has no CUDA); "
+                        "use device=cpu or device=auto")
+    return torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
 
 
 def behavioural_loss(spec: PolicySpec, theta: torch.Tensor, target: torch.Tensor, states: torch.Tensor,
@@ -118,8 +165,12 @@ def _pair_loss(spec: PolicySpec, theta: torch.Tensor, target: torch.Tensor, stat
 
 def _loss(op: ImprovementOperator, pairs: Pairs, index: torch.Tensor, config: TrainConfig,
           pair_weight: torch.Tensor) -> torch.Tensor:
+    """Per-pair weighted loss of ``index`` on the device ``pair_weight`` lives on (the operator's)."""
     feats, ask, target, states = pairs.batch(index)
-    return _pair_loss(pairs.spec, op(feats, ask), target, states, config) * pair_weight[index]
+    device = pair_weight.device
+    feats = {k: v.to(device) for k, v in feats.items()}
+    return (_pair_loss(pairs.spec, op(feats, ask.to(device)), target.to(device), states.to(device), config)
+            * pair_weight[index])
 
 
 def _evaluate(op: ImprovementOperator, pairs: Pairs, index: torch.Tensor, config: TrainConfig,
@@ -164,17 +215,26 @@ def _identity_loss(pairs: Pairs, index: torch.Tensor, config: TrainConfig, pair_
 
 
 def fit(op: ImprovementOperator, pairs: Pairs, train_idx: torch.Tensor, val_idx: torch.Tensor,
-        config: TrainConfig, on_best: Callable[[int, float, float], None] | None = None) -> list[dict[str, float]]:
+        config: TrainConfig, on_best: Callable[[int, float, float], None] | None = None,
+        on_epoch: Callable[[FitState], None] | None = None, resume: FitState | None = None) -> list[dict[str, float]]:
     """Train ``op`` on ``train_idx`` pairs with early stopping on the ``val_idx`` loss (the training loss if there
-    is no validation set). Calls ``on_best(epoch, val_loss, identity_loss)`` at each improvement (the loss of
-    θ' = θ on the same pairs); returns per-epoch metrics."""
+    is no validation set), on the device ``op`` lives on. Calls ``on_best(epoch, val_loss, identity_loss)`` at each
+    improvement (the loss of θ' = θ on the same pairs), then ``on_epoch(state)`` after every epoch; ``resume`` (such
+    a state, with ``op`` holding that epoch's weights) continues a fit exactly where it stood. Returns per-epoch
+    metrics."""
     opt = torch.optim.AdamW(op.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     weight = pair_weights(pairs, train_idx, config)
     identity = _identity_loss(pairs, val_idx if len(val_idx) else train_idx, config, weight)
-    best, best_epoch, rows = math.inf, -1, []
-    start = time.perf_counter()
-    bar = tqdm(range(config.max_epochs), desc="train", unit="epoch", dynamic_ncols=True, disable=None)
+    weight = weight.to(next(op.parameters()).device)
+    best, best_epoch, rows, first = math.inf, -1, [], 0
+    if resume is not None:
+        opt.load_state_dict({**opt.state_dict(), "state": resume.optimizer["state"]})
+        generator.set_state(resume.generator)
+        best, best_epoch, rows = resume.best, resume.best_epoch, list(resume.rows)
+        first = config.max_epochs if resume.done else resume.epochs
+    start = time.perf_counter() - (rows[-1]["seconds"] if rows else 0.0)
+    bar = progress(iterable=range(first, config.max_epochs), desc="train", unit="epoch")
     for epoch in bar:
         op.train()
         losses = []
@@ -192,11 +252,17 @@ def fit(op: ImprovementOperator, pairs: Pairs, train_idx: torch.Tensor, val_idx:
         rows.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val, "val_identity_loss": identity,
                      "seconds": time.perf_counter() - start})
         bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val:.4f}", identity=f"{identity:.4f}")
+        stop = False
         if monitored < best:
             best, best_epoch = monitored, epoch
             if on_best is not None:
                 on_best(epoch, monitored, identity)
-        elif epoch - best_epoch >= config.patience:
+        else:
+            stop = epoch - best_epoch >= config.patience
+        if on_epoch is not None:
+            on_epoch(FitState(epoch + 1, stop or epoch + 1 == config.max_epochs, rows, best, best_epoch,
+                              opt.state_dict(), generator.get_state()))
+        if stop:
             break
     return rows
 
@@ -212,6 +278,8 @@ def _check(config: TrainConfig) -> None:
         raise UserError(f"features.n_envs={config.features.n_envs}: give the number of envs per τ to read (>= 1), or "
                         "drop it to read the whole batch")
     warmup_phases(config.features.warmup)
+    check_logger(config.logger)
+    resolve_device(config.device)
     counts = {"augment_starts": config.augment_starts, "relabel_rounds": config.relabel_rounds}
     sizes = {"relabel_tasks": config.relabel_tasks, "relabel_applications": config.relabel_applications,
              "relabel_starts": config.relabel_starts, "relabel_eval_episodes": config.relabel_eval_episodes}
@@ -222,7 +290,8 @@ def _check(config: TrainConfig) -> None:
 
 
 class _Trainer:
-    """One training run: the pairs so far, the operator, its checkpoint file and the per-epoch metrics."""
+    """One training run: the pairs so far, the operator, its checkpoint file, the per-epoch metrics and where they
+    are reported."""
 
     def __init__(self, config: TrainConfig, pairs: Pairs, train_tasks: set[str], val_tasks: set[str]) -> None:
         self.config, self.pairs, self.train_tasks, self.val_tasks = config, pairs, train_tasks, val_tasks
@@ -240,6 +309,11 @@ class _Trainer:
         self.out = Path(config.out)
         self.path = self.out / "operator.safetensors"
         self.rows: list[dict[str, float]] = []
+        self.table = CsvTable(self.out / "metrics.csv", ["round", *ROW_FIELDS])
+        self.summary: dict[str, Any] = {}
+        """the best epoch's summary of the last fit, as the checkpoint records it"""
+        self.metrics: Metrics | None = None
+        """where the per-epoch losses are reported besides metrics.csv (once the run directory is taken)"""
 
     def add(self, extra: Pairs) -> None:
         """Add pairs (of training tasks) to the training set."""
@@ -247,27 +321,108 @@ class _Trainer:
 
     def fit(self, round_: int) -> dict[str, float]:
         """Fit from the current weights; leaves the best weights in ``op`` (also saved to ``operator.safetensors``
-        and ``operator_round<r>.safetensors`` when relabeling) and returns the best epoch's metrics."""
+        and ``operator_round<r>.safetensors`` when relabeling) and returns the best epoch's metrics. Writes
+        ``metrics.csv`` a row per epoch; round 0 saves its state each epoch to ``last.safetensors`` and resumes from
+        it (relabel rounds start again from round 0's end)."""
         train_idx, val_idx = self.pairs.select(self.train_tasks), self.pairs.select(self.val_tasks)
         best: dict[str, Any] = {}
+        last = _LastState(self.out / LAST, self.config) if round_ == 0 else None
+        resume = last.load(self.op, best) if last is not None else None
+        if resume is not None:
+            log.info(f"resuming from {self.out / LAST} after epoch {resume.epochs}"
+                     + (" (the fit had finished)" if resume.done else ""))
+        self.table.reset(self.rows + [{"round": round_, **row} for row in (resume.rows if resume else [])])
 
         def save(epoch: int, loss: float, identity: float) -> None:
             best["summary"] = {"best_epoch": epoch, "val_loss": loss, "val_identity_loss": identity,
                                "train_tasks": len(self.train_tasks), "val_tasks": len(self.val_tasks),
-                               "train_pairs": len(train_idx), "relabel_round": round_}
+                               "train_pairs": len(train_idx), "relabel_round": round_, "complete": False}
             best["state"] = copy.deepcopy(self.op.state_dict())
             self.checkpoint.save(self.path, self.op, summary=best["summary"])
 
-        rows = [{"round": round_, **row} for row in fit(self.op, self.pairs, train_idx, val_idx, self.config, save)]
+        def epoch_done(state: FitState) -> None:
+            row = {"round": round_, **state.rows[-1]}
+            # The row first: a state saved without it could not be resumed into a complete metrics.csv.
+            self.table.append([row])
+            if self.metrics is not None:
+                self.metrics.log("train", row, len(self.rows) + len(state.rows) - 1)
+            if last is not None:
+                last.save(state, self.op, best)
+
+        device = resolve_device(self.config.device)
+        self.op.to(device)
+        try:
+            fitted = fit(self.op, self.pairs, train_idx, val_idx, self.config, save, epoch_done, resume)
+        finally:
+            self.op.to("cpu")
+        rows = [{"round": round_, **row} for row in fitted]
         if "state" not in best:
             raise UserError(f"training diverged: the loss was never finite (round {round_}); lower lr= or check "
                             "the dataset for blown-up runs")
         self.rows += rows
-        atomic_write_csv(self.out / "metrics.csv", list(self.rows[0]), self.rows)
         self.op.load_state_dict(best["state"])
+        self.summary = best["summary"]
         if self.config.relabel_rounds:
             self.checkpoint.save(self.out / f"operator_round{round_}.safetensors", self.op, summary=best["summary"])
         return rows[best["summary"]["best_epoch"]]
+
+    def finish(self) -> None:
+        """Mark the checkpoint complete: a checkpoint without that mark is the best-so-far of an interrupted run."""
+        self.checkpoint.save(self.path, self.op, summary={**self.summary, "complete": True})
+
+
+class _LastState:
+    """``last.safetensors`` + ``last.json`` of a training run: the round-0 fit's :class:`FitState`, its current and
+    best weights and the settings it runs with (tensors in safetensors, never pickled)."""
+
+    def __init__(self, path: Path, config: TrainConfig) -> None:
+        self.path = path
+        self.settings = plain_json({k: v for k, v in dataclasses.asdict(config).items()
+                                    if k not in EXECUTION_SETTINGS})
+
+    def save(self, state: FitState, op: ImprovementOperator, best: dict[str, Any]) -> None:
+        """Write the state after an epoch (atomically)."""
+        tensors = {f"operator.{k}": v for k, v in op.state_dict().items()}
+        tensors |= {f"best.{k}": v for k, v in best.get("state", {}).items()}
+        for index, values in state.optimizer["state"].items():
+            tensors |= {f"optimizer.{index}.{k}": v for k, v in values.items()}
+        tensors["generator"] = state.generator
+        tensors["rows"] = torch.tensor([[row[k] for k in ROW_FIELDS] for row in state.rows], dtype=torch.float64)
+        # The best loss as a tensor: JSON has no inf (no best yet) or NaN.
+        tensors["best"] = torch.tensor(state.best, dtype=torch.float64)
+        meta = {"format": STATE_FORMAT, "format_version": STATE_VERSION, "settings": self.settings,
+                "epochs": state.epochs, "done": state.done, "best_epoch": state.best_epoch,
+                "best_summary": best.get("summary")}
+        save_tensors(self.path, {k: v.detach().cpu() for k, v in tensors.items()}, meta)
+
+    def load(self, op: ImprovementOperator, best: dict[str, Any]) -> FitState | None:
+        """The saved state (None if there is none), with its weights loaded into ``op`` and its best weights and
+        summary into ``best``; a one-line UserError if it belongs to a run with other settings."""
+        if not self.path.exists():
+            return None
+        tensors, meta = load_tensors(self.path)
+        if meta.get("format") != STATE_FORMAT or meta.get("format_version") != STATE_VERSION:
+            raise UserError(f"{self.path} is not a training state this metaimprove reads; remove it to start over")
+        changes = [f"{key}: {old!r} there, {new!r} now" for key, old, new in differences(meta["settings"],
+                                                                                        self.settings)]
+        if changes:
+            raise UserError(f"out={self.path.parent} holds a train run with other settings ({'; '.join(changes[:4])});"
+                            " rerun with its settings to resume it, or choose another out= directory")
+        op.load_state_dict(_prefixed(tensors, "operator."))
+        if meta["best_summary"] is not None:
+            best["summary"], best["state"] = meta["best_summary"], _prefixed(tensors, "best.")
+        optimizer: dict[int, dict[str, torch.Tensor]] = {}
+        for name, value in _prefixed(tensors, "optimizer.").items():
+            index, key = name.split(".", 1)
+            optimizer.setdefault(int(index), {})[key] = value
+        rows = [{k: int(v) if k == "epoch" else float(v) for k, v in zip(ROW_FIELDS, row.tolist(), strict=True)}
+                for row in tensors["rows"]]
+        return FitState(meta["epochs"], meta["done"], rows, float(tensors["best"]), meta["best_epoch"],
+                        {"state": optimizer}, tensors["generator"])
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def _mean(values: list[float]) -> float:
@@ -298,8 +453,8 @@ def _relabel(trainer: _Trainer, datasets: list[str], best: dict[str, float]) -> 
                                                  config.features, trainer.out / "relabel", f"round{round_}",
                                                  torch.Generator().manual_seed(config.pairs.seed + round_))
             added = len(extra.source)
-            print(f"relabel round {round_}: {added} pairs from {len(chosen)} visited policies "
-                  f"({teacher_steps} teacher env steps)", flush=True)
+            log.info(f"relabel round {round_}: {added} pairs from {len(chosen)} visited policies "
+                     f"({teacher_steps} teacher env steps)")
             trainer.add(extra)
             best = trainer.fit(round_)
         returns = {name: operator_visits(trainer.op, trainer.checkpoint, s, config.relabel_applications, ask,
@@ -323,31 +478,37 @@ def train(config: TrainConfig) -> Path:
     """Fit an operator to ``config.dataset`` (one dataset or the union of several); writes ``operator.safetensors``
     (+ JSON) and ``metrics.csv`` to ``config.out`` and returns the checkpoint path. With ``augment_starts``, adds
     teacher pairs from perturbed dataset policies first; with ``relabel_rounds``, relabels and retrains after
-    the fit (``relabel.csv``, ``operator_round<r>.safetensors``, the teacher runs under ``relabel/``)."""
+    the fit (``relabel.csv``, ``operator_round<r>.safetensors``, the teacher runs under ``relabel/``).
+
+    The fit saves its state to ``last.safetensors`` after every epoch, and the same command into the same ``out``
+    resumes it, to the same weights as a run never stopped. Until the run ends, ``operator.safetensors`` holds the
+    best weights so far and its summary says ``"complete": false``. One process at a time writes an ``out``."""
     _check(config)
     torch.manual_seed(config.seed)
     datasets = dataset_dirs(config.dataset)
     config = dataclasses.replace(config, features=resolve_features(datasets, config.features))
-    print(f"encoding hindsight pairs from {', '.join(datasets)} ...", flush=True)
+    log.info(f"encoding hindsight pairs from {', '.join(datasets)} ...")
     pairs = build_union(datasets, config.pairs, config.features)
     train_tasks, val_tasks = split_tasks(pairs, config.pairs.val_fraction, config.pairs.seed)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     trainer = _Trainer(config, pairs, train_tasks, val_tasks)
-    if config.augment_starts:
-        starts = perturbed_starts(dataset_runs(datasets, train_tasks), config.augment_starts, config.augment_noise,
-                                  config.seed)
-        extra, steps = teacher_pairs(starts, pairs.teacher, config.pairs, config.features, out / "augment", "augment",
-                                     torch.Generator().manual_seed(config.pairs.seed))
-        print(f"augmentation: {len(extra.source)} pairs from {len(starts)} perturbed policies "
-              f"({steps} teacher env steps)", flush=True)
-        trainer.add(extra)
-    print(f"{len(trainer.pairs.select(train_tasks))} training pairs from {len(train_tasks)} tasks, "
-          f"{len(trainer.pairs.select(val_tasks))} validation pairs from {len(val_tasks)} tasks", flush=True)
-    best = trainer.fit(0)
-    print(f"best epoch {best['epoch']}: validation loss {best['val_loss']:.4f} "
-          f"(θ'=θ scores {best['val_identity_loss']:.4f}); "
-          f"checkpoint {trainer.path}", flush=True)
-    if config.relabel_rounds:
-        _relabel(trainer, datasets, best)
+    with exclusive(out, "train"), run_log(out, "train"), \
+            Metrics(out, config.logger, "train", plain_json(dataclasses.asdict(config))) as trainer.metrics:
+        if config.augment_starts:
+            starts = perturbed_starts(dataset_runs(datasets, train_tasks), config.augment_starts,
+                                      config.augment_noise, config.seed)
+            extra, steps = teacher_pairs(starts, pairs.teacher, config.pairs, config.features, out / "augment",
+                                         "augment", torch.Generator().manual_seed(config.pairs.seed))
+            log.info(f"augmentation: {len(extra.source)} pairs from {len(starts)} perturbed policies "
+                     f"({steps} teacher env steps)")
+            trainer.add(extra)
+        log.info(f"{len(trainer.pairs.select(train_tasks))} training pairs from {len(train_tasks)} tasks, "
+                 f"{len(trainer.pairs.select(val_tasks))} validation pairs from {len(val_tasks)} tasks")
+        best = trainer.fit(0)
+        log.info(f"best epoch {best['epoch']}: validation loss {best['val_loss']:.4f} "
+                 f"(θ'=θ scores {best['val_identity_loss']:.4f}); checkpoint {trainer.path}")
+        if config.relabel_rounds:
+            _relabel(trainer, datasets, best)
+        trainer.finish()
     return trainer.path

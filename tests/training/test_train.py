@@ -1,4 +1,5 @@
-"""Training the operator: the behavioural loss, learning a known update, weights per k, seeds, refusals, the oracle."""
+"""Training the operator: the behavioural loss, learning a known update, weights per k, seeds, refusals, the oracle,
+resuming, devices, one writer per out, logs."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ from metaimprove.operator.networks import ImprovementOperator, OperatorConfig
 from metaimprove.sim.policy import PolicySpec
 from metaimprove.sim.tasks import TaskConfig
 from metaimprove.storage import load_tensors
+from metaimprove.training import train as train_module
 from metaimprove.training.pairs import PairConfig, Pairs, build_pairs
 from metaimprove.training.train import TrainConfig, behavioural_loss, fit, pair_weights, train
-from tests.helpers import ORACLE_TRAIN, TINY_TRAIN, random_features
+from tests.helpers import ORACLE_TRAIN, TINY_TRAIN, held_by_another_process, random_features
 
 SPEC = PolicySpec(5, 2, hidden=(8, 8))
 
@@ -162,3 +164,99 @@ def test_oracle_training_is_seeded(reference_dataset: pathlib.Path, oracle_run: 
     _train_oracle(reference_dataset, again)
     for name in ("operator.safetensors", "operator_round0.safetensors", "relabel/round1-0001.safetensors"):
         assert (again / name).read_bytes() == (oracle_run / name).read_bytes(), name
+
+
+# ------------------------------------------------------------------------------------------ resume, devices, logs
+
+
+def _resumable(dataset: pathlib.Path, out: pathlib.Path, **changes: object) -> TrainConfig:
+    settings = {**TINY_TRAIN, "max_epochs": 5, "patience": 100, "batch_size": 2, **changes}
+    return TrainConfig(dataset=str(dataset), out=str(out), **settings)  # type: ignore[arg-type]
+
+
+def _count_epochs(monkeypatch: pytest.MonkeyPatch, interrupt_at: int | None = None) -> list[int]:
+    """Count the epochs trained (one validation each) in the returned list; with ``interrupt_at``, stop training
+    with a KeyboardInterrupt in that epoch (counted from 1)."""
+    epochs: list[int] = []
+    real = train_module._evaluate
+
+    def counted(*args: object, **kwargs: object) -> float:
+        epochs.append(len(epochs) + 1)
+        if epochs[-1] == interrupt_at:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train_module, "_evaluate", counted)
+    return epochs
+
+
+def _metrics(out: pathlib.Path) -> list[dict[str, str]]:
+    with (out / "metrics.csv").open() as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def test_an_interrupted_train_resumes_to_the_same_weights(reference_dataset: pathlib.Path, tmp_path: pathlib.Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = train(_resumable(reference_dataset, tmp_path / "whole"))
+    with monkeypatch.context() as patch:
+        _count_epochs(patch, interrupt_at=3)
+        with pytest.raises(KeyboardInterrupt):
+            train(_resumable(reference_dataset, tmp_path / "part"))
+    # metrics.csv grows an epoch at a time; the checkpoint says it is the best so far of an unfinished run.
+    assert [r["epoch"] for r in _metrics(tmp_path / "part")] == ["0", "1"]
+    assert load_tensors(tmp_path / "part" / "operator.safetensors")[1]["summary"]["complete"] is False
+    epochs = _count_epochs(monkeypatch)
+    resumed = train(_resumable(reference_dataset, tmp_path / "part"))
+    assert epochs == [1, 2, 3]  # epochs 2, 3 and 4: none done twice
+    ours, theirs = load_tensors(resumed), load_tensors(whole)
+    assert ours[0].keys() == theirs[0].keys() and all(torch.equal(ours[0][k], theirs[0][k]) for k in ours[0])
+    assert ours[1] == theirs[1] and ours[1]["summary"]["complete"] is True
+    assert resumed.read_bytes() == whole.read_bytes()
+    assert _metrics(tmp_path / "part") == _metrics(tmp_path / "whole")
+    # A finished fit rerun trains nothing more and writes the same checkpoint.
+    train(_resumable(reference_dataset, tmp_path / "part"))
+    assert epochs == [1, 2, 3] and resumed.read_bytes() == whole.read_bytes()
+
+
+def test_resuming_with_other_settings_is_refused(reference_dataset: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    train(_resumable(reference_dataset, tmp_path / "run", max_epochs=1))
+    before = (tmp_path / "run" / "operator.safetensors").read_bytes()
+    with pytest.raises(UserError, match=r"other settings \(lr: 0.001 there, 0.002 now\)") as info:
+        train(_resumable(reference_dataset, tmp_path / "run", max_epochs=1, lr=2e-3))
+    assert "\n" not in str(info.value)
+    assert (tmp_path / "run" / "operator.safetensors").read_bytes() == before
+    # Where it runs and what it reports are no part of the settings.
+    train(_resumable(reference_dataset, tmp_path / "run", max_epochs=1, device="auto", logger="csv"))
+
+
+def test_a_second_train_into_the_same_out_is_refused(reference_dataset: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    with held_by_another_process(tmp_path / "out") as out, \
+            pytest.raises(UserError, match=r"being written by another process \(train refuses"):
+        train(_resumable(reference_dataset, out))
+    assert list(out.iterdir()) == []
+
+
+def test_device_cpu_and_auto_train_without_a_gpu(reference_dataset: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    with pytest.raises(UserError, match="device must be one of"):
+        train(_resumable(reference_dataset, tmp_path / "tpu", device="tpu"))
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="device=cuda, but torch sees no CUDA device"):
+            train(_resumable(reference_dataset, tmp_path / "cuda", device="cuda"))
+        cpu = train(_resumable(reference_dataset, tmp_path / "cpu", max_epochs=1))
+        auto = train(_resumable(reference_dataset, tmp_path / "auto", max_epochs=1, device="auto"))
+        assert cpu.read_bytes() == auto.read_bytes()
+    assert not (tmp_path / "tpu").exists() and not (tmp_path / "cuda").exists()
+
+
+def test_train_logs_to_a_file_and_to_tensorboard(reference_dataset: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    train(_resumable(reference_dataset, out, max_epochs=3, logger="tensorboard"))
+    assert "best epoch" in (out / "train.log").read_text()
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    for column in ("train_loss", "val_loss"):
+        logged = [(e.step, e.value) for e in events.Scalars(f"train/{column}")]
+        assert logged == [(i, pytest.approx(float(r[column]))) for i, r in enumerate(_metrics(out))]
