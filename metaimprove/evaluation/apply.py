@@ -1,20 +1,23 @@
 """The ``apply`` stage: every method of :data:`~metaimprove.evaluation.methods.METHODS` on held-out tasks (or a
 user's env) under one env-step budget, from the same start θ⁰, evaluated the same way; writes ``curves.csv``
-(method, task, seed, env_steps, return, fallbacks, guard_steps) and ``timings.csv``.
+(method, task, seed, env_steps, return, fallbacks, guard_steps) and ``timings.csv``, and each run as it finishes
+under ``runs/``, so that a rerun of the same command into the same ``out`` redoes only the runs left.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
 import multiprocessing as mp
 import os
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from metaimprove import seeds
 from metaimprove.errors import UserError
@@ -23,20 +26,41 @@ from metaimprove.evaluation.guard import Point
 from metaimprove.evaluation.methods import METHODS, Run, method_names
 from metaimprove.evaluation.protocol import STARTS, ApplyConfig, Job, run_budget
 from metaimprove.interop.sb3 import load_any_policy
-from metaimprove.operator.checkpoint import OperatorCheckpoint
+from metaimprove.loggers import Metrics, check_logger, progress, run_log
+from metaimprove.operator.checkpoint import OperatorCheckpoint, resolve_operator
 from metaimprove.operator.runtime import BatchSchedule
 from metaimprove.sim.envs import AnyTask, UserEnv, mujoco_log
 from metaimprove.sim.policy import Policy, save_policy
 from metaimprove.sim.rollout import GymSimulator, Simulator, evaluate
 from metaimprove.sim.tasks import Task, get_family
-from metaimprove.storage import atomic_write_csv
+from metaimprove.storage import (
+    atomic_write_bytes,
+    atomic_write_csv,
+    exclusive,
+    meta_path,
+    plain_json,
+    read_json,
+    sha256_file,
+)
 
 CURVE_FIELDS = ["method", "task", "seed", "env_steps", "return", "fallbacks", "guard_steps"]
 POLICY_NEEDS = {"dr_policy": "dr", "meta_policy": "metalearn"}
 """the policy files a method may need (``Method.needs``), by ApplyConfig field, and the stage that writes each"""
+RUNS_DIR = "runs"
+"""folder of ``out`` holding each finished run, ``<method>/<task>-s<seed>.json``"""
+RUN_FORMAT = "metaimprove-apply-run"
+# Settings that choose which runs there are, where they execute and what is reported, never what one run gives.
+RUN_INDEPENDENT = ("out", "workers", "logger", "methods", "n_tasks", "task_start", "seeds", "seed_start")
+FILE_SETTINGS = ("operator_path", "task_file", "init", "dr_policy", "meta_policy")
+"""settings naming files whose contents a run depends on: a finished run is reused only if they are unchanged"""
+
+Result = tuple[list[dict[str, Any]], dict[str, list[float]]]
+"""one run's curve rows and step timings"""
+
+log = logging.getLogger(__name__)
 
 
-def run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], dict[str, list[float]]]:
+def run_job(config: ApplyConfig, job: Job) -> Result:
     """Run one (method, task, seed); returns its curve rows and step timings."""
     torch.set_num_threads(1)
     # Worker processes start without the CLI's MuJoCo warning handler; warnings belong in the run directory.
@@ -44,7 +68,7 @@ def run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], dic
         return _run_job(config, job)
 
 
-def _run_job(config: ApplyConfig, job: Job) -> tuple[list[dict[str, object]], dict[str, list[float]]]:
+def _run_job(config: ApplyConfig, job: Job) -> Result:
     op, ckpt = OperatorCheckpoint.load(config.operator_path)
     schedule = BatchSchedule.of(ckpt, config.warmup)
     run = Run(config, op, ckpt, job.task, job.seed, schedule, run_budget(config, schedule.batch))
@@ -99,6 +123,9 @@ def _validate(config: ApplyConfig, ckpt: OperatorCheckpoint) -> Sequence[AnyTask
         raise UserError(f"unknown methods {unknown}; choose from {valid}")
     if config.n_tasks < 1 or config.seeds < 1 or config.applications < 1 or config.eval_episodes < 1:
         raise UserError("n_tasks, seeds, applications and eval_episodes must all be >= 1")
+    if config.seed_start < 0:
+        raise UserError(f"seed_start must be >= 0 (seeds are non-negative), got {config.seed_start}")
+    check_logger(config.logger)
     if min(config.nearest_k, config.transfer_episodes, config.guard_episodes) < 1:
         raise UserError("nearest_k, transfer_episodes and guard_episodes must be >= 1")
     if min(config.noise_scale, config.guard_threshold, config.guard_margin) < 0:
@@ -183,37 +210,126 @@ def _check_budget(config: ApplyConfig, ckpt: OperatorCheckpoint, family: str) ->
 
 
 def apply(config: ApplyConfig) -> Path:
-    """Run every method on every (task, seed); writes ``curves.csv`` and ``timings.csv`` to ``config.out``."""
+    """Run every method on every (task, seed); writes ``curves.csv`` and ``timings.csv`` to ``config.out``.
+
+    Each run is written to ``runs/`` as it finishes; rerunning into the same ``out`` reuses the finished runs whose
+    settings and input files are unchanged and runs the rest. One process at a time writes an ``out``."""
     _, ckpt = OperatorCheckpoint.load(config.operator_path)
     tasks = _validate(config, ckpt)
     if any(METHODS[m].uses_operator for m in config.methods):
         ckpt.check_task(tasks[0])  # an oracle operator reads only its family's tasks (all of them share one)
         ckpt.ask(config.ask_k, config.ask_improvement)  # warn once, up front, if outside the trained range
-    jobs = [Job(m, t, s) for t in tasks for s in range(config.seeds) for m in config.methods]
-    workers = min(config.workers or os.cpu_count() or 1, len(jobs))
-    Path(config.out).mkdir(parents=True, exist_ok=True)
-    results = []
-    with tqdm(total=len(jobs), desc="apply", unit="run", dynamic_ncols=True) as bar:
-        if workers == 1:
-            for job in jobs:
-                results.append(run_job(config, job))
-                bar.update()
-        else:
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-                for result in pool.map(run_job, [config] * len(jobs), jobs):
-                    results.append(result)
-                    bar.update()
+    seed_range = range(config.seed_start, config.seed_start + config.seeds)
+    jobs = [Job(m, t, s) for t in tasks for s in seed_range for m in config.methods]
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [r for rows, _ in results for r in rows]
-    atomic_write_csv(out / "curves.csv", CURVE_FIELDS, rows)
-    timing_rows = []
-    for _, timings in results:
-        for name, values in timings.items():
-            timing_rows += [{"name": name, "seconds": v} for v in values]
-    atomic_write_csv(out / "timings.csv", ["name", "seconds"], timing_rows)
-    _print_summary(rows, timing_rows, config)
+    with exclusive(out, "apply"), run_log(out, "apply"), \
+            Metrics(out, config.logger, "apply", plain_json(dataclasses.asdict(config))) as metrics:
+        _warn_if_incomplete(config.operator_path)
+        runs = _FinishedRuns(out, config)
+        results = [runs.load(job) for job in jobs]
+        todo = [i for i, result in enumerate(results) if result is None]
+        if len(todo) < len(jobs):
+            log.info(f"{len(jobs) - len(todo)} of {len(jobs)} runs were already done in {out / RUNS_DIR}")
+        with progress(total=len(jobs), initial=len(jobs) - len(todo), desc="apply", unit="run") as bar:
+            for i, result in _execute(config, jobs, todo):
+                runs.save(jobs[i], result)
+                results[i] = result
+                _report(jobs[i], result[0], metrics)
+                bar.update()
+        finished = [result for result in results if result is not None]
+        rows = [row for run_rows, _ in finished for row in run_rows]
+        atomic_write_csv(out / "curves.csv", CURVE_FIELDS, rows)
+        timing_rows = []
+        for _, timings in finished:
+            for name, values in timings.items():
+                timing_rows += [{"name": name, "seconds": v} for v in values]
+        atomic_write_csv(out / "timings.csv", ["name", "seconds"], timing_rows)
+        _print_summary(rows, timing_rows, config)
     return out / "curves.csv"
+
+
+def _execute(config: ApplyConfig, jobs: list[Job], todo: list[int]) -> Iterator[tuple[int, Result]]:
+    """Run the jobs numbered ``todo`` in this process or on a pool of ``config.workers``; yield each number with its
+    result as it finishes."""
+    workers = min(config.workers or os.cpu_count() or 1, len(todo))
+    if workers <= 1:
+        for i in todo:
+            yield i, run_job(config, jobs[i])
+        return
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(run_job, config, jobs[i]): i for i in todo}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
+def _report(job: Job, rows: list[dict[str, Any]], metrics: Metrics) -> None:
+    """Log a finished run's returns: a line, and its curve to the metrics logger."""
+    log.info(f"{job.method} on {job.task.name}, seed {job.seed}: return {float(rows[0]['return']):.1f} -> "
+             f"{float(rows[-1]['return']):.1f} after {rows[-1]['env_steps']} env steps")
+    for row in rows:
+        metrics.log(f"{job.method}/{job.task.name}/s{job.seed}", row, int(row["env_steps"]))
+
+
+def _warn_if_incomplete(operator_path: str) -> None:
+    """One warning line when the checkpoint comes from a train run that has not finished (its best weights so far)."""
+    path = resolve_operator(operator_path)
+    summary = read_json(meta_path(path)).get("meta", {}).get("summary", {})
+    if summary.get("complete") is False:
+        log.warning(f"operator {path} is the best-so-far checkpoint of a train run that has not finished; rerun "
+                    "that train command to complete it")
+
+
+class _FinishedRuns:
+    """The runs of ``out/runs/``: one JSON file per finished run, with what it depends on, reused by a rerun only
+    when that is unchanged (the settings that shape one run and the contents of its input files)."""
+
+    def __init__(self, out: Path, config: ApplyConfig) -> None:
+        self.root = out / RUNS_DIR
+        settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in RUN_INDEPENDENT}
+        for name in FILE_SETTINGS:
+            path = getattr(config, name)
+            if path is not None:
+                settings[f"{name}_sha256"] = _digest(resolve_operator(path) if name == "operator_path" else Path(path))
+        if config.dataset is not None:
+            settings["dataset_sha256"] = _digest(Path(config.dataset) / "manifest.json")
+        self.settings = plain_json(settings)
+
+    def path(self, job: Job) -> Path:
+        """The file of ``job``."""
+        return self.root / job.method / f"{job.task.name.replace('/', '-')}-s{job.seed}.json"
+
+    def identity(self, job: Job) -> dict[str, Any]:
+        """What ``job``'s result depends on."""
+        task = job.task.to_dict() if isinstance(job.task, Task) else job.task.name
+        return {"format": RUN_FORMAT, "settings": self.settings, "method": job.method, "task": task, "seed": job.seed}
+
+    def load(self, job: Job) -> Result | None:
+        """The result of ``job`` if a finished run with the same identity is on disk, else None."""
+        path = self.path(job)
+        if not path.exists():
+            return None
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        if not isinstance(saved, dict) or saved.get("identity") != self.identity(job):
+            return None
+        return saved["rows"], saved["timings"]
+
+    def save(self, job: Job, result: Result) -> None:
+        """Write ``job``'s result (atomically; floats exactly, NaN included, timings in their order)."""
+        path = self.path(job)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows, timings = result
+        atomic_write_bytes(path, json.dumps({"identity": self.identity(job), "rows": rows,
+                                             "timings": timings}).encode())
+
+
+def _digest(path: Path) -> str:
+    """sha256 of a file and of the JSON beside it if it is a tensor file (its metadata); empty for no file."""
+    files = [path, *([meta_path(path)] if path.suffix == ".safetensors" else [])]
+    return "".join(sha256_file(f) for f in files if f.is_file())
 
 
 def _print_summary(rows: list[dict[str, object]], timing_rows: list[dict[str, object]], config: ApplyConfig) -> None:
@@ -233,7 +349,7 @@ def _print_summary(rows: list[dict[str, object]], timing_rows: list[dict[str, ob
             fallbacks = sum(int(rs[-1]["fallbacks"]) for rs in runs.values())  # type: ignore[call-overload]
             below = sum(f < s for s, f in zip(start, final, strict=True))
             line += f" ({fallbacks} fallbacks to teacher steps, {below} of {len(final)} runs ending below their start)"
-        print(line)
+        log.info(line)
     means = {}
     for name in ("operator_step", "ppo_update"):
         vals = [float(r["seconds"]) for r in timing_rows if r["name"] == name]  # type: ignore[arg-type]
@@ -241,5 +357,5 @@ def _print_summary(rows: list[dict[str, object]], timing_rows: list[dict[str, ob
     if not math.isnan(means["operator_step"]) and not math.isnan(means["ppo_update"]):
         # Measured in whichever worker ran each job, under whatever else ran beside it: indicative only
         # (benchmarks/improvement.py times both on the same batch in one process).
-        print(f"mean wall time: operator step {means['operator_step'] * 1e3:.1f} ms, "
-              f"PPO update {means['ppo_update'] * 1e3:.1f} ms (across workers)")
+        log.info(f"mean wall time: operator step {means['operator_step'] * 1e3:.1f} ms, "
+                 f"PPO update {means['ppo_update'] * 1e3:.1f} ms (across workers)")

@@ -26,7 +26,7 @@ class ApplyConfig:
     operator_path: str = "???"
     """operator checkpoint (.safetensors) written by `metaimprove train`, or a shipped operator's name"""
     out: str = "???"
-    """run directory for curves.csv and timings.csv"""
+    """run directory for curves.csv, timings.csv and each finished run (runs/); rerun into it to resume"""
     task: TaskConfig = field(default_factory=lambda: TaskConfig("halfcheetah_vel"))
     """task family to apply on (config group: task=<family>)"""
     split: str = "test"
@@ -46,7 +46,9 @@ class ApplyConfig:
     start: str = "fresh"
     """θ⁰ of run s: fresh (an initialization no training run used) or train_init (a training run's θ⁰; needs dataset)"""
     seeds: int = 5
-    """seeds per task (each: its own initialization, collection and evaluation seeds)"""
+    """seeds per task, seed_start .. seed_start + seeds - 1 (each: its own initialization, collection, evaluation)"""
+    seed_start: int = 0
+    """first seed (a later batch of seeds for the same tasks: seed_start=<the seeds so far>)"""
     applications: int = 20
     """budget B in batches of the operator's teacher: operator applications / PPO updates per run"""
     budget: int | None = None
@@ -86,6 +88,8 @@ class ApplyConfig:
     """deterministic evaluation episodes per point"""
     workers: int = 0
     """parallel processes (0: one per CPU)"""
+    logger: str = "csv"
+    """where per-run returns go besides curves.csv: csv (nowhere more), tensorboard or wandb"""
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,21 @@
-"""apply: every method on the same budget and seeded, starts, warm-ups, the guarded operator, bad input."""
+"""apply: every method on the same budget and seeded, starts, warm-ups, the guarded operator, bad input, resuming,
+seed_start, one writer per out, unfinished checkpoints."""
 
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 
 import pytest
 import torch
 
 from metaimprove.errors import UserError
+from metaimprove.evaluation import apply as apply_module
 from metaimprove.evaluation.apply import apply
 from metaimprove.evaluation.baselines import nearest_runs, training_runs
 from metaimprove.evaluation.methods import method_names
-from metaimprove.evaluation.protocol import ApplyConfig, initial_policy
+from metaimprove.evaluation.protocol import ApplyConfig, Job, initial_policy
 from metaimprove.operator.checkpoint import OperatorCheckpoint
 from metaimprove.operator.features import FeatureConfig, task_vector
 from metaimprove.sim.envs import UserEnv
@@ -22,7 +25,15 @@ from metaimprove.sim.tasks import TaskConfig, get_family
 from metaimprove.storage import meta_path
 from metaimprove.teachers import TEACHERS
 from metaimprove.training.train import TrainConfig, train
-from tests.helpers import TINY_ARS, TINY_TEACHER, TINY_TRAIN, apply_config, curve_rows, run_cli
+from tests.helpers import (
+    TINY_ARS,
+    TINY_TEACHER,
+    TINY_TRAIN,
+    apply_config,
+    curve_rows,
+    held_by_another_process,
+    run_cli,
+)
 
 BATCH = TINY_TEACHER["n_envs"] * TINY_TEACHER["n_steps"]
 # 6 training runs × 1 selection episode × 256 steps: the budget must pay for transferred's selection.
@@ -185,3 +196,88 @@ def test_oracle_operator_refuses_a_user_env_and_another_family(oracle_run: pathl
     with pytest.raises(UserError, match="reads task vectors of halfcheetah_vel"):
         _apply(operator, tmp_path / "dir", task=TaskConfig("halfcheetah_dir"))
     _apply(operator, tmp_path / "ppo", env="HalfCheetah-v5", episode_length=64, methods=["ppo"])  # no operator: fine
+
+
+# ------------------------------------------------------------------------------------------ resume
+
+
+def _count_runs(monkeypatch: pytest.MonkeyPatch, fail_after: int | None = None) -> list[str]:
+    """Record each run apply starts (method/seed) in the returned list; with ``fail_after``, interrupt the run that
+    follows that many."""
+    started: list[str] = []
+    real = apply_module.run_job
+
+    def counted(config: ApplyConfig, job: Job) -> object:
+        if fail_after is not None and len(started) == fail_after:
+            raise KeyboardInterrupt
+        started.append(f"{job.method}/{job.seed}")
+        return real(config, job)
+
+    monkeypatch.setattr(apply_module, "run_job", counted)
+    return started
+
+
+def test_an_interrupted_apply_resumes_to_the_same_curves(operator_path: pathlib.Path, tmp_path: pathlib.Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = dict(methods=["operator", "no_update"], seeds=2)
+    apply(apply_config(operator_path, tmp_path / "whole", **settings))
+    with monkeypatch.context() as patch:
+        _count_runs(patch, fail_after=3)
+        with pytest.raises(KeyboardInterrupt):
+            apply(apply_config(operator_path, tmp_path / "part", **settings))
+    assert len(list((tmp_path / "part" / "runs").rglob("*.json"))) == 3  # each finished run, as it finished
+    assert not (tmp_path / "part" / "curves.csv").exists()
+    started = _count_runs(monkeypatch)
+    apply(apply_config(operator_path, tmp_path / "part", **settings))
+    assert started == ["no_update/1"]  # only the run left
+    assert (tmp_path / "part" / "curves.csv").read_bytes() == (tmp_path / "whole" / "curves.csv").read_bytes()
+    timings = [(tmp_path / run / "timings.csv").read_text().count("\n") for run in ("part", "whole")]
+    assert timings[0] == timings[1] > 1
+    apply(apply_config(operator_path, tmp_path / "part", **settings))
+    assert started == ["no_update/1"]  # a finished apply reruns nothing
+    # Another setting that shapes a run, or another operator file at the same path, redoes the runs.
+    apply(apply_config(operator_path, tmp_path / "part", **settings, eval_episodes=2))
+    assert len(started) == 5
+    other = tmp_path / "op" / "operator.safetensors"
+    other.parent.mkdir()
+    for path in (operator_path, meta_path(operator_path)):
+        (other.parent / path.name.replace("op.", "operator.")).write_bytes(path.read_bytes())
+    apply(apply_config(other, tmp_path / "moved", **settings))
+    started.clear()
+    apply(apply_config(other, tmp_path / "moved", **settings))
+    assert started == []
+    op, ckpt = OperatorCheckpoint.load(other)
+    with torch.no_grad():
+        next(op.parameters()).add_(0.01)
+    ckpt.save(other, op, summary={})
+    apply(apply_config(other, tmp_path / "moved", **settings))
+    assert len(started) == 4
+
+
+def test_seed_start_runs_the_later_seeds_of_a_longer_run(operator_path: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    both = curve_rows(apply(apply_config(operator_path, tmp_path / "both", seeds=2)).parent)
+    second = curve_rows(apply(apply_config(operator_path, tmp_path / "second", seeds=1, seed_start=1)).parent)
+    assert second and second == [r for r in both if r["seed"] == "1"]
+    with pytest.raises(UserError, match="seed_start must be >= 0"):
+        apply(apply_config(operator_path, tmp_path / "bad", seed_start=-1))
+
+
+def test_a_second_apply_into_the_same_out_is_refused(operator_path: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    with held_by_another_process(tmp_path / "out") as out, \
+            pytest.raises(UserError, match=r"being written by another process \(apply refuses"):
+        apply(apply_config(operator_path, out))
+    assert list(out.iterdir()) == []
+
+
+def test_apply_warns_in_one_line_about_an_unfinished_checkpoint(operator_path: pathlib.Path, tmp_path: pathlib.Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    op, ckpt = OperatorCheckpoint.load(operator_path)
+    unfinished = tmp_path / "unfinished.safetensors"
+    ckpt.save(unfinished, op, summary={"complete": False})
+    for path, warned in ((operator_path, False), (unfinished, True)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="metaimprove"):
+            apply(apply_config(operator_path=path, out=tmp_path / path.stem, seeds=1))
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == warned
+        assert all("has not finished" in w and "\n" not in w for w in warnings)
