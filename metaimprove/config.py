@@ -2,36 +2,34 @@
 
 Adding a stage: beside its code, a function taking a config dataclass whose docstring's first line describes the
 stage in ``metaimprove --help`` and whose every field has a one-line docstring (``metaimprove <stage> --help``);
-each config group the stage uses is a field of that name (``MISSING``). Then register it here::
+each config group the stage uses is a field of that name (``MISSING``). Then register it here, by name::
 
-    stage("train", "metaimprove.training.train:train", groups={"operator": "per_param"})(TrainConfig)
+    register("train", "metaimprove.training.train:train", "metaimprove.training.train:TrainConfig",
+             groups={"operator": "per_param"})
 
-A stage with an ``out`` field writes into that run directory (the CLI fills in the default and records the
-resolved config in ``<out>/.hydra/``). Options of ``task`` come from ``tasks/*.yaml``, of ``teacher`` from
-:data:`TEACHERS`; more can be YAML files in ``configs/<group>/``.
+The registry imports no stage: a stage's config and function load when it runs or shows its settings
+(:func:`store_configs`), and ``metaimprove --help`` reads each description from the source, so the CLI answers
+without importing torch. A stage with an ``out`` field writes into that run directory (the CLI fills in the default
+and records the resolved config in ``<out>/.hydra/``). Options of ``task`` come from ``tasks/*.yaml``, of ``teacher``
+from :data:`~metaimprove.teachers.TEACHERS`; more can be YAML files in ``configs/<group>/``.
 """
 
 import ast
 import importlib
+import importlib.util
 import inspect
+import sys
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass
+from functools import cache
+from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from metaimprove.data.collect import CollectConfig, VerifyConfig
-from metaimprove.evaluation.baselines import DRConfig
-from metaimprove.evaluation.plot import PlotConfig
-from metaimprove.evaluation.protocol import ApplyConfig
-from metaimprove.interop.sb3 import ExportConfig
-from metaimprove.operator.networks import ARCHS, OperatorConfig
 from metaimprove.sim.tasks import TaskConfig, load_families
-from metaimprove.teachers import TEACHERS
-from metaimprove.training.metalearn import MetaLearnConfig
-from metaimprove.training.train import TrainConfig
 
 HYDRA_VERSION_BASE = "1.3"
 CONFIG_MODULE = "metaimprove.conf"
@@ -42,21 +40,33 @@ RUN_SETTINGS = "run_dir"
 C = TypeVar("C")
 
 
+def load(ref: str) -> Any:
+    """The object ``module:name`` names, importing its module."""
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 @dataclass(frozen=True)
 class Stage:
     """A registered stage: its name, config dataclass, the function that runs it and its group defaults."""
 
     name: str
-    config: type
+    config_ref: str
+    """``module:Class`` of the config dataclass (imported only when the stage runs or shows its settings)"""
     target: str
     """``module:function`` of the stage function (imported only when the stage runs)"""
     groups: dict[str, str]
     """default option of each config group the stage uses"""
 
     @property
+    def config(self) -> type:
+        """The config dataclass (imports its module)."""
+        return load(self.config_ref)
+
+    @property
     def description(self) -> str:
-        """One-line description: the first line of the config dataclass's docstring."""
-        return (self.config.__doc__ or "").strip().splitlines()[0]
+        """One-line description: the first line of the config dataclass's docstring, read without importing it."""
+        return (_class_docstring(self.config_ref) or "").strip().splitlines()[0]
 
     @property
     def has_out(self) -> bool:
@@ -65,35 +75,63 @@ class Stage:
 
     def function(self) -> Callable[[Any], None]:
         """Import and return the stage function."""
-        module, name = self.target.split(":")
-        return getattr(importlib.import_module(module), name)
+        return load(self.target)
+
+
+def _class_docstring(ref: str) -> str | None:
+    """The docstring of class ``module:Class``: from the loaded module if it is, else parsed from its source."""
+    module, name = ref.split(":")
+    if module not in sys.modules:
+        spec = importlib.util.find_spec(module)
+        if spec is not None and spec.origin is not None and spec.origin.endswith(".py"):
+            for node in ast.parse(Path(spec.origin).read_text()).body:
+                if isinstance(node, ast.ClassDef) and node.name == name:
+                    return ast.get_docstring(node)
+    return inspect.getdoc(load(ref))
 
 
 STAGES: dict[str, Stage] = {}
 """every stage by name, in registration (pipeline) order"""
 
 
-def stage(name: str, target: str, groups: dict[str, str] | None = None) -> Callable[[type[C]], type[C]]:
-    """Class decorator: register a config dataclass as stage ``name``, run by ``target`` (``module:function``).
+def register(name: str, target: str, config: str, groups: dict[str, str] | None = None) -> None:
+    """Register stage ``name``: config dataclass ``config`` run by ``target`` (both ``module:name``).
 
     ``groups`` maps each config group the stage uses to its default option; the dataclass declares a
     field of the same name (``MISSING``) that the chosen option fills.
     """
+    STAGES[name] = Stage(name, config, target, dict(groups or {}))
 
-    def register(cls: type[C]) -> type[C]:
-        if not is_dataclass(cls):
-            raise TypeError(f"stage {name}: {cls.__name__} must be a dataclass")
-        undocumented = [f.name for f in fields(cls) if f.name not in field_docs(cls)]
-        if undocumented:
-            raise TypeError(f"stage {name}: fields {undocumented} of {cls.__name__} need a one-line docstring")
-        store = ConfigStore.instance()
-        store.store(name=f"{name}_schema", node=cls)
-        defaults: list[Any] = [f"{name}_schema", *({g: o} for g, o in (groups or {}).items()), RUN_SETTINGS, "_self_"]
-        store.store(name=name, node={"defaults": defaults})
-        STAGES[name] = Stage(name, cls, target, dict(groups or {}))
+
+def stage(name: str, target: str, groups: dict[str, str] | None = None) -> Callable[[type[C]], type[C]]:
+    """Class decorator: :func:`register` a config dataclass defined in hand as stage ``name``."""
+
+    def decorate(cls: type[C]) -> type[C]:
+        _check_documented(name, cls)
+        register(name, target, f"{cls.__module__}:{cls.__qualname__}", groups)
         return cls
 
-    return register
+    return decorate
+
+
+def store_configs(stage: Stage) -> None:
+    """Put the config groups' options and ``stage``'s schema and defaults into Hydra's ConfigStore, which Hydra
+    composes from; this imports the stage's config (and with the groups, the teachers and operators)."""
+    _register_groups()
+    cls = stage.config
+    _check_documented(stage.name, cls)
+    store = ConfigStore.instance()
+    store.store(name=f"{stage.name}_schema", node=cls)
+    defaults: list[Any] = [f"{stage.name}_schema", *({g: o} for g, o in stage.groups.items()), RUN_SETTINGS, "_self_"]
+    store.store(name=stage.name, node={"defaults": defaults})
+
+
+def _check_documented(name: str, cls: type) -> None:
+    if not is_dataclass(cls):
+        raise TypeError(f"stage {name}: {cls.__name__} must be a dataclass")
+    undocumented = [f.name for f in fields(cls) if f.name not in field_docs(cls)]
+    if undocumented:
+        raise TypeError(f"stage {name}: fields {undocumented} of {cls.__name__} need a one-line docstring")
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -115,7 +153,11 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+@cache
 def _register_groups() -> None:
+    from metaimprove.operator.networks import ARCHS, OperatorConfig
+    from metaimprove.teachers import TEACHERS
+
     store = ConfigStore.instance()
     for family in load_families():
         store.store(group="task", name=family, node=TaskConfig(family=family))
@@ -123,9 +165,6 @@ def _register_groups() -> None:
         store.store(group="teacher", name=name, node=config_type)
     for arch in ARCHS:
         store.store(group="operator", name=arch, node=OperatorConfig(arch=arch))
-
-
-_register_groups()
 
 
 @stage("tasks", "metaimprove.cli:list_tasks")
@@ -138,15 +177,21 @@ class TasksConfig:
 
 
 # Stages whose configs live beside their code (sub-configs are defined by the module that uses them).
-stage("collect", "metaimprove.data.collect:collect",
-      groups={"task": "halfcheetah_vel", "teacher": "ppo"})(CollectConfig)
-stage("verify", "metaimprove.data.collect:verify")(VerifyConfig)
-stage("train", "metaimprove.training.train:train", groups={"operator": "per_param"})(TrainConfig)
-stage("dr", "metaimprove.evaluation.baselines:train_dr", groups={"task": "halfcheetah_vel"})(DRConfig)
-stage("metalearn", "metaimprove.training.metalearn:metalearn", groups={"task": "halfcheetah_vel"})(MetaLearnConfig)
-stage("apply", "metaimprove.evaluation.apply:apply", groups={"task": "halfcheetah_vel"})(ApplyConfig)
-stage("plot", "metaimprove.evaluation.plot:run_plot")(PlotConfig)
-stage("export", "metaimprove.interop.sb3:export")(ExportConfig)
+register("collect", "metaimprove.data.collect:collect", "metaimprove.data.collect:CollectConfig",
+         groups={"task": "halfcheetah_vel", "teacher": "ppo"})
+register("verify", "metaimprove.data.collect:verify", "metaimprove.data.collect:VerifyConfig")
+register("train", "metaimprove.training.train:train", "metaimprove.training.train:TrainConfig",
+         groups={"operator": "per_param"})
+register("dr", "metaimprove.evaluation.baselines:train_dr", "metaimprove.evaluation.baselines:DRConfig",
+         groups={"task": "halfcheetah_vel"})
+register("metalearn", "metaimprove.training.metalearn:metalearn", "metaimprove.training.metalearn:MetaLearnConfig",
+         groups={"task": "halfcheetah_vel"})
+register("apply", "metaimprove.evaluation.apply:apply", "metaimprove.evaluation.protocol:ApplyConfig",
+         groups={"task": "halfcheetah_vel"})
+register("evaluate", "metaimprove.evaluation.evaluate:run_evaluate", "metaimprove.evaluation.evaluate:EvaluateConfig",
+         groups={"task": "halfcheetah_vel"})
+register("plot", "metaimprove.evaluation.plot:run_plot", "metaimprove.evaluation.plot:PlotConfig")
+register("export", "metaimprove.interop.sb3:export", "metaimprove.interop.sb3:ExportConfig")
 
 
 @stage("pipeline", "metaimprove.pipeline:pipeline",
@@ -159,8 +204,9 @@ class PipelineConfig:
     """the task family (config group: task=<family>)"""
     teacher: Any = MISSING
     """the teacher that makes the data and is compared against (config group: teacher=<name>)"""
-    operator: OperatorConfig = MISSING
-    """operator architecture (config group: operator=<arch>)"""
+    operator: Any = MISSING
+    """operator architecture, an :class:`~metaimprove.operator.networks.OperatorConfig` (config group:
+    operator=<arch>)"""
     n_tasks: int | None = None
     """training tasks to collect, train split (default: the family's, see `metaimprove tasks`)"""
     seeds: int = 1
