@@ -21,7 +21,7 @@ from matplotlib.ticker import EngFormatter
 
 from metaimprove.errors import UserError
 from metaimprove.evaluation.methods import METHODS
-from metaimprove.evaluation.stats import COLUMNS, Band, Curves, common_grid, curve_band
+from metaimprove.evaluation.stats import COLUMNS, Band, Curves, common_grid, curve_band, normalize_curves, read_scales
 
 
 @dataclass
@@ -42,6 +42,9 @@ class PlotConfig:
     """One panel per split (aggregated over its tasks) instead of one panel over all tasks."""
     budget: float | None = None
     """Env-step budget B, drawn as a dashed vertical line; None draws none."""
+    references: str | None = None
+    """A reference table (CSV with task, start and reference columns, such as results/references.csv): draw each
+    task's normalized score (0 at its start return, 1 at its reference return) instead of raw returns."""
     pdf: bool = False
     """Also write a PDF next to the PNG."""
     reps: int = 2_000
@@ -363,6 +366,8 @@ def run_plot(config: PlotConfig) -> list[Path]:
     curves = read_curves(paths)
     if config.splits is not None:
         curves = select_splits(curves, list(config.splits))
+    if config.references is not None:
+        curves = normalize_curves(curves, read_scales(Path(config.references)))
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     written = plot_curves(
@@ -375,6 +380,7 @@ def run_plot(config: PlotConfig) -> list[Path]:
         reps=config.reps,
         seed=config.seed,
         per_split=config.per_split,
+        value="return" if config.references is None else "normalized score",
     )
     for path in written:
         print(path)

@@ -10,9 +10,11 @@ Why reimplemented: see the design notes (docs/design.md, "Statistics").
 
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -339,6 +341,23 @@ class TaskScale(NamedTuple):
 
     start: float
     reference: float
+
+
+def read_scales(path: Path) -> dict[str, TaskScale]:
+    """Each task's :class:`TaskScale` from a reference table: a CSV with ``task``, ``start`` and ``reference`` columns
+    (``benchmarks/references.py`` writes one as ``results/references.csv``)."""
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise UserError(f"cannot read the reference table {path}: {exc.strerror}") from None
+    missing = {"task", "start", "reference"} - set(rows[0] if rows else {})
+    if missing:
+        raise UserError(f"{path} is not a reference table: it lacks the column(s) {', '.join(sorted(missing))}")
+    try:
+        return {r["task"]: TaskScale(float(r["start"]), float(r["reference"])) for r in rows}
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc}; start and reference must be numbers") from None
 
 
 def normalize(returns: npt.ArrayLike, start: float, reference: float) -> FloatArray:

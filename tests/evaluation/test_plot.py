@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from metaimprove.evaluation.plot import (
     run_plot,
     select_splits,
 )
+from metaimprove.evaluation.stats import normalize_curves, read_scales
 
 TASKS = ("halfcheetah_vel/test/3", "halfcheetah_vel/test/10")
 HEADER = ["method", "task", "seed", "env_steps", "return"]
@@ -209,3 +211,29 @@ def test_failed_save_leaves_no_file(runs: list[Path], tmp_path: Path, monkeypatc
     with pytest.raises(RuntimeError, match="disk full"):
         plot_curves(read_curves([r / "curves.csv" for r in runs]), out, reps=50)
     assert list(out.parent.iterdir()) == []
+
+
+def test_references_draw_per_task_normalized_scores(runs: list[Path], tmp_path: Path) -> None:
+    table = _write(tmp_path / "references.csv", [[t, -50, 450] for t in TASKS], ["task", "start", "reference"])
+    curves = normalize_curves(read_curves([r / "curves.csv" for r in runs]), read_scales(table))
+    ax = _visible_axes(build_figure(curves, reps=50, value="normalized score"))[0]
+    assert ax.get_ylabel() == "normalized score"
+    assert 0.8 < max(line.get_ydata().max() for line in ax.get_lines()) < 1.2  # the curves rise from -50 to ~450
+    out = tmp_path / "plot"
+    assert run_plot(PlotConfig(runs=[str(r) for r in runs], out=str(out), references=str(table), reps=50)) == [
+        out / "curves.png"]
+
+
+@pytest.mark.parametrize(("rows", "header", "needle"), [
+    ([[TASKS[0], -50, 450]], ["task", "start", "reference"], "does not match the task list"),
+    ([[t, -50] for t in TASKS], ["task", "start"], "lacks the column(s) reference"),
+    ([[t, -50, "high"] for t in TASKS], ["task", "start", "reference"], "must be numbers"),
+    ([[t, 450, -50] for t in TASKS], ["task", "start", "reference"], "does not exceed start return"),
+])
+def test_a_bad_reference_table_is_refused_before_drawing(runs: list[Path], tmp_path: Path, rows: list[list[object]],
+                                                         header: list[str], needle: str) -> None:
+    table = _write(tmp_path / "references.csv", rows, header)
+    out = tmp_path / "plot"
+    with pytest.raises(UserError, match=re.escape(needle)):
+        run_plot(PlotConfig(runs=[str(r) for r in runs], out=str(out), references=str(table), reps=50))
+    assert not (out / "curves.png").exists()
