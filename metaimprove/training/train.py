@@ -363,7 +363,9 @@ class _Trainer:
         self.op.load_state_dict(best["state"])
         self.summary = best["summary"]
         if self.config.relabel_rounds:
-            self.checkpoint.save(self.out / f"operator_round{round_}.safetensors", self.op, summary=best["summary"])
+            # A round's own file holds that round's finished fit.
+            self.checkpoint.save(self.out / f"operator_round{round_}.safetensors", self.op,
+                                 summary={**best["summary"], "complete": True})
         return rows[best["summary"]["best_epoch"]]
 
     def finish(self) -> None:

@@ -153,6 +153,8 @@ def test_oracle_operator_trains_applies_and_records_its_family(oracle_run: pathl
     assert op.context.head[0].in_features == 2 * 16 + 2 + 1 + 2 + 34
     with (oracle_run / "relabel.csv").open() as f:
         assert [int(r["pairs_added"]) for r in csv.DictReader(f)] == [0, ORACLE_TRAIN["relabel_starts"]]
+    for name in ("operator.safetensors", "operator_round0.safetensors", "operator_round1.safetensors"):
+        assert load_tensors(oracle_run / name)[1]["summary"]["complete"] is True, name
     with _apply(oracle_run / "operator.safetensors", tmp_path / "apply").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 and all(math.isfinite(float(r["return"])) for r in rows)
