@@ -26,7 +26,16 @@ from metaimprove.operator.features import FeatureConfig, warmup_phases
 from metaimprove.operator.networks import ImprovementOperator, OperatorConfig
 from metaimprove.operator.runtime import BatchSchedule
 from metaimprove.sim.policy import PolicySpec, forward
-from metaimprove.storage import atomic_write_csv, differences, exclusive, load_tensors, plain_json, save_tensors
+from metaimprove.storage import (
+    atomic_write_csv,
+    differences,
+    exclusive,
+    load_tensors,
+    meta_path,
+    plain_json,
+    read_json,
+    save_tensors,
+)
 from metaimprove.training.pairs import (
     PairConfig,
     Pairs,
@@ -397,19 +406,28 @@ class _LastState:
                 "best_summary": best.get("summary")}
         save_tensors(self.path, {k: v.detach().cpu() for k, v in tensors.items()}, meta)
 
-    def load(self, op: ImprovementOperator, best: dict[str, Any]) -> FitState | None:
-        """The saved state (None if there is none), with its weights loaded into ``op`` and its best weights and
-        summary into ``best``; a one-line UserError if it belongs to a run with other settings."""
-        if not self.path.exists():
-            return None
-        tensors, meta = load_tensors(self.path)
-        if meta.get("format") != STATE_FORMAT or meta.get("format_version") != STATE_VERSION:
+    def check(self) -> None:
+        """Refuse (one line) a saved state of another format or of a run with other settings; none is fine."""
+        if not meta_path(self.path).exists():
+            return
+        header = read_json(meta_path(self.path))
+        meta = header.get("meta") if isinstance(header, dict) else None
+        if not (isinstance(meta, dict) and meta.get("format") == STATE_FORMAT
+                and meta.get("format_version") == STATE_VERSION):
             raise UserError(f"{self.path} is not a training state this metaimprove reads; remove it to start over")
         changes = [f"{key}: {old!r} there, {new!r} now" for key, old, new in differences(meta["settings"],
                                                                                         self.settings)]
         if changes:
             raise UserError(f"out={self.path.parent} holds a train run with other settings ({'; '.join(changes[:4])});"
                             " rerun with its settings to resume it, or choose another out= directory")
+
+    def load(self, op: ImprovementOperator, best: dict[str, Any]) -> FitState | None:
+        """The saved state (None if there is none), with its weights loaded into ``op`` and its best weights and
+        summary into ``best``; a one-line UserError if it belongs to a run with other settings."""
+        if not self.path.exists():
+            return None
+        self.check()
+        tensors, meta = load_tensors(self.path)
         op.load_state_dict(_prefixed(tensors, "operator."))
         if meta["best_summary"] is not None:
             best["summary"], best["state"] = meta["best_summary"], _prefixed(tensors, "best.")
@@ -489,10 +507,11 @@ def train(config: TrainConfig) -> Path:
     torch.manual_seed(config.seed)
     datasets = dataset_dirs(config.dataset)
     config = dataclasses.replace(config, features=resolve_features(datasets, config.features))
+    out = Path(config.out)
+    _LastState(out / LAST, config).check()  # before anything is read or written
     log.info(f"encoding hindsight pairs from {', '.join(datasets)} ...")
     pairs = build_union(datasets, config.pairs, config.features)
     train_tasks, val_tasks = split_tasks(pairs, config.pairs.val_fraction, config.pairs.seed)
-    out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     trainer = _Trainer(config, pairs, train_tasks, val_tasks)
     with exclusive(out, "train"), run_log(out, "train"), \
