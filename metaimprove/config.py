@@ -186,6 +186,7 @@ register("dr", "metaimprove.evaluation.baselines:train_dr", "metaimprove.evaluat
          groups={"task": "halfcheetah_vel"})
 register("metalearn", "metaimprove.training.metalearn:metalearn", "metaimprove.training.metalearn:MetaLearnConfig",
          groups={"task": "halfcheetah_vel"})
+register("outcome", "metaimprove.training.outcome:outcome", "metaimprove.training.outcome:OutcomeConfig")
 register("apply", "metaimprove.evaluation.apply:apply", "metaimprove.evaluation.protocol:ApplyConfig",
          groups={"task": "halfcheetah_vel"})
 register("evaluate", "metaimprove.evaluation.evaluate:run_evaluate", "metaimprove.evaluation.evaluate:EvaluateConfig",
