@@ -28,7 +28,7 @@ from metaimprove.operator.networks import ImprovementOperator
 from metaimprove.operator.runtime import BatchSchedule, operator_teacher, operator_update
 from metaimprove.sim.envs import initial_states
 from metaimprove.sim.policy import ObsNormalizer, Policy, init_params
-from metaimprove.sim.rollout import Collector, Experience, Simulator, evaluate
+from metaimprove.sim.rollout import Collector, Experience, Simulator
 from metaimprove.sim.tasks import Task, get_family
 from metaimprove.storage import differences, exclusive, load_tensors, plain_json, save_tensors, sha256_file
 from metaimprove.teachers import ARS
@@ -131,13 +131,32 @@ class PopulationExplorer:
         step = torch.zeros(self.width // 2, spec.n_params)
         step[:, :n_perturbed] = self.noise_std * torch.randn(self.width // 2, n_perturbed, generator=self._gen)
         perturbation = torch.cat([step, -step])
-        # Each env e of copy c runs θ_c + ε_e normalized by copy c's statistics.
-        norms = [p.normalizer for p in policies]
-        batch = Policy(spec, torch.cat([p.theta + perturbation for p in policies]),
-                       ObsNormalizer(np.repeat(np.stack([n.mean for n in norms]), self.width, axis=0),
-                                     np.repeat(np.stack([n.var for n in norms]), self.width, axis=0)))
-        exp = self.collector.collect(batch, self.n_steps, deterministic=True)
+        exp = self.collector.collect(side_by_side(policies, perturbation), self.n_steps, deterministic=True)
         return [_envs(exp, c * self.width, self.width, policy, perturbation) for c, policy in enumerate(policies)]
+
+
+def side_by_side(policies: Sequence[Policy], offsets: torch.Tensor) -> Policy:
+    """One batch of θs ``[len(policies) × len(offsets), P]`` for a collector: env e of copy c runs θ_c + offsets[e]
+    normalized by policy c's own statistics (a normalizer of per-env rows)."""
+    n = len(offsets)
+    norms = [p.normalizer for p in policies]
+    return Policy(policies[0].spec, torch.cat([p.theta + offsets for p in policies]),
+                  ObsNormalizer(np.repeat(np.stack([m.mean for m in norms]), n, axis=0),
+                                np.repeat(np.stack([m.var for m in norms]), n, axis=0)))
+
+
+def evaluate_side_by_side(policies: Sequence[Policy], task: Task, episodes: int, seed: int) -> list[float]:
+    """:func:`~metaimprove.sim.rollout.evaluate` of every policy (apply's protocol: deterministic, ``episodes`` fixed
+    episodes seeded ``seed``, each counted up to its first end), all in one batched simulation: the same episodes, to
+    the rounding of the batched matmuls."""
+    collector = Collector(task, episodes * len(policies), seed)
+    collector.sim = SharedStarts(task, episodes, len(policies), seed)
+    exp = collector.collect(side_by_side(policies, torch.zeros(episodes, policies[0].spec.n_params)),
+                            collector.sim.episode_length, deterministic=True)
+    done = (exp.terminated | exp.truncated).int()
+    first_episode = (torch.cumsum(done, 0) - done) == 0
+    totals = (exp.reward * first_episode).sum(0).reshape(len(policies), episodes)
+    return [float(total.mean()) for total in totals]
 
 
 def _envs(exp: Experience, first: int, n: int, policy: Policy, perturbation: torch.Tensor) -> Experience:
@@ -183,8 +202,9 @@ def task_outcome(ops: Sequence[ImprovementOperator], ckpt: OperatorCheckpoint, t
     ``teacher_op_batch``) ``applications`` steps from :func:`start_policy` on ``task``, all in one batched collection
     per step, and evaluate where they end (apply's protocol, seeds and episodes).
 
-    Each operator does exactly what apply's ``operator`` method does with run seed ``seed``, and the teacher what
-    ``teacher_op_batch`` does, while no episode ends inside a batch (HalfCheetah's batches of at most an episode)."""
+    Each operator takes exactly the steps apply's ``operator`` method takes with run seed ``seed``, and the teacher
+    those of ``teacher_op_batch``, while no episode ends inside a batch (HalfCheetah's batches of at most an
+    episode)."""
     schedule = BatchSchedule.of(ckpt)
     start = start_policy(ckpt, seed)
     policies = [start] * (len(ops) + 1)
@@ -212,13 +232,11 @@ def task_outcome(ops: Sequence[ImprovementOperator], ckpt: OperatorCheckpoint, t
         policies[-1] = teacher.improve(batches[-1])
         steps += width * schedule.n_steps
         simulated += len(policies) * width * schedule.n_steps
-    eval_seed = seeds.evaluation(seed)
-    returns = tuple(-math.inf if failed[i] else evaluate(p, task, episodes, eval_seed)
-                    for i, p in enumerate(policies[:-1]))
-    length = get_family(task.family).episode_length
-    simulated += (len(policies) + 1 - sum(failed)) * episodes * length
-    return TaskOutcome(task.name, seed, evaluate(start, task, episodes, eval_seed),
-                       evaluate(policies[-1], task, episodes, eval_seed), returns, simulated)
+    *returns, teacher_return, start_return = evaluate_side_by_side([*policies, start], task, episodes,
+                                                                   seeds.evaluation(seed))
+    simulated += (len(policies) + 1) * episodes * get_family(task.family).episode_length
+    return TaskOutcome(task.name, seed, start_return, teacher_return,
+                       tuple(-math.inf if fail else r for r, fail in zip(returns, failed, strict=True)), simulated)
 
 
 def fitness(outcomes: Sequence[TaskOutcome], floor: float) -> torch.Tensor:
