@@ -6,12 +6,15 @@ rendered headless through ``MUJOCO_GL=egl``).
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,6 +155,17 @@ def record_episode(policy: Policy, target: AnyTask, folder: Path, seed: int) -> 
     return target_file, total
 
 
+def _free_quietly(exc: BaseException) -> None:
+    """Free what a failed renderer left half-built in ``exc``'s frames now, without a word: gymnasium's viewer fails
+    again in ``__del__`` (it has no GL context), which Python would print after the one-line error."""
+    hook, sys.unraisablehook = sys.unraisablehook, lambda _: None
+    try:
+        traceback.clear_frames(exc.__traceback__)
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+
+
 def _rendering_env(target: AnyTask) -> gymnasium.Env:
     """``target``'s env rendering RGB frames, checked to render here (one-line error naming what to install)."""
     # PyOpenGL announces at INFO, on every run, that its optional accelerator module is missing.
@@ -169,9 +183,10 @@ def _rendering_env(target: AnyTask) -> gymnasium.Env:
         frame = env.render()
     except Exception as exc:  # whatever the GL stack raises (RuntimeError, AttributeError, ...), the fix is the same
         env.close()
+        _free_quietly(exc)
         raise UserError(f"cannot render {target.name} headless with MUJOCO_GL={os.environ.get('MUJOCO_GL')} "
                         f"({type(exc).__name__}: {' '.join(str(exc).split())}); install EGL (apt-get install libegl1 "
-                        "libgl1-mesa-dri) or OSMesa (libosmesa6 with MUJOCO_GL=osmesa)") from exc
+                        "libegl-mesa0 libgl1-mesa-dri) or OSMesa (libosmesa6 with MUJOCO_GL=osmesa)") from exc
     if not isinstance(frame, np.ndarray):
         env.close()
         raise UserError(f"{target.name} rendered {type(frame).__name__}, not an RGB frame; video=true needs an env "

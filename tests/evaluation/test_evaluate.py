@@ -80,6 +80,22 @@ def test_video_writes_an_mp4_per_task_headless(tmp_path: pathlib.Path, monkeypat
     assert float(row["video_return"]) == pytest.approx(float(row["mean_return"]), rel=0.05)
 
 
+def test_video_where_nothing_renders_is_one_line_and_writes_nothing(tmp_path: pathlib.Path,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    if importlib.util.find_spec("moviepy") is None:
+        pytest.skip("moviepy is not installed: the stage refuses before it tries to render")
+    monkeypatch.setenv("MUJOCO_GL", "no_such_backend")
+    policy = _policy(tmp_path / "policy.safetensors")
+    code = cli.main(["evaluate", f"policy={policy}", "n_tasks=1", "episodes=1", "video=true",
+                     f"out={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "cannot render halfcheetah_vel/test/0 headless with MUJOCO_GL=no_such_backend" in err
+    assert "apt-get install libegl1" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.json", "policy.safetensors"]
+
+
 BAD_INPUT = [
     (["policy={missing}"], "missing"),
     (["policy={hopper}"], "takes obs 11 / act 3 but halfcheetah_vel/test/0 has obs 17 / act 6"),
