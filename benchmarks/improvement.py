@@ -96,7 +96,9 @@ DR_POLICY = OPERATORS / f"{FAMILY}.dr.safetensors"
 META_POLICY = OPERATORS / f"{FAMILY}.meta.safetensors"
 LEDGER = RESULTS / "test_ledger.csv"
 LEDGER_FIELDS = ["date", "commit", "config_sha256", "methods", "tasks", "seeds", "budget"]
-CHUNK_FIELDS = ["method", "budget", "tasks", "seeds", "commit", "minutes"]
+CHUNK_FIELDS = ["method", "budget", "tasks", "seeds", "commit", "minutes", "note"]
+"""a chunk's record; ``minutes`` is blank and ``note`` says where it came from for a chunk made from an earlier
+script's committed curves"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,7 +189,7 @@ def run_chunk(chunk: Chunk, args: argparse.Namespace) -> Path:
     began = time.perf_counter()
     apply(apply_config(chunk, args, partial))
     record = {"method": chunk.method, "budget": chunk.budget, "tasks": chunk.n_tasks, "seeds": chunk.seeds,
-              "commit": head_commit(), "minutes": round((time.perf_counter() - began) / 60, 2)}
+              "commit": head_commit(), "minutes": round((time.perf_counter() - began) / 60, 2), "note": ""}
     (partial / "chunk.json").write_text(json.dumps(record, indent=1) + "\n")
     partial.rename(done)
     return done
@@ -393,10 +395,13 @@ def report(name: str, args: argparse.Namespace, batch: float, best: str | None, 
     if chunks.exists():
         with chunks.open() as f:
             records = list(csv.DictReader(f))
-        key[f"apply_minutes_{name}"] = f"{sum(float(r['minutes']) for r in records):.1f}"
+        timed = [r for r in records if r["minutes"]]
+        key[f"apply_minutes_{name}"] = f"{sum(float(r['minutes']) for r in timed):.1f}"
         commits = sorted({r["commit"][:7] for r in records})
-        lines += ["", f"{len(records)} apply runs, {key[f'apply_minutes_{name}']} minutes on 2 cores, at commit"
-                  f"{'s' if len(commits) > 1 else ''} {', '.join(commits)} (`{chunks.name}`)."]
+        earlier = "; ".join(f"`{r['method']}`: {r['note']}" for r in records if not r["minutes"])
+        lines += ["", f"{len(timed)} apply runs took {key[f'apply_minutes_{name}']} minutes on the shared 2-core "
+                  f"machine, at commit{'s' if len(commits) > 1 else ''} {', '.join(commits)} (`{chunks.name}`)"
+                  f"{f'; earlier runs, time not recorded: {earlier}' if earlier else ''}."]
     title = f"# Evaluation v2 on {name} tasks (`benchmarks/improvement.py`)"
     summary.write_text("\n".join([title, "", *lines]) + "\n")
     atomic_write_csv(figures_csv, ["name", "value"], [{"name": k, "value": v} for k, v in key.items()])
