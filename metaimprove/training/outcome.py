@@ -44,8 +44,9 @@ STATE_VERSION = 1
 ROW_FIELDS = ("generation", "env_steps", "center_fitness", "mean_fitness", "best_fitness", "failed", "teacher_gain",
               "stdev", "seconds", "steps_per_second")
 """the columns of ``metrics.csv``, one row per generation"""
-# Settings that decide where a run goes and what it reports, never what it computes: a resumed run may change them.
-EXECUTION_SETTINGS = ("out", "logger")
+# Settings that decide where a run goes, what it reports and when it stops, never what a generation computes: a
+# resumed run may change them (a finished run goes on with more generations, to the bits of one run that long).
+EXECUTION_SETTINGS = ("out", "logger", "generations")
 
 
 @dataclass
@@ -57,7 +58,7 @@ class OutcomeConfig:
     out: str = MISSING
     """run directory: operator.safetensors (the evolved operator), metrics.csv and the resume state"""
     generations: int = 100
-    """ES generations"""
+    """ES generations (rerun with more into the same out to go on)"""
     popsize: int = 16
     """operators per generation: popsize / 2 antithetic pairs (even, >= 2)"""
     applications: int = 4
@@ -251,13 +252,23 @@ def fitness(outcomes: Sequence[TaskOutcome], floor: float) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------ the ES
 
 
+def functional_es() -> Any:
+    """EvoTorch's functional algorithms (``pgpe``, ``pgpe_ask``, ``pgpe_tell``), imported on first use: evotorch
+    imports ray, seconds no other stage should pay. Its logger is off while it loads, or its console setup would warn
+    that the CLI's logging came first."""
+    evotorch_log = logging.getLogger("evotorch")
+    disabled, evotorch_log.disabled = evotorch_log.disabled, True
+    try:
+        import evotorch.algorithms.functional as functional
+    finally:
+        evotorch_log.disabled = disabled
+    return functional
+
+
 def _pgpe(cfg: OutcomeConfig, center: torch.Tensor) -> Any:
     """PGPE's initial state around ``center``."""
-    # Imported here: evotorch imports ray, seconds that no other stage should pay.
-    from evotorch.algorithms.functional import pgpe
-
     lr = cfg.center_lr if cfg.center_lr is not None else cfg.stdev_init * math.sqrt(center.numel()) / 30
-    return pgpe(center_init=center, center_learning_rate=lr, stdev_learning_rate=cfg.stdev_lr,
+    return functional_es().pgpe(center_init=center, center_learning_rate=lr, stdev_learning_rate=cfg.stdev_lr,
                 stdev_init=cfg.stdev_init, objective_sense="max", ranking_method="centered", optimizer="clipup",
                 symmetric=True)
 
@@ -383,8 +394,7 @@ def outcome(cfg: OutcomeConfig) -> Path:
     settings = plain_json({**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in EXECUTION_SETTINGS},
                            "source_sha256": sha256_file(path)})
     saved = _State(out / STATE, settings)
-    from evotorch.algorithms.functional import pgpe_ask, pgpe_tell
-
+    es = functional_es()
     with exclusive(out, "outcome"), run_log(out, "outcome"), \
             Metrics(out, cfg.logger, "outcome", plain_json(dataclasses.asdict(cfg))) as metrics:
         state = _pgpe(cfg, center)
@@ -403,14 +413,14 @@ def outcome(cfg: OutcomeConfig) -> Path:
             runs, sample_seed = generation_plan(tasks, cfg.tasks_per_generation, cfg.seed, generation)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(sample_seed)
-                members = pgpe_ask(state, popsize=cfg.popsize)
+                members = es.pgpe_ask(state, popsize=cfg.popsize)
             for op, weights in zip(ops, [*members, state.optimizer_state.center], strict=True):
                 torch.nn.utils.vector_to_parameters(weights, op.parameters())
             outcomes = [task_outcome(ops, ckpt, task, seed, cfg.applications, ask, cfg.eval_episodes)
                         for task, seed in runs]
             scores = fitness(outcomes, cfg.fitness_floor)
             member_scores = scores[:-1]
-            state = pgpe_tell(state, members, member_scores.float())
+            state = es.pgpe_tell(state, members, member_scores.float())
             simulated = sum(o.env_steps for o in outcomes)
             env_steps += simulated
             finite = _finite(member_scores)

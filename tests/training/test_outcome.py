@@ -106,7 +106,9 @@ def test_seeded_and_a_resumed_run_equals_an_uninterrupted_one(moving_operator: p
     assert meta["summary"]["complete"] is True and len(meta["summary"]["center_fitness"]) == 3
     assert meta["tasks"] == OperatorCheckpoint.load(moving_operator)[1].tasks
 
-    # Stopped in its second generation, then rerun: the same files, bit for bit.
+    # One generation, then more: stopped in the second, then rerun: the same files, bit for bit.
+    resumed = tmp_path / "resumed"
+    outcome(tiny(moving_operator, resumed, generations=1))
     real, calls = outcome_module.task_outcome, []
 
     def stopping(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -115,7 +117,6 @@ def test_seeded_and_a_resumed_run_equals_an_uninterrupted_one(moving_operator: p
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    resumed = tmp_path / "resumed"
     monkeypatch.setattr(outcome_module, "task_outcome", stopping)
     with pytest.raises(KeyboardInterrupt):
         outcome(tiny(moving_operator, resumed, generations=3))
