@@ -65,6 +65,8 @@ class OutcomeConfig:
     """T: operator applications per run, from a fresh start; the teacher gets the same env steps"""
     tasks_per_generation: int = 2
     """training tasks (each with its own seed) every member of a generation is run on"""
+    evolve: list[str] | None = None
+    """the operator's weights to evolve, by parameter-name prefix, e.g. [update.rest,update.es] (default: all)"""
     tasks: list[str] | None = None
     """the training tasks to draw from, by name (default: all the operator's training tasks); never validation ones"""
     eval_episodes: int = 4
@@ -312,6 +314,20 @@ def _training_tasks(cfg: OutcomeConfig, ckpt: OperatorCheckpoint) -> list[Task]:
     return out
 
 
+def evolved(op: ImprovementOperator, prefixes: list[str] | None) -> torch.Tensor:
+    """Which entries of ``op``'s flat weights (``parameters_to_vector``'s order) the ES evolves: those of the
+    parameters whose names start with one of ``prefixes`` (None: all); a one-line UserError for a prefix that names
+    none."""
+    named = list(op.named_parameters())
+    unknown = [x for x in prefixes or [] if not any(name.startswith(x) for name, _ in named)]
+    if unknown or prefixes == []:
+        modules = sorted({name.rsplit(".", 1)[0] for name, _ in named})
+        raise UserError(f"evolve={prefixes}: {unknown[0] if unknown else 'no prefix'} names none of the operator's "
+                        f"weights ({', '.join(modules)}); leave evolve= out to evolve them all")
+    return torch.cat([torch.full((p.numel(),), prefixes is None or any(name.startswith(x) for x in prefixes))
+                      for name, p in named])
+
+
 def _check(cfg: OutcomeConfig) -> None:
     if cfg.popsize < 2 or cfg.popsize % 2:
         raise UserError(f"popsize must be even and >= 2 (antithetic pairs), got {cfg.popsize}")
@@ -388,16 +404,24 @@ def outcome(cfg: OutcomeConfig) -> Path:
     tasks = _training_tasks(cfg, ckpt)
     ask = ckpt.ask(cfg.ask_k)
     BatchSchedule.of(ckpt)  # a warm-up that does not suit the teacher is refused before anything is written
+    weights = torch.nn.utils.parameters_to_vector(source.parameters()).detach()
+    mask = evolved(source, cfg.evolve)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    center = torch.nn.utils.parameters_to_vector(source.parameters()).detach()
+
+    def operator_weights(part: torch.Tensor) -> torch.Tensor:
+        """The source's weights with the evolved ones replaced by ``part``."""
+        full = weights.clone()
+        full[mask] = part
+        return full
+
     settings = plain_json({**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in EXECUTION_SETTINGS},
                            "source_sha256": sha256_file(path)})
     saved = _State(out / STATE, settings)
     es = functional_es()
     with exclusive(out, "outcome"), run_log(out, "outcome"), \
             Metrics(out, cfg.logger, "outcome", plain_json(dataclasses.asdict(cfg))) as metrics:
-        state = _pgpe(cfg, center)
+        state = _pgpe(cfg, weights[mask])
         resumed = saved.load(state)
         state, first, rows = resumed if resumed is not None else (state, 0, [])
         if resumed is not None:
@@ -414,8 +438,8 @@ def outcome(cfg: OutcomeConfig) -> Path:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(sample_seed)
                 members = es.pgpe_ask(state, popsize=cfg.popsize)
-            for op, weights in zip(ops, [*members, state.optimizer_state.center], strict=True):
-                torch.nn.utils.vector_to_parameters(weights, op.parameters())
+            for op, member in zip(ops, [*members, state.optimizer_state.center], strict=True):
+                torch.nn.utils.vector_to_parameters(operator_weights(member), op.parameters())
             outcomes = [task_outcome(ops, ckpt, task, seed, cfg.applications, ask, cfg.eval_episodes)
                         for task, seed in runs]
             scores = fitness(outcomes, cfg.fitness_floor)
@@ -434,12 +458,14 @@ def outcome(cfg: OutcomeConfig) -> Path:
             saved.save(state, generation + 1, rows)
             table.append(rows[-1:])
             metrics.log("outcome", rows[-1], generation)
-            _save_operator(out / OPERATOR, ckpt, state, path, source_summary, rows, complete=False)
+            _save_operator(out / OPERATOR, ckpt, operator_weights(state.optimizer_state.center), settings,
+                           source_summary, rows, complete=False)
             bar.update(1)
             bar.set_postfix_str(f"gen {generation + 1}/{cfg.generations} best {rows[-1]['best_fitness']:.3f} "
                                 f"mean {rows[-1]['mean_fitness']:.3f} {rows[-1]['steps_per_second']:.0f} steps/s")
         bar.close()
-        _save_operator(out / OPERATOR, ckpt, state, path, source_summary, rows, complete=True)
+        _save_operator(out / OPERATOR, ckpt, operator_weights(state.optimizer_state.center), settings,
+                       source_summary, rows, complete=True)
         if rows:
             log.info(f"outcome: {len(rows)} generations, {rows[-1]['env_steps']} env steps; center fitness "
                      f"{rows[0]['center_fitness']:.3f} (first) -> {rows[-1]['center_fitness']:.3f} (last); "
@@ -447,16 +473,18 @@ def outcome(cfg: OutcomeConfig) -> Path:
     return out / OPERATOR
 
 
-def _save_operator(path: Path, ckpt: OperatorCheckpoint, state: Any, source: Path, source_summary: dict[str, Any],
-                   rows: list[dict[str, Any]], complete: bool) -> None:
-    """Write the ES's center as an operator checkpoint whose summary records the objective and the history."""
+def _save_operator(path: Path, ckpt: OperatorCheckpoint, weights: torch.Tensor, settings: dict[str, Any],
+                   source_summary: dict[str, Any], rows: list[dict[str, Any]], complete: bool) -> None:
+    """Write the operator of ``weights`` (the ES's center) as a checkpoint whose summary records the objective, the
+    settings, the source and the history."""
     op = ckpt.new_operator()
-    torch.nn.utils.vector_to_parameters(state.optimizer_state.center, op.parameters())
+    torch.nn.utils.vector_to_parameters(weights, op.parameters())
 
     def finite(value: float) -> float | None:
         return value if math.isfinite(value) else None
 
-    summary = {"objective": "outcome", "source": str(source), "source_summary": source_summary,
+    summary = {"objective": "outcome", "source": settings["operator_path"], "source_summary": source_summary,
+               "settings": settings,
                "generations": len(rows), "env_steps": rows[-1]["env_steps"] if rows else 0,
                "center_fitness": [finite(r["center_fitness"]) for r in rows],
                "mean_fitness": [finite(r["mean_fitness"]) for r in rows], "complete": complete}

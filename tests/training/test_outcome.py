@@ -158,6 +158,15 @@ def test_pgpe_climbs_a_toy_fitness(ars_operator: pathlib.Path, tmp_path: pathlib
     assert float(rows[-1]["mean_fitness"]) > float(rows[0]["mean_fitness"])
 
 
+def test_only_the_weights_asked_for_evolve(moving_operator: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    source, _ = OperatorCheckpoint.load(moving_operator)
+    path = outcome(tiny(moving_operator, tmp_path, generations=1, evolve=["update.rest"]))
+    evolved, _ = OperatorCheckpoint.load(path)
+    before, after = dict(source.named_parameters()), dict(evolved.named_parameters())
+    assert all(torch.equal(before[name], after[name]) != name.startswith("update.rest") for name in before)
+    assert load_tensors(path)[1]["summary"]["settings"]["evolve"] == ["update.rest"]
+
+
 def test_the_evolved_operator_applies(moving_operator: pathlib.Path, tmp_path: pathlib.Path) -> None:
     path = outcome(tiny(moving_operator, tmp_path / "outcome", generations=1))
     apply(apply_config(path, tmp_path / "apply", methods=["operator"], seeds=1))
@@ -173,6 +182,7 @@ def test_the_evolved_operator_applies(moving_operator: pathlib.Path, tmp_path: p
     ({"applications": 0}, "applications=0: must be >= 1"),
     ({"stdev_init": 0.0}, "stdev_init=0.0: must be finite and > 0"),
     ({"logger": "nope"}, "logger must be one of"),
+    ({"evolve": ["update.nope"]}, "update.nope names none of the operator's weights"),
 ])
 def test_bad_input_is_a_one_line_error(ars_operator: pathlib.Path, tmp_path: pathlib.Path,
                                        changes: dict[str, object], message: str) -> None:
