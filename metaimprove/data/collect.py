@@ -216,6 +216,7 @@ def collect(cfg: CollectConfig) -> None:
                     for run in todo]
             with run_log(root, "collect"), Metrics(root, cfg.logger, "collect", settings) as metrics:
                 if jobs:
+                    log.info(f"collect: {len(jobs)} of {len(runs)} runs to do in {root}")
                     bar = _Progress(steps_per_update * cfg.iterations, len(runs) - len(todo), len(runs))
                     if cfg.executor == "ray":
                         finished = _execute_ray(jobs, bar)

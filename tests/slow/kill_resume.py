@@ -1,7 +1,7 @@
 """Kill-safety machinery: SIGKILL ``python -m metaimprove collect`` at random moments, resume each time, check the data.
 
 Each attempt starts the real CLI in its own session, waits until it has verified the dataset and started
-collecting (its progress bar appears), waits until the manifest lists a number of shards drawn from a
+collecting (it logs that the runs begin), waits until the manifest lists a number of shards drawn from a
 seeded RNG (from those listed up to all but one), sleeps U(0, jitter) seconds and SIGKILLs the whole
 process group (the CLI and its workers, like a machine losing power); the next attempt resumes. An
 attempt that completes the dataset ends a round and the next round starts a new dataset, until all
@@ -52,18 +52,18 @@ class KillStats:
 def _cli(out: Path, overrides: list[str], cwd: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k not in ("METAIMPROVE_DEBUG", "HYDRA_FULL_ERROR")}
     return subprocess.Popen([sys.executable, "-m", "metaimprove", "collect", *overrides, f"out={out}"],
-                            cwd=cwd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+                            cwd=cwd, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
 
 
 def _started(proc: subprocess.Popen[bytes]) -> threading.Event:
-    """An event set once the CLI prints its progress bar (the collection proper has begun)."""
+    """An event set once the CLI logs that the runs begin (the collection proper has begun)."""
     event = threading.Event()
 
     def watch() -> None:
-        assert proc.stderr is not None
+        assert proc.stdout is not None
         tail = b""
-        for chunk in iter(lambda: proc.stderr.read1(4096), b""):  # type: ignore[union-attr]
+        for chunk in iter(lambda: proc.stdout.read1(4096), b""):  # type: ignore[union-attr]
             tail = (tail + chunk)[-256:]
             if STARTED.encode() in tail:
                 event.set()
