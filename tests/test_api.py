@@ -159,7 +159,8 @@ def test_cli_apply_takes_an_operator_name(tmp_path: pathlib.Path, capsys: pytest
 def _source_tree(tmp_path: pathlib.Path) -> pathlib.Path:
     """What the package is built from, copied (building in the shared checkout would write build/ there)."""
     src = tmp_path / "src"
-    for name in ("pyproject.toml", "README.md", "metaimprove", "tasks", "configs", "results/operators"):
+    for name in ("pyproject.toml", "README.md", "metaimprove", "tasks", "configs", "results/operators",
+                 "results/family_cost.csv", "results/task_diversity.csv"):
         target = src / name
         target.parent.mkdir(parents=True, exist_ok=True)
         if (ROOT / name).is_dir():
@@ -187,6 +188,8 @@ def test_the_wheel_ships_the_operators(tmp_path: pathlib.Path) -> None:
     assert shipped == expected
     assert {f"{name}{suffix}" for name in SHIPPED for suffix in (".safetensors", ".json", ".collect.yaml")} <= shipped
     assert "metaimprove/task_files/halfcheetah_vel.yaml" in names and "metaimprove/api.py" in names
+    # `metaimprove tasks` reads its measurements from the package, never from a working directory's results/.
+    assert {"metaimprove/results/family_cost.csv", "metaimprove/results/task_diversity.csv"} <= names
 
 
 def test_a_non_editable_install_loads_operators_by_name(tmp_path: pathlib.Path) -> None:
