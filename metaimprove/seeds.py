@@ -56,6 +56,12 @@ def meta_inner(seed: int, i: int) -> int:
     return STRIDE * seed + 300_000 + i
 
 
+def outcome_generation(seed: int, generation: int) -> int:
+    """The seed of generation ``generation`` of an outcome training seeded ``seed``: its tasks, their run seeds and
+    its perturbations."""
+    return STRIDE * seed + 400_000 + generation
+
+
 def visit(seed: int, step: int) -> int:
     """The seed of the teacher run from the policy an operator run of seed ``seed`` reached after ``step`` steps."""
     return 1_000 * seed + step

@@ -290,7 +290,7 @@ def _with_tensors(state: Any, tensors: dict[str, torch.Tensor]) -> Any:
 def generation_plan(tasks: Sequence[Task], n: int, seed: int, generation: int) -> tuple[list[tuple[Task, int]], int]:
     """Generation ``generation``'s runs, ``n`` distinct tasks each with its run seed, and the seed of its
     perturbations: a function of (seed, generation) alone, so a resumed run draws what an uninterrupted one does."""
-    rng = np.random.default_rng([seed, generation])
+    rng = np.random.default_rng(seeds.outcome_generation(seed, generation))
     picks = rng.choice(len(tasks), size=min(n, len(tasks)), replace=False)
     run_seeds = rng.integers(0, 2**31 - 1, size=len(picks))
     return [(tasks[int(i)], int(s)) for i, s in zip(picks, run_seeds, strict=True)], int(rng.integers(2**62))
