@@ -22,7 +22,7 @@ from metaimprove.evaluation.apply import apply
 from metaimprove.evaluation.guard import Point
 from metaimprove.evaluation.methods import METHODS, Run
 from metaimprove.evaluation.protocol import ApplyConfig, run_budget, start_policy
-from metaimprove.operator.checkpoint import OperatorCheckpoint, resolve_operator, shipped_operators
+from metaimprove.operator.checkpoint import OperatorCheckpoint, resolve_operator, shipped_operators, warn_if_incomplete
 from metaimprove.operator.networks import ImprovementOperator
 from metaimprove.operator.runtime import BatchSchedule
 from metaimprove.sim import rollout
@@ -80,6 +80,7 @@ class Operator:
         (``halfcheetah_vel``; :func:`~metaimprove.operator.checkpoint.shipped_operators` lists them). An existing
         file wins over a name; neither is a one-line :class:`~metaimprove.errors.UserError` naming the shipped ones."""
         path = resolve_operator(name_or_path)
+        warn_if_incomplete(path)
         network, checkpoint = OperatorCheckpoint.load(path)
         return cls(network, checkpoint, path)
 

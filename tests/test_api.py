@@ -4,6 +4,7 @@ registration ``import metaimprove`` does, and ``metaimprove --version``."""
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import pathlib
 import re
@@ -22,7 +23,7 @@ from metaimprove import api, cli
 from metaimprove.errors import UserError
 from metaimprove.evaluation.apply import apply
 from metaimprove.evaluation.protocol import ApplyConfig
-from metaimprove.operator.checkpoint import resolve_operator, shipped_dir, shipped_operators
+from metaimprove.operator.checkpoint import OperatorCheckpoint, resolve_operator, shipped_dir, shipped_operators
 from metaimprove.sim.tasks import TaskConfig, load_families
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -267,3 +268,16 @@ def test_the_docs_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("start -") and [line.split()[0] for line in lines[1:]] == ["512", "1024", "1536",
                                                                                          "2048"]
+
+
+def test_from_pretrained_warns_in_one_line_about_an_unfinished_checkpoint(
+        ars_operator: pathlib.Path, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    op, ckpt = OperatorCheckpoint.load(ars_operator)
+    unfinished = tmp_path / "unfinished.safetensors"
+    ckpt.save(unfinished, op, summary={"complete": False})
+    for path, warned in ((ars_operator, 0), (unfinished, 1)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="metaimprove"):
+            mi.Operator.from_pretrained(path)
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == warned and all("has not finished" in w and "\n" not in w for w in warnings)

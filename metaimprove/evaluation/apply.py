@@ -27,7 +27,7 @@ from metaimprove.evaluation.methods import METHODS, Run, method_names
 from metaimprove.evaluation.protocol import STARTS, ApplyConfig, Job, run_budget
 from metaimprove.interop.sb3 import load_any_policy
 from metaimprove.loggers import Metrics, check_logger, progress, run_log
-from metaimprove.operator.checkpoint import OperatorCheckpoint, resolve_operator
+from metaimprove.operator.checkpoint import OperatorCheckpoint, resolve_operator, warn_if_incomplete
 from metaimprove.operator.runtime import BatchSchedule
 from metaimprove.sim.envs import AnyTask, UserEnv, mujoco_log
 from metaimprove.sim.policy import Policy, save_policy
@@ -39,7 +39,6 @@ from metaimprove.storage import (
     exclusive,
     meta_path,
     plain_json,
-    read_json,
     sha256_file,
 )
 
@@ -225,7 +224,7 @@ def apply(config: ApplyConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     with exclusive(out, "apply"), run_log(out, "apply"), \
             Metrics(out, config.logger, "apply", plain_json(dataclasses.asdict(config))) as metrics:
-        _warn_if_incomplete(config.operator_path)
+        warn_if_incomplete(resolve_operator(config.operator_path))
         runs = _FinishedRuns(out, config)
         results = [runs.load(job) for job in jobs]
         todo = [i for i, result in enumerate(results) if result is None]
@@ -269,15 +268,6 @@ def _report(job: Job, rows: list[dict[str, Any]], metrics: Metrics) -> None:
              f"{float(rows[-1]['return']):.1f} after {rows[-1]['env_steps']} env steps")
     for row in rows:
         metrics.log(f"{job.method}/{job.task.name}/s{job.seed}", row, int(row["env_steps"]))
-
-
-def _warn_if_incomplete(operator_path: str) -> None:
-    """One warning line when the checkpoint comes from a train run that has not finished (its best weights so far)."""
-    path = resolve_operator(operator_path)
-    summary = read_json(meta_path(path)).get("meta", {}).get("summary", {})
-    if summary.get("complete") is False:
-        log.warning(f"operator {path} is the best-so-far checkpoint of a train run that has not finished; rerun "
-                    "that train command to complete it")
 
 
 class _FinishedRuns:

@@ -6,6 +6,7 @@ Why no pickle: see the design notes (docs/design.md, "Checkpoints and shards wit
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import warnings
@@ -25,7 +26,7 @@ from metaimprove.operator.networks import ARCHS, ImprovementOperator, OperatorCo
 from metaimprove.sim.envs import AnyTask
 from metaimprove.sim.policy import PolicySpec
 from metaimprove.sim.tasks import Task
-from metaimprove.storage import load_tensors, meta_path, save_tensors
+from metaimprove.storage import load_tensors, meta_path, read_json, save_tensors
 
 DEFAULT_ASK_K = 2
 """The jump an operator is asked for when neither its checkpoint nor apply names one (through
@@ -328,3 +329,12 @@ def _dataclass_from(cls: type[Any], data: Any, where: str) -> Any:
             raise ValueError(f"{where}.{key} must be {expected}, got {value!r}")
     return cls(**data)
 
+
+def warn_if_incomplete(path: Path) -> None:
+    """One warning line when the checkpoint at ``path`` comes from a train run that has not finished (its best
+    weights so far, which look like a finished fit)."""
+    summary = read_json(meta_path(path)).get("meta", {}).get("summary", {})
+    if summary.get("complete") is False:
+        logging.getLogger(__name__).warning(
+            f"operator {path} is the best-so-far checkpoint of a train run that has not finished; rerun that train "
+            "command to complete it")
