@@ -15,7 +15,7 @@ import shutil
 import sys
 import tempfile
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import gymnasium
@@ -29,7 +29,7 @@ from metaimprove.interop.sb3 import load_any_policy
 from metaimprove.sim import rollout
 from metaimprove.sim.envs import AnyTask, UserEnv, make_env
 from metaimprove.sim.policy import Policy
-from metaimprove.sim.tasks import TaskConfig, get_family
+from metaimprove.sim.tasks import TaskSelection, get_family
 from metaimprove.storage import atomic_write_csv
 
 RETURNS_CSV = "returns.csv"
@@ -40,25 +40,13 @@ HEADLESS_GL = "egl"
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(TaskSelection):
     """Evaluate a policy: its mean return per task of a family (or on a gymnasium env), optionally with videos."""
 
     policy: str = MISSING
     """the policy: our policy file (sim.policy.save_policy; apply save_policies=true, dr, metalearn) or an SB3 .zip"""
     vecnormalize: str | None = None
     """SB3 input only: its VecNormalize .pkl, whose observation statistics become the policy's normalizer"""
-    task: TaskConfig = field(default_factory=lambda: TaskConfig("halfcheetah_vel"))
-    """task family to evaluate on (config group: task=<family>)"""
-    split: str = "test"
-    """split of the family: train, test (interpolation) or ood (extrapolation)"""
-    n_tasks: int = 4
-    """number of tasks of the split"""
-    task_start: int = 0
-    """index of the first task"""
-    env: str | None = None
-    """a gymnasium id (Hopper-v5) or module:Class to evaluate on instead of the family's tasks"""
-    episode_length: int | None = None
-    """env=: steps per episode (default: the env id's max_episode_steps)"""
     episodes: int = 8
     """evaluation episodes per task: the deterministic mean action, from fixed initial states"""
     seed: int = 0

@@ -14,33 +14,21 @@ from metaimprove.interop.sb3 import load_any_policy
 from metaimprove.operator.checkpoint import OperatorCheckpoint
 from metaimprove.sim.envs import AnyTask
 from metaimprove.sim.policy import ObsNormalizer, Policy, init_params
-from metaimprove.sim.tasks import TaskConfig
+from metaimprove.sim.tasks import TaskSelection
 
 STARTS = ("fresh", "train_init")
 
 
 @dataclass
-class ApplyConfig:
+class ApplyConfig(TaskSelection):
     """Apply an operator on held-out tasks in place of RL updates, beside the baselines (equal env-step budgets)."""
 
     operator_path: str = "???"
     """operator checkpoint (.safetensors) written by `metaimprove train`, or a shipped operator's name"""
     out: str = "???"
     """run directory for curves.csv, timings.csv and each finished run (runs/); rerun into it to resume"""
-    task: TaskConfig = field(default_factory=lambda: TaskConfig("halfcheetah_vel"))
-    """task family to apply on (config group: task=<family>)"""
-    split: str = "test"
-    """split of the family: test (interpolation) or ood (extrapolation)"""
-    n_tasks: int = 4
-    """number of tasks of the split"""
-    task_start: int = 0
-    """index of the first task"""
     task_file: str | None = None
     """a JSON file holding one task (``Task.to_json()``, explicit parameters and physics) to apply on instead"""
-    env: str | None = None
-    """a gymnasium id (Hopper-v5) or module:Class whose spaces fit the operator's policies, run instead of task"""
-    episode_length: int | None = None
-    """env=: steps per episode (default: the env id's max_episode_steps)"""
     init: str | None = None
     """a policy file (``policy.save_policy``) every run starts from, instead of start=fresh|train_init"""
     start: str = "fresh"

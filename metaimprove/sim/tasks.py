@@ -39,6 +39,25 @@ class TaskConfig:
     """task family: the name of a file in tasks/ or on METAIMPROVE_TASK_PATH (list them with `metaimprove tasks`)"""
 
 
+@dataclass
+class TaskSelection:
+    """Which tasks a stage runs policies on: consecutive tasks of a family's split, or one gymnasium env."""
+
+    task: TaskConfig = field(default_factory=lambda: TaskConfig("halfcheetah_vel"))
+    """task family (config group: task=<family>)"""
+    split: str = "test"
+    """split of the family: train, test (interpolation) or ood (extrapolation)"""
+    n_tasks: int = 4
+    """number of tasks of the split"""
+    task_start: int = 0
+    """index of the first task"""
+    env: str | None = None
+    """a gymnasium id (Hopper-v5) or module:Class to run on instead of the family's tasks (its spaces must fit the
+    policies)"""
+    episode_length: int | None = None
+    """env=: steps per episode (default: the env id's max_episode_steps)"""
+
+
 @dataclass(frozen=True)
 class Range:
     """A parameter's distribution: uniform on ``train`` or on ``ood`` bands, or a discrete choice."""
