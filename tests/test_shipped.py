@@ -18,7 +18,9 @@ from metaimprove.sim.policy import PolicySpec, load_policy
 from metaimprove.sim.tasks import get_family
 
 SHIPPED = pathlib.Path(__file__).resolve().parents[1] / "results" / "operators"
-OPERATORS = sorted(p for p in SHIPPED.glob("*.safetensors") if not p.name.endswith(".dr.safetensors"))
+PEER_POLICIES = (".dr.safetensors", ".meta.safetensors")
+"""the peers' policies shipped beside the operators: the domain-randomized policy and the meta-learned start"""
+OPERATORS = sorted(p for p in SHIPPED.glob("*.safetensors") if not p.name.endswith(PEER_POLICIES))
 
 
 def _collection(operator: pathlib.Path) -> dict:
@@ -53,7 +55,22 @@ def test_the_shipped_dr_policy_has_the_shipped_operators_policy_spec() -> None:
     dr = load_policy(SHIPPED / "halfcheetah_vel.dr.safetensors")
     _, ckpt = OperatorCheckpoint.load(SHIPPED / "halfcheetah_vel.safetensors")
     assert dr.spec == ckpt.spec
-    assert yaml.safe_load((SHIPPED / "halfcheetah_vel.dr.yaml").read_text())["task"]["family"] == "halfcheetah_vel"
+    config = yaml.safe_load((SHIPPED / "halfcheetah_vel.dr.yaml").read_text())
+    assert config["task"]["family"] == "halfcheetah_vel"
+    # The DR peer gets the env steps the operator's training collection spent.
+    collection = yaml.safe_load((SHIPPED / "halfcheetah_vel.collect.yaml").read_text())
+    ars = collection["teacher"]
+    spent = collection["n_tasks"] * collection["seeds"] * collection["iterations"] * 2 * ars["n_directions"] * ars[
+        "n_steps"]
+    assert config["iterations"] * config["ppo"]["n_envs"] * config["ppo"]["n_steps"] == spent
+
+
+def test_the_shipped_meta_learned_start_has_the_shipped_operators_policy_spec() -> None:
+    meta = load_policy(SHIPPED / "halfcheetah_vel.meta.safetensors")
+    _, ckpt = OperatorCheckpoint.load(SHIPPED / "halfcheetah_vel.safetensors")
+    assert meta.spec == ckpt.spec
+    config = yaml.safe_load((SHIPPED / "halfcheetah_vel.meta.yaml").read_text())
+    assert config["task"]["family"] == "halfcheetah_vel" and config["env_steps"] is None  # the dataset's env steps
 
 
 def test_the_fixture_operator_has_the_shipped_operators_shape(ars_operator: pathlib.Path) -> None:

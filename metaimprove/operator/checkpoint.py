@@ -53,7 +53,8 @@ def shipped_dir() -> Path:
 
 def shipped_operators() -> dict[str, Path]:
     """The shipped operators by name (``halfcheetah_vel``, ``halfcheetah_vel.ppo``, ...): each ``<name>.safetensors``
-    of :func:`shipped_dir` whose JSON beside it describes an operator (the DR policy shipped there is none)."""
+    of :func:`shipped_dir` whose JSON beside it describes an operator (the peers' DR policy and meta-learned start
+    shipped there are none)."""
     found = {}
     for path in sorted(shipped_dir().glob("*.safetensors")):
         try:
