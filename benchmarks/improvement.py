@@ -41,6 +41,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import math
 import shutil
 import subprocess
 import tempfile
@@ -288,7 +289,8 @@ class Scored:
     budgets: list[float]
     """1, 2, 4 and 8 batches, B and 4B"""
     scores: dict[str, dict[float, dict[tuple[str, int], float]]]
-    """method -> budget -> (task, seed) -> score, for the budgets up to the one its runs were given"""
+    """method -> budget -> (task, seed) -> score, for the budgets up to the one its runs were given where every run
+    has deployed a policy"""
 
     @classmethod
     def of(cls, path: Path, batch: float, budget: float) -> Scored:
@@ -302,7 +304,10 @@ class Scored:
         for method in curves.methods():
             runs = normalized.where(method=method)
             given = LONG_RUN * budget if runs.env_steps.max() > budget else budget
-            scores[method] = deployed_at(runs, [b for b in budgets if b <= given])
+            at = deployed_at(runs, [b for b in budgets if b <= given])
+            # A method that spends env steps before its first policy (a selection, a pretraining charge) has no
+            # score at the budgets before it.
+            scores[method] = {b: s for b, s in at.items() if not any(math.isnan(v) for v in s.values())}
         return cls(path, curves, normalized, scales, budgets, scores)
 
 
