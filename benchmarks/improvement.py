@@ -42,7 +42,6 @@ import datetime
 import hashlib
 import json
 import math
-import shutil
 import subprocess
 import tempfile
 import time
@@ -183,14 +182,17 @@ def run_chunk(chunk: Chunk, args: argparse.Namespace) -> Path:
     done = chunk.path(args.work)
     if (done / "chunk.json").exists():
         return done
+    # apply keeps each finished run in its out and reuses it on a rerun with the same settings and files, so an
+    # interrupted chunk resumes run by run.
     partial = done.with_name(done.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    resumed = (partial / "runs").is_dir()
     print(f"{chunk.name}: {chunk.method} on {chunk.n_tasks} tasks × {chunk.seeds} seeds, {chunk.budget} env steps",
           flush=True)
     began = time.perf_counter()
     apply(apply_config(chunk, args, partial))
     record = {"method": chunk.method, "budget": chunk.budget, "tasks": chunk.n_tasks, "seeds": chunk.seeds,
-              "commit": head_commit(), "minutes": round((time.perf_counter() - began) / 60, 2), "note": ""}
+              "commit": head_commit(), "minutes": round((time.perf_counter() - began) / 60, 2),
+              "note": "resumed: the minutes are the last invocation's" if resumed else ""}
     (partial / "chunk.json").write_text(json.dumps(record, indent=1) + "\n")
     partial.rename(done)
     return done
