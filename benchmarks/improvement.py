@@ -7,10 +7,10 @@ stopped). Each return is normalized per task (0: the task's start return, 1: its
 ``results/references_runs.csv``, ``benchmarks/references.py``). Per method: the mean normalized score at 1, 2, 4 and
 8 batches, at B and at 4B, with 95% CIs from a bootstrap that resamples tasks, then seeds. The operator and the best
 peer run to 4B; SAC (a gradient step per env step) runs to B on the first :data:`SUBSET` tasks × seeds only, and is
-paired only there. The best peer is the peer with the highest mean score at B on validation, over the (task, seed)
-runs every peer has. Against it: the operator's paired difference at B and at 4B, its probability of improvement,
-and ``steps_to_best_peer`` (env steps the operator needs to reach the best peer's mean score at B, over B). Raw
-returns at B per task are reported too.
+paired only there. The best peer is the peer with the highest mean score at B on validation, each over its own
+runs. Against it: the operator's paired difference at B and at 4B, its probability of improvement, and
+``steps_to_best_peer`` (env steps the operator needs to reach the best peer's mean score at B, over B). Raw returns
+at B per task are reported too.
 
 Task sets: ``validation`` (``train`` tasks from :data:`VALIDATION_START` on, outside every collection), ``test``
 and ``ood``. Writes ``results/improvement_<set>.csv`` (every curve), ``.md`` (tables), ``_figures.csv``
@@ -88,8 +88,9 @@ QUICK_METHODS = ["operator", "ars", "teacher_op_batch", "ppo_tuned", "dr_ars", "
 """``--quick``'s methods: those that need no collection and no SB3 run"""
 LONG_RUN = 4
 """the operator and the best peer run to LONG_RUN × B"""
-SUBSET = (8, 2)
-"""SAC's tasks × seeds per set (the first ones): it runs up to B there only"""
+SUBSET = {"validation": (8, 1), "test": (8, 2), "ood": (8, 2)}
+"""SAC's tasks × seeds per set (the first ones): it runs up to B there only. On validation, where it only has to be
+compared, one seed of every task; on test and ood, where the operator is paired with it, two."""
 SETS = {"validation": ("train", VALIDATION_START), "test": ("test", 0), "ood": ("ood", 0)}
 """each set of tasks: its split and its first task"""
 DR_POLICY = OPERATORS / f"{FAMILY}.dr.safetensors"
@@ -135,7 +136,8 @@ def plan(name: str, methods: list[str], args: argparse.Namespace, long: set[str]
     chunks = []
     for method in methods:
         if method == "sac":
-            chunks.append(Chunk(name, method, args.budget, min(SUBSET[0], args.tasks), min(SUBSET[1], args.seeds)))
+            tasks, seeds = SUBSET[name]
+            chunks.append(Chunk(name, method, args.budget, min(tasks, args.tasks), min(seeds, args.seeds)))
         else:
             budget = LONG_RUN * args.budget if method in long else args.budget
             chunks.append(Chunk(name, method, budget, args.tasks, args.seeds))
@@ -264,10 +266,9 @@ def fmt(est: Interval) -> str:
 
 
 def choose_best(scores: dict[str, dict[tuple[str, int], float]]) -> str:
-    """The selection rule: the peer with the highest mean score at B over the (task, seed) runs every peer has."""
+    """The selection rule: the peer with the highest mean score at B over its own runs (SAC's: its subset)."""
     peers = [m for m in scores if m not in NOT_PEERS]
-    shared = set.intersection(*(set(scores[m]) for m in peers))
-    return max(peers, key=lambda m: float(np.mean([scores[m][k] for k in shared])))  # max keeps the first of equals
+    return max(peers, key=lambda m: float(np.mean(list(scores[m].values()))))  # max keeps the first of equals
 
 
 def deployed_at(curves: Curves, budgets: list[float]) -> dict[float, dict[tuple[str, int], float]]:
@@ -341,8 +342,9 @@ def figures(scored: Scored, budget: float, batch: float, name: str, best: str) -
     lines = [f"{name.capitalize()} tasks: `{FAMILY}` `{split}` {start}–{start + len(tasks) - 1}, fresh starts, "
              f"B = {budget:g} env steps, batches of {batch:g} (the operator's). Mean per-task normalized score (0: "
              "the task's start return, 1: its reference return) with 95% CIs resampling tasks, then seeds. The "
-             f"operator and the best peer run to 4B; SAC runs to B on the first {SUBSET[0]} tasks × {SUBSET[1]} "
-             "seeds only; `—`: a budget the method's runs do not reach.", "",
+             f"operator and the best peer run to 4B; SAC runs to B on the first {SUBSET[name][0]} tasks × "
+             f"{SUBSET[name][1]} seed{'s' if SUBSET[name][1] > 1 else ''} only; `—`: a budget the method's runs do not "
+             "reach or has not deployed a policy at.", "",
              f"| method | runs | {' | '.join(labels.values())} |", f"| --- | --- |{' --- |' * len(labels)}"]
     for m in methods:
         runs = next(iter(scores[m].values()))
