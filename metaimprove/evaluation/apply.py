@@ -346,6 +346,6 @@ def _print_summary(rows: list[dict[str, object]], timing_rows: list[dict[str, ob
         means[name] = sum(vals) / len(vals) if vals else math.nan
     if not math.isnan(means["operator_step"]) and not math.isnan(means["ppo_update"]):
         # Measured in whichever worker ran each job, under whatever else ran beside it: indicative only
-        # (benchmarks/improvement.py times both on the same batch in one process).
+        # (research/improvement_v1.py times both on the same batch in one process).
         log.info(f"mean wall time: operator step {means['operator_step'] * 1e3:.1f} ms, "
                  f"PPO update {means['ppo_update'] * 1e3:.1f} ms (across workers)")
