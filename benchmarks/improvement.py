@@ -280,6 +280,20 @@ def deployed_at(curves: Curves, budgets: list[float]) -> dict[float, dict[tuple[
     return {b: {key: float(v[i]) for key, v in values.items()} for i, b in enumerate(budgets)}
 
 
+def deployed_until(curves: Curves, budget: float) -> Curves:
+    """``curves`` with each run that ends before ``budget`` (its next batch would not fit) held at its last return
+    up to ``budget``: what it deploys there."""
+    extra = [(m, t, s, r[-1]) for t, runs in curves.runs().items() for s, steps, r in runs
+             for m in [curves.where(task=t).method[0]] if steps[-1] < budget]
+    if not extra:
+        return curves
+    method, task, seed, returns = (np.array(column) for column in zip(*extra, strict=True))
+    return Curves(np.concatenate([curves.method, method]), np.concatenate([curves.task, task]),
+                  np.concatenate([curves.seed, seed.astype(np.int64)]),
+                  np.concatenate([curves.env_steps, np.full(len(extra), budget)]),
+                  np.concatenate([curves.returns, returns.astype(np.float64)]))
+
+
 @dataclasses.dataclass
 class Scored:
     """One task set's curves, normalized, with each method's scores at every budget its runs were given."""
@@ -321,7 +335,8 @@ def figures(scored: Scored, budget: float, batch: float, name: str, best: str) -
     long = LONG_RUN * budget
     paired = pair(scores[OPERATOR][budget], scores[best][budget], PAIR_ON_INTERSECTION)
     diff, poi = paired_difference(paired), probability_of_improvement(paired)
-    steps = steps_to_best_peer(scored.normalized.where(method=OPERATOR), scored.normalized.where(method=best), budget,
+    steps = steps_to_best_peer(scored.normalized.where(method=OPERATOR),
+                               deployed_until(scored.normalized.where(method=best), budget), budget,
                                PAIR_ON_INTERSECTION)
     out = {f"best_peer_{name}": best, f"paired_vs_best_peer_{name}": fmt(diff),
            f"probability_of_improvement_vs_best_peer_{name}": fmt(poi), f"steps_to_best_peer_{name}": fmt(steps)}
