@@ -66,6 +66,7 @@ from metaimprove.evaluation.stats import (
     probability_of_improvement,
     report_budgets,
     score_ci,
+    scores_at,
     step_values,
     steps_to_best_peer,
 )
@@ -271,25 +272,15 @@ def choose_best(scores: dict[str, dict[tuple[str, int], float]]) -> str:
     return max(peers, key=lambda m: float(np.mean(list(scores[m].values()))))  # max keeps the first of equals
 
 
-def deployed_at(curves: Curves, budgets: list[float]) -> dict[float, dict[tuple[str, int], float]]:
-    """Per budget, each run's score: what it deploys there, its last evaluation at or before it. A run may stop
-    short of a budget it was given (the guard's verifications leave too little for another batch); it deploys its
-    last policy then."""
-    values = {(task, seed): step_values(steps, returns, [min(b, steps[-1]) for b in budgets])
-              for task, runs in curves.runs().items() for seed, steps, returns in runs}
-    return {b: {key: float(v[i]) for key, v in values.items()} for i, b in enumerate(budgets)}
-
-
 def deployed_until(curves: Curves, budget: float) -> Curves:
-    """``curves`` with each run that ends before ``budget`` (its next batch would not fit) held at its last return
-    up to ``budget``: what it deploys there."""
-    extra = [(m, t, s, r[-1]) for t, runs in curves.runs().items() for s, steps, r in runs
-             for m in [curves.where(task=t).method[0]] if steps[-1] < budget]
+    """One method's ``curves`` with each run that ends before ``budget`` (its next batch would not fit) held at its
+    last return up to ``budget``: what it deploys there. Scores at budgets up to ``budget`` read from these."""
+    extra = [(t, s, r[-1]) for t, runs in curves.runs().items() for s, steps, r in runs if steps[-1] < budget]
     if not extra:
         return curves
-    method, task, seed, returns = (np.array(column) for column in zip(*extra, strict=True))
-    return Curves(np.concatenate([curves.method, method]), np.concatenate([curves.task, task]),
-                  np.concatenate([curves.seed, seed.astype(np.int64)]),
+    task, seed, returns = (np.array(column) for column in zip(*extra, strict=True))
+    return Curves(np.concatenate([curves.method, np.full(len(extra), curves.method[0])]),
+                  np.concatenate([curves.task, task]), np.concatenate([curves.seed, seed.astype(np.int64)]),
                   np.concatenate([curves.env_steps, np.full(len(extra), budget)]),
                   np.concatenate([curves.returns, returns.astype(np.float64)]))
 
@@ -321,7 +312,7 @@ class Scored:
         for method in curves.methods():
             runs = normalized.where(method=method)
             given = LONG_RUN * budget if runs.env_steps.max() > budget else budget
-            at = deployed_at(runs, [b for b in budgets if b <= given])
+            at = scores_at(deployed_until(runs, given), [b for b in budgets if b <= given])
             # A method that spends env steps before its first policy (a selection, a pretraining charge) has no
             # score at the budgets before it.
             scores[method] = {b: s for b, s in at.items() if not any(math.isnan(v) for v in s.values())}
@@ -383,7 +374,7 @@ def figures(scored: Scored, budget: float, batch: float, name: str, best: str) -
     for task in tasks:
         cells = []
         for m in methods:
-            finals = deployed_at(scored.curves.where(method=m, task=task), [budget])[budget]
+            finals = scores_at(deployed_until(scored.curves.where(method=m, task=task), budget), [budget])[budget]
             cells.append(f"{np.mean(list(finals.values())):.1f}" if finals else "—")
         lines.append(f"| {task} | {scored.scales[task].start:.1f} | {scored.scales[task].reference:.1f} | "
                      f"{' | '.join(cells)} |")
