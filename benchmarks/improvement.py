@@ -17,8 +17,9 @@ and ``ood``. Writes ``results/improvement_<set>.csv`` (every curve), ``.md`` (ta
 (``name,value``) and ``.png`` (normalized curves), and prints the figures as ``name: value`` lines.
 
 ``--final`` runs ``test`` and ``ood`` against the best peer validation chose. Before anything runs it refuses a
-working tree with changes and a reference table lacking any of its tasks; then it appends a row (date, commit,
-settings hash, methods) to ``results/test_ledger.csv``. ``--render`` reruns nothing: it recomputes every set's
+working tree with changes (other than to the ledger) and a reference table lacking any of its tasks; then it appends
+a row (date, commit, settings hash, methods) to ``results/test_ledger.csv``. A rerun at the same commit with the
+same settings resumes that read and appends nothing. ``--render`` reruns nothing: it recomputes every set's
 figures from the committed curves and prints ``test_ledger_reads``. ``--quick`` (2 validation tasks × 2 seeds, B / 4,
 the methods that need nothing beyond the package's shipped files) works on a fresh clone and leaves results/ alone.
 
@@ -230,9 +231,11 @@ def read_rows(chunk: Path) -> list[dict[str, str]]:
 
 
 def seal(args: argparse.Namespace) -> None:
-    """Before a ``--final`` run: refuse a changed tree or missing references, then record the read in the ledger."""
-    changed = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.splitlines()
+    """Before a ``--final`` run: refuse a changed tree or missing references, then record the read in the ledger,
+    unless the ledger holds it already (a rerun at the same commit with the same settings resumes that read)."""
+    ledger = str(LEDGER.relative_to(ROOT))
+    changed = [line for line in subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True,
+                                               text=True, check=True).stdout.splitlines() if line[3:] != ledger]
     if changed:
         raise SystemExit(f"--final reads the test split only from a clean tree: {len(changed)} changed paths "
                          f"({changed[0].strip()}, ...); commit them first")
@@ -242,6 +245,10 @@ def seal(args: argparse.Namespace) -> None:
     row = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "commit": head_commit(),
            "config_sha256": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest(),
            "methods": " ".join(args.methods), "tasks": args.tasks, "seeds": args.seeds, "budget": args.budget}
+    for read in ledger_rows():
+        if (read["commit"], read["config_sha256"]) == (row["commit"], row["config_sha256"]):
+            print(f"resuming the test read the ledger recorded on {read['date']}", flush=True)
+            return
     new = not LEDGER.exists()
     with LEDGER.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=LEDGER_FIELDS, lineterminator="\n")
@@ -250,12 +257,12 @@ def seal(args: argparse.Namespace) -> None:
         writer.writerow(row)
 
 
-def ledger_reads() -> int:
-    """How many times ``--final`` has read the test split."""
+def ledger_rows() -> list[dict[str, str]]:
+    """The ledger's rows: one per read of the test split by ``--final``."""
     if not LEDGER.exists():
-        return 0
+        return []
     with LEDGER.open() as f:
-        return sum(1 for _ in csv.DictReader(f))
+        return list(csv.DictReader(f))
 
 
 # ------------------------------------------------------------------------------------------ figures
@@ -492,7 +499,7 @@ def main() -> None:
         else:
             best = None if name == "validation" else read_figures(chosen)["best_peer_validation"]
             key |= report(name, args, batch, best, target)
-    key["test_ledger_reads"] = str(ledger_reads())
+    key["test_ledger_reads"] = str(len(ledger_rows()))
     for name, value in key.items():
         print(f"{name}: {value}")
     print(f"outputs: {target}")
