@@ -66,50 +66,23 @@ from common import (
     verdict,
     write_rows,
 )
+from operator_step import operator_step_vs_ppo_update
 
 from metaimprove.data.collect import load_manifest, load_shard
 from metaimprove.evaluation.apply import apply
 from metaimprove.evaluation.baselines import DRConfig, train_dr
 from metaimprove.evaluation.methods import method_names, starts_from_theta0
 from metaimprove.evaluation.plot import plot_curves, read_curves, select_splits
-from metaimprove.evaluation.protocol import ApplyConfig, start_policy
+from metaimprove.evaluation.protocol import ApplyConfig
 from metaimprove.evaluation.stats import Curves, Estimate, common_grid, curve_band, iqm_ci, reach_ratio
 from metaimprove.operator.checkpoint import OperatorCheckpoint
-from metaimprove.operator.features import encode, stack
-from metaimprove.operator.runtime import BatchSchedule, Explorer, describe_warmup
+from metaimprove.operator.runtime import BatchSchedule, describe_warmup
 from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, fold_normalizer, load_policy
-from metaimprove.sim.tasks import TaskConfig, get_family
-from metaimprove.teachers import make_teacher
+from metaimprove.sim.tasks import TaskConfig
 
 SPLITS = ("test", "ood")
 TRAIN_INIT = "@train_init"
 """suffix of the methods run from the training runs' initialization"""
-
-
-def step_time_ratio(operator_path: str, family: str, ask_k: int, reps: int = 15) -> float:
-    """Median wall time of one operator application (encode τ + forward) on its own batch (collected as its
-    teacher explores) over one PPO update on PPO's batch, from the same policy, in this process, one thread each."""
-    torch.set_num_threads(1)
-    op, ckpt = OperatorCheckpoint.load(operator_path)
-    task = get_family(family).task("test", 0)
-    start = start_policy(ckpt, 0)
-    own = Explorer(ckpt, task, start, 0, BatchSchedule.of(ckpt, []))(start, 0)  # its full-width batch
-    ppo = make_teacher(ckpt.teacher, "ppo")
-    ppo.start(task, start, seed=0)
-    batch = ppo.collect()
-    ask = ckpt.ask(ask_k).unsqueeze(0)
-    generator = torch.Generator().manual_seed(0)
-    op_times, ppo_times = [], []
-    for _ in range(reps):
-        begin = time.perf_counter()
-        with torch.no_grad():
-            op(stack([encode(start, own, ckpt.features, generator)]), ask)
-        op_times.append(time.perf_counter() - begin)
-        ppo.start(task, start, seed=0)  # every timed update is the first one from the same start
-        begin = time.perf_counter()
-        ppo.improve(batch)
-        ppo_times.append(time.perf_counter() - begin)
-    return float(np.median(op_times) / np.median(ppo_times))
 
 
 # ------------------------------------------------------------------------------------------ figures
@@ -270,7 +243,8 @@ def main() -> None:
             figures[f"{split}_memorization_ratio"] = (
                 f"{audit['operator_to_nearest_checkpoint'] / audit['ppo_seed_to_seed']:.3f}")
     if not args.render:
-        figures["operator_step_vs_ppo_update_time"] = f"{step_time_ratio(args.operator, args.family, args.ask_k):.3f}"
+        figures["operator_step_vs_ppo_update_time"] = (
+            f"{operator_step_vs_ppo_update(operator=Path(args.operator), family=args.family, ask_k=args.ask_k):.3f}")
     if args.only:
         figures["rerun"] = f"{' '.join(args.only)} on {time.strftime('%Y-%m-%d')}, {apply_minutes:.1f} min of apply"
     elif not args.render:
