@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.func import grad, vmap
 
 from metaimprove.errors import UserError
 from metaimprove.sim.envs import AnyTask
@@ -25,7 +24,7 @@ Features = dict[str, torch.Tensor]
 * ``grad``: the policy-gradient direction of τ (REINFORCE with a linear state-time baseline, as rllab's
   ``LinearFeatureBaseline``), scaled to unit RMS, and ``grad_log_norm`` its size
 * ``grad_snr``: per parameter, the mean over episodes of the per-episode gradients over their standard
-  error (``torch.func.vmap`` of ``torch.func.grad``): how consistently τ pushes that parameter
+  error (:func:`per_episode_gradients`): how consistently τ pushes that parameter
 * ``transitions``: a fixed-size subsample of (normalized obs, z-scored action, reward, advantage, phase)
 * ``returns``: mean and spread over environments of the mean reward per step
 * ``states`` (raw observations) with ``norm_mean``/``norm_std`` (N'), for the behavioural loss only
@@ -129,17 +128,20 @@ def advantages(exp: Experience, states: torch.Tensor, gamma: float, ridge: float
 
 
 def per_episode_gradients(spec: PolicySpec, theta: torch.Tensor, states: torch.Tensor, actions: torch.Tensor,
-                          adv: torch.Tensor) -> torch.Tensor:
-    """∇θ of the REINFORCE surrogate mean_t(Â · log π_θ(a|s)) for each environment's stream: ``[E, P]``.
+                          adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """∇θ of the REINFORCE surrogate mean_t(Â · log π_θ(a|s)) for each environment's stream ``[E, P]``, and the
+    policy's action mean ``[T, E, act]`` on ``states`` (the forward it differentiates, for the caller to reuse).
 
-    ``states [T, E, obs]`` (normalized), ``actions [T, E, act]``, ``adv [T, E]``; one ``vmap`` of ``grad``.
+    ``states [T, E, obs]`` (normalized), ``actions [T, E, act]``, ``adv [T, E]``. One backward pass through one copy
+    of θ per environment: the same arithmetic as ``vmap(grad(surrogate))`` over environments, bit for bit, without
+    ``torch.func``'s per-op dispatch.
     """
-
-    def surrogate(th: torch.Tensor, s: torch.Tensor, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        mean, log_std = forward(spec, th, s)
-        return (w * log_prob(mean, log_std, a)).mean()
-
-    return vmap(grad(surrogate), in_dims=(None, 1, 1, 1))(theta, states, actions, adv)
+    thetas = theta.detach().expand(states.shape[1], -1).clone().requires_grad_(True)
+    with torch.enable_grad():
+        mean, log_std = forward(spec, thetas, states.transpose(0, 1))
+        surrogate = (adv.T * log_prob(mean, log_std, actions.transpose(0, 1))).mean(-1)
+        (grads,) = torch.autograd.grad(surrogate.sum(), thetas)
+    return grads, mean.detach().transpose(0, 1)
 
 
 def next_normalizer(policy: Policy, exp: Experience) -> ObsNormalizer:
@@ -158,12 +160,11 @@ def encode(policy: Policy, exp: Experience, config: FeatureConfig, generator: to
     T, E = exp.reward.shape
     states = norm.normalize(exp.obs)
     adv = advantages(exp, states, config.gamma, config.baseline_ridge)
-    grads = per_episode_gradients(spec, policy.theta, states, exp.action, adv)
+    grads, mean = per_episode_gradients(spec, policy.theta, states, exp.action, adv)
     g = grads.mean(0)
     stderr = grads.std(0) / E**0.5 if E > 1 else torch.ones_like(g)
     g_norm = g.norm()
-    with torch.no_grad():
-        mean, log_std = forward(spec, policy.theta, states)
+    log_std = spec.unflatten(policy.theta)["log_std"]
     z = ((exp.action - mean) * torch.exp(-log_std)).clamp(-5, 5)
     phase = (torch.arange(T, dtype=torch.float32) / T).reshape(T, 1, 1).expand(T, E, 1)
     rows = torch.cat([states, z, exp.reward.unsqueeze(-1), adv.unsqueeze(-1), phase], dim=-1).reshape(T * E, -1)

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.func import grad, vmap
 
 from metaimprove.errors import UserError
 from metaimprove.operator.features import (
@@ -23,7 +24,7 @@ from metaimprove.operator.features import (
     transition_dim,
 )
 from metaimprove.sim.envs import default_task
-from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, forward, init_params
+from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, forward, init_params, log_prob
 from metaimprove.sim.rollout import Collector, Experience
 from metaimprove.sim.tasks import get_family
 
@@ -33,15 +34,35 @@ SPEC = PolicySpec(5, 2, hidden=(8, 8))
 def test_per_episode_gradients_match_autograd():
     theta = init_params(SPEC, torch.Generator().manual_seed(0), log_std=-0.3)
     states, actions, adv = torch.randn(50, 3, 5), torch.randn(50, 3, 2), torch.randn(50, 3)
-    grads = per_episode_gradients(SPEC, theta, states, actions, adv)
+    grads, mean = per_episode_gradients(SPEC, theta, states, actions, adv)
     assert grads.shape == (3, SPEC.n_params)
     for e in range(3):
         leaf = theta.clone().requires_grad_(True)
-        mean, log_std = forward(SPEC, leaf, states[:, e])
-        z = (actions[:, e] - mean) / torch.exp(log_std)
+        mean_e, log_std = forward(SPEC, leaf, states[:, e])
+        z = (actions[:, e] - mean_e) / torch.exp(log_std)
         logp = (-0.5 * z.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
         (adv[:, e] * logp).mean().backward()
         torch.testing.assert_close(grads[e], leaf.grad)
+        torch.testing.assert_close(mean[:, e], mean_e.detach())
+
+
+@pytest.mark.parametrize("T,E", [(64, 32), (64, 8), (16, 1)])
+def test_per_episode_gradients_are_torch_funcs_bit_for_bit(T: int, E: int):
+    """The same numbers as ``vmap(grad(surrogate))`` over environments and a plain forward, which the committed
+    curves were computed with."""
+    spec = PolicySpec(17, 6)
+    theta = init_params(spec, torch.Generator().manual_seed(0), log_std=-0.3)
+    g = torch.Generator().manual_seed(1)
+    states, actions, adv = (torch.randn(T, E, 17, generator=g), torch.randn(T, E, 6, generator=g),
+                            torch.randn(T, E, generator=g))
+
+    def surrogate(th: torch.Tensor, s: torch.Tensor, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        mean, log_std = forward(spec, th, s)
+        return (w * log_prob(mean, log_std, a)).mean()
+
+    grads, mean = per_episode_gradients(spec, theta, states, actions, adv)
+    assert torch.equal(grads, vmap(grad(surrogate), in_dims=(None, 1, 1, 1))(theta, states, actions, adv))
+    assert torch.equal(mean, forward(spec, theta, states)[0])
 
 
 def test_linear_baseline_removes_state_dependent_reward():
