@@ -35,7 +35,7 @@ from metaimprove.errors import UserError
 from metaimprove.loggers import CsvTable, Metrics, check_logger, progress, read_rows, run_log
 from metaimprove.sim.envs import mujoco_log
 from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params
-from metaimprove.sim.rollout import Simulator
+from metaimprove.sim.rollout import Simulator, set_threads, worker_threads
 from metaimprove.sim.tasks import SPLITS, Task, TaskConfig, get_family
 from metaimprove.storage import (
     TEMP_SUFFIX,
@@ -63,7 +63,7 @@ RUN_LEFTOVERS = {".hydra", "MUJOCO_LOG.TXT"}
 ENTRY_KEYS = ("shard", "task_name", "task", "teacher", "seed", "iterations", "sha256")
 EXECUTORS = ("local", "ray")
 # Settings that decide where and how fast runs execute, never what they produce: not part of config.yaml.
-EXECUTION_SETTINGS = ("out", "workers", "executor", "ray", "logger")
+EXECUTION_SETTINGS = ("out", "workers", "threads", "executor", "ray", "logger")
 # A Ray task whose worker process dies (a node lost, OOM-killed) is rerun this many times; its shard
 # path is fixed by the run and written atomically, so a rerun replaces, never duplicates, its files.
 RAY_MAX_RETRIES = 3
@@ -103,6 +103,9 @@ class CollectConfig:
     """hidden layer sizes of the policy MLP"""
     workers: int = 0
     """parallel worker processes; 0 = one per CPU (results do not depend on it; executor=local only)"""
+    threads: int = 0
+    """threads each worker steps its envs on; 0 = the cores left to each worker (results do not depend on it;
+    executor=local only, a Ray task runs on the one CPU it asks for)"""
     executor: str = "local"
     """where runs execute: 'local' (a process pool) or 'ray' (one Ray task per run; pip install metaimprove[ray])"""
     ray: RayConfig = field(default_factory=RayConfig)
@@ -122,6 +125,7 @@ class CollectConfig:
             (self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}"),
             (len(self.hidden) >= 1 and min(self.hidden) >= 1, f"hidden sizes must be >= 1, got {list(self.hidden)}"),
             (self.workers >= 0, f"workers must be >= 0 (0 = one per CPU), got {self.workers}"),
+            (self.threads >= 0, f"threads must be >= 0 (0 = the cores left to each worker), got {self.threads}"),
             (self.executor in EXECUTORS, f"executor must be one of {list(EXECUTORS)}, got '{self.executor}'"),
             (self.ray.address is None or self.executor == "ray",
              f"ray.address={self.ray.address} needs executor=ray"),
@@ -221,7 +225,8 @@ def collect(cfg: CollectConfig) -> None:
                     if cfg.executor == "ray":
                         finished = _execute_ray(jobs, bar)
                     else:
-                        finished = _execute(jobs, min(cfg.workers or os.cpu_count() or 1, len(jobs)), bar)
+                        workers = min(cfg.workers or os.cpu_count() or 1, len(jobs))
+                        finished = _execute(jobs, workers, worker_threads(cfg.threads, workers), bar)
                     teacher_log = _TeacherLog(root, set(done))
                     with contextlib.closing(finished):
                         for entry, updates in finished:
@@ -272,11 +277,12 @@ class _Progress:
         self.bar.set_description(f"collect: {self.finished}/{self.total} runs")
 
 
-def _execute(jobs: list[_Job], workers: int, progress: _Progress) -> Generator[_Finished, None, None]:
-    """Run ``jobs`` on a process pool; yield each finished run's manifest entry and updates as it completes."""
+def _execute(jobs: list[_Job], workers: int, threads: int, progress: _Progress) -> Generator[_Finished, None, None]:
+    """Run ``jobs`` on a pool of ``workers`` processes, each stepping its envs on ``threads`` threads; yield each
+    finished run's manifest entry and updates as it completes."""
     context = get_context("spawn")
     steps: Queue[int] = context.Queue()
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(steps,))
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(steps, threads))
     try:
         pending: set[Future[_Finished]] = {pool.submit(_collect_run, job) for job in jobs}
         while pending:
@@ -379,13 +385,15 @@ def _drain(progress: Queue[int]) -> int:
 _progress: Queue[int] | None = None
 
 
-def _init_worker(progress: Queue[int]) -> None:
+def _init_worker(progress: Queue[int], threads: int) -> None:
     global _progress
     _progress = progress
     # Ctrl-C reaches the whole process group; the parent decides what happens to the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # One thread per worker: the pool provides the parallelism, and results must not depend on it.
+    # One torch thread per worker: the pool provides the parallelism, and results must not depend on it. The
+    # physics may take the cores the pool leaves over: its results are the same at any thread count.
     torch.set_num_threads(1)
+    set_threads(threads)
 
 
 def _collect_run(job: _Job) -> _Finished:

@@ -31,7 +31,7 @@ from metaimprove.operator.checkpoint import OperatorCheckpoint, resolve_operator
 from metaimprove.operator.runtime import BatchSchedule
 from metaimprove.sim.envs import AnyTask, UserEnv, mujoco_log
 from metaimprove.sim.policy import Policy, save_policy
-from metaimprove.sim.rollout import GymSimulator, Simulator, evaluate
+from metaimprove.sim.rollout import GymSimulator, Simulator, evaluate, set_threads, worker_threads
 from metaimprove.sim.tasks import Task, get_family
 from metaimprove.storage import (
     atomic_write_bytes,
@@ -49,7 +49,7 @@ RUNS_DIR = "runs"
 """folder of ``out`` holding each finished run, ``<method>/<task>-s<seed>.json``"""
 RUN_FORMAT = "metaimprove-apply-run"
 # Settings that choose which runs there are, where they execute and what is reported, never what one run gives.
-RUN_INDEPENDENT = ("out", "workers", "logger", "methods", "n_tasks", "task_start", "seeds", "seed_start")
+RUN_INDEPENDENT = ("out", "workers", "threads", "logger", "methods", "n_tasks", "task_start", "seeds", "seed_start")
 FILE_SETTINGS = ("operator_path", "task_file", "init", "dr_policy", "meta_policy")
 """settings naming files whose contents a run depends on: a finished run is reused only if they are unchanged"""
 
@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 def run_job(config: ApplyConfig, job: Job) -> Result:
     """Run one (method, task, seed); returns its curve rows and step timings."""
     torch.set_num_threads(1)
+    set_threads(config.threads or 1)
     # Worker processes start without the CLI's MuJoCo warning handler; warnings belong in the run directory.
     with mujoco_log(Path(config.out)):
         return _run_job(config, job)
@@ -122,6 +123,9 @@ def _validate(config: ApplyConfig, ckpt: OperatorCheckpoint) -> Sequence[AnyTask
         raise UserError(f"unknown methods {unknown}; choose from {valid}")
     if config.n_tasks < 1 or config.seeds < 1 or config.applications < 1 or config.eval_episodes < 1:
         raise UserError("n_tasks, seeds, applications and eval_episodes must all be >= 1")
+    if config.workers < 0 or config.threads < 0:
+        raise UserError(f"workers and threads must be >= 0 (0: from the cores), got {config.workers} and "
+                        f"{config.threads}")
     if config.seed_start < 0:
         raise UserError(f"seed_start must be >= 0 (seeds are non-negative), got {config.seed_start}")
     check_logger(config.logger)
@@ -252,6 +256,7 @@ def _execute(config: ApplyConfig, jobs: list[Job], todo: list[int]) -> Iterator[
     """Run the jobs numbered ``todo`` in this process or on a pool of ``config.workers``; yield each number with its
     result as it finishes."""
     workers = min(config.workers or os.cpu_count() or 1, len(todo))
+    config = dataclasses.replace(config, threads=worker_threads(config.threads, workers))
     if workers <= 1:
         for i in todo:
             yield i, run_job(config, jobs[i])

@@ -76,6 +76,8 @@ class ApplyConfig(TaskSelection):
     """deterministic evaluation episodes per point"""
     workers: int = 0
     """parallel processes (0: one per CPU)"""
+    threads: int = 0
+    """threads each process steps its envs on; 0 = the cores left to each process (results do not depend on it)"""
     logger: str = "csv"
     """where per-run returns go besides curves.csv: csv (nowhere more), tensorboard or wandb"""
 

@@ -6,6 +6,7 @@ Why: see the design notes (docs/design.md, "The collector on mujoco.batch").
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import mujoco
@@ -22,6 +23,27 @@ from metaimprove.sim.tasks import Task, build_model, get_family
 
 # HalfCheetah's physics substeps per env step (the baseline of benchmarks/throughput.py).
 FRAME_SKIP = ROBOTS["half_cheetah"].frame_skip
+_threads = 1
+"""threads each :class:`Simulator` made in this process steps its envs on (:func:`set_threads`)"""
+
+
+def cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def worker_threads(threads: int, workers: int) -> int:
+    """``threads``, or where it is 0 the cores each of ``workers`` processes has to itself (at least one)."""
+    return threads or max(1, cores() // max(1, workers))
+
+
+def set_threads(threads: int) -> None:
+    """Step the envs of every :class:`Simulator` this process makes from now on, on ``threads`` threads. Results
+    are the same at any count (``mujoco.batch`` steps each env exactly as a loop over them would)."""
+    global _threads
+    if threads < 1:
+        raise UserError(f"threads must be >= 1, got {threads}")
+    _threads = threads
 
 
 @dataclass
@@ -71,6 +93,8 @@ class Simulator:
         task: the task (its physics are applied to the robot's nominal model).
         n_envs: number of parallel simulations.
         seed: seeds the initial-state noise.
+
+    Its envs are stepped on the threads :func:`set_threads` set (never more than there are envs).
     """
 
     def __init__(self, task: Task, n_envs: int, seed: int) -> None:
@@ -81,7 +105,7 @@ class Simulator:
         self.rules = StepRules.of(task, self.model.opt.timestep)
         self.dt = self.rules.dt
         self._rng = np.random.default_rng(seed)
-        self._batch = mujoco.batch.Batch(self.model, nsim=n_envs, nthread=1)
+        self._batch = mujoco.batch.Batch(self.model, nsim=n_envs, nthread=min(_threads, n_envs))
         self._qpos = self._batch.bind("qpos")
         self._qvel = self._batch.bind("qvel")
         self._ctrl = self._batch.bind("ctrl")

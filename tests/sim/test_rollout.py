@@ -6,7 +6,7 @@ import torch
 
 from metaimprove.sim.envs import default_task, make_env
 from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params
-from metaimprove.sim.rollout import Collector, Simulator, evaluate
+from metaimprove.sim.rollout import Collector, Simulator, evaluate, set_threads
 from metaimprove.sim.tasks import get_family, load_families
 
 
@@ -49,6 +49,26 @@ def test_collector_equals_gymnasium_env_through_ends_and_resets(family):
     torch.testing.assert_close(exp.episode_returns, torch.tensor(returns, dtype=torch.float32))
     if get_family(family).terminate_when_unhealthy:
         assert sum(term for _, term in ends) >= 2, "the test policy should make the robot fall repeatedly"
+
+
+@pytest.mark.parametrize("family", ["halfcheetah_vel", "hopper_rand_params"])
+def test_collection_is_the_same_on_any_number_of_threads(family):
+    """Stepping the envs on 3 threads gives the experience 1 thread gives, bit for bit (falls and resets
+    included for Hopper)."""
+    task = get_family(family).task("train", 2)
+    policy = _bold_policy(Simulator(task, 1, 0), 1)
+    runs = []
+    try:
+        for n in (1, 3):
+            set_threads(n)
+            collector = Collector(task, n_envs=6, seed=3)
+            assert collector.sim._batch.nthread == n
+            runs.append(collector.collect(policy, 200))
+    finally:
+        set_threads(1)
+    one, three = runs
+    for name in ("obs", "action", "reward", "terminated", "truncated", "trunc_obs", "episode_returns"):
+        assert torch.equal(getattr(one, name), getattr(three, name)), name
 
 
 def test_collection_is_seeded_and_shaped():
