@@ -152,11 +152,12 @@ def next_normalizer(policy: Policy, exp: Experience) -> ObsNormalizer:
 
 
 def encode(policy: Policy, exp: Experience, config: FeatureConfig, generator: torch.Generator,
-           task: AnyTask | None = None) -> Features:
+           task: AnyTask | None = None, norm: ObsNormalizer | None = None) -> Features:
     """Encode θ (``policy``, which collected ``exp``) and τ (``exp``) for the operator, in N' coordinates (keys:
-    :data:`Features`); with ``config.task_input`` also ``task``, the task τ was collected on."""
+    :data:`Features`); with ``config.task_input`` also ``task``, the task τ was collected on. ``norm``: N'
+    (:func:`next_normalizer` of ``policy`` and ``exp``) when the caller has it already."""
     spec = policy.spec
-    norm = next_normalizer(policy, exp)
+    norm = next_normalizer(policy, exp) if norm is None else norm
     T, E = exp.reward.shape
     states = norm.normalize(exp.obs)
     adv = advantages(exp, states, config.gamma, config.baseline_ridge)
@@ -164,11 +165,15 @@ def encode(policy: Policy, exp: Experience, config: FeatureConfig, generator: to
     g = grads.mean(0)
     stderr = grads.std(0) / E**0.5 if E > 1 else torch.ones_like(g)
     g_norm = g.norm()
-    log_std = spec.unflatten(policy.theta)["log_std"]
-    z = ((exp.action - mean) * torch.exp(-log_std)).clamp(-5, 5)
-    phase = (torch.arange(T, dtype=torch.float32) / T).reshape(T, 1, 1).expand(T, E, 1)
-    rows = torch.cat([states, z, exp.reward.unsqueeze(-1), adv.unsqueeze(-1), phase], dim=-1).reshape(T * E, -1)
     pick = torch.randperm(T * E, generator=generator)
+    # The subsampled transitions (row t·E + e of τ flattened is step t of env e), built from those rows alone.
+    rows = pick[: config.n_transitions]
+    step, env = rows // E, rows % E
+    log_std = spec.unflatten(policy.theta)["log_std"]
+    z = ((exp.action[step, env] - mean[step, env]) * torch.exp(-log_std)).clamp(-5, 5)
+    phase = (torch.arange(T, dtype=torch.float32) / T)[step]
+    transitions = torch.cat([states[step, env], z, exp.reward[step, env, None], adv[step, env, None], phase[:, None]],
+                            dim=-1)
     # Per-environment mean reward: always defined (unlike completed-episode returns) and equal in training
     # data and at apply time.
     per_step = exp.reward.mean(0)
@@ -177,7 +182,7 @@ def encode(policy: Policy, exp: Experience, config: FeatureConfig, generator: to
         "grad": g / (g_norm / spec.n_params**0.5 + 1e-12),
         "grad_log_norm": torch.log(g_norm + 1e-12).reshape(1),
         "grad_snr": (g / (stderr + 1e-12)).clamp(-SNR_CLIP, SNR_CLIP),
-        "transitions": rows[pick[: config.n_transitions]],
+        "transitions": transitions,
         "returns": torch.stack([per_step.mean(), per_step.std() if E > 1 else torch.tensor(0.0)]),
         "states": exp.obs.reshape(T * E, -1)[pick[: config.n_states]],
         "norm_mean": torch.as_tensor(norm.mean, dtype=torch.float32),

@@ -116,7 +116,8 @@ def operator_update(op: ImprovementOperator, ckpt: OperatorCheckpoint, task: Any
 
     def update(policy: Policy, exp: Experience) -> Policy:
         begin = time.perf_counter()
-        feats = encode(policy, exp, ckpt.features, generator, task)
+        norm = next_normalizer(policy, exp)
+        feats = encode(policy, exp, ckpt.features, generator, task, norm)
         with torch.no_grad():
             theta = op(stack([feats]), ask.unsqueeze(0))[0]
         if timings is not None:
@@ -124,6 +125,6 @@ def operator_update(op: ImprovementOperator, ckpt: OperatorCheckpoint, task: Any
         if not torch.isfinite(theta).all():
             raise UserError(f"the operator produced non-finite parameters on {task.name}; "
                             "the checkpoint is unusable for this task")
-        return Policy(ckpt.spec, theta, next_normalizer(policy, exp))
+        return Policy(ckpt.spec, theta, norm)
 
     return update
