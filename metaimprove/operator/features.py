@@ -13,7 +13,7 @@ import torch
 
 from metaimprove.errors import UserError
 from metaimprove.sim.envs import AnyTask
-from metaimprove.sim.policy import NORM_EPS, OBS_CLIP, ObsNormalizer, Policy, PolicySpec, forward, log_prob
+from metaimprove.sim.policy import ACTIVATIONS, NORM_EPS, OBS_CLIP, ObsNormalizer, Policy, PolicySpec
 from metaimprove.sim.rollout import Experience
 from metaimprove.sim.tasks import Task, task_coordinates
 
@@ -127,21 +127,49 @@ def advantages(exp: Experience, states: torch.Tensor, gamma: float, ridge: float
     return (adv / (adv.std() + 1e-8)).float()
 
 
+ACTIVATION_BACKWARDS = {"tanh": torch.ops.aten.tanh_backward,
+                        "relu": lambda grad_out, out: torch.ops.aten.threshold_backward(grad_out, out, 0)}
+"""each of :data:`~metaimprove.sim.policy.ACTIVATIONS`' backward from its output, the op autograd runs for it"""
+
+
 def per_episode_gradients(spec: PolicySpec, theta: torch.Tensor, states: torch.Tensor, actions: torch.Tensor,
                           adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """∇θ of the REINFORCE surrogate mean_t(Â · log π_θ(a|s)) for each environment's stream ``[E, P]``, and the
     policy's action mean ``[T, E, act]`` on ``states`` (the forward it differentiates, for the caller to reuse).
 
-    ``states [T, E, obs]`` (normalized), ``actions [T, E, act]``, ``adv [T, E]``. One backward pass through one copy
-    of θ per environment: the same arithmetic as ``vmap(grad(surrogate))`` over environments, bit for bit, without
-    ``torch.func``'s per-op dispatch.
+    ``states [T, E, obs]`` (normalized), ``actions [T, E, act]``, ``adv [T, E]``. The forward is
+    :func:`~metaimprove.sim.policy.forward`'s, keeping each layer's output; the backward is written out, each step
+    the op that autograd runs for it under ``torch.func.vmap(torch.func.grad(surrogate))`` over environments, so the
+    result is that one's bit for bit (tests/operator/test_features.py) at half the cost: autograd's per-node
+    bookkeeping costs more than this arithmetic on a few thousand parameters.
     """
-    thetas = theta.detach().expand(states.shape[1], -1).clone().requires_grad_(True)
-    with torch.enable_grad():
-        mean, log_std = forward(spec, thetas, states.transpose(0, 1))
-        surrogate = (adv.T * log_prob(mean, log_std, actions.transpose(0, 1))).mean(-1)
-        (grads,) = torch.autograd.grad(surrogate.sum(), thetas)
-    return grads, mean.detach().transpose(0, 1)
+    T, E = adv.shape
+    blocks = spec.unflatten(theta.detach())
+    n_layers = len(spec.layer_sizes)
+    outs = [states.transpose(0, 1)]  # each layer's input [E, T, in], then the action mean
+    for layer in range(n_layers):
+        h = outs[-1] @ blocks[f"W{layer}"].mT + blocks[f"b{layer}"].unsqueeze(-2)
+        if layer < n_layers - 1:
+            h = ACTIVATIONS[spec.activation](h)
+        elif spec.squash:
+            h = torch.tanh(h)
+        outs.append(h)
+    mean = outs[-1]
+    inv_std = torch.exp(-blocks["log_std"])
+    diff = actions.transpose(0, 1) - mean
+    # ∂/∂ log π of Σ_e mean_t(Â · log π), then through log π = Σ_a (-z²/2 - log σ - log √(2π)), z = (a - μ)/σ
+    grad = ((torch.ones(E, T) / T) * adv.T).unsqueeze(-1).expand(E, T, spec.act_dim)
+    grad_z = (grad * -0.5) * (2.0 * (diff * inv_std))
+    grads = {"log_std": (-grad).sum(1) + -(grad_z * diff).sum(1) * inv_std}
+    grad = -(grad_z * inv_std)  # ∂/∂μ
+    if spec.squash:
+        grad = torch.ops.aten.tanh_backward(grad, mean)
+    for layer in range(n_layers - 1, -1, -1):
+        grads[f"b{layer}"] = grad.sum(1)
+        grads[f"W{layer}"] = torch.bmm(outs[layer].transpose(1, 2), grad).mT
+        if layer > 0:
+            grad = ACTIVATION_BACKWARDS[spec.activation](grad @ blocks[f"W{layer}"], outs[layer])
+    return torch.cat([grads[name].reshape(E, -1) for name, _, _ in spec.layout()], dim=-1), mean.transpose(0, 1)
 
 
 def next_normalizer(policy: Policy, exp: Experience) -> ObsNormalizer:

@@ -46,14 +46,17 @@ def test_per_episode_gradients_match_autograd():
         torch.testing.assert_close(mean[:, e], mean_e.detach())
 
 
-@pytest.mark.parametrize("T,E", [(64, 32), (64, 8), (16, 1)])
-def test_per_episode_gradients_are_torch_funcs_bit_for_bit(T: int, E: int):
+@pytest.mark.parametrize("spec", [PolicySpec(17, 6), PolicySpec(5, 2, (8, 8), "relu"),
+                                  PolicySpec(11, 3, (64,), squash=True), PolicySpec(8, 2, (16, 16, 16), "relu", True)],
+                         ids=str)
+@pytest.mark.parametrize("T,E", [(64, 32), (50, 3), (16, 8), (77, 1)])
+def test_per_episode_gradients_are_torch_funcs_bit_for_bit(spec: PolicySpec, T: int, E: int):
     """The same numbers as ``vmap(grad(surrogate))`` over environments and a plain forward, which the committed
     curves were computed with."""
-    spec = PolicySpec(17, 6)
     theta = init_params(spec, torch.Generator().manual_seed(0), log_std=-0.3)
+    theta += 0.3 * torch.randn(spec.n_params, generator=torch.Generator().manual_seed(2))
     g = torch.Generator().manual_seed(1)
-    states, actions, adv = (torch.randn(T, E, 17, generator=g), torch.randn(T, E, 6, generator=g),
+    states, actions, adv = (torch.randn(T, E, spec.obs_dim, generator=g), torch.randn(T, E, spec.act_dim, generator=g),
                             torch.randn(T, E, generator=g))
 
     def surrogate(th: torch.Tensor, s: torch.Tensor, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
