@@ -1,7 +1,8 @@
 """What the benchmarks share: where their outputs go, the held-out comparison's settings and how its figures read.
 
-Every script in ``benchmarks/`` imports from here and from no other script; the settled studies in ``research/``
-import from here too (they put ``benchmarks/`` on ``sys.path`` themselves).
+Every script in ``benchmarks/`` imports from here and from no other script (``throughput.py`` runs
+``operator_step.py`` as a script of its own); the settled studies in ``research/`` import from here too, and from a
+benchmark's measurement where they report it (they put ``benchmarks/`` on ``sys.path`` themselves).
 """
 
 from __future__ import annotations
