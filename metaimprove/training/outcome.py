@@ -307,6 +307,11 @@ def _training_tasks(cfg: OutcomeConfig, ckpt: OperatorCheckpoint) -> list[Task]:
         raise UserError(f"tasks={names}: {foreign[0] if foreign else 'none given'} is not one of the operator's "
                         f"{len(ckpt.tasks)} training tasks (validation and test tasks are never trained on); "
                         "leave tasks= out to use them all")
+    return named_tasks(names)
+
+
+def named_tasks(names: Sequence[str]) -> list[Task]:
+    """The tasks ``names`` names as a checkpoint records them (``family/split/index``, ``Task.name``)."""
     out = []
     for name in names:
         family, split, index = name.split("/")

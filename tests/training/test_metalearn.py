@@ -120,22 +120,26 @@ def test_theta0_moves_toward_the_tasks_mean_solution(monkeypatch: pytest.MonkeyP
     assert distances == pytest.approx([start / 2, start / 4, start / 16, start / 256], rel=1e-4)
 
 
-def test_a_run_resumes_from_its_checkpoint_with_the_same_bits(tmp_path: pathlib.Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    metalearn.metalearn(tiny(out=str(tmp_path / "whole")))
+def interrupted(cfg: MetaLearnConfig) -> None:
+    """``metalearn(cfg)`` stopped by a KeyboardInterrupt in its third inner loop (the second outer step's first)."""
     calls = []
     inner = metalearn.inner_loop
 
-    def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def interrupting(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(1)
-        if len(calls) == 3:  # in the second outer step
+        if len(calls) == 3:
             raise KeyboardInterrupt
         return inner(*args, **kwargs)
 
-    with monkeypatch.context() as m:
-        m.setattr(metalearn, "inner_loop", interrupted)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(metalearn, "inner_loop", interrupting)
         with pytest.raises(KeyboardInterrupt):
-            metalearn.metalearn(tiny(out=str(tmp_path / "cut")))
+            metalearn.metalearn(cfg)
+
+
+def test_a_run_resumes_from_its_checkpoint_with_the_same_bits(tmp_path: pathlib.Path) -> None:
+    metalearn.metalearn(tiny(out=str(tmp_path / "whole")))
+    interrupted(tiny(out=str(tmp_path / "cut")))
     assert not (tmp_path / "cut" / META_POLICY).exists()
     metalearn.metalearn(tiny(out=str(tmp_path / "cut")))
     assert same_policy(load_policy(tmp_path / "whole" / META_POLICY), load_policy(tmp_path / "cut" / META_POLICY))

@@ -1,6 +1,5 @@
 """Outcome training (``metaimprove outcome``): PGPE over the operator's weights on the returns it reaches."""
 
-import dataclasses
 import math
 import pathlib
 
@@ -38,21 +37,6 @@ def tiny(operator: pathlib.Path, out: pathlib.Path, **changes: object) -> Outcom
                                        tasks=["halfcheetah_vel/train/0", "halfcheetah_vel/train/1"], stdev_init=0.05)
     settings.update(changes)
     return OutcomeConfig(**settings)  # type: ignore[arg-type]
-
-
-@pytest.fixture(scope="module")
-def moving_operator(ars_operator: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """The tiny ARS operator with random output layers, so that its steps move θ (the untrained one's do not), and a
-    warm-up of two 2-env batches before its 4-env ones."""
-    op, ckpt = OperatorCheckpoint.load(ars_operator)
-    ckpt.features = dataclasses.replace(ckpt.features, warmup=[[2, 128]])
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for param in op.update.rest.parameters():
-            param.copy_(0.3 * torch.randn(param.shape, generator=generator))
-    path = tmp_path_factory.mktemp("moving") / "operator.safetensors"
-    ckpt.save(path, op, summary={})
-    return path
 
 
 def test_each_member_runs_as_apply_would_and_fitness_is_relative_to_the_teacher(moving_operator: pathlib.Path
