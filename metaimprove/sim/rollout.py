@@ -1,5 +1,6 @@
 """Batched experience collection: one policy θ, one task, many envs stepped together in C (``mujoco.batch``),
-returned as an :class:`Experience`; and :func:`evaluate`, the evaluation protocol every method shares.
+returned as an :class:`Experience`; and :func:`evaluate` / :func:`evaluate_many`, the evaluation protocol every
+method shares, many policies' evaluations batched in one simulator.
 
 Why: see the design notes (docs/design.md, "The collector on mujoco.batch").
 """
@@ -7,6 +8,7 @@ Why: see the design notes (docs/design.md, "The collector on mujoco.batch").
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import mujoco
@@ -295,16 +297,75 @@ class Collector:
         )
 
 
-def evaluate(policy: Policy, task: AnyTask, n_episodes: int = 8, seed: int = 0) -> float:
-    """Mean return of ``policy``'s deterministic mean action over ``n_episodes`` fixed episodes.
+EVAL_ENVS = 64
+"""most envs :func:`evaluate_many` steps in one simulator: its policies go in chunks of ``EVAL_ENVS // n_episodes``.
+At 64 a step's Python costs little beside the physics, and a chunk stops soon after its own episodes end (robots
+that fall): larger chunks measured no faster on HalfCheetah and slower on Walker (docs/performance.md)."""
 
-    The evaluation protocol every method shares: same task, same seed, same initial states. An episode
-    counts up to its first end (time limit, fall or blow-up); what the env did after a reset is not in it.
+
+def evaluate(policy: Policy, task: AnyTask, n_episodes: int = 8, seed: int = 0) -> float:
+    """Mean return of ``policy``'s deterministic mean action over ``n_episodes`` fixed episodes: the evaluation
+    protocol every method shares (:func:`evaluate_many` of one policy)."""
+    return evaluate_many([policy], task, n_episodes, seed)[0]
+
+
+def evaluate_many(policies: Sequence[Policy], task: AnyTask, n_episodes: int = 8, seed: int = 0) -> list[float]:
+    """Mean return of each policy's deterministic mean action over ``n_episodes`` fixed episodes.
+
+    The evaluation protocol every method shares: same task, same seed, same initial states. An episode counts up to
+    its first end (time limit, fall or blow-up); what the env did after a reset is not in it.
+
+    The policies run side by side in one batched simulator (per chunk of :data:`EVAL_ENVS` envs), each in a block of
+    ``n_episodes`` envs from the initial states a simulator of ``n_episodes`` envs seeded with ``seed`` starts from,
+    its actions computed from its block's observations alone: each return is the one the policy gets evaluated by
+    itself, bit for bit. A user's env is evaluated one policy at a time (its envs step in turn in Python anyway, and
+    its resets are seeded per env of a simulator).
     """
-    collector = Collector(task, n_envs=n_episodes, seed=seed)
-    exp = collector.collect(policy, collector.sim.episode_length, deterministic=True)
-    done = (exp.terminated | exp.truncated).int()
-    # Steps at or before each env's first end: no end has happened before them.
-    first_episode = (torch.cumsum(done, 0) - done) == 0
-    total = (exp.reward * first_episode).sum(0)
-    return float(total.mean())
+    returns: list[float] = []
+    if isinstance(task, UserEnv):
+        for policy in policies:
+            sim = GymSimulator(task, n_episodes, seed)
+            returns += _first_episode_means(sim, sim.reset(), [policy])
+        return returns
+    per_sim = max(1, EVAL_ENVS // n_episodes)
+    for i in range(0, len(policies), per_sim):
+        chunk = policies[i : i + per_sim]
+        sim = Simulator(task, len(chunk) * n_episodes, seed)
+        # What Simulator(task, n_episodes, seed).reset() starts from (its generator is seeded with seed), per block.
+        qpos, qvel = initial_states(sim.rules.robot, sim.model, np.random.default_rng(seed), n_episodes)
+        sim.reset()
+        sim.set_state(np.tile(qpos, (len(chunk), 1)), np.tile(qvel, (len(chunk), 1)))
+        returns += _first_episode_means(sim, sim.observation(), chunk)
+    return returns
+
+
+def _first_episode_means(sim: Simulator | GymSimulator, obs: np.ndarray, policies: Sequence[Policy]) -> list[float]:
+    """Mean first-episode return of each policy, policy ``k`` acting deterministically in envs ``[k n, (k + 1) n)``
+    of ``sim`` (``n = sim.n_envs / len(policies)``) from their observations ``obs``.
+
+    What makes each return the one the policy gets alone, bit for bit: ``mujoco.batch`` steps every env as a loop over
+    them would; each block's actions come from the same numpy code on arrays of the same shape (``[n, obs]``); and its
+    return is reduced by the same float32 torch code on tensors of the same shape (``[L, n]``). Ended envs are reset
+    and stepped on, uncounted; the loop stops when every first episode has ended.
+    """
+    E, L = sim.n_envs, sim.episode_length
+    n = E // len(policies)
+    blocks = [slice(k * n, (k + 1) * n) for k in range(len(policies))]
+    actors = [policy.actor() for policy in policies]
+    reward = np.zeros((L, E), dtype=np.float32)
+    counted = np.zeros((L, E), dtype=bool)  # step t is in env e's first episode
+    running = np.ones(E, dtype=bool)
+    action = np.zeros((E, sim.act_dim))
+    for t in range(L):
+        for block, actor in zip(blocks, actors, strict=True):
+            if running[block].any():
+                action[block] = actor.mean(obs[block])
+        obs, reward[t], terminated, _ = sim.step(np.minimum(np.maximum(action, -1.0), 1.0))
+        counted[t] = running
+        if terminated.any():
+            running &= ~terminated
+            if not running.any():
+                break
+            obs = sim.reset(np.flatnonzero(terminated))
+    return [float((torch.from_numpy(reward[:, block].copy()) * torch.from_numpy(counted[:, block].copy())).sum(0)
+                  .mean()) for block in blocks]
