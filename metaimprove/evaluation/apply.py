@@ -31,7 +31,7 @@ from metaimprove.operator.checkpoint import OperatorCheckpoint, resolve_operator
 from metaimprove.operator.runtime import BatchSchedule
 from metaimprove.sim.envs import AnyTask, UserEnv, mujoco_log
 from metaimprove.sim.policy import Policy, save_policy
-from metaimprove.sim.rollout import GymSimulator, Simulator, evaluate, set_threads, worker_threads
+from metaimprove.sim.rollout import GymSimulator, Simulator, evaluate_many, set_threads, worker_threads
 from metaimprove.sim.tasks import Task, get_family
 from metaimprove.storage import (
     atomic_write_bytes,
@@ -74,26 +74,27 @@ def _run_job(config: ApplyConfig, job: Job) -> Result:
     run = Run(config, op, ckpt, job.task, job.seed, schedule, run_budget(config, schedule.batch))
     method = METHODS[job.method]
 
-    def row(point: Point) -> dict[str, object]:
-        ret = evaluate(point.policy, job.task, config.eval_episodes, seed=seeds.evaluation(job.seed))
-        return {"method": job.method, "task": job.task.name, "seed": job.seed, "env_steps": point.steps,
-                "return": ret, "fallbacks": point.fallbacks, "guard_steps": point.guard_steps}
+    def rows(points: list[Point]) -> list[dict[str, object]]:
+        returns = evaluate_many([p.policy for p in points], job.task, config.eval_episodes,
+                                seed=seeds.evaluation(job.seed))
+        return [{"method": job.method, "task": job.task.name, "seed": job.seed, "env_steps": point.steps,
+                 "return": ret, "fallbacks": point.fallbacks, "guard_steps": point.guard_steps}
+                for point, ret in zip(points, returns, strict=True)]
 
     if method.policy is not None:
         fixed, charged = method.policy(run)
-        first = row(Point(charged, fixed))
+        [first] = rows([Point(charged, fixed)])
         # A fixed policy's return is the same wherever it is read: one evaluation, drawn flat to the budget.
-        rows = [first] + [{**first, "env_steps": i * schedule.batch}
-                          for i in range(charged // schedule.batch + 1, run.budget // schedule.batch + 1)]
+        flat = [{**first, "env_steps": i * schedule.batch}
+                for i in range(charged // schedule.batch + 1, run.budget // schedule.batch + 1)]
         _save_final(config, job, fixed)
-        return rows, run.timings
+        return [first, *flat], run.timings
     assert method.points is not None
-    last = start = method.start(run)
-    rows = [row(start)]
-    for last in method.points(run, start):
-        rows.append(row(last))
-    _save_final(config, job, last.policy)
-    return rows, run.timings
+    start = method.start(run)
+    # Every point's return in one batched evaluation after the run (its points' policies stay as they were deployed).
+    points = [start, *method.points(run, start)]
+    _save_final(config, job, points[-1].policy)
+    return rows(points), run.timings
 
 
 def _save_final(config: ApplyConfig, job: Job, policy: Policy) -> None:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from metaimprove.data.collect import load_manifest, load_shard, shard_task
 from metaimprove.errors import UserError
 from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, fold_normalizer, init_params, save_policy
-from metaimprove.sim.rollout import Collector, Experience, Simulator, evaluate
+from metaimprove.sim.rollout import Collector, Experience, Simulator, evaluate_many
 from metaimprove.sim.tasks import SPLITS, Task, TaskConfig, get_family, task_distance
 from metaimprove.storage import atomic_write_bytes
 from metaimprove.teachers import PPO, PPOConfig
@@ -119,7 +119,7 @@ def transferred(runs: tuple[TrainingRun, ...], task: Task, episodes: int, seed: 
 
     Returns it and the env steps the selection used (every candidate's episodes): the baseline pays for them.
     """
-    scores = [evaluate(run.final, task, episodes, seed=seed) for run in runs]
+    scores = evaluate_many([run.final for run in runs], task, episodes, seed=seed)
     best = int(np.argmax(scores))
     return runs[best].final, len(runs) * episodes * get_family(task.family).episode_length
 

@@ -68,7 +68,8 @@ class Method:
     color: str | None
     """its color in every plot (None: a color hashed from the name)"""
     points: Callable[[Run, Point], Iterator[Point]] | None = None
-    """an adapting method's run from its start: the points it deploys after each of its steps"""
+    """an adapting method's run from its start: the points it deploys after each of its steps (``apply`` evaluates
+    them after the run, so a point's policy must not change once it is yielded)"""
     policy: Callable[[Run], tuple[Policy, int]] | None = None
     """a fixed method's policy and the env steps charged for choosing it"""
     start: Callable[[Run], Point] = lambda run: Point(0, run.start())

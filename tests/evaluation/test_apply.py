@@ -3,6 +3,7 @@ seed_start, one writer per out, unfinished checkpoints."""
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import pathlib
@@ -38,6 +39,7 @@ from tests.helpers import (
 BATCH = TINY_TEACHER["n_envs"] * TINY_TEACHER["n_steps"]
 # 6 training runs × 1 selection episode × 256 steps: the budget must pay for transferred's selection.
 SELECTION_STEPS = 6 * 256
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _apply(operator: pathlib.Path, out: pathlib.Path, **changes: object) -> pathlib.Path:
@@ -84,6 +86,24 @@ def test_every_method_runs_on_the_same_budget_and_is_seeded(operator_path: pathl
                                                               seed=17), rel=1e-6)
     dr = next(r for r in rows if r["method"] == "dr" and r["seed"] == "0")
     assert float(dr["return"]) == pytest.approx(evaluate(load_policy(dr_policy), task, 1, seed=17), rel=1e-6)
+
+
+def test_curves_equal_the_committed_validation_rows(tmp_path: pathlib.Path) -> None:
+    """The shipped operator (plain and guarded), PPO and the unchanged start on the first validation task and seed,
+    at a small budget, write exactly the rows results/improvement_validation.csv holds for those points (a run's
+    rows up to a budget do not depend on the budget, but for guarded verifications skipped near its end, none at
+    this one): apply's batched evaluation gives the committed returns."""
+    methods = ["operator", "operator_guarded", "ppo", "no_update"]
+    apply(ApplyConfig(operator_path=str(ROOT / "results" / "operators" / "halfcheetah_vel.safetensors"),
+                      out=str(tmp_path), task=TaskConfig("halfcheetah_vel"), split="train", task_start=32, n_tasks=1,
+                      seeds=1, budget=6144, methods=methods, workers=1))
+    with (ROOT / "results" / "improvement_validation.csv").open() as f:
+        committed = {(r["method"], r["env_steps"]): r for r in csv.DictReader(f)
+                     if r["task"] == "halfcheetah_vel/train/32" and r["seed"] == "0"}
+    rows = curve_rows(tmp_path)
+    assert {r["method"] for r in rows} == set(methods) and len(rows) >= 20
+    for row in rows:
+        assert row == committed[row["method"], row["env_steps"]]
 
 
 def test_train_init_starts_from_the_training_runs_theta0(operator_path: pathlib.Path,
