@@ -24,7 +24,7 @@ from metaimprove.errors import UserError
 from metaimprove.evaluation.baselines import training_runs
 from metaimprove.evaluation.guard import Point
 from metaimprove.evaluation.methods import METHODS, Run, method_names
-from metaimprove.evaluation.protocol import STARTS, ApplyConfig, Job, run_budget
+from metaimprove.evaluation.protocol import STARTS, ApplyConfig, Job, learned_start_path, run_budget
 from metaimprove.interop.sb3 import load_any_policy
 from metaimprove.loggers import Metrics, check_logger, progress, run_log
 from metaimprove.operator.checkpoint import OperatorCheckpoint, resolve_operator, warn_if_incomplete
@@ -50,7 +50,7 @@ RUNS_DIR = "runs"
 RUN_FORMAT = "metaimprove-apply-run"
 # Settings that choose which runs there are, where they execute and what is reported, never what one run gives.
 RUN_INDEPENDENT = ("out", "workers", "threads", "logger", "methods", "n_tasks", "task_start", "seeds", "seed_start")
-FILE_SETTINGS = ("operator_path", "task_file", "init", "dr_policy", "meta_policy")
+FILE_SETTINGS = ("operator_path", "task_file", "init", "dr_policy", "meta_policy", "learned_start")
 """settings naming files whose contents a run depends on: a finished run is reused only if they are unchanged"""
 
 Result = tuple[list[dict[str, Any]], dict[str, list[float]]]
@@ -117,6 +117,12 @@ def _read_task(path: Path) -> Task:
     return task
 
 
+def learned_start_users(config: ApplyConfig) -> list[str]:
+    """The methods that start from the operator's learned start, and ``start=learned`` where it is asked for."""
+    users = [m for m in config.methods if "learned_start" in METHODS[m].needs]
+    return users + (["start=learned"] if config.start == "learned" else [])
+
+
 def _validate(config: ApplyConfig, ckpt: OperatorCheckpoint) -> Sequence[AnyTask]:
     valid = method_names()
     unknown = [m for m in config.methods if m not in valid]
@@ -141,6 +147,13 @@ def _validate(config: ApplyConfig, ckpt: OperatorCheckpoint) -> Sequence[AnyTask
     BatchSchedule.of(ckpt, config.warmup)  # a bad warm-up is a one-line error here, not in a worker
     if config.init is not None:
         _check_spec(load_any_policy(Path(config.init)), ckpt, f"initial policy {config.init}")
+    if learned_start_users(config):
+        path = learned_start_path(config)
+        if not path.is_file():
+            raise UserError(f"{', '.join(learned_start_users(config))} need(s) the operator's learned start, and "
+                            f"{path} is missing; make one with `metaimprove metalearn inner=operator operator_path="
+                            f"{config.operator_path} out=<dir>` and give learned_start=<dir>/policy.safetensors")
+        _check_spec(load_any_policy(path), ckpt, f"learned start {path}")
     if config.env is not None:
         return [_validate_env(config, ckpt, config.env)]
     if config.episode_length is not None:
@@ -220,6 +233,9 @@ def apply(config: ApplyConfig) -> Path:
     settings and input files are unchanged and runs the rest. One process at a time writes an ``out``."""
     _, ckpt = OperatorCheckpoint.load(config.operator_path)
     tasks = _validate(config, ckpt)
+    if learned_start_users(config):
+        # Named, so that a finished run is reused only while the file beside the operator is the same one.
+        config = dataclasses.replace(config, learned_start=str(learned_start_path(config)))
     if any(METHODS[m].uses_operator for m in config.methods):
         ckpt.check_task(tasks[0])  # an oracle operator reads only its family's tasks (all of them share one)
         ckpt.ask(config.ask_k, config.ask_improvement)  # warn once, up front, if outside the trained range

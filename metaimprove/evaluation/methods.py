@@ -17,7 +17,7 @@ from metaimprove.errors import UserError
 from metaimprove.evaluation import baselines, sac
 from metaimprove.evaluation.baselines import TrainingRun, batch_return, training_runs
 from metaimprove.evaluation.guard import Guard, Point, guarded_steps
-from metaimprove.evaluation.protocol import ApplyConfig, initial_policy
+from metaimprove.evaluation.protocol import ApplyConfig, initial_policy, learned_start_path
 from metaimprove.interop.sb3 import load_any_policy
 from metaimprove.operator.checkpoint import OperatorCheckpoint
 from metaimprove.operator.networks import ImprovementOperator
@@ -55,6 +55,11 @@ class Run:
         """The operator's training runs (``dataset=``)."""
         return training_runs(str(self.config.dataset))
 
+    def learned_start(self) -> Point:
+        """The operator's learned start (:func:`~metaimprove.evaluation.protocol.learned_start_path`), free: its
+        meta-training is not charged, as the operator's dataset is not."""
+        return Point(0, load_any_policy(learned_start_path(self.config)))
+
     def policy_file(self, field: str) -> Policy:
         """The pretrained policy the ApplyConfig field ``field`` names (``dr_policy``, ``meta_policy``)."""
         return load_any_policy(Path(str(getattr(self.config, field))))
@@ -77,7 +82,8 @@ class Method:
     uses_operator: bool = False
     """whether it applies the operator (which must then suit the tasks and the ask)"""
     needs: tuple[str, ...] = ()
-    """the ApplyConfig fields it cannot run without (``dataset``, or a policy file of ``apply.POLICY_NEEDS``)"""
+    """the ApplyConfig fields it cannot run without (``dataset``, or a policy file of ``apply.POLICY_NEEDS``;
+    ``learned_start``, whose default is the file beside the operator)"""
     on_user_env: bool = False
     """whether it runs on a user's env (``env=``), where there are no training tasks"""
     improves_start: bool = False
@@ -257,6 +263,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            improves_start=True),
     Method("operator_guarded", "#ff9896", points=_operator(guarded=True), uses_operator=True, on_user_env=True,
            improves_start=True),
+    Method("operator_learned_start", "#e7969c", points=_operator(guarded=False), start=Run.learned_start,
+           uses_operator=True, on_user_env=True, needs=("learned_start",)),
     *(_teacher(name) for name in TEACHERS),
     _teacher("ppo_tuned", lambda ckpt: teacher_option("ppo_tuned")),
     Method("teacher_op_batch", "#fdae6b", points=_teacher_op_batch, on_user_env=True, improves_start=True),

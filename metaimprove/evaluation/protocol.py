@@ -11,12 +11,14 @@ from metaimprove import seeds
 from metaimprove.errors import UserError
 from metaimprove.evaluation.baselines import training_runs
 from metaimprove.interop.sb3 import load_any_policy
-from metaimprove.operator.checkpoint import OperatorCheckpoint
+from metaimprove.operator.checkpoint import OperatorCheckpoint, resolve_operator
 from metaimprove.sim.envs import AnyTask
 from metaimprove.sim.policy import ObsNormalizer, Policy, init_params
 from metaimprove.sim.tasks import TaskSelection
 
-STARTS = ("fresh", "train_init")
+STARTS = ("fresh", "train_init", "learned")
+LEARNED_START_SUFFIX = ".start.safetensors"
+"""the file beside an operator checkpoint holding its learned start θ₀ (``<name>.start.safetensors``)"""
 
 
 @dataclass
@@ -30,9 +32,13 @@ class ApplyConfig(TaskSelection):
     task_file: str | None = None
     """a JSON file holding one task (``Task.to_json()``, explicit parameters and physics) to apply on instead"""
     init: str | None = None
-    """a policy file (``policy.save_policy``) every run starts from, instead of start=fresh|train_init"""
+    """a policy file (``policy.save_policy``) every run starts from, instead of start=fresh|train_init|learned"""
     start: str = "fresh"
-    """θ⁰ of run s: fresh (an initialization no training run used) or train_init (a training run's θ⁰; needs dataset)"""
+    """θ⁰ of run s: fresh (an initialization no training run used), train_init (a training run's θ⁰; needs dataset)
+    or learned (the operator's learned start, see learned_start)"""
+    learned_start: str | None = None
+    """the operator's learned start θ₀, for start=learned and operator_learned_start (`metaimprove metalearn
+    inner=operator` out=/policy.safetensors; default: <operator>.start.safetensors beside the checkpoint)"""
     seeds: int = 5
     """seeds per task, seed_start .. seed_start + seeds - 1 (each: its own initialization, collection, evaluation)"""
     seed_start: int = 0
@@ -44,7 +50,7 @@ class ApplyConfig(TaskSelection):
     methods: list[str] = field(default_factory=lambda: ["operator", "ppo", "no_update"])
     """methods: operator, operator_guarded, a teacher (ppo, ...), ppo_tuned, teacher_op_batch, no_update, nearest,
     nearest_noise, nearest_avg, avg_weights, transferred, dr, dr_ppo, nearest_ars, transferred_ars, dr_ars, meta,
-    meta_ars, sac (the registry: evaluation/methods.py)"""
+    meta_ars, operator_learned_start, sac (the registry: evaluation/methods.py)"""
     dataset: str | None = None
     """the operator's training dataset (`metaimprove collect` out=): for the checkpoint baselines and train_init"""
     dr_policy: str | None = None
@@ -98,8 +104,18 @@ def start_policy(ckpt: OperatorCheckpoint, seed: int) -> Policy:
     return Policy(spec, theta, ObsNormalizer.identity(spec.obs_dim))
 
 
+def learned_start_path(config: ApplyConfig) -> Path:
+    """Where the operator's learned start is: ``learned_start``, else the file of :data:`LEARNED_START_SUFFIX` beside
+    the checkpoint (a shipped operator's name resolves to its file first)."""
+    if config.learned_start is not None:
+        return Path(config.learned_start)
+    checkpoint = resolve_operator(config.operator_path)
+    return checkpoint.with_name(checkpoint.name.removesuffix(".safetensors") + LEARNED_START_SUFFIX)
+
+
 def initial_policy(config: ApplyConfig, ckpt: OperatorCheckpoint, seed: int) -> Policy:
-    """θ⁰ of run ``seed``: the ``init`` file, a training run's θ⁰ (``start=train_init``), or a fresh one.
+    """θ⁰ of run ``seed``: the ``init`` file, a training run's θ⁰ (``start=train_init``), the operator's learned start
+    (``start=learned``), or a fresh one.
 
     ``train_init`` cycles through the training runs' distinct seeds (collection gives runs of one seed one θ⁰).
     """
@@ -111,6 +127,8 @@ def initial_policy(config: ApplyConfig, ckpt: OperatorCheckpoint, seed: int) -> 
         run_seeds = sorted({run.seed for run in runs})
         first = next(run for run in runs if run.seed == run_seeds[seed % len(run_seeds)]).first
         return Policy(first.spec, first.theta.clone(), first.normalizer.copy())
+    if config.start == "learned":
+        return load_any_policy(learned_start_path(config))
     return start_policy(ckpt, seed)
 
 

@@ -11,6 +11,7 @@ import pathlib
 import pytest
 import torch
 
+from metaimprove import seeds
 from metaimprove.errors import UserError
 from metaimprove.evaluation import apply as apply_module
 from metaimprove.evaluation.apply import apply
@@ -20,7 +21,7 @@ from metaimprove.evaluation.protocol import ApplyConfig, Job, initial_policy
 from metaimprove.operator.checkpoint import OperatorCheckpoint
 from metaimprove.operator.features import FeatureConfig, task_vector
 from metaimprove.sim.envs import UserEnv
-from metaimprove.sim.policy import load_policy
+from metaimprove.sim.policy import load_policy, save_policy
 from metaimprove.sim.rollout import evaluate
 from metaimprove.sim.tasks import TaskConfig, get_family
 from metaimprove.storage import meta_path
@@ -118,6 +119,28 @@ def test_train_init_starts_from_the_training_runs_theta0(operator_path: pathlib.
     assert not torch.equal(fresh.theta, runs[0].first.theta)
 
 
+def test_the_learned_start_is_the_file_beside_the_operator_or_learned_start(operator_path: pathlib.Path,
+                                                                          tmp_path: pathlib.Path) -> None:
+    """start=learned and operator_learned_start begin from <operator>.start.safetensors, or from learned_start=; a
+    rerun with another file there is not served the runs of the first."""
+    _, ckpt = OperatorCheckpoint.load(operator_path)
+    operator = tmp_path / "op.safetensors"
+    operator.write_bytes(operator_path.read_bytes())
+    meta_path(operator).write_bytes(meta_path(operator_path).read_bytes())
+    beside = tmp_path / "op.start.safetensors"
+    save_policy(beside, initial_policy(apply_config(operator, pathlib.Path("unused")), ckpt, 7))
+    own = tmp_path / "own.safetensors"
+    save_policy(own, initial_policy(apply_config(operator, pathlib.Path("unused")), ckpt, 8))
+    for changes, want in (({}, beside), ({"learned_start": str(own)}, own)):
+        config = apply_config(operator, pathlib.Path("unused"), start="learned", **changes)
+        assert torch.equal(initial_policy(config, ckpt, 0).theta, load_policy(want).theta)
+    task = get_family("halfcheetah_vel").task("test", 0)
+    for changes, want in (({}, beside), ({"learned_start": str(own)}, own)):
+        _apply(operator, tmp_path / "out", methods=["operator_learned_start"], **changes)
+        first = curve_rows(tmp_path / "out")[0]
+        assert float(first["return"]) == evaluate(load_policy(want), task, 1, seed=seeds.evaluation(0))
+
+
 def test_every_teacher_is_a_method() -> None:
     assert set(TEACHERS) <= set(method_names())
 
@@ -184,7 +207,10 @@ def test_a_bad_warm_up_is_a_one_line_error_before_anything_runs(ars_dataset: pat
         ({"start": "train_init"}, "start=train_init need(s) dataset=<dir>"),
         ({"methods": ["dr_ppo"]}, "need(s) dr_policy=<file>; train it with `metaimprove dr task=halfcheetah_vel"),
         ({"methods": ["transferred"], "dataset": "{data}"}, "transferred's selection costs 1536 env steps"),
-        ({"start": "somewhere"}, "start must be one of ['fresh', 'train_init']"),
+        ({"start": "somewhere"}, "start must be one of ['fresh', 'train_init', 'learned']"),
+        ({"start": "learned"}, "start=learned need(s) the operator's learned start, and "),
+        ({"methods": ["operator_learned_start"], "learned_start": "{data}/none.safetensors"},
+         "operator_learned_start need(s) the operator's learned start, and "),
     ],
 )
 def test_bad_input_is_a_one_line_error(changes: dict[str, object], problem: str, operator_path: pathlib.Path,
