@@ -28,7 +28,7 @@ from metaimprove.operator.networks import ImprovementOperator
 from metaimprove.operator.runtime import BatchSchedule, operator_teacher, operator_update
 from metaimprove.sim.envs import initial_states
 from metaimprove.sim.policy import ObsNormalizer, Policy, init_params
-from metaimprove.sim.rollout import Collector, Experience, Simulator
+from metaimprove.sim.rollout import Collector, Experience, Simulator, evaluate_many
 from metaimprove.sim.tasks import Task, get_family
 from metaimprove.storage import differences, exclusive, load_tensors, plain_json, save_tensors, sha256_file
 from metaimprove.teachers import ARS
@@ -148,20 +148,6 @@ def side_by_side(policies: Sequence[Policy], offsets: torch.Tensor) -> Policy:
                                 np.repeat(np.stack([m.var for m in norms]), n, axis=0)))
 
 
-def evaluate_side_by_side(policies: Sequence[Policy], task: Task, episodes: int, seed: int) -> list[float]:
-    """:func:`~metaimprove.sim.rollout.evaluate` of every policy (apply's protocol: deterministic, ``episodes`` fixed
-    episodes seeded ``seed``, each counted up to its first end), all in one batched simulation: the same episodes, to
-    the rounding of the batched matmuls."""
-    collector = Collector(task, episodes * len(policies), seed)
-    collector.sim = SharedStarts(task, episodes, len(policies), seed)
-    exp = collector.collect(side_by_side(policies, torch.zeros(episodes, policies[0].spec.n_params)),
-                            collector.sim.episode_length, deterministic=True)
-    done = (exp.terminated | exp.truncated).int()
-    first_episode = (torch.cumsum(done, 0) - done) == 0
-    totals = (exp.reward * first_episode).sum(0).reshape(len(policies), episodes)
-    return [float(total.mean()) for total in totals]
-
-
 def _envs(exp: Experience, first: int, n: int, policy: Policy, perturbation: torch.Tensor) -> Experience:
     """Envs ``first .. first + n - 1`` of ``exp`` as the batch ``policy`` explored with ``perturbation``
     (log-probabilities under ``policy``, as ARS records them)."""
@@ -235,8 +221,7 @@ def task_outcome(ops: Sequence[ImprovementOperator], ckpt: OperatorCheckpoint, t
         policies[-1] = teacher.improve(batches[-1])
         steps += width * schedule.n_steps
         simulated += len(policies) * width * schedule.n_steps
-    *returns, teacher_return, start_return = evaluate_side_by_side([*policies, start], task, episodes,
-                                                                   seeds.evaluation(seed))
+    *returns, teacher_return, start_return = evaluate_many([*policies, start], task, episodes, seeds.evaluation(seed))
     simulated += (len(policies) + 1) * episodes * get_family(task.family).episode_length
     return TaskOutcome(task.name, seed, start_return, teacher_return,
                        tuple(-math.inf if fail else r for r, fail in zip(returns, failed, strict=True)), simulated)

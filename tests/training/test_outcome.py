@@ -63,9 +63,9 @@ def test_each_member_runs_as_apply_would_and_fitness_is_relative_to_the_teacher(
     r_op = evaluate(policy, task, episodes, eval_seed)
     r_teacher = evaluate(teacher[-1].policy, task, episodes, eval_seed)
     r_start = evaluate(start, task, episodes, eval_seed)
-    # The same episodes as evaluate's; the policies run as one batch of θs, whose matmuls may round otherwise.
-    assert result.returns == pytest.approx((r_op, r_op), rel=1e-6)
-    assert (result.start_return, result.teacher_return) == pytest.approx((r_start, r_teacher), rel=1e-6)
+    # The same episodes as evaluate's, bit for bit.
+    assert result.returns == (r_op, r_op)
+    assert (result.start_return, result.teacher_return) == (r_start, r_teacher)
     # 4 copies (2 operators, the teacher) of every batch, 4 policies' evaluation episodes (with the start).
     assert result.env_steps == 3 * steps + 4 * episodes * get_family("halfcheetah_vel").episode_length
     expected = (r_op - r_teacher) / max(abs(r_teacher - r_start), 1.0)
