@@ -6,6 +6,7 @@ the last test here checks that the two still have the same shape (``test_provena
 
 from __future__ import annotations
 
+import csv
 import pathlib
 
 import pytest
@@ -18,9 +19,10 @@ from metaimprove.sim.policy import PolicySpec, load_policy
 from metaimprove.sim.tasks import get_family
 
 SHIPPED = pathlib.Path(__file__).resolve().parents[1] / "results" / "operators"
-PEER_POLICIES = (".dr.safetensors", ".meta.safetensors")
-"""the peers' policies shipped beside the operators: the domain-randomized policy and the meta-learned start"""
-OPERATORS = sorted(p for p in SHIPPED.glob("*.safetensors") if not p.name.endswith(PEER_POLICIES))
+POLICIES = (".dr.safetensors", ".meta.safetensors", ".start.safetensors")
+"""the policies shipped beside the operators: the peers' domain-randomized policy and meta-learned start, and the
+operator's learned start"""
+OPERATORS = sorted(p for p in SHIPPED.glob("*.safetensors") if not p.name.endswith(POLICIES))
 
 
 def _collection(operator: pathlib.Path) -> dict:
@@ -71,6 +73,21 @@ def test_the_shipped_meta_learned_start_has_the_shipped_operators_policy_spec() 
     assert meta.spec == ckpt.spec
     config = yaml.safe_load((SHIPPED / "halfcheetah_vel.meta.yaml").read_text())
     assert config["task"]["family"] == "halfcheetah_vel" and config["env_steps"] is None  # the dataset's env steps
+
+
+def test_the_shipped_learned_start_is_the_candidate_research_chose() -> None:
+    """``halfcheetah_vel.start.safetensors`` is, byte for byte, the candidate ``results/learned_start.csv`` marks
+    chosen (where that candidate is a shipped file), and has the operator's policy spec."""
+    start = SHIPPED / "halfcheetah_vel.start.safetensors"
+    _, ckpt = OperatorCheckpoint.load(SHIPPED / "halfcheetah_vel.safetensors")
+    assert load_policy(start).spec == ckpt.spec
+    with (SHIPPED.parents[0] / "learned_start.csv").open() as f:
+        chosen = [row for row in csv.DictReader(f) if row["chosen"] == "True"]
+    assert len(chosen) == 1
+    assert yaml.safe_load(start.with_suffix(".yaml").read_text())["candidate"] == chosen[0]["candidate"]
+    source = SHIPPED.parents[1] / chosen[0]["policy"]
+    if source.is_file():
+        assert source.read_bytes() == start.read_bytes()
 
 
 def test_the_fixture_operator_has_the_shipped_operators_shape(ars_operator: pathlib.Path) -> None:
