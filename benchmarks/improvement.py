@@ -80,10 +80,13 @@ FAMILY = "halfcheetah_vel"
 VALIDATION_START = 32
 """the first validation task: the shipped operator's collection holds train tasks 0-31"""
 OPERATOR = "operator"
-NOT_PEERS = (OPERATOR, "operator_guarded", "no_update")
-"""the methods that are not peers: the operator itself, the operator behind its guard, and the floor"""
-METHODS = ["operator", "operator_guarded", "ars", "teacher_op_batch", "ppo", "ppo_tuned", "sac", "nearest_ars",
-           "transferred_ars", "dr_ars", "meta_ars", "nearest", "transferred", "dr", "meta", "no_update"]
+LEARNED_START = "operator_learned_start"
+"""the operator applied from its learned start (``results/operators/<family>.start.safetensors``) instead of a fresh
+one"""
+NOT_PEERS = (OPERATOR, "operator_guarded", LEARNED_START, "no_update")
+"""the methods that are not peers: the operator itself, behind its guard, from the learned start, and the floor"""
+METHODS = ["operator", "operator_guarded", LEARNED_START, "ars", "teacher_op_batch", "ppo", "ppo_tuned", "sac",
+           "nearest_ars", "transferred_ars", "dr_ars", "meta_ars", "nearest", "transferred", "dr", "meta", "no_update"]
 """every method a run compares: the operator, each peer of evaluation v2, the zero-shot starts they fine-tune, the
 floor"""
 QUICK_METHODS = ["operator", "ars", "teacher_op_batch", "ppo_tuned", "dr_ars", "no_update"]
@@ -97,6 +100,7 @@ SETS = {"validation": ("train", VALIDATION_START), "test": ("test", 0), "ood": (
 """each set of tasks: its split and its first task"""
 DR_POLICY = OPERATORS / f"{FAMILY}.dr.safetensors"
 META_POLICY = OPERATORS / f"{FAMILY}.meta.safetensors"
+LEARNED_POLICY = OPERATORS / f"{FAMILY}.start.safetensors"
 LEDGER = RESULTS / "test_ledger.csv"
 LEDGER_FIELDS = ["date", "commit", "config_sha256", "methods", "tasks", "seeds", "budget"]
 CHUNK_FIELDS = ["method", "budget", "tasks", "seeds", "commit", "minutes", "note"]
@@ -164,7 +168,7 @@ def check(chunks: list[Chunk], args: argparse.Namespace, ckpt: OperatorCheckpoin
         method = REGISTRY[chunk.method]
         if "dataset" in method.needs:
             dataset_or_exit(Path(args.dataset))
-        for need, path in (("dr_policy", DR_POLICY), ("meta_policy", META_POLICY)):
+        for need, path in (("dr_policy", DR_POLICY), ("meta_policy", META_POLICY), ("learned_start", LEARNED_POLICY)):
             if need in method.needs and not path.exists():
                 raise SystemExit(f"{chunk.method} needs {path.relative_to(ROOT)}, which is missing: see "
                                  "docs/evaluation.md for the command that makes it")
@@ -344,6 +348,8 @@ def figures(scored: Scored, budget: float, batch: float, name: str, best: str) -
     if "sac" in scores and best != "sac":
         out[f"paired_vs_sac_{name}"] = fmt(paired_difference(
             pair(scores[OPERATOR][budget], scores["sac"][budget], PAIR_ON_INTERSECTION)))
+    if LEARNED_START in scores:
+        out |= learned_start_figures(scored, budget, batch, name, best)
     out |= {f"score_at_B_{m}_{name}": fmt(estimates[m][budget]) for m in methods}
     out |= {f"score_at_4B_{m}_{name}": fmt(estimates[m][long]) for m in methods if long in estimates[m]}
     out |= {f"few_shot_2_{m}_{name}": fmt(estimates[m][2 * batch]) for m in (OPERATOR, best)}
@@ -372,6 +378,15 @@ def figures(scored: Scored, budget: float, batch: float, name: str, best: str) -
         lines += [f"At 4B, paired: {out[f'paired_vs_best_peer_4B_{name}']}.", ""]
     if f"paired_vs_sac_{name}" in out:
         lines += [f"Against `sac` at B, paired on SAC's runs: {out[f'paired_vs_sac_{name}']}.", ""]
+    if LEARNED_START in scores:
+        key = f"{LEARNED_START}_{{}}_{name}".format
+        lines += [f"The operator from its learned start (`{LEARNED_START}`) against the best peer at B, paired: "
+                  f"{out[key('paired_vs_best_peer')]}, probability of improvement "
+                  f"{out[key('probability_of_improvement_vs_best_peer')]}, the best peer's score at B in "
+                  f"{out[key('steps_to_best_peer')]} of B. Against ARS from its meta-learned start (`meta_ars`), "
+                  "paired: "
+                  f"{out.get(key('paired_vs_meta_ars'), '—')} at B, {out.get(key('paired_vs_meta_ars_1_batch'), '—')} "
+                  "after one batch.", ""]
     lines += [f"Guard: runs ending below their start return, unguarded {out[f'operator_runs_below_start_{name}']}, "
               f"guarded {out[f'operator_guarded_runs_below_start_{name}']}; fallbacks per guarded run "
               f"{out[f'guard_fallbacks_per_run_{name}']}.", ""] if f"guard_fallbacks_per_run_{name}" in out else []
@@ -386,6 +401,25 @@ def figures(scored: Scored, budget: float, batch: float, name: str, best: str) -
         lines.append(f"| {task} | {scored.scales[task].start:.1f} | {scored.scales[task].reference:.1f} | "
                      f"{' | '.join(cells)} |")
     return out, lines
+
+
+def learned_start_figures(scored: Scored, budget: float, batch: float, name: str, best: str) -> dict[str, str]:
+    """The operator from its learned start (:data:`LEARNED_START`) against the best peer, and against ARS from its
+    meta-learned start (``meta_ars``) at B and after one batch: a learned start with a learned update against a learned
+    start with a hand-designed one."""
+    scores = scored.scores[LEARNED_START]
+    paired = pair(scores[budget], scored.scores[best][budget], PAIR_ON_INTERSECTION)
+    steps = steps_to_best_peer(scored.normalized.where(method=LEARNED_START),
+                               deployed_until(scored.normalized.where(method=best), budget), budget,
+                               PAIR_ON_INTERSECTION)
+    out = {"paired_vs_best_peer": fmt(paired_difference(paired)),
+           "probability_of_improvement_vs_best_peer": fmt(probability_of_improvement(paired)),
+           "steps_to_best_peer": fmt(steps), "few_shot_2": fmt(score_ci(scores[2 * batch]))}
+    for at, label in ((budget, ""), (batch, "_1_batch")):
+        if "meta_ars" in scored.scores and at in scored.scores["meta_ars"]:
+            out[f"paired_vs_meta_ars{label}"] = fmt(paired_difference(
+                pair(scores[at], scored.scores["meta_ars"][at], PAIR_ON_INTERSECTION)))
+    return {f"{LEARNED_START}_{k}_{name}": v for k, v in out.items()}
 
 
 def guard_figures(scored: Scored, budget: float, name: str) -> dict[str, str]:
