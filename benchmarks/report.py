@@ -488,8 +488,21 @@ def _improvement_line(figures: dict[str, str], name: str, what: str) -> str:
             f"scores {figures[f'score_at_B_operator_{name}']}, a paired difference of "
             f"{figures[f'paired_vs_best_peer_{name}']}{f' (at 4B: {long})' if long else ''}, and reaches the best "
             f"peer's score at B in {figures[f'steps_to_best_peer_{name}']} of B; after 2 batches it scores "
-            f"{figures[f'few_shot_2_operator_{name}']} against {figures[f'few_shot_2_{best}_{name}']}. From "
-            "[`benchmarks/improvement.py`](benchmarks/improvement.py); details on the [results page](docs/results.md).")
+            f"{figures[f'few_shot_2_operator_{name}']} against {figures[f'few_shot_2_{best}_{name}']}."
+            f"{_learned_start_clause(figures, name)} From [`benchmarks/improvement.py`](benchmarks/improvement.py); "
+            "details on the [results page](docs/results.md).")
+
+
+def _learned_start_clause(figures: dict[str, str], name: str) -> str:
+    """The headline's sentence on the operator from its learned start, where task set ``name`` ran it."""
+    key = f"operator_learned_start_{{}}_{name}".format
+    if key("paired_vs_best_peer") not in figures:
+        return ""
+    return (f" From its learned start (`operator_learned_start`) the operator scores "
+            f"{figures[f'score_at_B_operator_learned_start_{name}']} at B, paired "
+            f"{figures[key('paired_vs_best_peer')]} against the best peer, and reaches the best peer's score at B in "
+            f"{figures[key('steps_to_best_peer')]} of B; against ARS from its meta-learned start (`meta_ars`), paired: "
+            f"{figures[key('paired_vs_meta_ars_1_batch')]} after one batch, {figures[key('paired_vs_meta_ars')]} at B.")
 
 
 def _task_diversity() -> list[str]:
