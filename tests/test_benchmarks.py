@@ -24,3 +24,14 @@ def test_improvement_refuses_bad_input_in_one_line(tmp_path: pathlib.Path, args:
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not work.exists()
+
+
+def test_gpu_sim_without_its_extra_or_a_gpu_measures_nothing_in_one_line(tmp_path: pathlib.Path) -> None:
+    """Without mujoco-warp (CI) the GPU benchmark names the extra to install in one line; with it but no CUDA device
+    it says so last (after Warp's own start-up lines)."""
+    result = subprocess.run([sys.executable, "benchmarks/gpu_sim.py"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert 'pip install -c constraints.txt -e ".[gpu]"' in last or "no CUDA device here" in last
+    assert "Traceback" not in result.stderr
