@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +19,14 @@ import torch
 from metaimprove.errors import UserError
 from metaimprove.operator.features import (
     FeatureConfig,
+    check_features,
     task_vector,
     warmup_phases,
 )
 from metaimprove.operator.networks import ARCHS, ImprovementOperator, OperatorConfig
 from metaimprove.sim.envs import AnyTask
 from metaimprove.sim.policy import PolicySpec
+from metaimprove.sim.rollout import simulator
 from metaimprove.sim.tasks import Task
 from metaimprove.storage import load_tensors, meta_path, read_json, save_tensors
 
@@ -120,7 +122,22 @@ class OperatorCheckpoint:
 
     def new_operator(self) -> ImprovementOperator:
         """An (untrained) operator of the architecture this checkpoint describes."""
-        return ImprovementOperator(self.spec, self.operator, self.task_dim, bool(self.features.es_gradient))
+        return ImprovementOperator(self.spec, self.operator, self.task_dim, bool(self.features.es_gradient),
+                                   self.features.agnostic)
+
+    @property
+    def families(self) -> list[str]:
+        """The task families of its training tasks (several for a shape-agnostic operator trained across robots)."""
+        return sorted({name.split("/")[0] for name in self.tasks})
+
+    def on(self, task: AnyTask) -> OperatorCheckpoint:
+        """This checkpoint as it serves ``task``: a shape-agnostic operator's with a spec of ``task``'s observation and
+        action sizes (its hidden sizes and activation kept: the fresh policies it starts from), any other as it is
+        (the caller checks that its spec fits). A user env without 1-D Box spaces is a one-line :class:`UserError`."""
+        if not self.features.agnostic:
+            return self
+        sim = simulator(task, n_envs=1, seed=0)
+        return replace(self, spec=replace(self.spec, obs_dim=sim.obs_dim, act_dim=sim.act_dim))
 
     def check_task(self, task: AnyTask) -> None:
         """Refuse a task the operator cannot read: an oracle operator (``features.task_input``) reads only tasks
@@ -291,6 +308,7 @@ def _checkpoint_from_meta(meta: dict[str, Any]) -> OperatorCheckpoint:
     if features.n_envs is not None and features.n_envs < 1:
         raise ValueError(f"features.n_envs must be >= 1, got {features.n_envs}")
     warmup_phases(features.warmup)
+    check_features(features, operator.arch)
     # A checkpoint may record no ask k: it is asked for default_ask_k(ks).
     ask_k = meta.get("ask_k")
     if ask_k is not None and not (_is_int(ask_k) and ask_k in ks):

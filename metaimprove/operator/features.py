@@ -25,7 +25,9 @@ Features = dict[str, torch.Tensor]
   ``LinearFeatureBaseline``), scaled to unit RMS, and ``grad_log_norm`` its size
 * ``grad_snr``: per parameter, the mean over episodes of the per-episode gradients over their standard
   error (:func:`per_episode_gradients`): how consistently τ pushes that parameter
-* ``transitions``: a fixed-size subsample of (normalized obs, z-scored action, reward, advantage, phase)
+* ``transitions``: a fixed-size subsample of (normalized obs, z-scored action, reward, advantage, phase); with
+  ``agnostic`` of (RMS and largest |z| of the z-scored action, RMS of the mean action, reward, advantage, phase),
+  :data:`AGNOSTIC_TRANSITION_DIM` wide whatever the robot
 * ``returns``: mean and spread over environments of the mean reward per step
 * ``states`` (raw observations) with ``norm_mean``/``norm_std`` (N'), for the behavioural loss only
 * ``task`` (only with ``task_input``): :func:`task_vector` of the task τ was collected on
@@ -62,6 +64,21 @@ class FeatureConfig:
     warmup: list[list[int]] = field(default_factory=list)
     """apply: narrower batches first, ``[[envs, until_env_step], ...]``: batches of ``envs`` envs while the run has
     used fewer than ``until_env_step`` env steps, then the next phase, then ``envs``-wide ones (training ignores it)"""
+    agnostic: bool = False
+    """read only what any robot's τ has (returns, advantages, action statistics, per-parameter and per-block
+    gradient statistics, ES perturbations), nothing of an observation's or action's index: one operator's weights
+    then serve policies of every PolicySpec, and a union of datasets may mix robots (per_param only)"""
+
+
+def check_features(config: FeatureConfig, arch: str) -> None:
+    """Refuse (one-line :class:`UserError`) a feature setting the operator architecture ``arch`` cannot read: a
+    shape-agnostic operator is per-parameter and reads no task vector (a family's own coordinates)."""
+    if config.agnostic and arch != "per_param":
+        raise UserError(f"features.agnostic=true needs operator.arch=per_param (a {arch} operator is tied to one "
+                        "policy size)")
+    if config.agnostic and config.task_input:
+        raise UserError("features.agnostic=true and features.task_input=true: a task vector means something else "
+                        "in every family; drop one of them")
 
 
 def warmup_phases(warmup: list[list[int]], what: str = "features.warmup") -> tuple[tuple[int, int], ...]:
@@ -94,9 +111,14 @@ def task_vector(task: AnyTask) -> torch.Tensor:
     return torch.cat([torch.as_tensor(v, dtype=torch.float32) for v in task_coordinates(task).values()])
 
 
-def transition_dim(spec: PolicySpec) -> int:
-    """Width of one encoded transition: obs, z-scored action, reward, advantage, episode phase."""
-    return spec.obs_dim + spec.act_dim + 3
+AGNOSTIC_TRANSITION_DIM = 6
+"""width of a shape-agnostic encoded transition (see :data:`Features`)"""
+
+
+def transition_dim(spec: PolicySpec, agnostic: bool = False) -> int:
+    """Width of one encoded transition: obs, z-scored action, reward, advantage, episode phase; with ``agnostic``
+    :data:`AGNOSTIC_TRANSITION_DIM`."""
+    return AGNOSTIC_TRANSITION_DIM if agnostic else spec.obs_dim + spec.act_dim + 3
 
 
 def reward_to_go(exp: Experience, gamma: float) -> torch.Tensor:
@@ -200,8 +222,10 @@ def encode(policy: Policy, exp: Experience, config: FeatureConfig, generator: to
     log_std = spec.unflatten(policy.theta)["log_std"]
     z = ((exp.action[step, env] - mean[step, env]) * torch.exp(-log_std)).clamp(-5, 5)
     phase = (torch.arange(T, dtype=torch.float32) / T)[step]
-    transitions = torch.cat([states[step, env], z, exp.reward[step, env, None], adv[step, env, None], phase[:, None]],
-                            dim=-1)
+    # Statistics over action dims, and no observation, where the operator must read any robot's τ.
+    what = (torch.stack([z.square().mean(-1).sqrt(), z.abs().amax(-1), mean[step, env].square().mean(-1).sqrt()],
+                        dim=-1) if config.agnostic else torch.cat([states[step, env], z], dim=-1))
+    transitions = torch.cat([what, exp.reward[step, env, None], adv[step, env, None], phase[:, None]], dim=-1)
     # Per-environment mean reward: always defined (unlike completed-episode returns) and equal in training
     # data and at apply time.
     per_step = exp.reward.mean(0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -59,13 +60,14 @@ def _mlp(sizes: list[int], final_zero: bool = False) -> nn.Sequential:
 
 class ContextEncoder(nn.Module):
     """τ, the ask (and the task's vector, ``task_dim`` wide, if any) → a context vector: a DeepSets encoder (mean
-    and max pool) over transitions."""
+    and max pool) over transitions (``agnostic``: their robot-independent statistics, see
+    :data:`~metaimprove.operator.features.Features`)."""
 
-    def __init__(self, spec: PolicySpec, config: OperatorConfig, task_dim: int = 0) -> None:
+    def __init__(self, spec: PolicySpec, config: OperatorConfig, task_dim: int = 0, agnostic: bool = False) -> None:
         super().__init__()
         h = config.hidden
         self.task_dim = task_dim
-        self.point = _mlp([transition_dim(spec), h, h])
+        self.point = _mlp([transition_dim(spec, agnostic), h, h])
         self.head = _mlp([2 * h + 2 + 1 + ASK_DIM + task_dim, h, config.context_dim])
 
     def forward(self, feats: Features, ask: torch.Tensor) -> torch.Tensor:
@@ -123,46 +125,101 @@ def parameter_roles(spec: PolicySpec) -> tuple[torch.Tensor, torch.Tensor, torch
     return block, inp, out
 
 
+BLOCK_KINDS = 7
+"""the kinds of θ's blocks a shape-agnostic operator tells apart: weights and biases of the input, hidden and
+output layers, and log_std"""
+
+
+def block_kinds(spec: PolicySpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For every entry of θ: its block index, its block's kind (:data:`BLOCK_KINDS`: W then b of the input layer, of
+    a hidden layer, of the output layer, then log_std; a policy without hidden layers has only an output layer) and
+    the log fan-in of its layer (0 for log_std): the roles any policy's parameters have, whatever its sizes."""
+    block = torch.empty(spec.n_params, dtype=torch.long)
+    kind = torch.empty(spec.n_params, dtype=torch.long)
+    fan_in = torch.zeros(spec.n_params)
+    last = len(spec.layer_sizes) - 1
+    for b, (name, shape, off) in enumerate(spec.layout()):
+        n = math.prod(shape)
+        block[off : off + n] = b
+        if name == "log_std":
+            kind[off : off + n] = BLOCK_KINDS - 1
+            continue
+        layer = int(name[1:])
+        position = 2 if layer == last else 0 if layer == 0 else 1
+        kind[off : off + n] = position + (3 if name.startswith("b") else 0)
+        fan_in[off : off + n] = math.log(spec.layer_sizes[layer][0])
+    return block, kind, fan_in
+
+
+def _block_scaled(x: torch.Tensor, block: torch.Tensor, n_blocks: int) -> torch.Tensor:
+    """``x [..., P]`` over the RMS of its block's entries (``block``: each entry's block index)."""
+    block_ms = torch.zeros(*x.shape[:-1], n_blocks, dtype=x.dtype, device=x.device)
+    block_ms = block_ms.index_add(-1, block, x.square()) / torch.bincount(block, minlength=n_blocks)
+    return x / (block_ms.index_select(-1, block).sqrt() + 1e-8)
+
+
 class PerParamOperator(nn.Module):
     """Δθ_i = g([θ_i, ĝ_i, ĝ_i / rms(ĝ_block), snr_i, role_i], context), one small net shared by all parameters.
 
     With ``es``, g also reads Δθ_ES,i / rms(Δθ_ES) and Δθ_i = g_0 + 2σ(g_1)·Δθ_ES,i (a learned per-parameter gain
     on the learned ES step, 1 at initialization).
+
+    With ``agnostic``, role_i is the kind of θ_i's block (:func:`block_kinds`) rather than its block's index and the
+    observation and action it touches, and g also reads θ_i / rms(θ_block) and its layer's log fan-in: no weight is
+    tied to a policy size or to the meaning of an observation or action, and it reads policies of any spec.
     """
 
     N_FEATURES = 4
+    ROLES: ClassVar[dict[bool, tuple[str, ...]]] = {False: ("block", "inp", "out"), True: ("block", "kind", "fan_in")}
+    """the names of the role buffers, per-family (False) and shape-agnostic (True)"""
 
-    def __init__(self, spec: PolicySpec, config: OperatorConfig, es: bool = False) -> None:
+    def __init__(self, spec: PolicySpec, config: OperatorConfig, es: bool = False, agnostic: bool = False) -> None:
         super().__init__()
         h, r = config.param_hidden, config.role_dim
-        block, inp, out = parameter_roles(spec)
-        self.register_buffer("block", block, persistent=False)
-        self.register_buffer("inp", inp, persistent=False)
-        self.register_buffer("out", out, persistent=False)
-        self.n_blocks = len(spec.layout())
-        self.block_emb = nn.Embedding(self.n_blocks, r)
-        self.inp_emb = nn.Embedding(spec.obs_dim + 1, r)
-        self.out_emb = nn.Embedding(spec.act_dim + 1, r)
+        self.spec, self.agnostic = spec, agnostic
+        self._other_roles: dict[PolicySpec, tuple[torch.Tensor, ...]] = {}
+        """roles of the specs other than ``spec`` that an agnostic operator has read (on the CPU)"""
+        roles = block_kinds(spec) if agnostic else parameter_roles(spec)
+        for name, role in zip(self.ROLES[agnostic], roles, strict=True):
+            self.register_buffer(name, role, persistent=False)
+        self.block_emb = nn.Embedding(BLOCK_KINDS if agnostic else len(spec.layout()), r)
+        if not agnostic:
+            self.inp_emb = nn.Embedding(spec.obs_dim + 1, r)
+            self.out_emb = nn.Embedding(spec.act_dim + 1, r)
         # The first layer is split by input so that the context and role terms are computed once, not per entry.
         self.es = ESRecombination(config) if es else None
-        self.w_feat = nn.Linear(self.N_FEATURES + (1 if es else 0), h)
-        self.w_role = nn.Linear(3 * r, h, bias=False)
+        self.w_feat = nn.Linear(self.N_FEATURES + (2 if agnostic else 0) + (1 if es else 0), h)
+        self.w_role = nn.Linear((1 if agnostic else 3) * r, h, bias=False)
         self.w_ctx = nn.Linear(config.context_dim, h, bias=False)
         self.rest = _mlp([h, h, 2 if es else 1], final_zero=True)
 
-    def forward(self, feats: Features, context: torch.Tensor) -> torch.Tensor:
+    def roles(self, spec: PolicySpec) -> tuple[torch.Tensor, ...]:
+        """The roles of ``spec``'s parameters (:data:`ROLES`) on this operator's device."""
+        if spec == self.spec:
+            return tuple(getattr(self, name) for name in self.ROLES[self.agnostic])
+        assert self.agnostic, "ImprovementOperator refuses other specs for a per-family operator"
+        if spec not in self._other_roles:
+            self._other_roles[spec] = block_kinds(spec)
+        return tuple(role.to(self.w_role.weight.device) for role in self._other_roles[spec])
+
+    def forward(self, feats: Features, context: torch.Tensor, spec: PolicySpec) -> torch.Tensor:
+        block, *roles = self.roles(spec)
+        n_blocks = len(spec.layout())
         g = feats["grad"]
-        block_ms = torch.zeros(*g.shape[:-1], self.n_blocks, dtype=g.dtype, device=g.device)
-        block_ms = block_ms.index_add(-1, self.block, g.square()) / torch.bincount(self.block, minlength=self.n_blocks)
-        g_block = g / (block_ms.index_select(-1, self.block).sqrt() + 1e-8)
-        columns = [feats["theta"], g, g_block, feats["grad_snr"] / SNR_CLIP]
+        columns = [feats["theta"], g, _block_scaled(g, block, n_blocks), feats["grad_snr"] / SNR_CLIP]
+        if self.agnostic:
+            kind, fan_in = roles
+            columns += [_block_scaled(feats["theta"], block, n_blocks), fan_in.expand_as(g)]
+            role = self.w_role(self.block_emb(kind))
+        else:
+            inp, out = roles
+            role = self.w_role(torch.cat([self.block_emb(block), self.inp_emb(inp), self.out_emb(out)], -1))
         if self.es is not None:
             es_step = self.es(feats, context)
             # ε inside the root: the step is exactly 0 at initialization, where √ has no derivative
             columns.append(es_step / (es_step.square().mean(-1, keepdim=True) + 1e-16).sqrt())
         x = torch.stack(columns, dim=-1)
-        roles = self.w_role(torch.cat([self.block_emb(self.block), self.inp_emb(self.inp), self.out_emb(self.out)], -1))
-        h = self.w_feat(x) + roles + self.w_ctx(context).unsqueeze(-2)
+        h = self.w_feat(x) + role + self.w_ctx(context).unsqueeze(-2)
         out = self.rest(torch.nn.functional.gelu(h))
         if self.es is None:
             return out.squeeze(-1)
@@ -170,7 +227,7 @@ class PerParamOperator(nn.Module):
 
 
 class ImprovementOperator(nn.Module):
-    """``f(θ, τ, ask) → θ'`` for policies of one :class:`PolicySpec`: θ' = θ + Δθ.
+    """``f(θ, τ, ask) → θ'`` for policies of one :class:`PolicySpec` (or, shape-agnostic, of any): θ' = θ + Δθ.
 
     The ask is ``[log2 k, requested return improvement per step]``: "do the work of k teacher updates and gain this
     much". The output layers are zero-initialized, so an untrained operator returns θ unchanged.
@@ -179,27 +236,37 @@ class ImprovementOperator(nn.Module):
       per-parameter signal-to-noise ratio and the context; tied to one policy size.
     * ``per_param`` (:class:`PerParamOperator`): one small network shared by every parameter, reading that
       parameter's value, gradient component, signal-to-noise ratio and role (:func:`parameter_roles`) with the
-      context; works for any hidden size.
+      context; works for any hidden size, and with ``agnostic`` for any policy spec.
 
     Args:
-        spec: the policy architecture it improves.
+        spec: the policy architecture it improves (with ``agnostic``: the one it was built for; it reads any).
         config: the operator architecture.
         task_dim: width of the task vector it reads (``features.task_input``); 0: it reads no task.
         es: whether it also forms an ES step from τ's parameter perturbations (``features.es_gradient``).
+        agnostic: whether it reads only what any robot's τ has (``features.agnostic``; per_param only, see
+            :func:`~metaimprove.operator.features.check_features`).
     """
 
-    def __init__(self, spec: PolicySpec, config: OperatorConfig, task_dim: int = 0, es: bool = False) -> None:
+    def __init__(self, spec: PolicySpec, config: OperatorConfig, task_dim: int = 0, es: bool = False,
+                 agnostic: bool = False) -> None:
         super().__init__()
         if config.arch not in ARCHS:
             raise UserError(f"unknown operator architecture '{config.arch}'; choose one of {list(ARCHS)}")
         self.spec = spec
         self.config = config
-        self.context = ContextEncoder(spec, config, task_dim)
-        self.update = (FlatOperator if config.arch == "flat" else PerParamOperator)(spec, config, es)
+        self.agnostic = agnostic
+        self.context = ContextEncoder(spec, config, task_dim, agnostic)
+        self.update = FlatOperator(spec, config, es) if config.arch == "flat" else \
+            PerParamOperator(spec, config, es, agnostic)
 
-    def forward(self, feats: Features, ask: torch.Tensor) -> torch.Tensor:
-        """θ' ``[B, P]`` (for the next normalizer N') from encoded (θ, τ) ``feats`` (batched) and ``ask [B, 2]``."""
+    def forward(self, feats: Features, ask: torch.Tensor, spec: PolicySpec | None = None) -> torch.Tensor:
+        """θ' ``[B, P]`` (for the next normalizer N') from encoded (θ, τ) ``feats`` (batched) and ``ask [B, 2]``, for
+        policies of ``spec`` (default the operator's own; another only for a shape-agnostic operator)."""
+        spec = self.spec if spec is None else spec
+        if spec != self.spec and not self.agnostic:
+            raise UserError(f"this operator improves policies of spec {self.spec}, not {spec}; only a shape-agnostic "
+                            "operator (features.agnostic=true) reads other specs")
         context = self.context(feats, ask)
-        return feats["theta"] + self.config.step_scale * self.update(feats, context)
-
-
+        if isinstance(self.update, FlatOperator):
+            return feats["theta"] + self.config.step_scale * self.update(feats, context)
+        return feats["theta"] + self.config.step_scale * self.update(feats, context, spec)

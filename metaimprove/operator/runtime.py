@@ -112,19 +112,20 @@ def operator_update(op: ImprovementOperator, ckpt: OperatorCheckpoint, task: Any
                     generator: torch.Generator,
                     timings: list[float] | None = None) -> Callable[[Policy, Experience], Policy]:
     """The operator as an update ``(θ, τ) -> θ'`` on ``task``: τ's observations are folded into θ's normalizer (as
-    the teacher does) and θ' = f(θ, τ, ask) for that normalizer (an oracle operator also reads ``task``)."""
+    the teacher does) and θ' = f(θ, τ, ask) for that normalizer (an oracle operator also reads ``task``), for θ's
+    policy spec (the operator's own, or any for a shape-agnostic operator)."""
 
     def update(policy: Policy, exp: Experience) -> Policy:
         begin = time.perf_counter()
         norm = next_normalizer(policy, exp)
         feats = encode(policy, exp, ckpt.features, generator, task, norm)
         with torch.no_grad():
-            theta = op(stack([feats]), ask.unsqueeze(0))[0]
+            theta = op(stack([feats]), ask.unsqueeze(0), policy.spec)[0]
         if timings is not None:
             timings.append(time.perf_counter() - begin)
         if not torch.isfinite(theta).all():
             raise UserError(f"the operator produced non-finite parameters on {task.name}; "
                             "the checkpoint is unusable for this task")
-        return Policy(ckpt.spec, theta, norm)
+        return Policy(policy.spec, theta, norm)
 
     return update
