@@ -69,7 +69,8 @@ def test_the_registry_holds_every_method_in_table_order() -> None:
     assert [m for m in method_names() if METHODS[m].needs == ("dataset",)] == [
         "nearest", "nearest_noise", "nearest_avg", "avg_weights", "transferred", "nearest_ars", "transferred_ars"]
     assert [m for m in method_names() if METHODS[m].needs == ("dr_policy",)] == ["dr", "dr_ppo", "dr_ars"]
-    assert {m for m in method_names() if METHODS[m].uses_operator} == {"operator", "operator_guarded"}
+    assert {m for m in method_names() if METHODS[m].uses_operator} == {"operator", "operator_guarded",
+                                                                        "operator_learned_start"}
     assert methods.TEACHER_COLORS.keys() <= set(method_names())
 
 
