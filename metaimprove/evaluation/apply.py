@@ -70,6 +70,7 @@ def run_job(config: ApplyConfig, job: Job) -> Result:
 
 def _run_job(config: ApplyConfig, job: Job) -> Result:
     op, ckpt = OperatorCheckpoint.load(config.operator_path)
+    ckpt = ckpt.on(job.task)  # a shape-agnostic operator serves the task's observation and action sizes
     schedule = BatchSchedule.of(ckpt, config.warmup)
     run = Run(config, op, ckpt, job.task, job.seed, schedule, run_budget(config, schedule.batch))
     method = METHODS[job.method]
@@ -145,15 +146,6 @@ def _validate(config: ApplyConfig, ckpt: OperatorCheckpoint) -> Sequence[AnyTask
     if config.init is not None and config.start != "fresh":
         raise UserError(f"init= and start={config.start} both choose θ⁰; give one of them")
     BatchSchedule.of(ckpt, config.warmup)  # a bad warm-up is a one-line error here, not in a worker
-    if config.init is not None:
-        _check_spec(load_any_policy(Path(config.init)), ckpt, f"initial policy {config.init}")
-    if learned_start_users(config):
-        path = learned_start_path(config)
-        if not path.is_file():
-            raise UserError(f"{', '.join(learned_start_users(config))} need(s) the operator's learned start, and "
-                            f"{path} is missing; make one with `metaimprove metalearn inner=operator operator_path="
-                            f"{config.operator_path} out=<dir>` and give learned_start=<dir>/policy.safetensors")
-        _check_spec(load_any_policy(path), ckpt, f"learned start {path}")
     if config.env is not None:
         return [_validate_env(config, ckpt, config.env)]
     if config.episode_length is not None:
@@ -163,6 +155,8 @@ def _validate(config: ApplyConfig, ckpt: OperatorCheckpoint) -> Sequence[AnyTask
     else:
         tasks = get_family(config.task.family).tasks(config.split, config.n_tasks, start=config.task_start)
     family = tasks[0].family
+    ckpt = ckpt.on(tasks[0])
+    _check_starts(config, ckpt)
     sim = Simulator(tasks[0], n_envs=1, seed=0)
     if (sim.obs_dim, sim.act_dim) != (ckpt.spec.obs_dim, ckpt.spec.act_dim):
         raise UserError(f"operator {config.operator_path} improves policies with obs {ckpt.spec.obs_dim} / act "
@@ -205,11 +199,26 @@ def _validate_env(config: ApplyConfig, ckpt: OperatorCheckpoint, name: str) -> U
                         f"{', '.join(on_env)} from start=fresh or init=<policy>")
     env = UserEnv.resolve(name, config.episode_length)
     sim = GymSimulator(env, n_envs=1, seed=0)
+    ckpt = ckpt.on(env)
+    _check_starts(config, ckpt)
     if (sim.obs_dim, sim.act_dim) != (ckpt.spec.obs_dim, ckpt.spec.act_dim):
         raise UserError(f"env {name} has obs ({sim.obs_dim},) / act ({sim.act_dim},) but operator "
                         f"{config.operator_path} improves obs {ckpt.spec.obs_dim} / act {ckpt.spec.act_dim}")
     _check_budget(config, ckpt, name)
     return env
+
+
+def _check_starts(config: ApplyConfig, ckpt: OperatorCheckpoint) -> None:
+    """The start policies the settings name (``init=``, the learned start) must be of the operator's spec."""
+    if config.init is not None:
+        _check_spec(load_any_policy(Path(config.init)), ckpt, f"initial policy {config.init}")
+    if learned_start_users(config):
+        path = learned_start_path(config)
+        if not path.is_file():
+            raise UserError(f"{', '.join(learned_start_users(config))} need(s) the operator's learned start, and "
+                            f"{path} is missing; make one with `metaimprove metalearn inner=operator operator_path="
+                            f"{config.operator_path} out=<dir>` and give learned_start=<dir>/policy.safetensors")
+        _check_spec(load_any_policy(path), ckpt, f"learned start {path}")
 
 
 def _check_spec(policy: Policy, ckpt: OperatorCheckpoint, what: str) -> None:

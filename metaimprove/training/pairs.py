@@ -205,23 +205,93 @@ def dataset_dirs(dataset: str | list[str] | tuple[str, ...]) -> list[str]:
     return dirs
 
 
-def build_union(datasets: list[str], config: PairConfig, features: FeatureConfig) -> Pairs:
-    """The pairs of every dataset in ``datasets`` together (e.g. PPO and ARS collections of one family).
+@dataclass
+class PairGroups:
+    """The pairs of a union of datasets, one :class:`Pairs` per policy spec (several only for a shape-agnostic
+    operator), under one numbering: pair ``i`` of group ``g`` is pair ``offset(g) + i``. A batch of the fit holds
+    one group's pairs (their θs have one length)."""
 
-    Their policy specs must agree (one operator serves one architecture), and so must their experience
-    batch shapes (steps × environments per update): the operator's features, and the batch it collects
-    when applied, are defined by that shape.
+    groups: list[Pairs]
+
+    @property
+    def offsets(self) -> list[int]:
+        """The number of each group's first pair."""
+        return np.cumsum([0] + [len(g.source) for g in self.groups[:-1]]).tolist()
+
+    @property
+    def ask(self) -> torch.Tensor:
+        """``[n_pairs, 2]`` every pair's ask."""
+        return torch.cat([g.ask for g in self.groups])
+
+    @property
+    def task_of_pair(self) -> list[str]:
+        """Every pair's task name."""
+        return [name for g in self.groups for name in g.task_of_pair]
+
+    @property
+    def first(self) -> Pairs:
+        """The first dataset's group: its spec, teacher and batch shape are the operator's."""
+        return self.groups[0]
+
+    def select(self, tasks: set[str]) -> torch.Tensor:
+        """Numbers of the pairs whose task is in ``tasks``."""
+        return torch.tensor([i for i, t in enumerate(self.task_of_pair) if t in tasks], dtype=torch.long)
+
+    def parts(self, index: torch.Tensor) -> list[tuple[Pairs, torch.Tensor, torch.Tensor]]:
+        """``index`` by group: for each group it touches, the group, its own indices of those pairs and their
+        positions in ``index``."""
+        out = []
+        for group, offset in zip(self.groups, self.offsets, strict=True):
+            at = ((index >= offset) & (index < offset + len(group.source))).nonzero().squeeze(-1)
+            if len(at):
+                out.append((group, index[at] - offset, at))
+        return out
+
+    def add(self, extra: Pairs) -> None:
+        """Add pairs to the group of their spec."""
+        [g] = [g for g, group in enumerate(self.groups) if group.spec == extra.spec]
+        self.groups[g] = concat_pairs([self.groups[g], extra])
+
+
+def build_groups(datasets: list[str], config: PairConfig, features: FeatureConfig) -> PairGroups:
+    """The pairs of every dataset in ``datasets`` together (e.g. PPO and ARS collections of one family, or, for a
+    shape-agnostic operator, collections of several robots), grouped by policy spec in order of appearance.
+
+    Their experience batch shapes (steps × environments per update) must agree: the batch the operator collects
+    when applied is defined by that shape. Their policy specs must agree unless ``features.agnostic`` (a per-family
+    operator serves one architecture), and a shape-agnostic operator's teachers must explore one way: it explores
+    as its first dataset's teacher on robots it never saw, and a union whose robots came with different kinds of
+    batch would teach it which robot it is from how the batch was explored.
     """
     parts = [build_pairs(d, config, features) for d in datasets]
     for name, part in zip(datasets[1:], parts[1:], strict=True):
-        if part.spec != parts[0].spec:
+        if part.spec != parts[0].spec and not features.agnostic:
             raise UserError(f"datasets {datasets[0]} and {name} hold different policy specs "
-                            f"({parts[0].spec} vs {part.spec}); a union must share one policy architecture")
+                            f"({parts[0].spec} vs {part.spec}); a union must share one policy architecture, or train "
+                            "a shape-agnostic operator (features.agnostic=true)")
+        kinds = (parts[0].teacher["name"], part.teacher["name"])
+        if features.agnostic and kinds[0] != kinds[1]:
+            raise UserError(f"datasets {datasets[0]} and {name} come from teachers that explore differently "
+                            f"({kinds[0]} vs {kinds[1]}: ARS perturbs parameters, PPO adds action noise); a "
+                            "shape-agnostic operator explores one way on every robot, so train it on one teacher's "
+                            "collections")
         if part.batch_shape != parts[0].batch_shape:
             raise UserError(f"datasets {datasets[0]} and {name} collected batches of different shapes "
                             f"(steps × envs {parts[0].batch_shape} vs {part.batch_shape}); a union must share the "
                             "teacher's batch size")
-    return concat_pairs(parts) if len(parts) > 1 else parts[0]
+    specs = list(dict.fromkeys(part.spec for part in parts))
+    groups = [[part for part in parts if part.spec == spec] for spec in specs]
+    return PairGroups([concat_pairs(g) if len(g) > 1 else g[0] for g in groups])
+
+
+def build_union(datasets: list[str], config: PairConfig, features: FeatureConfig) -> Pairs:
+    """The pairs of every dataset in ``datasets`` together, as :func:`build_groups` checks them, of one policy
+    spec."""
+    union = build_groups(datasets, config, features)
+    if len(union.groups) > 1:
+        raise UserError(f"datasets {', '.join(datasets)} hold {len(union.groups)} policy specs; read them with "
+                        "build_groups")
+    return union.first
 
 
 def resolve_features(datasets: list[str], features: FeatureConfig) -> FeatureConfig:
@@ -239,7 +309,7 @@ def resolve_features(datasets: list[str], features: FeatureConfig) -> FeatureCon
     return features
 
 
-def split_tasks(pairs: Pairs, val_fraction: float, seed: int) -> tuple[set[str], set[str]]:
+def split_tasks(pairs: Pairs | PairGroups, val_fraction: float, seed: int) -> tuple[set[str], set[str]]:
     """Train and validation task sets; validation gets ⌈fraction × tasks⌉ tasks (at least one when possible)."""
     tasks = sorted(set(pairs.task_of_pair))
     order = np.random.default_rng(seed).permutation(len(tasks))

@@ -22,7 +22,7 @@ import torch
 from metaimprove.errors import UserError
 from metaimprove.loggers import CsvTable, Metrics, check_logger, progress, run_log
 from metaimprove.operator.checkpoint import OperatorCheckpoint, default_ask_k
-from metaimprove.operator.features import FeatureConfig, warmup_phases
+from metaimprove.operator.features import FeatureConfig, check_features, warmup_phases
 from metaimprove.operator.networks import ImprovementOperator, OperatorConfig
 from metaimprove.operator.runtime import BatchSchedule
 from metaimprove.sim.policy import PolicySpec, forward
@@ -38,9 +38,9 @@ from metaimprove.storage import (
 )
 from metaimprove.training.pairs import (
     PairConfig,
+    PairGroups,
     Pairs,
-    build_union,
-    concat_pairs,
+    build_groups,
     dataset_dirs,
     resolve_features,
     split_tasks,
@@ -65,7 +65,8 @@ class TrainConfig:
     """Fit the improvement operator to a collected dataset (hindsight pairs, behavioural loss)."""
 
     dataset: Any = "???"
-    """directory written by `metaimprove collect`, or several for their union: dataset=[DIR_A,DIR_B] or 'DIR_A,DIR_B'"""
+    """directory written by `metaimprove collect`, or several for their union: dataset=[DIR_A,DIR_B] or 'DIR_A,DIR_B'
+    (of several robots with features.agnostic=true)"""
     out: str = "???"
     """directory for the checkpoint and metrics"""
     operator: OperatorConfig = field(default_factory=OperatorConfig)
@@ -174,38 +175,62 @@ def _pair_loss(spec: PolicySpec, theta: torch.Tensor, target: torch.Tensor, stat
 
 def _loss(op: ImprovementOperator, pairs: Pairs, index: torch.Tensor, config: TrainConfig,
           pair_weight: torch.Tensor) -> torch.Tensor:
-    """Per-pair weighted loss of ``index`` on the device ``pair_weight`` lives on (the operator's)."""
+    """Per-pair weighted loss of ``pairs``' pairs ``index`` (``pair_weight``: theirs) on the device ``pair_weight``
+    lives on (the operator's)."""
     feats, ask, target, states = pairs.batch(index)
     device = pair_weight.device
     feats = {k: v.to(device) for k, v in feats.items()}
-    return (_pair_loss(pairs.spec, op(feats, ask.to(device)), target.to(device), states.to(device), config)
-            * pair_weight[index])
+    return (_pair_loss(pairs.spec, op(feats, ask.to(device), pairs.spec), target.to(device), states.to(device),
+                       config) * pair_weight)
 
 
-def _evaluate(op: ImprovementOperator, pairs: Pairs, index: torch.Tensor, config: TrainConfig,
+def _evaluate(op: ImprovementOperator, pairs: PairGroups, index: torch.Tensor, config: TrainConfig,
               pair_weight: torch.Tensor) -> float:
     if len(index) == 0:
         return math.nan
+    total = 0.0
     with torch.no_grad():
-        total = sum(float(_loss(op, pairs, chunk, config, pair_weight).sum())
-                    for chunk in index.split(config.batch_size * 4))
+        for group, local, at in pairs.parts(index):
+            for chunk, where in zip(local.split(config.batch_size * 4), at.split(config.batch_size * 4), strict=True):
+                total += float(_loss(op, group, chunk, config, pair_weight[index[where]]).sum())
     return total / len(index)
 
 
-def _identity_losses(pairs: Pairs, index: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+def _identity_losses(pairs: PairGroups, index: torch.Tensor, config: TrainConfig) -> torch.Tensor:
     """Per-pair loss of θ' = θ on ``index`` ``[len(index)]``."""
-    out = []
+    out = torch.zeros(len(index))
     with torch.no_grad():
-        for chunk in index.split(1024):
-            feats, _, target, states = pairs.batch(chunk)
-            out.append(_pair_loss(pairs.spec, feats["theta"], target, states, config))
-    return torch.cat(out) if out else torch.zeros(0)
+        for group, local, at in pairs.parts(index):
+            for chunk, where in zip(local.split(1024), at.split(1024), strict=True):
+                feats, _, target, states = group.batch(chunk)
+                out[where] = _pair_loss(group.spec, feats["theta"], target, states, config)
+    return out
 
 
-def pair_weights(pairs: Pairs, train_idx: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+def _batches(pairs: PairGroups, index: torch.Tensor, size: int,
+             generator: torch.Generator) -> list[tuple[Pairs, torch.Tensor, torch.Tensor]]:
+    """An epoch's batches of the pairs ``index``, each of one group (its θs have one length): ``(group, its own
+    indices, the pairs' numbers)``. One group: ``index`` shuffled and split; several: each group's pairs in the
+    shuffled order split, and the batches of all groups shuffled together, so that robots alternate at random in
+    proportion to their pairs."""
+    order = index[torch.randperm(len(index), generator=generator)]
+    batches = [(group, local[i:i + size], order[at[i:i + size]])
+               for group, local, at in pairs.parts(order) for i in range(0, len(local), size)]
+    if len(pairs.groups) == 1:
+        return batches
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def grouped(pairs: Pairs | PairGroups) -> PairGroups:
+    """``pairs`` as groups by policy spec (one group for :class:`Pairs`)."""
+    return PairGroups([pairs]) if isinstance(pairs, Pairs) else pairs
+
+
+def pair_weights(pairs: Pairs | PairGroups, train_idx: torch.Tensor, config: TrainConfig) -> torch.Tensor:
     """Per-pair loss weights ``[n_pairs]``: ones, or with ``normalize_by_k`` one over the mean θ'=θ loss of the
     pair's k on the training pairs (every k then weighs the same however far its targets lie)."""
-    weight = torch.ones(len(pairs.source))
+    pairs = grouped(pairs)
+    weight = torch.ones(len(pairs.task_of_pair))
     if not config.normalize_by_k or len(train_idx) == 0:
         return weight
     identity = _identity_losses(pairs, train_idx, config)
@@ -216,21 +241,23 @@ def pair_weights(pairs: Pairs, train_idx: torch.Tensor, config: TrainConfig) -> 
     return weight
 
 
-def _identity_loss(pairs: Pairs, index: torch.Tensor, config: TrainConfig, pair_weight: torch.Tensor) -> float:
+def _identity_loss(pairs: PairGroups, index: torch.Tensor, config: TrainConfig, pair_weight: torch.Tensor) -> float:
     """Validation loss of θ' = θ: the bar an operator must clear to have learned anything."""
     if len(index) == 0:
         return math.nan
     return float((_identity_losses(pairs, index, config) * pair_weight[index]).mean())
 
 
-def fit(op: ImprovementOperator, pairs: Pairs, train_idx: torch.Tensor, val_idx: torch.Tensor,
+def fit(op: ImprovementOperator, pairs: Pairs | PairGroups, train_idx: torch.Tensor, val_idx: torch.Tensor,
         config: TrainConfig, on_best: Callable[[int, float, float], None] | None = None,
         on_epoch: Callable[[FitState], None] | None = None, resume: FitState | None = None) -> list[dict[str, float]]:
     """Train ``op`` on ``train_idx`` pairs with early stopping on the ``val_idx`` loss (the training loss if there
     is no validation set), on the device ``op`` lives on. Calls ``on_best(epoch, val_loss, identity_loss)`` at each
     improvement (the loss of θ' = θ on the same pairs), then ``on_epoch(state)`` after every epoch; ``resume`` (such
     a state, with ``op`` holding that epoch's weights) continues a fit exactly where it stood. Returns per-epoch
-    metrics."""
+    metrics. ``pairs`` of several policy specs (a shape-agnostic operator's) are fitted in batches of one spec each.
+    """
+    pairs = grouped(pairs)
     opt = torch.optim.AdamW(op.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     weight = pair_weights(pairs, train_idx, config)
@@ -247,8 +274,8 @@ def fit(op: ImprovementOperator, pairs: Pairs, train_idx: torch.Tensor, val_idx:
     for epoch in bar:
         op.train()
         losses = []
-        for index in train_idx[torch.randperm(len(train_idx), generator=generator)].split(config.batch_size):
-            loss = _loss(op, pairs, index, config, weight).mean()
+        for group, local, index in _batches(pairs, train_idx, config.batch_size, generator):
+            loss = _loss(op, group, local, config, weight[index]).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(op.parameters(), 1.0)
@@ -302,16 +329,18 @@ class _Trainer:
     """One training run: the pairs so far, the operator, its checkpoint file, the per-epoch metrics and where they
     are reported."""
 
-    def __init__(self, config: TrainConfig, pairs: Pairs, train_tasks: set[str], val_tasks: set[str]) -> None:
+    def __init__(self, config: TrainConfig, pairs: PairGroups, train_tasks: set[str], val_tasks: set[str]) -> None:
         self.config, self.pairs, self.train_tasks, self.val_tasks = config, pairs, train_tasks, val_tasks
-        task_dim = pairs.items["task"].shape[-1] if config.features.task_input else 0
+        first = pairs.first
+        task_dim = first.items["task"].shape[-1] if config.features.task_input else 0
         if config.features.task_input and not task_dim:
-            raise UserError(f"features.task_input=true, but family {pairs.task_family} randomizes nothing: there is "
+            raise UserError(f"features.task_input=true, but family {first.task_family} randomizes nothing: there is "
                             "no task vector to give the operator")
-        # The ask range comes from the source pairs only: relabeled pairs must not move apply's default ask.
-        self.checkpoint = OperatorCheckpoint.from_training(config.features, config.operator, pairs.spec,
+        # The ask range comes from the source pairs only: relabeled pairs must not move apply's default ask. A
+        # shape-agnostic operator records the first dataset's spec: apply's fresh policies take its hidden sizes.
+        self.checkpoint = OperatorCheckpoint.from_training(config.features, config.operator, first.spec,
                                                            config.pairs.ks, pairs.ask[pairs.select(train_tasks)],
-                                                           sorted(train_tasks), pairs.teacher, pairs.task_family,
+                                                           sorted(train_tasks), first.teacher, first.task_family,
                                                            task_dim, config.ask_k or default_ask_k(config.pairs.ks))
         BatchSchedule.of(self.checkpoint)  # the warm-up's widths must suit the teacher before anything is fitted
         self.op = self.checkpoint.new_operator()
@@ -326,7 +355,7 @@ class _Trainer:
 
     def add(self, extra: Pairs) -> None:
         """Add pairs (of training tasks) to the training set."""
-        self.pairs = concat_pairs([self.pairs, extra])
+        self.pairs.add(extra)
 
     def fit(self, round_: int) -> dict[str, float]:
         """Fit from the current weights; leaves the best weights in ``op`` (also saved to ``operator.safetensors``
@@ -390,6 +419,8 @@ class _LastState:
         self.path = path
         self.settings = plain_json({k: v for k, v in dataclasses.asdict(config).items()
                                     if k not in EXECUTION_SETTINGS})
+        if not config.features.agnostic:  # unset, as in the states saved before the setting existed: they resume
+            del self.settings["features"]["agnostic"]
 
     def save(self, state: FitState, op: ImprovementOperator, best: dict[str, Any]) -> None:
         """Write the state after an epoch (atomically)."""
@@ -451,7 +482,7 @@ def _mean(values: list[float]) -> float:
 
 def _relabel(trainer: _Trainer, datasets: list[str], best: dict[str, float]) -> None:
     """Relabeling rounds after the first fit; one row per round to ``relabel.csv`` (round 0: no relabeled pairs)."""
-    config, pairs = trainer.config, trainer.pairs
+    config, pairs = trainer.config, trainer.pairs.first
     ask = trainer.checkpoint.ask(config.relabel_ask_k)
     runs = {name: dataset_runs(datasets, tasks) for name, tasks in
             (("train", trainer.train_tasks), ("val", trainer.val_tasks))}
@@ -504,13 +535,18 @@ def train(config: TrainConfig) -> Path:
     resumes it, to the same weights as a run never stopped. Until the run ends, ``operator.safetensors`` holds the
     best weights so far and its summary says ``"complete": false``. One process at a time writes an ``out``."""
     _check(config)
+    check_features(config.features, config.operator.arch)
     torch.manual_seed(config.seed)
     datasets = dataset_dirs(config.dataset)
     config = dataclasses.replace(config, features=resolve_features(datasets, config.features))
     out = Path(config.out)
     _LastState(out / LAST, config).check()  # before anything is read or written
     log.info(f"encoding hindsight pairs from {', '.join(datasets)} ...")
-    pairs = build_union(datasets, config.pairs, config.features)
+    pairs = build_groups(datasets, config.pairs, config.features)
+    if len(pairs.groups) > 1 and (config.augment_starts or config.relabel_rounds):
+        raise UserError(f"augment_starts and relabel_rounds run one robot's teacher from its policies, and "
+                        f"{', '.join(datasets)} hold {len(pairs.groups)} policy specs; drop them to train across "
+                        "robots")
     train_tasks, val_tasks = split_tasks(pairs, config.pairs.val_fraction, config.pairs.seed)
     out.mkdir(parents=True, exist_ok=True)
     trainer = _Trainer(config, pairs, train_tasks, val_tasks)
@@ -519,7 +555,7 @@ def train(config: TrainConfig) -> Path:
         if config.augment_starts:
             starts = perturbed_starts(dataset_runs(datasets, train_tasks), config.augment_starts,
                                       config.augment_noise, config.seed)
-            extra, steps = teacher_pairs(starts, pairs.teacher, config.pairs, config.features, out / "augment",
+            extra, steps = teacher_pairs(starts, pairs.first.teacher, config.pairs, config.features, out / "augment",
                                          "augment", torch.Generator().manual_seed(config.pairs.seed))
             log.info(f"augmentation: {len(extra.source)} pairs from {len(starts)} perturbed policies "
                      f"({steps} teacher env steps)")
