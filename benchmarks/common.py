@@ -20,7 +20,7 @@ import yaml
 from metaimprove import seeds
 from metaimprove.evaluation.methods import teacher_steps
 from metaimprove.evaluation.protocol import start_policy
-from metaimprove.evaluation.stats import Curves, Estimate, step_values
+from metaimprove.evaluation.stats import Curves, Estimate, RunKey, TaskScale, normalize_curves, scores_at, step_values
 from metaimprove.operator.checkpoint import DEFAULT_ASK_K, OperatorCheckpoint
 from metaimprove.sim.envs import AnyTask
 from metaimprove.sim.rollout import evaluate
@@ -138,6 +138,15 @@ def reference_table(tasks: list[str], n_seeds: int) -> list[dict[str, object]]:
         rows.append({"task": task, "start": round(float(np.mean(starts)), 4), "reference": round(means[best], 4),
                      "reference_method": best, "seeds": n_seeds, "env_steps": int(mine[0]["env_steps"])})
     return rows
+
+
+def normalized_scores(curves: Curves, budgets: list[float]) -> dict[str, dict[float, dict[RunKey, float]]]:
+    """Per method of ``curves``, each run's normalized score (:func:`reference_table`'s scales: 0 the task's start
+    return, 1 its reference return) at each of ``budgets``: its last evaluation at or before it."""
+    scales = {str(r["task"]): TaskScale(float(str(r["start"])), float(str(r["reference"])))
+              for r in reference_table(curves.tasks(), REFERENCE_SEEDS)}
+    normalized = normalize_curves(curves, scales)
+    return {m: scores_at(normalized.where(method=m), budgets) for m in curves.methods()}
 
 
 def dataset_or_exit(path: Path) -> Path:

@@ -251,6 +251,28 @@ def _learned_start() -> list[str]:
     ]
 
 
+def _outcome_horizon() -> list[str]:
+    """An outcome-trained operator against the imitation-trained one and its teacher
+    (``research/outcome_horizon.py``)."""
+    rows = _rows("outcome_horizon.csv")
+    if not rows:
+        return []
+    return [
+        f"### Does outcome training over T applications help at B? ({_script('research/outcome_horizon.py')})",
+        "",
+        *_produced("outcome_horizon.csv"),
+        f"The shipped operator's weights evolved by `metaimprove outcome` on the return after T = "
+        f"{rows[0]['outcome_applications_T']} applications, applied on validation tasks (`train` 32–39 × 3 seeds) "
+        "for B = 61440 env steps; mean normalized score with 95% CIs, and paired differences by task and seed.",
+        "",
+        "| budget | evolved | imitation-trained | evolved − imitation | `teacher_op_batch` | evolved − teacher |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *(f"| {r['budget']} | {r['evolved']} | {r['operator']} | {r['evolved_minus_operator']} | "
+          f"{r['teacher_op_batch']} | {r['evolved_minus_teacher_op_batch']} |" for r in rows),
+        "",
+    ]
+
+
 def _step_geometry() -> list[str]:
     """The teacher's steps against a random walk, and the operator's against the teacher's
     (``research/step_geometry.py``)."""
@@ -579,8 +601,8 @@ def page() -> str:
     out += _scaling()
     for name in ABLATION_TABLES:
         out += _ablations(name)
-    out += _confirm_choice() + _learned_start() + _step_geometry() + _update_rules() + _privileged_targets()
-    out += _improvement_v1()
+    out += _confirm_choice() + _learned_start() + _outcome_horizon() + _step_geometry() + _update_rules()
+    out += _privileged_targets() + _improvement_v1()
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -30,14 +30,14 @@ import numpy as np
 from metaimprove.evaluation.apply import apply
 from metaimprove.evaluation.plot import read_curves
 from metaimprove.evaluation.protocol import LEARNED_START_SUFFIX, ApplyConfig
-from metaimprove.evaluation.stats import TaskScale, normalize_curves, report_budgets, score_ci, scores_at
+from metaimprove.evaluation.stats import report_budgets, score_ci
 from metaimprove.operator.checkpoint import OperatorCheckpoint
 from metaimprove.operator.runtime import BatchSchedule
 from metaimprove.sim.tasks import TaskConfig
 from metaimprove.storage import atomic_write_csv, meta_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # benchmarks/common.py
-from common import BUDGET, OPERATORS, REFERENCE_SEEDS, RESULTS, ROOT, reference_table
+from common import BUDGET, OPERATORS, RESULTS, ROOT, normalized_scores
 
 FAMILY = "halfcheetah_vel"
 VALIDATION = ("train", 32, 8, 3)
@@ -60,11 +60,8 @@ def measure(name: str, policy: Path, work: Path, batch: float) -> dict[str, obje
     apply(ApplyConfig(operator_path=FAMILY, out=str(out), task=TaskConfig(FAMILY), split=split, task_start=start,
                       n_tasks=n_tasks, seeds=seeds, budget=BUDGET, methods=["operator_learned_start"],
                       learned_start=str(policy), workers=2))
-    curves = read_curves([out / "curves.csv"])
-    scales = {r["task"]: TaskScale(float(r["start"]), float(r["reference"]))
-              for r in reference_table(curves.tasks(), REFERENCE_SEEDS)}
     budgets = [b for b in report_budgets(batch, BUDGET) if b <= BUDGET]
-    scores = scores_at(normalize_curves(curves, scales), budgets)
+    scores = normalized_scores(read_curves([out / "curves.csv"]), budgets)["operator_learned_start"]
     row: dict[str, object] = {"candidate": name, "policy": str(policy.relative_to(ROOT)) if policy.is_relative_to(ROOT)
                               else str(policy)}
     means = []
