@@ -11,14 +11,13 @@ from metaimprove import seeds
 from metaimprove.errors import UserError
 from metaimprove.evaluation.baselines import training_runs
 from metaimprove.interop.sb3 import load_any_policy
-from metaimprove.operator.checkpoint import OperatorCheckpoint, resolve_operator
+from metaimprove.operator.checkpoint import LEARNED_START_SUFFIX as LEARNED_START_SUFFIX  # research/ reads it here
+from metaimprove.operator.checkpoint import OperatorCheckpoint, learned_start_file
 from metaimprove.sim.envs import AnyTask
 from metaimprove.sim.policy import ObsNormalizer, Policy, init_params
 from metaimprove.sim.tasks import TaskSelection
 
 STARTS = ("fresh", "train_init", "learned")
-LEARNED_START_SUFFIX = ".start.safetensors"
-"""the file beside an operator checkpoint holding its learned start θ₀ (``<name>.start.safetensors``)"""
 
 
 @dataclass
@@ -105,12 +104,11 @@ def start_policy(ckpt: OperatorCheckpoint, seed: int) -> Policy:
 
 
 def learned_start_path(config: ApplyConfig) -> Path:
-    """Where the operator's learned start is: ``learned_start``, else the file of :data:`LEARNED_START_SUFFIX` beside
-    the checkpoint (a shipped operator's name resolves to its file first)."""
+    """Where the operator's learned start is: ``learned_start``, else the file beside the checkpoint
+    (:func:`~metaimprove.operator.checkpoint.learned_start_file`)."""
     if config.learned_start is not None:
         return Path(config.learned_start)
-    checkpoint = resolve_operator(config.operator_path)
-    return checkpoint.with_name(checkpoint.name.removesuffix(".safetensors") + LEARNED_START_SUFFIX)
+    return learned_start_file(config.operator_path)
 
 
 def initial_policy(config: ApplyConfig, ckpt: OperatorCheckpoint, seed: int) -> Policy:

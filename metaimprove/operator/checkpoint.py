@@ -83,6 +83,17 @@ def resolve_operator(name_or_path: str | os.PathLike[str]) -> Path:
                     f"name ({', '.join(shipped) or 'none shipped in this install'})")
 
 
+LEARNED_START_SUFFIX = ".start.safetensors"
+"""the file beside an operator checkpoint holding its learned start θ₀ (``<name>.start.safetensors``)"""
+
+
+def learned_start_file(operator_path: str | os.PathLike[str]) -> Path:
+    """Where an operator's learned start θ₀ lives by default: the file of :data:`LEARNED_START_SUFFIX` beside its
+    checkpoint (a shipped operator's name resolves to its file first), whether or not it exists."""
+    checkpoint = resolve_operator(operator_path)
+    return checkpoint.with_name(checkpoint.name.removesuffix(".safetensors") + LEARNED_START_SUFFIX)
+
+
 @dataclass
 class OperatorCheckpoint:
     """Everything needed to apply a trained operator, besides its weights.
@@ -138,6 +149,17 @@ class OperatorCheckpoint:
             return self
         sim = simulator(task, n_envs=1, seed=0)
         return replace(self, spec=replace(self.spec, obs_dim=sim.obs_dim, act_dim=sim.act_dim))
+
+    def check_policy(self, spec: PolicySpec, what: str, where: str) -> None:
+        """Refuse a policy (``what``, of ``spec``) that this checkpoint, as it serves ``where`` (:meth:`on`), cannot
+        improve: a per-family operator improves policies of its spec, a shape-agnostic one policies of any hidden
+        sizes and activation with ``where``'s observation and action sizes (one-line :class:`UserError`)."""
+        if not self.features.agnostic:
+            if spec != self.spec:
+                raise UserError(f"{what} has spec {spec} but the operator improves {self.spec}")
+        elif (spec.obs_dim, spec.act_dim) != (self.spec.obs_dim, self.spec.act_dim):
+            raise UserError(f"{what} takes obs {spec.obs_dim} / act {spec.act_dim} but {where} has obs "
+                            f"{self.spec.obs_dim} / act {self.spec.act_dim}")
 
     def check_task(self, task: AnyTask) -> None:
         """Refuse a task the operator cannot read: an oracle operator (``features.task_input``) reads only tasks
