@@ -89,9 +89,12 @@ class Operator:
         """Env steps of one of its full-width batches (warm-up batches are narrower)."""
         return BatchSchedule.of(self.checkpoint).batch
 
-    def initial_policy(self, seed: int = 0) -> Policy:
-        """The fresh θ⁰ apply starts its run ``seed`` from (``start=fresh``): an initialization no collection used."""
-        return start_policy(self.checkpoint, seed)
+    def initial_policy(self, seed: int = 0, task_or_env: TaskOrEnv | None = None) -> Policy:
+        """The fresh θ⁰ apply starts its run ``seed`` from (``start=fresh``): an initialization no collection used.
+        A shape-agnostic operator's is of ``task_or_env``'s observation and action sizes when given (with the hidden
+        sizes of the spec it was built for)."""
+        ckpt = self.checkpoint if task_or_env is None else self.checkpoint.on(resolve_task(task_or_env))
+        return start_policy(ckpt, seed)
 
     def improve(self, policy: Policy, task_or_env: TaskOrEnv, budget: int, seed: int = 0, ask_k: int | None = None,
                 ask_improvement: float | None = None) -> Iterator[tuple[int, Policy]]:
@@ -100,12 +103,12 @@ class Operator:
 
         This is apply's ``operator`` method for run ``seed`` (its collection and feature seeds), run lazily: stop
         iterating whenever you like. ``ask_k`` and ``ask_improvement`` are apply's settings of those names. The
-        policy must be of the operator's spec, and the env's spaces must fit it (one-line errors otherwise).
+        policy must be of the operator's spec (a shape-agnostic operator's: of any hidden sizes, with the env's
+        observation and action sizes), and the env's spaces must fit it (one-line errors otherwise).
         """
         task = resolve_task(task_or_env)
-        ckpt = self.checkpoint
-        if policy.spec != ckpt.spec:
-            raise UserError(f"the policy has spec {policy.spec} but this operator improves {ckpt.spec}")
+        ckpt = self.checkpoint.on(task)  # a shape-agnostic operator serves the env's observation and action sizes
+        ckpt.check_policy(policy.spec, "the policy", task.name)
         dims = rollout.simulator(task, 1, 0)
         if (dims.obs_dim, dims.act_dim) != (ckpt.spec.obs_dim, ckpt.spec.act_dim):
             raise UserError(f"{task.name} has obs ({dims.obs_dim},) / act ({dims.act_dim},) but this operator "

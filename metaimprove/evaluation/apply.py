@@ -156,7 +156,7 @@ def _validate(config: ApplyConfig, ckpt: OperatorCheckpoint) -> Sequence[AnyTask
         tasks = get_family(config.task.family).tasks(config.split, config.n_tasks, start=config.task_start)
     family = tasks[0].family
     ckpt = ckpt.on(tasks[0])
-    _check_starts(config, ckpt)
+    _check_starts(config, ckpt, family)
     sim = Simulator(tasks[0], n_envs=1, seed=0)
     if (sim.obs_dim, sim.act_dim) != (ckpt.spec.obs_dim, ckpt.spec.act_dim):
         raise UserError(f"operator {config.operator_path} improves policies with obs {ckpt.spec.obs_dim} / act "
@@ -169,7 +169,7 @@ def _validate(config: ApplyConfig, ckpt: OperatorCheckpoint) -> Sequence[AnyTask
                         f"(results/operators/{family}.collect.yaml for the shipped operator)")
     if needs_data:
         runs = training_runs(str(config.dataset))
-        _check_spec(runs[0].final, ckpt, f"dataset {config.dataset}")
+        ckpt.check_policy(runs[0].final.spec, f"dataset {config.dataset}", family)
         if runs[0].task.family != family:
             raise UserError(f"dataset {config.dataset} holds {runs[0].task.family} runs, not {family}")
     for need, stage in POLICY_NEEDS.items():
@@ -179,7 +179,7 @@ def _validate(config: ApplyConfig, ckpt: OperatorCheckpoint) -> Sequence[AnyTask
             raise UserError(f"{', '.join(needing)} need(s) {need}=<file>; train it with `metaimprove {stage} "
                             f"task={family} out=<dir>` (writes <dir>/policy.safetensors)")
         if needing:
-            _check_spec(load_any_policy(Path(str(path))), ckpt, f"{need} {path}")
+            ckpt.check_policy(load_any_policy(Path(str(path))).spec, f"{need} {path}", family)
     seen = set(ckpt.tasks) & {t.name for t in tasks}
     if seen:
         raise UserError(f"tasks {sorted(seen)} were used to train this operator; apply on another split or range")
@@ -200,7 +200,7 @@ def _validate_env(config: ApplyConfig, ckpt: OperatorCheckpoint, name: str) -> U
     env = UserEnv.resolve(name, config.episode_length)
     sim = GymSimulator(env, n_envs=1, seed=0)
     ckpt = ckpt.on(env)
-    _check_starts(config, ckpt)
+    _check_starts(config, ckpt, name)
     if (sim.obs_dim, sim.act_dim) != (ckpt.spec.obs_dim, ckpt.spec.act_dim):
         raise UserError(f"env {name} has obs ({sim.obs_dim},) / act ({sim.act_dim},) but operator "
                         f"{config.operator_path} improves obs {ckpt.spec.obs_dim} / act {ckpt.spec.act_dim}")
@@ -208,22 +208,17 @@ def _validate_env(config: ApplyConfig, ckpt: OperatorCheckpoint, name: str) -> U
     return env
 
 
-def _check_starts(config: ApplyConfig, ckpt: OperatorCheckpoint) -> None:
-    """The start policies the settings name (``init=``, the learned start) must be of the operator's spec."""
+def _check_starts(config: ApplyConfig, ckpt: OperatorCheckpoint, where: str) -> None:
+    """The start policies the settings name (``init=``, the learned start) must suit the operator on ``where``."""
     if config.init is not None:
-        _check_spec(load_any_policy(Path(config.init)), ckpt, f"initial policy {config.init}")
+        ckpt.check_policy(load_any_policy(Path(config.init)).spec, f"initial policy {config.init}", where)
     if learned_start_users(config):
         path = learned_start_path(config)
         if not path.is_file():
             raise UserError(f"{', '.join(learned_start_users(config))} need(s) the operator's learned start, and "
                             f"{path} is missing; make one with `metaimprove metalearn inner=operator operator_path="
                             f"{config.operator_path} out=<dir>` and give learned_start=<dir>/policy.safetensors")
-        _check_spec(load_any_policy(path), ckpt, f"learned start {path}")
-
-
-def _check_spec(policy: Policy, ckpt: OperatorCheckpoint, what: str) -> None:
-    if policy.spec != ckpt.spec:
-        raise UserError(f"{what} has policy spec {policy.spec} but the operator improves {ckpt.spec}")
+        ckpt.check_policy(load_any_policy(path).spec, f"learned start {path}", where)
 
 
 def _check_budget(config: ApplyConfig, ckpt: OperatorCheckpoint, family: str) -> None:
