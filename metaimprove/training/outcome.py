@@ -1,6 +1,7 @@
 """The ``outcome`` stage: an imitation-trained operator's weights evolved by PGPE (EvoTorch's functional PGPE:
 antithetic sampling, centered-rank fitness shaping, ClipUp) on the return it reaches after T applications on training
-tasks, relative to its teacher run from the same start, task and seed for the same env steps.
+tasks, relative to its teacher run from the same start (apply's fresh θ⁰, or the operator's learned start), task and
+seed for the same env steps.
 
 Why: see the design notes (docs/design.md, "Outcome training").
 """
@@ -22,8 +23,9 @@ from omegaconf import MISSING
 
 from metaimprove import seeds
 from metaimprove.errors import UserError
+from metaimprove.interop.sb3 import load_any_policy
 from metaimprove.loggers import CsvTable, Metrics, check_logger, progress, run_log
-from metaimprove.operator.checkpoint import OperatorCheckpoint, resolve_operator
+from metaimprove.operator.checkpoint import OperatorCheckpoint, learned_start_file, resolve_operator
 from metaimprove.operator.networks import ImprovementOperator
 from metaimprove.operator.runtime import BatchSchedule, operator_teacher, operator_update
 from metaimprove.sim.envs import initial_states
@@ -47,6 +49,11 @@ ROW_FIELDS = ("generation", "env_steps", "center_fitness", "mean_fitness", "best
 # Settings that decide where a run goes, what it reports and when it stops, never what a generation computes: a
 # resumed run may change them (a finished run goes on with more generations, to the bits of one run that long).
 EXECUTION_SETTINGS = ("out", "logger", "generations")
+STARTS = ("fresh", "learned")
+"""where every run of a generation starts: apply's fresh θ⁰ for its seed, or the operator's learned start"""
+# Recorded in a run's settings with start=learned alone (with the learned start's sha256): a fresh run's settings are
+# those of runs made before start= existed, which therefore resume (a key a run lacks reads as None).
+START_SETTINGS = ("start", "learned_start")
 
 
 @dataclass
@@ -62,7 +69,12 @@ class OutcomeConfig:
     popsize: int = 16
     """operators per generation: popsize / 2 antithetic pairs (even, >= 2)"""
     applications: int = 4
-    """T: operator applications per run, from a fresh start; the teacher gets the same env steps"""
+    """T: operator applications per run, from the start; the teacher gets the same env steps"""
+    start: str = "fresh"
+    """θ⁰ of every run (members, center and teacher): fresh (apply's fresh θ⁰ for the run's seed) or learned (the
+    operator's learned start, which apply's operator_learned_start deploys it from)"""
+    learned_start: str | None = None
+    """the learned start θ₀ for start=learned (default: <operator>.start.safetensors beside the checkpoint)"""
     tasks_per_generation: int = 2
     """training tasks (each with its own seed) every member of a generation is run on"""
     evolve: list[str] | None = None
@@ -185,17 +197,16 @@ def start_policy(ckpt: OperatorCheckpoint, seed: int) -> Policy:
     return Policy(ckpt.spec, theta, ObsNormalizer.identity(ckpt.spec.obs_dim))
 
 
-def task_outcome(ops: Sequence[ImprovementOperator], ckpt: OperatorCheckpoint, task: Task, seed: int,
+def task_outcome(ops: Sequence[ImprovementOperator], ckpt: OperatorCheckpoint, task: Task, seed: int, start: Policy,
                  applications: int, ask: torch.Tensor, episodes: int) -> TaskOutcome:
     """Run every operator of ``ops`` and the checkpoint's teacher (on the operator's batch schedule, apply's
-    ``teacher_op_batch``) ``applications`` steps from :func:`start_policy` on ``task``, all in one batched collection
-    per step, and evaluate where they end (apply's protocol, seeds and episodes).
+    ``teacher_op_batch``) ``applications`` steps from ``start`` on ``task``, all in one batched collection per step,
+    and evaluate where they end (apply's protocol, seeds and episodes).
 
     Each operator takes exactly the steps apply's ``operator`` method takes with run seed ``seed``, and the teacher
     those of ``teacher_op_batch``, while no episode ends inside a batch (HalfCheetah's batches of at most an
     episode)."""
     schedule = BatchSchedule.of(ckpt)
-    start = start_policy(ckpt, seed)
     policies = [start] * (len(ops) + 1)
     updates = [operator_update(op, ckpt, task, ask, torch.Generator().manual_seed(seed)) for op in ops]
     failed = [False] * len(ops)
@@ -319,6 +330,8 @@ def evolved(op: ImprovementOperator, prefixes: list[str] | None) -> torch.Tensor
 
 
 def _check(cfg: OutcomeConfig) -> None:
+    if cfg.start not in STARTS:
+        raise UserError(f"start={cfg.start}: must be one of {', '.join(STARTS)}")
     if cfg.popsize < 2 or cfg.popsize % 2:
         raise UserError(f"popsize must be even and >= 2 (antithetic pairs), got {cfg.popsize}")
     sizes = {"generations": cfg.generations, "applications": cfg.applications,
@@ -342,6 +355,22 @@ def _source(cfg: OutcomeConfig) -> tuple[Path, ImprovementOperator, OperatorChec
         raise UserError(f"operator {cfg.operator_path} learned from {ckpt.teacher.get('name')}; outcome training "
                         "runs operators that explore as ARS does (antithetic parameter perturbations)")
     return path, op, ckpt, load_tensors(path)[1].get("summary", {})
+
+
+def _learned_start(cfg: OutcomeConfig, ckpt: OperatorCheckpoint) -> tuple[Policy | None, str | None]:
+    """With ``start=learned``, the learned start every run begins from and its file's sha256 (both None with
+    ``start=fresh``); a one-line UserError where the file is missing or of another policy spec than the operator's."""
+    if cfg.start == "fresh":
+        return None, None
+    path = Path(cfg.learned_start) if cfg.learned_start is not None else learned_start_file(cfg.operator_path)
+    if not path.is_file():
+        raise UserError(f"start=learned needs the operator's learned start, and {path} is missing; make one with "
+                        f"`metaimprove metalearn inner=operator operator_path={cfg.operator_path} out=<dir>` and give "
+                        "learned_start=<dir>/policy.safetensors")
+    policy = load_any_policy(path)
+    if policy.spec != ckpt.spec:
+        raise UserError(f"learned start {path} has policy spec {policy.spec} but the operator improves {ckpt.spec}")
+    return policy, sha256_file(path)
 
 
 class _State:
@@ -386,7 +415,8 @@ def outcome(cfg: OutcomeConfig) -> Path:
     ``metrics.csv`` a row per generation, and returns its path.
 
     Each generation runs every member, the unperturbed center and the teacher on ``tasks_per_generation`` training
-    tasks (:func:`task_outcome`), ranks the members by :func:`fitness` and updates PGPE. The state is saved after every
+    tasks (:func:`task_outcome`), all from apply's fresh θ⁰ for the run's seed or (``start=learned``) from the
+    operator's learned start, ranks the members by :func:`fitness` and updates PGPE. The state is saved after every
     generation to ``es.safetensors``, and the same command into the same ``out`` resumes it, to the same bits as a run
     never stopped. Until the run ends, the checkpoint's summary says ``"complete": false``."""
     _check(cfg)
@@ -394,6 +424,7 @@ def outcome(cfg: OutcomeConfig) -> Path:
     tasks = _training_tasks(cfg, ckpt)
     ask = ckpt.ask(cfg.ask_k)
     BatchSchedule.of(ckpt)  # a warm-up that does not suit the teacher is refused before anything is written
+    learned, learned_sha256 = _learned_start(cfg, ckpt)
     weights = torch.nn.utils.parameters_to_vector(source.parameters()).detach()
     mask = evolved(source, cfg.evolve)
     out = Path(cfg.out)
@@ -405,8 +436,10 @@ def outcome(cfg: OutcomeConfig) -> Path:
         full[mask] = part
         return full
 
-    settings = plain_json({**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in EXECUTION_SETTINGS},
-                           "source_sha256": sha256_file(path)})
+    recorded = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in EXECUTION_SETTINGS + START_SETTINGS}
+    if learned is not None:
+        recorded |= {"start": cfg.start, "learned_start": cfg.learned_start, "learned_start_sha256": learned_sha256}
+    settings = plain_json({**recorded, "source_sha256": sha256_file(path)})
     saved = _State(out / STATE, settings)
     es = functional_es()
     with exclusive(out, "outcome"), run_log(out, "outcome"), \
@@ -430,8 +463,8 @@ def outcome(cfg: OutcomeConfig) -> Path:
                 members = es.pgpe_ask(state, popsize=cfg.popsize)
             for op, member in zip(ops, [*members, state.optimizer_state.center], strict=True):
                 torch.nn.utils.vector_to_parameters(operator_weights(member), op.parameters())
-            outcomes = [task_outcome(ops, ckpt, task, seed, cfg.applications, ask, cfg.eval_episodes)
-                        for task, seed in runs]
+            outcomes = [task_outcome(ops, ckpt, task, seed, learned or start_policy(ckpt, seed), cfg.applications,
+                                     ask, cfg.eval_episodes) for task, seed in runs]
             scores = fitness(outcomes, cfg.fitness_floor)
             member_scores = scores[:-1]
             state = es.pgpe_tell(state, members, member_scores.float())

@@ -2,7 +2,9 @@
 
 import math
 import pathlib
+import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,11 +14,12 @@ from metaimprove.evaluation.apply import apply
 from metaimprove.evaluation.methods import teacher_steps
 from metaimprove.evaluation.protocol import start_policy as apply_start
 from metaimprove.loggers import read_rows
-from metaimprove.operator.checkpoint import OperatorCheckpoint
+from metaimprove.operator.checkpoint import LEARNED_START_SUFFIX, OperatorCheckpoint
 from metaimprove.operator.runtime import BatchSchedule, Explorer, operator_teacher, operator_update
+from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params, load_policy, save_policy
 from metaimprove.sim.rollout import evaluate
 from metaimprove.sim.tasks import get_family
-from metaimprove.storage import load_tensors
+from metaimprove.storage import load_tensors, meta_path, sha256_file
 from metaimprove.training import outcome as outcome_module
 from metaimprove.training.outcome import (
     ROW_FIELDS,
@@ -45,7 +48,7 @@ def test_each_member_runs_as_apply_would_and_fitness_is_relative_to_the_teacher(
     task, seed, applications, episodes = get_family("halfcheetah_vel").task("train", 0), 5, 3, 2
     ask = ckpt.ask()
     # The operator twice in one population: both copies run side by side and must agree with a run of their own.
-    result = task_outcome([op, op], ckpt, task, seed, applications, ask, episodes)
+    result = task_outcome([op, op], ckpt, task, seed, start_policy(ckpt, seed), applications, ask, episodes)
 
     schedule = BatchSchedule.of(ckpt)
     start = apply_start(ckpt, seed)
@@ -130,7 +133,7 @@ def test_pgpe_climbs_a_toy_fitness(ars_operator: pathlib.Path, tmp_path: pathlib
     op, _ = OperatorCheckpoint.load(ars_operator)
     target = torch.nn.utils.parameters_to_vector(op.parameters()).detach() + 0.1
 
-    def toy(ops, ckpt, task, seed, applications, ask, episodes):  # type: ignore[no-untyped-def]
+    def toy(ops, ckpt, task, seed, start, applications, ask, episodes):  # type: ignore[no-untyped-def]
         distance = [float((torch.nn.utils.parameters_to_vector(o.parameters()).detach() - target).norm()) for o in ops]
         return TaskOutcome(task.name, seed, 0.0, -1.0, tuple(-d - 1.0 for d in distance), 1)
 
@@ -157,7 +160,83 @@ def test_the_evolved_operator_applies(moving_operator: pathlib.Path, tmp_path: p
     assert {row["method"] for row in curve_rows(tmp_path / "apply")} == {"operator"}
 
 
+def a_start(spec: PolicySpec, path: pathlib.Path, seed: int) -> pathlib.Path:
+    """A policy file of ``spec`` unlike any fresh start: its own initialization and a normalizer that is no identity."""
+    rng = np.random.default_rng(seed)
+    theta = init_params(spec, torch.Generator().manual_seed(seed))
+    save_policy(path, Policy(spec, theta, ObsNormalizer(rng.normal(size=spec.obs_dim), rng.uniform(0.5, 2.0,
+                                                                                                  spec.obs_dim))))
+    return path
+
+
+@pytest.fixture
+def with_learned_start(moving_operator: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+    """A copy of the moving operator with a learned start beside it (``operator.start.safetensors``)."""
+    operator = tmp_path / "op" / "operator.safetensors"
+    operator.parent.mkdir()
+    shutil.copy(moving_operator, operator)
+    shutil.copy(meta_path(moving_operator), meta_path(operator))
+    a_start(OperatorCheckpoint.load(operator)[1].spec, operator.with_name("operator" + LEARNED_START_SUFFIX), 11)
+    return operator
+
+
+def test_start_learned_runs_every_member_the_center_and_the_teacher_from_the_learned_start(
+        with_learned_start: pathlib.Path, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    beside = with_learned_start.with_name("operator" + LEARNED_START_SUFFIX)
+    learned = load_policy(beside)
+    real, runs = outcome_module.task_outcome, []
+
+    def recording(ops, ckpt, task, seed, start, applications, ask, episodes):  # type: ignore[no-untyped-def]
+        result = real(ops, ckpt, task, seed, start, applications, ask, episodes)
+        runs.append((task, seed, start, result))
+        return result
+
+    monkeypatch.setattr(outcome_module, "task_outcome", recording)
+    path = outcome(tiny(with_learned_start, tmp_path / "learned", start="learned"))
+    assert len(runs) == 2
+    for task, seed, start, result in runs:
+        assert torch.equal(start.theta, learned.theta)
+        assert np.array_equal(start.normalizer.mean, learned.normalizer.mean)
+        # R_start: the learned start's return, with apply's evaluation seed, bit for bit (one policy, one run).
+        assert result.start_return == evaluate(learned, task, 1, seeds.evaluation(seed))
+    settings = load_tensors(path)[1]["summary"]["settings"]
+    assert (settings["start"], settings["learned_start"]) == ("learned", None)
+    assert settings["learned_start_sha256"] == sha256_file(beside)
+
+    # From fresh starts the same generations score otherwise; a fresh run records no start (as runs before start=).
+    fresh = outcome(tiny(with_learned_start, tmp_path / "fresh"))
+    assert not {"start", "learned_start", "learned_start_sha256"} & set(load_tensors(fresh)[1]["summary"]["settings"])
+    first = [read_rows(tmp_path / out / "metrics.csv")[0] for out in ("learned", "fresh")]
+    assert all(first[0][k] != first[1][k] for k in ("center_fitness", "best_fitness", "teacher_gain"))
+
+
+def test_a_resume_with_another_start_is_refused(with_learned_start: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    own = a_start(OperatorCheckpoint.load(with_learned_start)[1].spec, tmp_path / "own.safetensors", 12)
+    outcome(tiny(with_learned_start, tmp_path / "out", generations=1, start="learned", learned_start=str(own)))
+    a_start(OperatorCheckpoint.load(with_learned_start)[1].spec, own, 13)  # another learned start in the same file
+    for changes, key in (({"learned_start": str(own)}, "learned_start_sha256"), ({}, "learned_start")):
+        with pytest.raises(UserError, match=f"other settings.*{key}") as info:
+            outcome(tiny(with_learned_start, tmp_path / "out", start="learned", **changes))
+        assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match=r"other settings.*start: 'learned' there, None now"):
+        outcome(tiny(with_learned_start, tmp_path / "out"))
+
+
+def test_a_missing_or_mismatched_learned_start_is_a_one_line_error(ars_operator: pathlib.Path,
+                                                                    tmp_path: pathlib.Path) -> None:
+    other = a_start(PolicySpec(17, 6, hidden=(8,)), tmp_path / "other.safetensors", 0)
+    for changes, message in (({}, "start=learned needs the operator's learned start, and .*start.safetensors is "
+                                  "missing"),
+                             ({"learned_start": str(tmp_path / "none")}, "none is missing"),
+                             ({"learned_start": str(other)}, "other.safetensors has policy spec")):
+        with pytest.raises(UserError, match=message) as info:
+            outcome(tiny(ars_operator, tmp_path / "out", start="learned", **changes))
+        assert "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(("changes", "message"), [
+    ({"start": "nope"}, "start=nope: must be one of fresh, learned"),
     ({"operator_path": "no_such_operator"}, "operator no_such_operator is missing"),
     ({"tasks": ["halfcheetah_vel/train/40"]}, "halfcheetah_vel/train/40 is not one of the operator's"),
     ({"tasks": ["halfcheetah_vel/test/0"]}, "halfcheetah_vel/test/0 is not one of the operator's"),
