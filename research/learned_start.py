@@ -29,9 +29,9 @@ import numpy as np
 
 from metaimprove.evaluation.apply import apply
 from metaimprove.evaluation.plot import read_curves
-from metaimprove.evaluation.protocol import LEARNED_START_SUFFIX, ApplyConfig
+from metaimprove.evaluation.protocol import ApplyConfig
 from metaimprove.evaluation.stats import report_budgets, score_ci
-from metaimprove.operator.checkpoint import OperatorCheckpoint
+from metaimprove.operator.checkpoint import LEARNED_START_SUFFIX, OperatorCheckpoint
 from metaimprove.operator.runtime import BatchSchedule
 from metaimprove.sim.tasks import TaskConfig
 from metaimprove.storage import atomic_write_csv, meta_path

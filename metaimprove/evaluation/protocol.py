@@ -11,7 +11,6 @@ from metaimprove import seeds
 from metaimprove.errors import UserError
 from metaimprove.evaluation.baselines import training_runs
 from metaimprove.interop.sb3 import load_any_policy
-from metaimprove.operator.checkpoint import LEARNED_START_SUFFIX as LEARNED_START_SUFFIX  # research/ reads it here
 from metaimprove.operator.checkpoint import OperatorCheckpoint, learned_start_file
 from metaimprove.sim.envs import AnyTask
 from metaimprove.sim.policy import ObsNormalizer, Policy, init_params
