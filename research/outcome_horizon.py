@@ -1,11 +1,12 @@
 """Does outcome training over T applications make the operator better at the budget B, or only over T?
 
 ``metaimprove outcome`` evolves the shipped operator's weights on the return it reaches after T applications
-(default 4) relative to its teacher on the operator's batch schedule. This study applies an evolved operator on the
-8 validation tasks (``train`` 32-39) × 3 seeds at B = 61440 env steps (36 applications, warm-up included, far past T) and scores it
-per task, normalized, at 1, 2, 4 and 8 batches and at B, paired by task and seed with the shipped imitation-trained
-operator and with ``teacher_op_batch`` (both from ``results/improvement_validation.csv``, the same fresh starts and
-seeds). Writes ``results/outcome_horizon.csv``: one row per budget. Nothing is measured on test tasks.
+(default 4) relative to its teacher on the operator's batch schedule. This study applies an evolved operator on
+the 8 validation tasks (``train`` 32-39) × 3 seeds at B = 61440 env steps (36 applications, warm-up included, far
+past T) and scores it per task, normalized, at 1, 2, 4 and 8 batches and at B, paired by task and seed with the
+shipped imitation-trained operator and with ``teacher_op_batch`` (both from ``results/improvement_validation.csv``,
+the same fresh starts and seeds). Writes ``results/outcome_horizon.csv``: one row per budget. Nothing is measured
+on test tasks.
 
 The evolved operator is made by (100 generations, about an hour on 2 cores)::
 
