@@ -18,12 +18,29 @@ import torch
 import yaml
 
 from metaimprove import seeds
+from metaimprove.evaluation.apply import apply
 from metaimprove.evaluation.methods import teacher_steps
-from metaimprove.evaluation.protocol import start_policy
-from metaimprove.evaluation.stats import Curves, Estimate, RunKey, TaskScale, normalize_curves, scores_at, step_values
+from metaimprove.evaluation.plot import read_curves
+from metaimprove.evaluation.protocol import ApplyConfig, start_policy
+from metaimprove.evaluation.stats import (
+    Curves,
+    Estimate,
+    Interval,
+    RunKey,
+    TaskScale,
+    normalize_curves,
+    pair,
+    paired_difference,
+    report_budgets,
+    score_ci,
+    scores_at,
+    step_values,
+)
 from metaimprove.operator.checkpoint import DEFAULT_ASK_K, OperatorCheckpoint
+from metaimprove.operator.runtime import BatchSchedule
 from metaimprove.sim.envs import AnyTask
 from metaimprove.sim.rollout import evaluate
+from metaimprove.sim.tasks import TaskConfig
 from metaimprove.teachers import TEACHERS, Teacher
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,6 +164,34 @@ def normalized_scores(curves: Curves, budgets: list[float]) -> dict[str, dict[fl
               for r in reference_table(curves.tasks(), REFERENCE_SEEDS)}
     normalized = normalize_curves(curves, scales)
     return {m: scores_at(normalized.where(method=m), budgets) for m in curves.methods()}
+
+
+def against_validation(operator: Path, work: Path, label: str, baselines: tuple[str, ...]) -> list[dict[str, object]]:
+    """Apply ``operator`` on the validation tasks of ``results/improvement_validation.csv`` (``train`` 32-39 × 3
+    seeds, fresh starts, B) into ``work`` (a rerun reuses its finished runs), and per budget (1, 2, 4, 8 of its
+    batches and B) its mean normalized score as ``label`` and its paired difference with each committed method of
+    ``baselines``, each with a 95% CI resampling tasks, then seeds."""
+    apply(ApplyConfig(operator_path=str(operator), out=str(work), task=TaskConfig("halfcheetah_vel"), split="train",
+                      task_start=32, n_tasks=8, seeds=3, budget=BUDGET, methods=["operator"], workers=2))
+    _, ckpt = OperatorCheckpoint.load(operator)
+    batch = float(BatchSchedule.of(ckpt).batch)
+    budgets = [b for b in report_budgets(batch, BUDGET) if b <= BUDGET]
+    mine = normalized_scores(read_curves([work / "curves.csv"]), budgets)["operator"]
+    committed = normalized_scores(read_curves([RESULTS / "improvement_validation.csv"]), budgets)
+    rows: list[dict[str, object]] = []
+    for budget in budgets:
+        row: dict[str, object] = {"budget": "B" if budget == BUDGET else f"{budget / batch:g} batches",
+                                  "env_steps": int(budget), label: interval(score_ci(mine[budget]))}
+        for name in baselines:
+            row[name] = interval(score_ci(committed[name][budget]))
+            row[f"{label}_minus_{name}"] = interval(paired_difference(pair(mine[budget], committed[name][budget])))
+        rows.append(row)
+    return rows
+
+
+def interval(est: Interval) -> str:
+    """``value [lo, hi]`` with three decimals."""
+    return f"{est.value:.3f} [{est.lo:.3f}, {est.hi:.3f}]"
 
 
 def dataset_or_exit(path: Path) -> Path:
