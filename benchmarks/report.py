@@ -273,6 +273,28 @@ def _outcome_horizon() -> list[str]:
     ]
 
 
+def _agnostic_family() -> list[str]:
+    """The shape-agnostic operator against the per-family one on its own family (``research/agnostic_family.py``)."""
+    rows = _rows("agnostic_family.csv")
+    if not rows:
+        return []
+    return [
+        f"### What does a shape-agnostic operator give up on its own family? "
+        f"({_script('research/agnostic_family.py')})",
+        "",
+        *_produced("agnostic_family.csv"),
+        "The operator with `features.agnostic=true` fitted to the shipped collection, every other setting the shipped "
+        "one's, applied on validation tasks (`train` 32–39 × 3 seeds, fresh starts); mean normalized score with 95% "
+        "CIs, and paired differences by task and seed with the committed validation runs.",
+        "",
+        "| budget | agnostic | per-family | agnostic − per-family | `ars` | agnostic − `ars` |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *(f"| {r['budget']} | {r['agnostic']} | {r['operator']} | {r['agnostic_minus_operator']} | {r['ars']} | "
+          f"{r['agnostic_minus_ars']} |" for r in rows),
+        "",
+    ]
+
+
 def _step_geometry() -> list[str]:
     """The teacher's steps against a random walk, and the operator's against the teacher's
     (``research/step_geometry.py``)."""
@@ -601,7 +623,8 @@ def page() -> str:
     out += _scaling()
     for name in ABLATION_TABLES:
         out += _ablations(name)
-    out += _confirm_choice() + _learned_start() + _outcome_horizon() + _step_geometry() + _update_rules()
+    out += _confirm_choice() + _learned_start() + _outcome_horizon() + _agnostic_family() + _step_geometry()
+    out += _update_rules()
     out += _privileged_targets() + _improvement_v1()
     return "\n".join(out).rstrip() + "\n"
 
