@@ -17,6 +17,7 @@ from metaimprove.operator.features import FeatureConfig
 from metaimprove.operator.networks import ImprovementOperator, OperatorConfig
 from metaimprove.sim.envs import mujoco_log
 from metaimprove.sim.policy import PolicySpec
+from metaimprove.sim.tasks import TaskConfig
 from metaimprove.training.train import TrainConfig, train
 from tests.helpers import ORACLE_TRAIN, TINY_ARS, TINY_TEACHER, TINY_TRAIN, tiny_config
 
@@ -26,6 +27,14 @@ def reference_dataset(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """One uninterrupted tiny collection (2 workers) that the other tests compare against; do not modify."""
     out = tmp_path_factory.mktemp("reference") / "data"
     collect(tiny_config(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def hopper_dataset(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A tiny PPO collection of hopper_rand_params (obs 11, act 3: another spec than halfcheetah_vel's 17 / 6)."""
+    out = tmp_path_factory.mktemp("hopper") / "data"
+    collect(tiny_config(out, task=TaskConfig("hopper_rand_params"), n_tasks=2, seeds=1, iterations=3, workers=1))
     return out
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -29,6 +30,7 @@ from metaimprove.sim.tasks import TaskConfig
 from metaimprove.storage import meta_path
 from metaimprove.teachers import ARSConfig, PPOConfig
 from metaimprove.training.pairs import PairConfig
+from metaimprove.training.train import TrainConfig
 
 # ------------------------------------------------------------------------------------------ collections
 
@@ -79,6 +81,16 @@ ORACLE_TRAIN = {**TINY_TRAIN, "features": ORACLE, "relabel_rounds": 1, "relabel_
 # An operator checkpoint as written before task_input, es_gradient, envs and the recorded ask existed (the PPO
 # operator once shipped as results/operators/halfcheetah_vel.ppo.*).
 LEGACY_OPERATOR = pathlib.Path(__file__).resolve().parent / "fixtures" / "legacy_operator.safetensors"
+
+
+AGNOSTIC = dataclasses.replace(TINY_TRAIN["features"], agnostic=True)  # type: ignore[type-var]
+"""tiny features of a shape-agnostic operator"""
+
+
+def agnostic_train_config(datasets: list[pathlib.Path], out: pathlib.Path, **changes: object) -> TrainConfig:
+    """A tiny shape-agnostic operator's training on ``datasets`` (collections of any robots)."""
+    settings = {**TINY_TRAIN, "features": AGNOSTIC, "max_epochs": 4, "patience": 100, "batch_size": 2, **changes}
+    return TrainConfig(dataset=[str(d) for d in datasets], out=str(out), **settings)  # type: ignore[arg-type]
 
 
 def random_features(spec: PolicySpec, n: int, seed: int = 0, m: int = 16, s: int = 32) -> dict[str, torch.Tensor]:

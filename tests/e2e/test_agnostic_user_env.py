@@ -15,8 +15,7 @@ from metaimprove.evaluation.apply import apply
 from metaimprove.operator.checkpoint import OperatorCheckpoint
 from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params, load_policy, save_policy
 from metaimprove.training.train import train
-from tests.helpers import TINY_TEACHER, apply_config, curve_rows
-from tests.training.test_train_families import _config, hopper_dataset  # noqa: F401 (a fixture)
+from tests.helpers import TINY_TEACHER, agnostic_train_config, apply_config, curve_rows
 
 ENV = "Reacher-v5"
 OBS, ACT = 10, 2
@@ -25,10 +24,11 @@ ARS_BATCH = 16 * 256  # ARS's defaults (the operator learned from PPO): 8 antith
 
 
 @pytest.fixture(scope="module")
-def agnostic_operator(reference_dataset: pathlib.Path, hopper_dataset: pathlib.Path,  # noqa: F811
+def agnostic_operator(reference_dataset: pathlib.Path, hopper_dataset: pathlib.Path,
                       tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """A tiny shape-agnostic operator trained on halfcheetah_vel and hopper_rand_params collections."""
-    return train(_config([reference_dataset, hopper_dataset], tmp_path_factory.mktemp("agnostic") / "run"))
+    out = tmp_path_factory.mktemp("agnostic") / "run"
+    return train(agnostic_train_config([reference_dataset, hopper_dataset], out))
 
 
 def _policy(spec: PolicySpec, seed: int) -> Policy:

@@ -9,37 +9,21 @@ import pathlib
 import pytest
 import torch
 
-from metaimprove.data.collect import collect
 from metaimprove.errors import UserError
 from metaimprove.evaluation.apply import apply
 from metaimprove.operator.checkpoint import OperatorCheckpoint
 from metaimprove.sim.tasks import TaskConfig
 from metaimprove.storage import load_tensors
 from metaimprove.training import train as train_module
-from metaimprove.training.train import TrainConfig, train
-from tests.helpers import TINY_TRAIN, apply_config, curve_rows, tiny_config
-
-AGNOSTIC = dataclasses.replace(TINY_TRAIN["features"], agnostic=True)  # type: ignore[type-var]
-
-
-@pytest.fixture(scope="module")
-def hopper_dataset(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """A tiny PPO collection of hopper_rand_params (obs 11, act 3: another spec than halfcheetah_vel's 17 / 6)."""
-    out = tmp_path_factory.mktemp("hopper") / "data"
-    collect(tiny_config(out, task=TaskConfig("hopper_rand_params"), n_tasks=2, seeds=1, iterations=3, workers=1))
-    return out
-
-
-def _config(datasets: list[pathlib.Path], out: pathlib.Path, **changes: object) -> TrainConfig:
-    settings = {**TINY_TRAIN, "features": AGNOSTIC, "max_epochs": 4, "patience": 100, "batch_size": 2, **changes}
-    return TrainConfig(dataset=[str(d) for d in datasets], out=str(out), **settings)  # type: ignore[arg-type]
+from metaimprove.training.train import train
+from tests.helpers import TINY_TRAIN, agnostic_train_config, apply_config, curve_rows
 
 
 def test_one_operator_trains_across_two_robots_resumes_and_applies_to_either(
         reference_dataset: pathlib.Path, hopper_dataset: pathlib.Path, tmp_path: pathlib.Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     datasets = [reference_dataset, hopper_dataset]
-    whole = train(_config(datasets, tmp_path / "whole"))
+    whole = train(agnostic_train_config(datasets, tmp_path / "whole"))
     op, ckpt = OperatorCheckpoint.load(whole)
     assert ckpt.features.agnostic and ckpt.families == ["halfcheetah_vel", "hopper_rand_params"]
     assert ckpt.spec.obs_dim == 17  # built for the first dataset's spec: apply's fresh policies take its hidden sizes
@@ -58,8 +42,8 @@ def test_one_operator_trains_across_two_robots_resumes_and_applies_to_either(
     with monkeypatch.context() as patch:
         patch.setattr(train_module, "_evaluate", interrupted)
         with pytest.raises(KeyboardInterrupt):
-            train(_config(datasets, tmp_path / "part"))
-    resumed = train(_config(datasets, tmp_path / "part"))
+            train(agnostic_train_config(datasets, tmp_path / "part"))
+    resumed = train(agnostic_train_config(datasets, tmp_path / "part"))
     assert load_tensors(resumed)[0].keys() == load_tensors(whole)[0].keys()
     assert all(torch.equal(v, load_tensors(whole)[0][k]) for k, v in load_tensors(resumed)[0].items())
 
@@ -83,7 +67,7 @@ def test_unions_an_operator_cannot_take_are_refused_before_anything_is_written(
         tmp_path: pathlib.Path, union: str, changes: dict[str, object], message: str) -> None:
     other = hopper_dataset if union == "families" else ars_dataset
     with pytest.raises(UserError, match=message) as err:
-        train(_config([reference_dataset, other], tmp_path / "out", **changes))
+        train(agnostic_train_config([reference_dataset, other], tmp_path / "out", **changes))
     assert "\n" not in str(err.value) and not (tmp_path / "out").exists()
 
 
