@@ -28,13 +28,13 @@ from metaimprove.evaluation.stats import (
     Interval,
     RunKey,
     TaskScale,
+    deployed_until,
     normalize_curves,
     pair,
     paired_difference,
     report_budgets,
     score_ci,
     scores_at,
-    step_values,
 )
 from metaimprove.operator.checkpoint import DEFAULT_ASK_K, OperatorCheckpoint
 from metaimprove.operator.runtime import BatchSchedule
@@ -67,8 +67,9 @@ def finals(curves: Curves, budget: float) -> np.ndarray:
 
     A run may end before B with budget to spare but not enough for another batch (a guarded run after its
     verifications); what it deploys at B is its last policy."""
+    deployed = scores_at(deployed_until(curves, budget), [budget])[budget]
     runs = curves.runs()
-    return np.array([[step_values(s, r, [min(budget, s[-1])])[0] for _, s, r in runs[t]] for t in runs]).T
+    return np.array([[deployed[t, seed] for seed, _, _ in runs[t]] for t in runs]).T
 
 
 def fmt(est: Estimate) -> str:

@@ -61,6 +61,7 @@ from metaimprove.evaluation.stats import (
     Curves,
     Interval,
     TaskScale,
+    deployed_until,
     normalize_curves,
     pair,
     paired_difference,
@@ -68,7 +69,6 @@ from metaimprove.evaluation.stats import (
     report_budgets,
     score_ci,
     scores_at,
-    step_values,
     steps_to_best_peer,
 )
 from metaimprove.operator.checkpoint import OperatorCheckpoint
@@ -283,19 +283,6 @@ def choose_best(scores: dict[str, dict[tuple[str, int], float]]) -> str:
     return max(peers, key=lambda m: float(np.mean(list(scores[m].values()))))  # max keeps the first of equals
 
 
-def deployed_until(curves: Curves, budget: float) -> Curves:
-    """One method's ``curves`` with each run that ends before ``budget`` (its next batch would not fit) held at its
-    last return up to ``budget``: what it deploys there. Scores at budgets up to ``budget`` read from these."""
-    extra = [(t, s, r[-1]) for t, runs in curves.runs().items() for s, steps, r in runs if steps[-1] < budget]
-    if not extra:
-        return curves
-    task, seed, returns = (np.array(column) for column in zip(*extra, strict=True))
-    return Curves(np.concatenate([curves.method, np.full(len(extra), curves.method[0])]),
-                  np.concatenate([curves.task, task]), np.concatenate([curves.seed, seed.astype(np.int64)]),
-                  np.concatenate([curves.env_steps, np.full(len(extra), budget)]),
-                  np.concatenate([curves.returns, returns.astype(np.float64)]))
-
-
 @dataclasses.dataclass
 class Scored:
     """One task set's curves, normalized, with each method's scores at every budget its runs were given."""
@@ -428,8 +415,9 @@ def guard_figures(scored: Scored, budget: float, name: str) -> dict[str, str]:
         return {}
     out = {}
     for method in (OPERATOR, "operator_guarded"):
-        runs = scored.curves.where(method=method).runs()
-        below = [step_values(s, r, [min(budget, s[-1])])[0] < r[0] for t in runs for _, s, r in runs[t]]
+        curves = scored.curves.where(method=method)
+        starts, finals = scores_at(deployed_until(curves, budget), [0.0, budget]).values()
+        below = [finals[run] < starts[run] for run in finals]
         out[f"{method}_runs_below_start_{name}"] = f"{sum(below)}/{len(below)}"
     last: dict[tuple[str, str], int] = {}
     with scored.path.open() as f:

@@ -409,6 +409,21 @@ def scores_at(curves: Curves, budgets: Iterable[float]) -> dict[float, dict[RunK
     return {float(b): {key: float(v[i]) for key, v in values.items()} for i, b in enumerate(grid)}
 
 
+def deployed_until(curves: Curves, budget: float) -> Curves:
+    """One method's ``curves`` with each run that ends before ``budget`` (its next batch would not fit) held at its
+    last return up to ``budget``: what it deploys there. Scores at budgets up to ``budget`` read from these
+    (:func:`scores_at`)."""
+    extra = [(t, s, r[-1]) for t, runs in curves.runs().items() for s, steps, r in runs if steps[-1] < budget]
+    if not extra:
+        return curves
+    task, seed, returns = (np.array(column) for column in zip(*extra, strict=True))
+    return Curves(np.concatenate([curves.method, np.full(len(extra), curves.method[0])]),
+                  np.concatenate([curves.task, task]), np.concatenate([curves.seed, seed.astype(np.int64)]),
+                  np.concatenate([curves.env_steps, np.full(len(extra), budget)]),
+                  np.concatenate([curves.returns, returns.astype(np.float64)]))
+
+
+
 # ----------------------------------------------------------------------- two-level (task, seed) bootstrap
 
 

@@ -20,6 +20,7 @@ from metaimprove.evaluation.stats import (
     Curves,
     common_grid,
     curve_band,
+    deployed_until,
     iqm,
     iqm_ci,
     natural_key,
@@ -299,6 +300,16 @@ def test_scores_at_budgets_read_the_last_evaluation_at_or_before() -> None:
     assert got[10.0] == {("a", 0): 0.1, ("a", 1): pytest.approx(np.nan, nan_ok=True)}
     assert got[40.0][("a", 0)] == 0.2 and got[80.0][("a", 0)] == 0.2 and got[100.0][("a", 0)] == 0.4
     assert math.isnan(got[400.0][("a", 0)])  # the run stopped at 100: no extrapolation
+
+
+def test_a_run_that_ends_short_of_the_budget_deploys_its_last_policy_there() -> None:
+    """A run whose next batch would not fit stops early; at the budget it is read at its last return, while a run
+    that reached the budget is unchanged."""
+    curves = _curves({("op", "a", 0): [(0, 0.0), (60, 0.5)], ("op", "a", 1): [(0, 0.0), (50, 0.2), (100, 0.9)]})
+    assert math.isnan(scores_at(curves, [100.0])[100.0][("a", 0)])  # scores_at never extrapolates a stopped run
+    held = deployed_until(curves, 100.0)
+    assert scores_at(held, [100.0])[100.0] == {("a", 0): 0.5, ("a", 1): 0.9}
+    assert scores_at(held, [60.0])[60.0] == {("a", 0): 0.5, ("a", 1): 0.2}  # earlier budgets read as before
 
 
 # ----------------------------------------------------------------------------------- paired scores
