@@ -1,7 +1,7 @@
 """Hindsight improvement pairs ``(θⁿ, τⁿ, ask) → θⁿ⁺ᵏ`` from collected datasets, and the task-level validation split.
 
-Why hindsight asks, and whole tasks held out: see the design notes (docs/design.md, "Hindsight pairs and the
-ask").
+Why hindsight asks, best-policy targets and run weights, and whole tasks held out: see the design notes
+(docs/design.md, "Hindsight pairs and the ask").
 """
 
 from __future__ import annotations
@@ -36,13 +36,34 @@ class PairConfig:
     """Which hindsight pairs to build."""
 
     ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    """jump sizes k: predict θⁿ⁺ᵏ from (θⁿ, τⁿ)"""
+    """jump sizes k: predict θⁿ⁺ᵏ from (θⁿ, τⁿ) (with targets=next), and the jumps apply may ask for"""
     val_fraction: float = 0.2
     """fraction of tasks held out for validation (whole tasks, never single pairs)"""
     seed: int = 0
     """seeds the task split and the transition subsamples"""
     max_tasks: int | None = None
     """use only the runs of each dataset's first N tasks by index (a task-count scaling study); default all"""
+    targets: str = "next"
+    """what θⁿ is paired with: next (θⁿ⁺ᵏ for each k in ks), best (the highest-r̄ θ its run reached after n) or
+    best_across_seeds (the highest-r̄ θ any run of its task reached after iteration n)"""
+    weight_by_improvement: bool = False
+    """weight each pair's loss by how much its run improved (last minus first r̄, clipped at 0, mean 1 over runs)"""
+
+
+TARGETS = ("next", "best", "best_across_seeds")
+"""The kinds of target θ a source θⁿ is paired with (``pairs.targets``), each with the ask
+``[log2 jump, r̄(target) − r̄ⁿ]``:
+
+- ``next``: θⁿ⁺ᵏ of its own run for every k in ``ks`` with n + k < N (the teacher's k-step hindsight pairs).
+- ``best``: one pair per n, the θᵐ of its own run with the highest r̄ among m = n+1 .. N−1 (the earliest on a tie);
+  the jump is m − n. ``ks`` then only names the jumps apply may ask for: the checkpoint's ask quantiles for a k come
+  from the pairs whose best lay exactly k ahead.
+- ``best_across_seeds``: as ``best``, over every run of the same task in the dataset (its seeds): the highest-r̄ θᵐ
+  of any of them with m > n. The jump is m − n, the steps from n to that run's index: the same iteration count a
+  run of this teacher took to get there, so that a jump means the same in every kind of target and is never below 1
+  (a fixed code would tell the operator nothing about how far the optimum lies). A run alone in its task (and the
+  teacher runs relabeling and augmentation add) uses its own best.
+"""
 
 
 @dataclass
@@ -51,23 +72,24 @@ class Pairs:
 
     Every teacher run is a chain θ⁰ → θ¹ → … → θᴺ with the experience τⁿ each θⁿ collected. For every iteration n
     and jump k ∈ ``ks`` with n + k < N there is a pair ``(θⁿ, τⁿ, ask = [log2 k, r̄ⁿ⁺ᵏ − r̄ⁿ]) → θⁿ⁺ᵏ``, r̄ the mean
-    reward per step of a batch. The target θⁿ⁺ᵏ is folded from its own normalizer into Nⁿ⁺¹, the one the source's
-    output goes with (θⁿ's updated with τⁿ, or with ``features.n_envs`` with the subset of τⁿ's envs the operator
-    reads, while the target stays the teacher's step from the whole batch). With ``features.task_input`` each
-    encoding also carries its task's vector, and every pair comes from one task family.
+    reward per step of a batch (with ``pairs.targets`` best or best_across_seeds instead one pair per n, its target
+    the best θ reached later, see :data:`TARGETS`). The target is folded from its own normalizer into Nⁿ⁺¹, the one
+    the source's output goes with (θⁿ's updated with τⁿ, or with ``features.n_envs`` with the subset of τⁿ's envs
+    the operator reads, while the target stays the teacher's step from the whole batch). With
+    ``features.task_input`` each encoding also carries its task's vector, and every pair comes from one task family.
     """
 
     spec: PolicySpec
     items: Features
     """one encoding per (run, iteration), stacked"""
     targets: torch.Tensor
-    """[n_pairs, P] θⁿ⁺ᵏ in the coordinates of the normalizer the source's output goes with (Nⁿ⁺¹)"""
+    """[n_pairs, P] the target θ (θⁿ⁺ᵏ) in the coordinates of the normalizer the source's output goes with (Nⁿ⁺¹)"""
     source: torch.Tensor
     """[n_pairs] index into items"""
     target_item: torch.Tensor
-    """[n_pairs] index into items of θⁿ⁺ᵏ's own encoding (its states join the loss)"""
+    """[n_pairs] index into items of the target's own encoding (its states join the loss)"""
     ask: torch.Tensor
-    """[n_pairs, 2] log2 k and the achieved improvement of mean reward per step"""
+    """[n_pairs, 2] log2 of the jump to the target and the improvement of mean reward per step it achieved"""
     task_of_pair: list[str]
     """task name of each pair"""
     teacher: dict[str, Any]
@@ -76,6 +98,13 @@ class Pairs:
     """steps × environments of every τ (what the features are computed from)"""
     task_family: str | None = None
     """with ``features.task_input``: the family whose task vectors the items carry (None otherwise)"""
+    run_weight: torch.Tensor | None = None
+    """[n_pairs] the loss weight of each pair's run (``pairs.weight_by_improvement``); None: every pair weighs 1"""
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """``[n_pairs]`` each pair's run weight (ones without ``run_weight``)."""
+        return torch.ones(len(self.source)) if self.run_weight is None else self.run_weight
 
     def select(self, tasks: set[str]) -> torch.Tensor:
         """Indices of the pairs whose task is in ``tasks``."""
@@ -100,10 +129,36 @@ def _experience(t: dict[str, torch.Tensor], n: int) -> Experience:
     )
 
 
-def run_pairs(t: dict[str, torch.Tensor], meta: dict[str, Any], config: PairConfig, features: FeatureConfig,
-              generator: torch.Generator) -> Pairs:
-    """Encode one teacher run (shard tensors ``t`` and meta, see :mod:`metaimprove.data.collect`) and enumerate its
-    hindsight pairs; the run may be too short for any k (then it has no pairs)."""
+@dataclass
+class EncodedRun:
+    """One teacher run θ⁰ → … → θᴺ⁻¹ encoded: its items and what pairs with it as source or target are made of."""
+
+    spec: PolicySpec
+    task: Task
+    teacher: dict[str, Any]
+    """the teacher (name, config) that produced it"""
+    items: Features
+    """one encoding per iteration n < N"""
+    theta: torch.Tensor
+    """[≥ N, P] its θs, each in the coordinates of its own normalizer"""
+    norms: list[ObsNormalizer]
+    """each θⁿ's normalizer"""
+    outputs: list[ObsNormalizer]
+    """the normalizer each θⁿ's operator output goes with (Nⁿ⁺¹, or θⁿ's updated with the envs the operator reads)"""
+    reward_rate: torch.Tensor
+    """[N] mean reward per step of each batch (float64)"""
+    batch_shape: tuple[int, ...]
+    """steps × environments of every τ the operator reads"""
+
+    @property
+    def improvement(self) -> float:
+        """How much the run improved: its last batch's r̄ minus its first's, clipped at 0."""
+        return max(0.0, float(self.reward_rate[-1] - self.reward_rate[0]))
+
+
+def encode_run(t: dict[str, torch.Tensor], meta: dict[str, Any], features: FeatureConfig,
+               generator: torch.Generator) -> EncodedRun:
+    """Encode one teacher run (shard tensors ``t`` and meta, see :mod:`metaimprove.data.collect`)."""
     spec = PolicySpec.from_dict(meta["policy_spec"])
     n_iter = t["reward"].shape[0]
     # With its count: encode folds τ into each normalizer, weighting it against what θⁿ's normalizer has seen.
@@ -119,29 +174,67 @@ def run_pairs(t: dict[str, torch.Tensor], meta: dict[str, Any], config: PairConf
         exps = [env_subset(exp, features.n_envs, generator) for exp in exps]
         outputs = [next_normalizer(policy, exp) for policy, exp in zip(policies, exps, strict=True)]
     items = [encode(policy, exp, features, generator, task) for policy, exp in zip(policies, exps, strict=True)]
-    reward_rate = t["reward"].double().mean(dim=(1, 2))
-    name = task.name
-    targets, source, target_item, ask = [], [], [], []
-    for n in range(n_iter):
-        for k in config.ks:
-            if n + k >= n_iter:
-                continue
-            source.append(n)
-            target_item.append(n + k)
-            targets.append(fold_normalizer(spec, t["theta"][n + k].double(), norms[n + k], outputs[n]).float())
-            ask.append((math.log2(k), float(reward_rate[n + k] - reward_rate[n])))
+    return EncodedRun(spec=spec, task=task, teacher=meta["teacher"], items=stack(items), theta=t["theta"],
+                      norms=norms, outputs=outputs, reward_rate=t["reward"].double().mean(dim=(1, 2)),
+                      batch_shape=(t["reward"].shape[1], features.n_envs or t["reward"].shape[2]))
+
+
+def _targets(runs: list[EncodedRun], i: int, n: int, peers: list[int], config: PairConfig) -> list[tuple[int, int]]:
+    """The targets ``(run, iteration)`` of source θⁿ of ``runs[i]`` (see :data:`TARGETS`); ``peers``: the runs of
+    its task that ``best_across_seeds`` searches."""
+    n_iter = len(runs[i].reward_rate)
+    if config.targets == "next":
+        return [(i, n + k) for k in config.ks if n + k < n_iter]
+    searched = peers if config.targets == "best_across_seeds" else [i]
+    later = [(float(runs[j].reward_rate[m]), -m, j) for j in searched for m in range(n + 1, len(runs[j].reward_rate))]
+    if not later:
+        return []
+    _, earliest, j = max(later)
+    return [(j, -earliest)]
+
+
+def runs_pairs(runs: list[EncodedRun], config: PairConfig, features: FeatureConfig) -> Pairs:
+    """The pairs of ``runs`` (of one policy spec) under ``config.targets``, one item per iteration of each run in
+    order; ``best_across_seeds`` searches the runs here of each run's task. Runs too short have no pairs."""
+    spec = runs[0].spec
+    peers: dict[str, list[int]] = {}
+    for i, run in enumerate(runs):
+        peers.setdefault(run.task.name, []).append(i)
+    offsets = np.cumsum([0] + [len(run.reward_rate) for run in runs[:-1]]).tolist()
+    gains = [run.improvement for run in runs]
+    scale = sum(gains) / len(gains)
+    targets, source, target_item, ask, task_of_pair, run_weight = [], [], [], [], [], []
+    for i, run in enumerate(runs):
+        for n in range(len(run.reward_rate)):
+            for j, m in _targets(runs, i, n, peers[run.task.name], config):
+                source.append(offsets[i] + n)
+                target_item.append(offsets[j] + m)
+                target = fold_normalizer(spec, runs[j].theta[m].double(), runs[j].norms[m], run.outputs[n])
+                targets.append(target.float())
+                ask.append((math.log2(m - n), float(runs[j].reward_rate[m] - run.reward_rate[n])))
+                task_of_pair.append(run.task.name)
+                run_weight.append(gains[i] / scale if scale > 0 else 1.0)
     return Pairs(
         spec=spec,
-        items=stack(items),
+        items={key: torch.cat([run.items[key] for run in runs]) for key in runs[0].items},
         targets=torch.stack(targets) if targets else torch.zeros(0, spec.n_params),
         source=torch.tensor(source, dtype=torch.long),
         target_item=torch.tensor(target_item, dtype=torch.long),
         ask=torch.tensor(ask, dtype=torch.float32).reshape(-1, 2),
-        task_of_pair=[name] * len(source),
-        teacher=meta["teacher"],
-        batch_shape=(t["reward"].shape[1], features.n_envs or t["reward"].shape[2]),
-        task_family=task.family if features.task_input else None,
+        task_of_pair=task_of_pair,
+        teacher=runs[0].teacher,
+        batch_shape=runs[0].batch_shape,
+        task_family=runs[0].task.family if features.task_input else None,
+        run_weight=torch.tensor(run_weight, dtype=torch.float32) if config.weight_by_improvement else None,
     )
+
+
+def run_pairs(t: dict[str, torch.Tensor], meta: dict[str, Any], config: PairConfig, features: FeatureConfig,
+              generator: torch.Generator) -> Pairs:
+    """Encode one teacher run (shard tensors ``t`` and meta, see :mod:`metaimprove.data.collect`) and enumerate its
+    pairs (a run alone: ``best_across_seeds`` is its own best, and with ``weight_by_improvement`` it weighs 1); the
+    run may be too short for any (then it has none)."""
+    return runs_pairs([encode_run(t, meta, features, generator)], config, features)
 
 
 def concat_pairs(parts: list[Pairs]) -> Pairs:
@@ -167,11 +260,14 @@ def concat_pairs(parts: list[Pairs]) -> Pairs:
         teacher=first.teacher,
         batch_shape=first.batch_shape,
         task_family=first.task_family,
+        run_weight=None if all(p.run_weight is None for p in parts) else torch.cat([p.weight for p in parts]),
     )
 
 
 def build_pairs(dataset: str | Path, config: PairConfig, features: FeatureConfig) -> Pairs:
     """Read every shard of ``dataset``, encode each (θⁿ, τⁿ) and enumerate the hindsight pairs."""
+    if config.targets not in TARGETS:
+        raise UserError(f"pairs.targets={config.targets} is not a kind of target; give one of {list(TARGETS)}")
     entries = load_manifest(dataset)
     if not entries:
         raise UserError(f"dataset {dataset} has no shards; run `metaimprove collect out={dataset}` first")
@@ -182,17 +278,21 @@ def build_pairs(dataset: str | Path, config: PairConfig, features: FeatureConfig
                             f"give 1 .. {len(indices)}")
         kept = set(indices[:config.max_tasks])
         entries = [e for e in entries if int(e["task"]["index"]) in kept]
+    if config.targets == "best_across_seeds" and len(entries) == len({e["task_name"] for e in entries}):
+        raise UserError(f"pairs.targets=best_across_seeds compares the seeds of a task, but dataset {dataset} holds "
+                        "one run per task; use pairs.targets=best or collect several seeds")
     generator = torch.Generator().manual_seed(config.seed)
-    parts: list[Pairs] = []
+    runs: list[EncodedRun] = []
     for entry in entries:
-        part = run_pairs(*load_shard(dataset, entry), config, features, generator)
-        if parts and part.spec != parts[0].spec:
-            raise UserError(f"shard {entry['shard']} has policy spec {part.spec}, others have {parts[0].spec}; "
+        run = encode_run(*load_shard(dataset, entry), features, generator)
+        if runs and run.spec != runs[0].spec:
+            raise UserError(f"shard {entry['shard']} has policy spec {run.spec}, others have {runs[0].spec}; "
                             "one operator serves one policy architecture")
-        parts.append(part)
-    pairs = concat_pairs(parts)
+        runs.append(run)
+    pairs = runs_pairs(runs, config, features)
     if not len(pairs.source):
-        raise UserError(f"dataset {dataset} has runs too short for any k in {config.ks}; collect more iterations")
+        jumps = f"any k in {config.ks}" if config.targets == "next" else "a later iteration"
+        raise UserError(f"dataset {dataset} has runs too short for {jumps}; collect more iterations")
     return pairs
 
 
@@ -222,6 +322,11 @@ class PairGroups:
     def ask(self) -> torch.Tensor:
         """``[n_pairs, 2]`` every pair's ask."""
         return torch.cat([g.ask for g in self.groups])
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """``[n_pairs]`` every pair's run weight."""
+        return torch.cat([g.weight for g in self.groups])
 
     @property
     def task_of_pair(self) -> list[str]:

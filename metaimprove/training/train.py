@@ -58,6 +58,10 @@ ROW_FIELDS = ("epoch", "train_loss", "val_loss", "val_identity_loss", "seconds")
 """the columns of :func:`fit`'s per-epoch metrics; ``metrics.csv`` adds the relabel round in front"""
 # Settings that decide where a fit runs and what it reports, never what it computes: a resumed fit may change them.
 EXECUTION_SETTINGS = ("out", "logger", "device")
+LATER_SETTINGS = {("features", "agnostic"): False, ("pairs", "targets"): "next",
+                  ("pairs", "weight_by_improvement"): False}
+"""settings added after training states were first saved, with their defaults: left out of a state's settings at
+those defaults, so that a state saved before one existed still resumes"""
 
 
 @dataclass
@@ -227,17 +231,18 @@ def grouped(pairs: Pairs | PairGroups) -> PairGroups:
 
 
 def pair_weights(pairs: Pairs | PairGroups, train_idx: torch.Tensor, config: TrainConfig) -> torch.Tensor:
-    """Per-pair loss weights ``[n_pairs]``: ones, or with ``normalize_by_k`` one over the mean θ'=θ loss of the
-    pair's k on the training pairs (every k then weighs the same however far its targets lie)."""
+    """Per-pair loss weights ``[n_pairs]``: each pair's run weight (ones unless ``pairs.weight_by_improvement``),
+    with ``normalize_by_k`` over the mean θ'=θ loss of the pair's k on the training pairs (every k then weighs the
+    same however far its targets lie)."""
     pairs = grouped(pairs)
-    weight = torch.ones(len(pairs.task_of_pair))
+    weight = pairs.weight.clone()
     if not config.normalize_by_k or len(train_idx) == 0:
         return weight
     identity = _identity_losses(pairs, train_idx, config)
     log_k = pairs.ask[:, 0]
     for value in log_k[train_idx].unique():
         scale = identity[log_k[train_idx] == value].mean().clamp_min(1e-8)
-        weight[log_k == value] = 1.0 / float(scale)
+        weight[log_k == value] *= 1.0 / float(scale)
     return weight
 
 
@@ -419,8 +424,9 @@ class _LastState:
         self.path = path
         self.settings = plain_json({k: v for k, v in dataclasses.asdict(config).items()
                                     if k not in EXECUTION_SETTINGS})
-        if not config.features.agnostic:  # unset, as in the states saved before the setting existed: they resume
-            del self.settings["features"]["agnostic"]
+        for (section, key), default in LATER_SETTINGS.items():
+            if self.settings[section][key] == default:  # unset, as in the states saved before it existed: they resume
+                del self.settings[section][key]
 
     def save(self, state: FitState, op: ImprovementOperator, best: dict[str, Any]) -> None:
         """Write the state after an epoch (atomically)."""
