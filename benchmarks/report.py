@@ -273,24 +273,24 @@ def _outcome_horizon() -> list[str]:
     ]
 
 
-def _agnostic_family() -> list[str]:
-    """The shape-agnostic operator against the per-family one on its own family (``research/agnostic_family.py``)."""
-    rows = _rows("agnostic_family.csv")
+def _operator_variants() -> list[str]:
+    """Variants of the shipped operator's fit against it on its own family (``research/operator_variants.py``)."""
+    rows = _rows("operator_variants.csv")
     if not rows:
         return []
     return [
-        f"### What does a shape-agnostic operator give up on its own family? "
-        f"({_script('research/agnostic_family.py')})",
+        f"### What do variants of the operator's fit give on its own family? "
+        f"({_script('research/operator_variants.py')})",
         "",
-        *_produced("agnostic_family.csv"),
-        "The operator with `features.agnostic=true` fitted to the shipped collection, every other setting the shipped "
-        "one's, applied on validation tasks (`train` 32–39 × 3 seeds, fresh starts); mean normalized score with 95% "
-        "CIs, and paired differences by task and seed with the committed validation runs.",
+        *_produced("operator_variants.csv"),
+        "Each variant fitted to the shipped collection with one setting changed, applied on validation tasks (`train` "
+        "32–39 × 3 seeds, fresh starts); mean normalized score with 95% CIs, and paired differences by task and seed "
+        "with the committed validation runs of the shipped operator and ARS.",
         "",
-        "| budget | agnostic | per-family | agnostic − per-family | `ars` | agnostic − `ars` |",
-        "| --- | --- | --- | --- | --- | --- |",
-        *(f"| {r['budget']} | {r['agnostic']} | {r['operator']} | {r['agnostic_minus_operator']} | {r['ars']} | "
-          f"{r['agnostic_minus_ars']} |" for r in rows),
+        "| variant | budget | variant's score | shipped | variant − shipped | `ars` | variant − `ars` |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *(f"| `{r['variant']}` (`{r['setting']}`) | {r['budget']} | {r['score']} | {r['operator']} | "
+          f"{r['score_minus_operator']} | {r['ars']} | {r['score_minus_ars']} |" for r in rows),
         "",
     ]
 
@@ -623,7 +623,7 @@ def page() -> str:
     out += _scaling()
     for name in ABLATION_TABLES:
         out += _ablations(name)
-    out += _confirm_choice() + _learned_start() + _outcome_horizon() + _agnostic_family() + _step_geometry()
+    out += _confirm_choice() + _learned_start() + _outcome_horizon() + _operator_variants() + _step_geometry()
     out += _update_rules()
     out += _privileged_targets() + _improvement_v1()
     return "\n".join(out).rstrip() + "\n"
