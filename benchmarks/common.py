@@ -40,7 +40,7 @@ from metaimprove.operator.checkpoint import DEFAULT_ASK_K, OperatorCheckpoint
 from metaimprove.operator.runtime import BatchSchedule
 from metaimprove.sim.envs import AnyTask
 from metaimprove.sim.rollout import evaluate
-from metaimprove.sim.tasks import TaskConfig
+from metaimprove.sim.tasks import TaskConfig, get_family
 from metaimprove.teachers import TEACHERS, Teacher
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,16 +96,40 @@ def describe_collection(config: dict) -> str:
     return f"{text} ({teacher['n_directions']} directions × {teacher['n_steps']} steps)"
 
 
+def shipped_collection(family: str) -> dict:
+    """The collection config of ``family``'s shipped operator, ``results/operators/<family>.collect.yaml``."""
+    return yaml.safe_load((OPERATORS / f"{family}.collect.yaml").read_text())
+
+
+def validation_start(family: str = "halfcheetah_vel") -> int:
+    """The first validation task of ``family``: the first ``train`` index after its shipped operator's collection
+    (train tasks 0-31 for ``halfcheetah_vel``), so that no shipped collection holds a validation task."""
+    config = shipped_collection(family)
+    if config["split"] != "train":
+        raise SystemExit(f"{family}'s shipped collection holds {config['split']} tasks, not train tasks")
+    return int(config["start"]) + int(config["n_tasks"])
+
+
 def collect_command(family: str = "halfcheetah_vel", out: str = "<dir>") -> str:
     """The ``metaimprove collect`` command that recreates the shipped operator's training data (from its
     collection config, ``results/operators/<family>.collect.yaml``)."""
-    config = yaml.safe_load((OPERATORS / f"{family}.collect.yaml").read_text())
+    config = shipped_collection(family)
     name = config["teacher_name"]
     # Only the teacher settings that differ from its defaults, so the command stays as short as it can be.
     default = dataclasses.asdict(TEACHERS[name][0]())
     changed = "".join(f" teacher.{k}={v}" for k, v in config["teacher"].items() if default.get(k) != v)
     return (f"metaimprove collect teacher={name}{changed} task={family} n_tasks={config['n_tasks']} "
             f"seeds={config['seeds']} iterations={config['iterations']} out={out}")
+
+
+def family_budget(family: str, operator: Path | None = None) -> int:
+    """B of ``family``'s held-out comparisons, in env steps: :data:`BUDGET` for ``halfcheetah_vel``, else its
+    pipeline's applications (``tasks/<family>.yaml``) × the batch of ``operator`` (default: the family's shipped one),
+    as ``benchmarks/families.py`` applies it."""
+    if family == "halfcheetah_vel":
+        return BUDGET
+    _, ckpt = OperatorCheckpoint.load(OPERATORS / f"{family}.safetensors" if operator is None else operator)
+    return get_family(family).pipeline_sizes()["applications"] * BatchSchedule.of(ckpt).batch
 
 
 EVAL_EPISODES = 8
@@ -119,7 +143,7 @@ def fresh_start_run(teacher: Teacher, ckpt: OperatorCheckpoint, task: AnyTask, s
     if task.name in ckpt.tasks:
         raise SystemExit(f"{task.name} is one of the operator's training tasks")
     torch.set_num_threads(1)
-    start = start_policy(ckpt, seed)
+    start = start_policy(ckpt.on(task), seed)  # a shape-agnostic operator's fresh policies take the task's sizes
     *_, last = teacher_steps(teacher, task, start, seed, budget, [])
     return (evaluate(start, task, EVAL_EPISODES, seed=seeds.evaluation(seed)),
             evaluate(last.policy, task, EVAL_EPISODES, seed=seeds.evaluation(seed)))
@@ -133,18 +157,19 @@ REFERENCE_SEEDS = 3
 """the seeds of each reference method per task (0, 1, 2): a task's start and reference returns are their means"""
 
 
-def reference_table(tasks: list[str], n_seeds: int) -> list[dict[str, object]]:
+def reference_table(tasks: list[str], n_seeds: int, runs_file: Path = REFERENCE_RUNS) -> list[dict[str, object]]:
     """Per task of ``tasks``: the mean start return over seeds 0 .. n_seeds - 1 (score 0) and the best reference
-    method's mean final return (score 1), from ``results/references_runs.csv``; exits naming the tasks it lacks."""
+    method's mean final return (score 1), from ``runs_file`` (``benchmarks/references.py``'s long runs); exits naming
+    the tasks it lacks."""
     runs: list[dict[str, str]] = []
-    if REFERENCE_RUNS.exists():
-        with REFERENCE_RUNS.open() as f:
+    if runs_file.exists():
+        with runs_file.open() as f:
             runs = [r for r in csv.DictReader(f) if int(r["seed"]) < n_seeds]
     have = {(r["task"], r["method"]) for r in runs}
     counts = {key: sum(1 for r in runs if (r["task"], r["method"]) == key) for key in have}
     missing = [t for t in tasks if any(counts.get((t, m), 0) < n_seeds for m in REFERENCE_METHODS)]
     if missing:
-        raise SystemExit(f"{REFERENCE_RUNS} lacks reference runs of {len(missing)} tasks ({', '.join(missing[:3])}"
+        raise SystemExit(f"{runs_file} lacks reference runs of {len(missing)} tasks ({', '.join(missing[:3])}"
                          f"{', ...' if len(missing) > 3 else ''}): run benchmarks/references.py for them")
     rows = []
     for task in tasks:
@@ -158,13 +183,51 @@ def reference_table(tasks: list[str], n_seeds: int) -> list[dict[str, object]]:
     return rows
 
 
-def normalized_scores(curves: Curves, budgets: list[float]) -> dict[str, dict[float, dict[RunKey, float]]]:
-    """Per method of ``curves``, each run's normalized score (:func:`reference_table`'s scales: 0 the task's start
-    return, 1 its reference return) at each of ``budgets``: its last evaluation at or before it."""
+def normalized_scores(curves: Curves, budgets: list[float],
+                      runs_file: Path = REFERENCE_RUNS) -> dict[str, dict[float, dict[RunKey, float]]]:
+    """Per method of ``curves``, each run's normalized score (:func:`reference_table`'s scales from ``runs_file``: 0
+    the task's start return, 1 its reference return) at each of ``budgets``: its last evaluation at or before it."""
     scales = {str(r["task"]): TaskScale(float(str(r["start"])), float(str(r["reference"])))
-              for r in reference_table(curves.tasks(), REFERENCE_SEEDS)}
+              for r in reference_table(curves.tasks(), REFERENCE_SEEDS, runs_file)}
     normalized = normalize_curves(curves, scales)
     return {m: scores_at(normalized.where(method=m), budgets) for m in curves.methods()}
+
+
+def apply_on_validation(operator: Path, work: Path, family: str = "halfcheetah_vel", methods: tuple[str, ...] = (
+        "operator",), n_tasks: int = 8, seeds: int = 3, budget: int = BUDGET, workers: int = 2) -> Path:
+    """Apply ``operator`` with ``methods`` on ``family``'s first ``n_tasks`` validation tasks (``train`` tasks from
+    :func:`validation_start` on) × ``seeds`` from fresh starts for ``budget`` env steps, into ``work`` (a rerun reuses
+    its finished runs); its curves file."""
+    apply(ApplyConfig(operator_path=str(operator), out=str(work), task=TaskConfig(family), split="train",
+                      task_start=validation_start(family), n_tasks=n_tasks, seeds=seeds, budget=budget,
+                      methods=list(methods), workers=workers))
+    return work / "curves.csv"
+
+
+def scored_budgets(batch: float, budget: float) -> list[float]:
+    """The budgets a validation comparison reports: 1, 2, 4 and 8 batches of ``batch`` env steps up to B, and B."""
+    return [b for b in report_budgets(batch, budget) if b <= budget]
+
+
+def budget_label(env_steps: float, batch: float, budget: float) -> str:
+    """``B`` or ``<n> batches``."""
+    return "B" if env_steps == budget else f"{env_steps / batch:g} batches"
+
+
+def paired_rows(mine: dict[float, dict[RunKey, float]], label: str,
+                baselines: dict[str, dict[float, dict[RunKey, float]]], batch: float,
+                budget: float) -> list[dict[str, object]]:
+    """Per budget of ``mine`` (one method's normalized scores, :func:`scored_budgets`): its mean score as ``label``,
+    and each baseline's with ``label``'s paired difference to it, each with a 95% CI resampling tasks, then seeds."""
+    rows: list[dict[str, object]] = []
+    for at in mine:
+        row: dict[str, object] = {"budget": budget_label(at, batch, budget), "env_steps": int(at),
+                                  label: interval(score_ci(mine[at]))}
+        for name, scores in baselines.items():
+            row[name] = interval(score_ci(scores[at]))
+            row[f"{label}_minus_{name}"] = interval(paired_difference(pair(mine[at], scores[at])))
+        rows.append(row)
+    return rows
 
 
 def against_validation(operator: Path, work: Path, label: str, baselines: tuple[str, ...]) -> list[dict[str, object]]:
@@ -172,22 +235,13 @@ def against_validation(operator: Path, work: Path, label: str, baselines: tuple[
     seeds, fresh starts, B) into ``work`` (a rerun reuses its finished runs), and per budget (1, 2, 4, 8 of its
     batches and B) its mean normalized score as ``label`` and its paired difference with each committed method of
     ``baselines``, each with a 95% CI resampling tasks, then seeds."""
-    apply(ApplyConfig(operator_path=str(operator), out=str(work), task=TaskConfig("halfcheetah_vel"), split="train",
-                      task_start=32, n_tasks=8, seeds=3, budget=BUDGET, methods=["operator"], workers=2))
+    curves = apply_on_validation(operator, work)
     _, ckpt = OperatorCheckpoint.load(operator)
     batch = float(BatchSchedule.of(ckpt).batch)
-    budgets = [b for b in report_budgets(batch, BUDGET) if b <= BUDGET]
-    mine = normalized_scores(read_curves([work / "curves.csv"]), budgets)["operator"]
+    budgets = scored_budgets(batch, BUDGET)
+    mine = normalized_scores(read_curves([curves]), budgets)["operator"]
     committed = normalized_scores(read_curves([RESULTS / "improvement_validation.csv"]), budgets)
-    rows: list[dict[str, object]] = []
-    for budget in budgets:
-        row: dict[str, object] = {"budget": "B" if budget == BUDGET else f"{budget / batch:g} batches",
-                                  "env_steps": int(budget), label: interval(score_ci(mine[budget]))}
-        for name in baselines:
-            row[name] = interval(score_ci(committed[name][budget]))
-            row[f"{label}_minus_{name}"] = interval(paired_difference(pair(mine[budget], committed[name][budget])))
-        rows.append(row)
-    return rows
+    return paired_rows(mine, label, {name: committed[name] for name in baselines}, batch, BUDGET)
 
 
 def interval(est: Interval) -> str:

@@ -32,12 +32,10 @@ import time
 from pathlib import Path
 
 import yaml
-from common import OPERATORS, RESULTS, describe_collection, finals, fmt, verdict
+from common import OPERATORS, RESULTS, describe_collection, family_budget, finals, fmt, verdict
 
 from metaimprove.evaluation.plot import plot_curves, read_curves, select_splits
 from metaimprove.evaluation.stats import Curves, common_grid, curve_band, iqm_ci, reach_ratio
-from metaimprove.operator.checkpoint import OperatorCheckpoint
-from metaimprove.operator.runtime import BatchSchedule
 from metaimprove.sim.tasks import load_families
 from metaimprove.storage import atomic_write_csv
 from metaimprove.teachers import TEACHERS
@@ -80,9 +78,7 @@ def run_family(family: str, teacher: str, scratch: Path) -> dict[str, str]:
         shutil.copy(out / "operator" / f"operator{suffix}", OPERATORS / f"{family}{suffix}")
     shutil.copy(out / "dataset" / "config.yaml", OPERATORS / f"{family}.collect.yaml")
     shutil.copy(out / "apply" / "curves.csv", FAMILIES / f"{family}.csv")
-    _, ckpt = OperatorCheckpoint.load(out / "operator" / "operator.safetensors")
-    sizes = load_families()[family].pipeline_sizes()
-    budget = float(sizes["applications"] * BatchSchedule.of(ckpt).batch)
+    budget = float(family_budget(family, out / "operator" / "operator.safetensors"))
     curves = read_curves([FAMILIES / f"{family}.csv"])
     plot_curves(curves, FAMILIES / f"{family}.png", budget=budget)
     return {"family": family, **family_row(curves, budget),
