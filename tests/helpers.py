@@ -19,6 +19,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import pytest
 import torch
 
 from metaimprove.data.collect import CollectConfig
@@ -29,6 +30,7 @@ from metaimprove.sim.policy import PolicySpec, init_params
 from metaimprove.sim.tasks import TaskConfig
 from metaimprove.storage import meta_path
 from metaimprove.teachers import ARSConfig, PPOConfig
+from metaimprove.training import train as train_module
 from metaimprove.training.pairs import PairConfig
 from metaimprove.training.train import TrainConfig
 
@@ -91,6 +93,25 @@ def agnostic_train_config(datasets: list[pathlib.Path], out: pathlib.Path, **cha
     """A tiny shape-agnostic operator's training on ``datasets`` (collections of any robots)."""
     settings = {**TINY_TRAIN, "features": AGNOSTIC, "max_epochs": 4, "patience": 100, "batch_size": 2, **changes}
     return TrainConfig(dataset=[str(d) for d in datasets], out=str(out), **settings)  # type: ignore[arg-type]
+
+
+def train_interrupted_then_resumed(config: TrainConfig, monkeypatch: pytest.MonkeyPatch,
+                                   interrupt_at: int) -> pathlib.Path:
+    """``config``'s training stopped by a KeyboardInterrupt in epoch ``interrupt_at`` (counted from 1), then the same
+    command again: the resumed run's checkpoint."""
+    real, epochs = train_module._evaluate, []
+
+    def interrupted(*args: object, **kwargs: object) -> float:
+        epochs.append(1)
+        if len(epochs) == interrupt_at:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "_evaluate", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train_module.train(config)
+    return train_module.train(config)
 
 
 def random_features(spec: PolicySpec, n: int, seed: int = 0, m: int = 16, s: int = 32) -> dict[str, torch.Tensor]:

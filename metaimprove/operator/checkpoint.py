@@ -288,6 +288,8 @@ def _checkpoint_from_meta(meta: dict[str, Any]) -> OperatorCheckpoint:
     for name, size in sizes.items():
         if not 1 <= size <= 65536:
             raise ValueError(f"operator.{name} must be in [1, 65536], got {size}")
+    if not 0 <= operator.memory <= 65536:
+        raise ValueError(f"operator.memory must be in [0, 65536], got {operator.memory}")
     if not operator.step_scale > 0:
         raise ValueError(f"operator.step_scale must be > 0, got {operator.step_scale}")
     # Checkpoints written before the setting was named n_envs (the shipped ones among them) call it envs.

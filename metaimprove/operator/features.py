@@ -309,6 +309,27 @@ def env_subset(exp: Experience, n: int, generator: torch.Generator) -> Experienc
                       perturbation=None if exp.perturbation is None else exp.perturbation[index])
 
 
+MEMORY_INPUTS = 6
+"""width of one application's summary (:func:`application_summary`), what an operator's memory reads"""
+
+
+def application_summary(returns: torch.Tensor, grad_log_norm: torch.Tensor, step: torch.Tensor,
+                        previous_step: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """What an operator's memory (``operator.memory``) reads of application ``n`` (batched over leading dims):
+    τⁿ's ``returns`` (mean and spread of reward per step) and ``grad_log_norm`` (:data:`Features`), the log RMS of
+    the step it took, Δθ = θⁿ⁺¹ − θⁿ (in N' coordinates), the cosine of Δθ with the previous application's step
+    (0 at the first, whose previous step is zeros) and log(1 + n): ``[..., MEMORY_INPUTS]``.
+
+    Training computes it from the teacher's steps and apply from the operator's own, with this one function, so
+    that both mean the same; why these and not the fraction of the budget: see the design notes (docs/design.md,
+    "Memory across applications")."""
+    rms = step.square().mean(-1, keepdim=True).sqrt()
+    cos = (step * previous_step).sum(-1, keepdim=True) / (
+        step.norm(dim=-1, keepdim=True) * previous_step.norm(dim=-1, keepdim=True) + 1e-12)
+    return torch.cat([returns, grad_log_norm, torch.log(rms.clamp_min(1e-8)), cos,
+                      torch.log1p(n.float()).unsqueeze(-1)], dim=-1)
+
+
 def normalize_states(raw: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """Raw observations ``[B, S, obs]`` normalized by per-row statistics ``[B, obs]`` (clipped as the policy does)."""
     return ((raw - mean.unsqueeze(-2)) / std.unsqueeze(-2)).clamp(-OBS_CLIP, OBS_CLIP)

@@ -18,6 +18,7 @@ from torch import nn
 from metaimprove.errors import UserError
 from metaimprove.operator.features import (
     ENV_STATS,
+    MEMORY_INPUTS,
     SNR_CLIP,
     Features,
     transition_dim,
@@ -42,6 +43,9 @@ class OperatorConfig:
     """size of each role embedding (block, input unit, output unit)"""
     step_scale: float = 0.05
     """multiplies the network's output to give Δθ (keeps early training near θ' = θ)"""
+    memory: int = 0
+    """width of a recurrent state carried from one application to the next, a GRU over each application's summary
+    that joins the context (0: none, every application on its own)"""
 
 
 def _mlp(sizes: list[int], final_zero: bool = False) -> nn.Sequential:
@@ -58,22 +62,52 @@ def _mlp(sizes: list[int], final_zero: bool = False) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class ApplicationMemory(nn.Module):
+    """The operator's memory across applications: h₀ = 0 and hₙ₊₁ = GRU(sₙ, hₙ), sₙ application n's
+    :func:`~metaimprove.operator.features.application_summary`; application n reads hₙ."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.width = width
+        self.cell = nn.GRUCell(MEMORY_INPUTS, width)
+
+    def initial(self, batch: int) -> torch.Tensor:
+        """h₀ ``[batch, width]``."""
+        return torch.zeros(batch, self.width, device=self.cell.weight_ih.device)
+
+    def forward(self, summary: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """hₙ₊₁ ``[B, width]`` from sₙ ``[B, MEMORY_INPUTS]`` and hₙ."""
+        return self.cell(summary, state)
+
+    def unroll(self, summaries: torch.Tensor) -> torch.Tensor:
+        """h₀ … h_{L−1} ``[B, L, width]`` of runs whose applications had ``summaries [B, L, MEMORY_INPUTS]`` (the
+        last summary is not read: no application of the window comes after it)."""
+        states = [self.initial(len(summaries))]
+        for n in range(summaries.shape[1] - 1):
+            states.append(self(summaries[:, n], states[-1]))
+        return torch.stack(states, dim=1)
+
+
 class ContextEncoder(nn.Module):
-    """τ, the ask (and the task's vector, ``task_dim`` wide, if any) → a context vector: a DeepSets encoder (mean
-    and max pool) over transitions (``agnostic``: their robot-independent statistics, see
-    :data:`~metaimprove.operator.features.Features`)."""
+    """τ, the ask (the task's vector, ``task_dim`` wide, and the memory state, ``memory`` wide, if any) → a context
+    vector: a DeepSets encoder (mean and max pool) over transitions (``agnostic``: their robot-independent
+    statistics, see :data:`~metaimprove.operator.features.Features`)."""
 
     def __init__(self, spec: PolicySpec, config: OperatorConfig, task_dim: int = 0, agnostic: bool = False) -> None:
         super().__init__()
         h = config.hidden
         self.task_dim = task_dim
         self.point = _mlp([transition_dim(spec, agnostic), h, h])
-        self.head = _mlp([2 * h + 2 + 1 + ASK_DIM + task_dim, h, config.context_dim])
+        self.head = _mlp([2 * h + 2 + 1 + ASK_DIM + task_dim + config.memory, h, config.context_dim])
 
-    def forward(self, feats: Features, ask: torch.Tensor) -> torch.Tensor:
+    def forward(self, feats: Features, ask: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
         h = self.point(feats["transitions"])
         parts = [h.mean(-2), h.amax(-2), feats["returns"], feats["grad_log_norm"], ask]
-        return self.head(torch.cat([*parts, feats["task"]] if self.task_dim else parts, dim=-1))
+        if self.task_dim:
+            parts.append(feats["task"])
+        if memory is not None:
+            parts.append(memory)
+        return self.head(torch.cat(parts, dim=-1))
 
 
 class ESRecombination(nn.Module):
@@ -238,6 +272,9 @@ class ImprovementOperator(nn.Module):
       parameter's value, gradient component, signal-to-noise ratio and role (:func:`parameter_roles`) with the
       context; works for any hidden size, and with ``agnostic`` for any policy spec.
 
+    With ``operator.memory`` it carries a state from one application to the next (:class:`ApplicationMemory`), which
+    joins the context; the caller keeps the state (:func:`~metaimprove.operator.runtime.operator_update`).
+
     Args:
         spec: the policy architecture it improves (with ``agnostic``: the one it was built for; it reads any).
         config: the operator architecture.
@@ -256,17 +293,22 @@ class ImprovementOperator(nn.Module):
         self.config = config
         self.agnostic = agnostic
         self.context = ContextEncoder(spec, config, task_dim, agnostic)
+        self.memory = ApplicationMemory(config.memory) if config.memory else None
         self.update = FlatOperator(spec, config, es) if config.arch == "flat" else \
             PerParamOperator(spec, config, es, agnostic)
 
-    def forward(self, feats: Features, ask: torch.Tensor, spec: PolicySpec | None = None) -> torch.Tensor:
+    def forward(self, feats: Features, ask: torch.Tensor, spec: PolicySpec | None = None,
+                memory: torch.Tensor | None = None) -> torch.Tensor:
         """θ' ``[B, P]`` (for the next normalizer N') from encoded (θ, τ) ``feats`` (batched) and ``ask [B, 2]``, for
-        policies of ``spec`` (default the operator's own; another only for a shape-agnostic operator)."""
+        policies of ``spec`` (default the operator's own; another only for a shape-agnostic operator); an operator
+        with memory also reads its state ``memory [B, operator.memory]`` (default h₀, a run's first application)."""
         spec = self.spec if spec is None else spec
         if spec != self.spec and not self.agnostic:
             raise UserError(f"this operator improves policies of spec {self.spec}, not {spec}; only a shape-agnostic "
                             "operator (features.agnostic=true) reads other specs")
-        context = self.context(feats, ask)
+        if self.memory is not None and memory is None:
+            memory = self.memory.initial(len(ask))
+        context = self.context(feats, ask, memory if self.memory is not None else None)
         if isinstance(self.update, FlatOperator):
             return feats["theta"] + self.config.step_scale * self.update(feats, context)
         return feats["theta"] + self.config.step_scale * self.update(feats, context, spec)

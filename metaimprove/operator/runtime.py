@@ -12,8 +12,15 @@ import torch
 from metaimprove import seeds
 from metaimprove.errors import UserError
 from metaimprove.operator.checkpoint import OperatorCheckpoint
-from metaimprove.operator.features import encode, next_normalizer, stack, warmup_phases
-from metaimprove.operator.networks import ImprovementOperator
+from metaimprove.operator.features import (
+    Features,
+    application_summary,
+    encode,
+    next_normalizer,
+    stack,
+    warmup_phases,
+)
+from metaimprove.operator.networks import ApplicationMemory, ImprovementOperator
 from metaimprove.sim.envs import AnyTask
 from metaimprove.sim.policy import Policy
 from metaimprove.sim.rollout import Experience
@@ -108,19 +115,46 @@ class Explorer:
         return self._teachers[self.schedule.envs_at(steps)].explore(policy)
 
 
+class MemoryCarry:
+    """An operator's memory along one run (:class:`~metaimprove.operator.networks.ApplicationMemory`): ``state`` is
+    what the next application reads, and :meth:`advance` records what that application did."""
+
+    def __init__(self, memory: ApplicationMemory) -> None:
+        self.memory = memory
+        self.state = memory.initial(1)
+        """``[1, width]``: hₙ, for application n"""
+        self.previous: torch.Tensor | None = None
+        """application n−1's step Δθ (None before the first)"""
+        self.n = 0
+        """applications so far"""
+
+    def advance(self, feats: Features, theta: torch.Tensor) -> None:
+        """hₙ₊₁ after application n turned encoded (θⁿ, τⁿ) ``feats`` (one, unbatched) into ``theta`` (θⁿ⁺¹)."""
+        step = theta - feats["theta"]
+        summary = application_summary(feats["returns"], feats["grad_log_norm"], step,
+                                      torch.zeros_like(step) if self.previous is None else self.previous,
+                                      torch.tensor(self.n))
+        self.state = self.memory(summary.unsqueeze(0), self.state)
+        self.previous, self.n = step, self.n + 1
+
+
 def operator_update(op: ImprovementOperator, ckpt: OperatorCheckpoint, task: AnyTask, ask: torch.Tensor,
                     generator: torch.Generator,
                     timings: list[float] | None = None) -> Callable[[Policy, Experience], Policy]:
     """The operator as an update ``(θ, τ) -> θ'`` on ``task``: τ's observations are folded into θ's normalizer (as
     the teacher does) and θ' = f(θ, τ, ask) for that normalizer (an oracle operator also reads ``task``), for θ's
-    policy spec (the operator's own, or any for a shape-agnostic operator)."""
+    policy spec (the operator's own, or any for a shape-agnostic operator). An operator with memory carries its
+    state from one call to the next: one update serves one run."""
+    carry = None if op.memory is None else MemoryCarry(op.memory)
 
     def update(policy: Policy, exp: Experience) -> Policy:
         begin = time.perf_counter()
         norm = next_normalizer(policy, exp)
         feats = encode(policy, exp, ckpt.features, generator, task, norm)
         with torch.no_grad():
-            theta = op(stack([feats]), ask.unsqueeze(0), policy.spec)[0]
+            theta = op(stack([feats]), ask.unsqueeze(0), policy.spec, None if carry is None else carry.state)[0]
+            if carry is not None:
+                carry.advance(feats, theta)
         if timings is not None:
             timings.append(time.perf_counter() - begin)
         if not torch.isfinite(theta).all():

@@ -19,12 +19,14 @@ from metaimprove.errors import UserError
 from metaimprove.operator.features import (
     FeatureConfig,
     Features,
+    application_summary,
     encode,
     env_subset,
     next_normalizer,
     normalize_states,
     stack,
 )
+from metaimprove.operator.networks import ApplicationMemory
 from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, fold_normalizer
 from metaimprove.sim.rollout import Experience
 from metaimprove.sim.tasks import Task
@@ -81,7 +83,9 @@ class Pairs:
 
     spec: PolicySpec
     items: Features
-    """one encoding per (run, iteration), stacked"""
+    """one encoding per (run, iteration), stacked run by run in iteration order; besides :data:`Features`, each
+    item's ``iteration`` n in its run and ``summary``, the teacher's application n as an operator's memory reads it
+    (:func:`~metaimprove.operator.features.application_summary`)"""
     targets: torch.Tensor
     """[n_pairs, P] the target θ (θⁿ⁺ᵏ) in the coordinates of the normalizer the source's output goes with (Nⁿ⁺¹)"""
     source: torch.Tensor
@@ -116,6 +120,15 @@ class Pairs:
         raw = torch.cat([src["states"], self.items["states"][self.target_item[index]]], dim=1)
         states = normalize_states(raw, src["norm_mean"], src["norm_std"])
         return src, self.ask[index], self.targets[index], states
+
+    def memory_states(self, memory: ApplicationMemory, index: torch.Tensor) -> torch.Tensor:
+        """The memory state ``[len(index), memory.width]`` of each source of ``index``: hₙ from the summaries of
+        its run's iterations 0 .. n−1 (the run's items lie just before it), as apply's state at application n."""
+        items = self.source[index]
+        n = self.items["iteration"][items]
+        rows = ((items - n).unsqueeze(1) + torch.arange(int(n.max()) + 1)).clamp_max(len(self.items["iteration"]) - 1)
+        states = memory.unroll(self.items["summary"][rows].to(memory.cell.weight_ih.device))
+        return states[torch.arange(len(items)), n.to(states.device)]
 
 
 def _experience(t: dict[str, torch.Tensor], n: int) -> Experience:
@@ -173,8 +186,15 @@ def encode_run(t: dict[str, torch.Tensor], meta: dict[str, Any], features: Featu
     if features.n_envs is not None:
         exps = [env_subset(exp, features.n_envs, generator) for exp in exps]
         outputs = [next_normalizer(policy, exp) for policy, exp in zip(policies, exps, strict=True)]
-    items = [encode(policy, exp, features, generator, task) for policy, exp in zip(policies, exps, strict=True)]
-    return EncodedRun(spec=spec, task=task, teacher=meta["teacher"], items=stack(items), theta=t["theta"],
+    items = stack([encode(policy, exp, features, generator, task) for policy, exp in zip(policies, exps, strict=True)])
+    # The teacher's steps as the operator's would be read: θⁿ⁺¹ in the coordinates of the source's output.
+    steps = torch.stack([fold_normalizer(spec, t["theta"][n + 1].double(), norms[n + 1], outputs[n]).float()
+                         for n in range(n_iter)]) - items["theta"]
+    iteration = torch.arange(n_iter)
+    items["iteration"] = iteration
+    items["summary"] = application_summary(items["returns"], items["grad_log_norm"], steps,
+                                           torch.cat([torch.zeros_like(steps[:1]), steps[:-1]]), iteration)
+    return EncodedRun(spec=spec, task=task, teacher=meta["teacher"], items=items, theta=t["theta"],
                       norms=norms, outputs=outputs, reward_rate=t["reward"].double().mean(dim=(1, 2)),
                       batch_shape=(t["reward"].shape[1], features.n_envs or t["reward"].shape[2]))
 

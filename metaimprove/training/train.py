@@ -59,7 +59,7 @@ ROW_FIELDS = ("epoch", "train_loss", "val_loss", "val_identity_loss", "seconds")
 # Settings that decide where a fit runs and what it reports, never what it computes: a resumed fit may change them.
 EXECUTION_SETTINGS = ("out", "logger", "device")
 LATER_SETTINGS = {("features", "agnostic"): False, ("pairs", "targets"): "next",
-                  ("pairs", "weight_by_improvement"): False}
+                  ("pairs", "weight_by_improvement"): False, ("operator", "memory"): 0}
 """settings added after training states were first saved, with their defaults: left out of a state's settings at
 those defaults, so that a state saved before one existed still resumes"""
 
@@ -184,8 +184,9 @@ def _loss(op: ImprovementOperator, pairs: Pairs, index: torch.Tensor, config: Tr
     feats, ask, target, states = pairs.batch(index)
     device = pair_weight.device
     feats = {k: v.to(device) for k, v in feats.items()}
-    return (_pair_loss(pairs.spec, op(feats, ask.to(device), pairs.spec), target.to(device), states.to(device),
-                       config) * pair_weight)
+    memory = None if op.memory is None else pairs.memory_states(op.memory, index)
+    return (_pair_loss(pairs.spec, op(feats, ask.to(device), pairs.spec, memory), target.to(device),
+                       states.to(device), config) * pair_weight)
 
 
 def _evaluate(op: ImprovementOperator, pairs: PairGroups, index: torch.Tensor, config: TrainConfig,
@@ -318,6 +319,9 @@ def _check(config: TrainConfig) -> None:
     if config.features.n_envs is not None and config.features.n_envs < 1:
         raise UserError(f"features.n_envs={config.features.n_envs}: give the number of envs per τ to read (>= 1), or "
                         "drop it to read the whole batch")
+    if config.operator.memory < 0:
+        raise UserError(f"operator.memory={config.operator.memory}: give the width of the memory state (>= 1), or 0 "
+                        "for an operator without memory")
     warmup_phases(config.features.warmup)
     check_logger(config.logger)
     resolve_device(config.device)

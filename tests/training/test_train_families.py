@@ -14,9 +14,8 @@ from metaimprove.evaluation.apply import apply
 from metaimprove.operator.checkpoint import OperatorCheckpoint
 from metaimprove.sim.tasks import TaskConfig
 from metaimprove.storage import load_tensors
-from metaimprove.training import train as train_module
 from metaimprove.training.train import train
-from tests.helpers import TINY_TRAIN, agnostic_train_config, apply_config, curve_rows
+from tests.helpers import TINY_TRAIN, agnostic_train_config, apply_config, curve_rows, train_interrupted_then_resumed
 
 
 def test_one_operator_trains_across_two_robots_resumes_and_applies_to_either(
@@ -31,19 +30,7 @@ def test_one_operator_trains_across_two_robots_resumes_and_applies_to_either(
     assert any(not torch.equal(v, start[k]) for k, v in op.state_dict().items())  # it was fitted
 
     # Interrupted in its third epoch, the same command resumes it to the same weights.
-    real, epochs = train_module._evaluate, []
-
-    def interrupted(*args: object, **kwargs: object) -> float:
-        epochs.append(1)
-        if len(epochs) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    with monkeypatch.context() as patch:
-        patch.setattr(train_module, "_evaluate", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            train(agnostic_train_config(datasets, tmp_path / "part"))
-    resumed = train(agnostic_train_config(datasets, tmp_path / "part"))
+    resumed = train_interrupted_then_resumed(agnostic_train_config(datasets, tmp_path / "part"), monkeypatch, 3)
     assert load_tensors(resumed)[0].keys() == load_tensors(whole)[0].keys()
     assert all(torch.equal(v, load_tensors(whole)[0][k]) for k, v in load_tensors(resumed)[0].items())
 
