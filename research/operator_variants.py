@@ -10,13 +10,19 @@ and ARS's committed validation runs (``results/improvement_validation.csv``). Wr
   of weights can serve every robot (docs/design.md, "One operator for many robots"): what does that give up?
 - ``best_targets`` (``pairs.targets=best``): imitates the best policy its teacher run reached later instead of the
   next step (docs/design.md, "Hindsight pairs and the ask"): does knowing where a run goes beat its next step?
+- ``memory`` (``operator.memory=16``): carries a GRU state across applications (docs/design.md, "Memory across
+  applications"): does knowing how its last steps went make its next one better?
+
+Selection rule, fixed before any variant's figures: a variant replaces the shipped fit only if its paired
+difference with the shipped operator at B has a 95% CI whose lower end is above 0 and no earlier budget's CI lies
+wholly below 0. Otherwise the shipped fit stays and the variant's rows are reported as they are.
 
 Each variant's operator is fitted by (about 15 minutes each on 2 cores)::
 
     metaimprove train dataset=runs/ars32d64s_x48 features.n_envs=32 ask_k=1 "features.warmup=[[8,4096]]" \\
         <the variant's setting> out=runs/<its directory>       # VARIANTS below
 
-    python research/operator_variants.py [--variants agnostic best_targets] [--work runs/operator_variants]
+    python research/operator_variants.py [--variants agnostic best_targets memory] [--work runs/operator_variants]
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  
 from common import RESULTS, ROOT, against_validation
 
 OUT = RESULTS / "operator_variants.csv"
-VARIANTS = {"agnostic": ("features.agnostic=true", "op_agnostic"), "best_targets": ("pairs.targets=best", "op_best")}
+VARIANTS = {"agnostic": ("features.agnostic=true", "op_agnostic"), "best_targets": ("pairs.targets=best", "op_best"),
+            "memory": ("operator.memory=16", "op_memory")}
 """each variant by name: the one setting its fit changes, and its training run's directory under runs/"""
 BASELINES = ("operator", "ars")
 """the committed validation methods each variant is paired with: the shipped operator and its teacher"""
