@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +60,18 @@ def _produced(name: str) -> list[str]:
     """The paragraph naming the command that produced ``results/<name>`` (none when the manifest lacks it)."""
     row = _provenance(name).get("")
     return [f"Produced by `{row['command']}`.", ""] if row else []
+
+
+def _head(title: str, script: str, name: str) -> list[str]:
+    """A section's heading (``title`` and a link to ``script``) and the paragraph naming the command that produced
+    ``results/<name>``."""
+    return [f"### {title} ({_script(script)})", "", *_produced(name)]
+
+
+def _table(rows: list[dict[str, str]], columns: list[str], cells: Callable[[dict[str, str]], list[str]]) -> list[str]:
+    """A markdown table of ``rows`` under ``columns``, each row's ``cells``, and a blank line."""
+    return [f"| {' | '.join(columns)} |", f"|{' --- |' * len(columns)}",
+            *(f"| {' | '.join(cells(r))} |" for r in rows), ""]
 
 
 def _summary(path: Path) -> dict[str, str]:
@@ -184,18 +197,14 @@ def _scaling() -> list[str]:
     if not rows:
         return []
     return [
-        f"### More training tasks, better held-out returns? ({_script('research/scaling.py')})",
-        "",
-        *_produced("scaling.csv"),
+        *_head("More training tasks, better held-out returns?", "research/scaling.py", "scaling.csv"),
         f"One operator per task count N, trained on the first N tasks of one collection "
         f"({rows[0].get('collection') or '32 tasks × 48 PPO updates'}; "
         f"{rows[0].get('settings') or 'the default training settings'}, every other training setting the default), "
         f"{_held_out_runs(rows[0])} ([plot]({_result('scaling.png')})).",
         "",
-        "| training tasks N | fitted on (rest validate) | operator at B |",
-        "| --- | --- | --- |",
-        *(f"| {r['n_tasks']} | {r['train_tasks']} | {r['operator_at_B']} |" for r in rows),
-        "",
+        *_table(rows, ["training tasks N", "fitted on (rest validate)", "operator at B"],
+                lambda r: [r["n_tasks"], r["train_tasks"], r["operator_at_B"]]),
         f"![scaling]({_result('scaling.png')})",
         "",
     ]
@@ -208,21 +217,17 @@ def _confirm_choice() -> list[str]:
         return []
     first = rows[0]
     return [
-        f"### Does the choice hold on more validation tasks? ({_script('research/confirm_choice.py')})",
-        "",
-        *_produced("confirm_choice.csv"),
+        *_head("Does the choice hold on more validation tasks?", "research/confirm_choice.py", "confirm_choice.csv"),
         f"The {len(rows)} ablation rows with the best validation IQM, applied again on fresh validation tasks "
         f"(`{first['tasks']}`, {first['runs']}, fresh starts, B = {first['budget_env_steps']} env steps); the test "
         "tasks play no part. IQM return at B with 95% CIs. **Chosen** (and shipped): of the rows whose IQM here ties "
         "the best one's (overlapping CIs), the one with the lowest `steps_ratio_to_ppo`. "
         f"On the same runs: PPO {first['ppo_at_B']}, ARS {first['ars_at_B']}, the start {first['start_at_B']}.",
         "",
-        "| variant | what changed | ablation validation at B | confirmation at B | steps_ratio_to_ppo "
-        "| vs the ablation's choice |",
-        "| --- | --- | --- | --- | --- | --- |",
-        *(f"| `{r['variant']}`{' **chosen**' if r['chosen'] else ''} | {r['changed']} | {r['ablation_val_at_B']} | "
-          f"{r['at_B']} | {r['steps_ratio']} | {r['vs_ablation_choice']} |" for r in rows),
-        "",
+        *_table(rows, ["variant", "what changed", "ablation validation at B", "confirmation at B",
+                       "steps_ratio_to_ppo", "vs the ablation's choice"],
+                lambda r: [f"`{r['variant']}`{' **chosen**' if r['chosen'] else ''}", r["changed"],
+                           r["ablation_val_at_B"], r["at_B"], r["steps_ratio"], r["vs_ablation_choice"]]),
     ]
 
 
@@ -234,20 +239,16 @@ def _learned_start() -> list[str]:
     budgets = [k for k in rows[0] if k.startswith("score_")]
     labels = [k.removeprefix("score_").replace("_", " ") for k in budgets]
     return [
-        f"### Which start for the operator? ({_script('research/learned_start.py')})",
-        "",
-        *_produced("learned_start.csv"),
+        *_head("Which start for the operator?", "research/learned_start.py", "learned_start.csv"),
         "Each candidate θ₀, meta-trained by Reptile on the operator's training collection for its env steps, applied "
         "as `operator_learned_start` on validation tasks (`train` 32–39 × 3 seeds); mean normalized score with 95% "
         "CIs. "
         "**Chosen** (and shipped as `results/operators/halfcheetah_vel.start.safetensors`): the higher mean over the "
         "budgets, the rule committed before these runs.",
         "",
-        f"| candidate | {' | '.join(labels)} | mean |",
-        f"| --- |{' --- |' * len(labels)} --- |",
-        *(f"| `{r['candidate']}`{' **chosen**' if r['chosen'] == 'True' else ''} | "
-          f"{' | '.join(r[k] for k in budgets)} | {r['mean_score']} |" for r in rows),
-        "",
+        *_table(rows, ["candidate", *labels, "mean"],
+                lambda r: [f"`{r['candidate']}`{' **chosen**' if r['chosen'] == 'True' else ''}",
+                           *(r[k] for k in budgets), r["mean_score"]]),
     ]
 
 
@@ -258,18 +259,16 @@ def _outcome_horizon() -> list[str]:
     if not rows:
         return []
     return [
-        f"### Does outcome training over T applications help at B? ({_script('research/outcome_horizon.py')})",
-        "",
-        *_produced("outcome_horizon.csv"),
+        *_head("Does outcome training over T applications help at B?", "research/outcome_horizon.py",
+               "outcome_horizon.csv"),
         f"The shipped operator's weights evolved by `metaimprove outcome` on the return after T = "
         f"{rows[0]['outcome_applications_T']} applications, applied on validation tasks (`train` 32–39 × 3 seeds) "
         "for B = 61440 env steps; mean normalized score with 95% CIs, and paired differences by task and seed.",
         "",
-        "| budget | evolved | imitation-trained | evolved − imitation | `teacher_op_batch` | evolved − teacher |",
-        "| --- | --- | --- | --- | --- | --- |",
-        *(f"| {r['budget']} | {r['evolved']} | {r['operator']} | {r['evolved_minus_operator']} | "
-          f"{r['teacher_op_batch']} | {r['evolved_minus_teacher_op_batch']} |" for r in rows),
-        "",
+        *_table(rows, ["budget", "evolved", "imitation-trained", "evolved − imitation", "`teacher_op_batch`",
+                       "evolved − teacher"],
+                lambda r: [r["budget"], r["evolved"], r["operator"], r["evolved_minus_operator"],
+                           r["teacher_op_batch"], r["evolved_minus_teacher_op_batch"]]),
     ]
 
 
@@ -279,19 +278,16 @@ def _operator_variants() -> list[str]:
     if not rows:
         return []
     return [
-        f"### What do variants of the operator's fit give on its own family? "
-        f"({_script('research/operator_variants.py')})",
-        "",
-        *_produced("operator_variants.csv"),
+        *_head("What do variants of the operator's fit give on its own family?", "research/operator_variants.py",
+               "operator_variants.csv"),
         "Each variant fitted to the shipped collection with one setting changed, applied on validation tasks (`train` "
         "32–39 × 3 seeds, fresh starts); mean normalized score with 95% CIs, and paired differences by task and seed "
         "with the committed validation runs of the shipped operator and ARS.",
         "",
-        "| variant | budget | variant's score | shipped | variant − shipped | `ars` | variant − `ars` |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-        *(f"| `{r['variant']}` (`{r['setting']}`) | {r['budget']} | {r['score']} | {r['operator']} | "
-          f"{r['score_minus_operator']} | {r['ars']} | {r['score_minus_ars']} |" for r in rows),
-        "",
+        *_table(rows, ["variant", "budget", "variant's score", "shipped", "variant − shipped", "`ars`",
+                       "variant − `ars`"],
+                lambda r: [f"`{r['variant']}` (`{r['setting']}`)", r["budget"], r["score"], r["operator"],
+                           r["score_minus_operator"], r["ars"], r["score_minus_ars"]]),
     ]
 
 
@@ -344,9 +340,7 @@ def _update_rules() -> list[str]:
     row = {(r["split"], r["rule"]): r for r in rows}
     first = rows[0]
     return [
-        f"### Is there a better update on ARS's batch? ({_script('research/update_rules.py')})",
-        "",
-        *_produced("update_rules.csv"),
+        *_head("Is there a better update on ARS's batch?", "research/update_rules.py", "update_rules.csv"),
         "An operator fitted to ARS's pairs learns at best ARS's update, since its target is a function of the batch "
         "it reads; it could beat its teacher only where a better update from the same kind of batch exists. ARS at "
         "its defaults (`teacher=ars`) with its step or its batch's split changed, all else as `apply`'s `ars` arm "
@@ -355,11 +349,8 @@ def _update_rules() -> list[str]:
         "(validation: `train` tasks 32–35). IQM return at B with 95% CIs. The oracle line search evaluates its "
         "candidates on episodes the budget does not pay for, so it bounds what a learned step-size rule could buy.",
         "",
-        "| rule | what changed | validation at B | test at B |",
-        "| --- | --- | --- | --- |",
-        *(f"| `{rule}` | {row[('val', rule)]['what']} | {row[('val', rule)]['at_B']} | {row[('test', rule)]['at_B']} |"
-          for rule in rules),
-        "",
+        *_table([row[("val", rule)] for rule in rules], ["rule", "what changed", "validation at B", "test at B"],
+                lambda r: [f"`{r['rule']}`", r["what"], r["at_B"], row[("test", r["rule"])]["at_B"]]),
     ]
 
 
@@ -370,20 +361,16 @@ def _tune_ppo() -> list[str]:
         return []
     best = max(rows, key=lambda r: float(r["normalized_score"]))
     return [
-        f"### PPO tuned on validation tasks ({_script('benchmarks/tune_ppo.py')})",
-        "",
-        *_produced("tune_ppo_summary.csv"),
+        *_head("PPO tuned on validation tasks", "benchmarks/tune_ppo.py", "tune_ppo_summary.csv"),
         "Each setting runs PPO from `apply`'s fresh starts for B env steps on validation tasks (`train` tasks outside "
         "every collection). Mean normalized score at B over tasks and seeds (0: the task's start return, 1: the best "
         "setting's mean there), with 95% CIs from a bootstrap that resamples tasks, then seeds. The highest is chosen "
         "(the rule was committed before the runs) and shipped as `configs/teacher/ppo_tuned.yaml`: "
         f"`{best['setting']}`.",
         "",
-        "| setting | changes to PPO's defaults | normalized score at B | runs |",
-        "| --- | --- | --- | --- |",
-        *(f"| `{r['setting']}`{' **chosen**' if r is best else ''} | `{r['changes']}` | {r['ci']} | {r['runs']} |"
-          for r in rows),
-        "",
+        *_table(rows, ["setting", "changes to PPO's defaults", "normalized score at B", "runs"],
+                lambda r: [f"`{r['setting']}`{' **chosen**' if r is best else ''}", f"`{r['changes']}`", r["ci"],
+                           r["runs"]]),
     ]
 
 
@@ -405,10 +392,8 @@ def _privileged_targets() -> list[str]:
         return []
     first = rows[0]
     return [
-        "### Can an operator learn a better teacher's step from ARS's batch? "
-        f"({_script('research/privileged_targets.py')})",
-        "",
-        *_produced("privileged_targets.csv"),
+        *_head("Can an operator learn a better teacher's step from ARS's batch?", "research/privileged_targets.py",
+               "privileged_targets.csv"),
         "ARS at its defaults (`teacher=ars`, 8 directions × 256 steps) with 8× the directions improves faster per "
         "update; an operator that took that step from the batch it reads would beat its teacher. Two operators "
         "fitted on collections of one size "
@@ -418,11 +403,8 @@ def _privileged_targets() -> list[str]:
         "set (validation: `train` tasks 32–35). The oracle is the 8× teacher itself with its extra env steps not "
         "charged: the headroom. IQM return at B with 95% CIs.",
         "",
-        "| method | what | validation at B | test at B | fit minutes |",
-        "| --- | --- | --- | --- | --- |",
-        *(f"| `{r['method']}` | {r['what']} | {r['val_at_B']} | {r['test_at_B']} | {r['fit_minutes'] or '—'} |"
-          for r in rows),
-        "",
+        *_table(rows, ["method", "what", "validation at B", "test at B", "fit minutes"],
+                lambda r: [f"`{r['method']}`", r["what"], r["val_at_B"], r["test_at_B"], r["fit_minutes"] or "—"]),
     ]
 
 
@@ -460,13 +442,11 @@ def _ablations(name: str) -> list[str]:
         f"{first['val_start_at_B']}; on test: PPO {first['ppo_at_B']}, ARS {first['ars_at_B']}, the start "
         f"{first['start_at_B']}.",
         "",
-        "| variant | what changed | validation at B | test at B | steps_ratio_to_ppo (validation / test) "
-        "| vs baseline (test) | vs PPO (test) | fit minutes |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-        *(f"| `{r['variant']}`{' **chosen**' if r['chosen'] else ''} | {r['changed']} | {r['val_at_B']} | "
-          f"{r['operator_at_B']} | {r.get('val_steps_ratio', '—')} / {r.get('steps_ratio', '—')} | "
-          f"{r['vs_baseline']} | **{r['vs_ppo']}** | {r['train_minutes']} |" for r in rows),
-        "",
+        *_table(rows, ["variant", "what changed", "validation at B", "test at B",
+                       "steps_ratio_to_ppo (validation / test)", "vs baseline (test)", "vs PPO (test)", "fit minutes"],
+                lambda r: [f"`{r['variant']}`{' **chosen**' if r['chosen'] else ''}", r["changed"], r["val_at_B"],
+                           r["operator_at_B"], f"{r.get('val_steps_ratio', '—')} / {r.get('steps_ratio', '—')}",
+                           r["vs_baseline"], f"**{r['vs_ppo']}**", r["train_minutes"]]),
     ]
 
 
