@@ -9,8 +9,9 @@ stopped). Each return is normalized per task (0: the task's start return, 1: its
 peer run to 4B; SAC (a gradient step per env step) runs to B on the first :data:`SUBSET` tasks × seeds only, and is
 paired only there. The best peer is the peer with the highest mean score at B on validation, each over its own
 runs. Against it: the operator's paired difference at B and at 4B, its probability of improvement, and
-``steps_to_best_peer`` (env steps the operator needs to reach the best peer's mean score at B, over B). Raw returns
-at B per task are reported too.
+``steps_to_best_peer`` (env steps the operator needs to reach the best peer's mean score at B, over B). Of the ways
+of deploying the operator (fresh, guarded, from its learned start), validation chooses the best at B the same way;
+its score after 2 batches is ``few_shot_2_<set>``. Raw returns at B per task are reported too.
 
 Task sets: ``validation`` (``train`` tasks from :data:`VALIDATION_START` on, outside every collection), ``test``
 and ``ood``. Writes ``results/improvement_<set>.csv`` (every curve), ``.md`` (tables), ``_figures.csv``
@@ -277,10 +278,15 @@ def fmt(est: Interval) -> str:
     return f"{est.value:.3f} [{est.lo:.3f}, {est.hi:.3f}]"
 
 
-def choose_best(scores: dict[str, dict[tuple[str, int], float]]) -> str:
-    """The selection rule: the peer with the highest mean score at B over its own runs (SAC's: its subset)."""
-    peers = [m for m in scores if m not in NOT_PEERS]
-    return max(peers, key=lambda m: float(np.mean(list(scores[m].values()))))  # max keeps the first of equals
+def choose_best(scores: dict[str, dict[tuple[str, int], float]], among: tuple[str, ...] | None = None) -> str:
+    """The selection rule: the peer (or, with ``among``, the method of those) with the highest mean score at B over
+    its own runs (SAC's: its subset)."""
+    candidates = [m for m in scores if (m not in NOT_PEERS if among is None else m in among)]
+    return max(candidates, key=lambda m: float(np.mean(list(scores[m].values()))))  # max keeps the first of equals
+
+
+OPERATOR_METHODS = (OPERATOR, "operator_guarded", LEARNED_START)
+"""the ways of deploying the operator, of which validation chooses the best one (``best_operator_validation``)"""
 
 
 @dataclasses.dataclass
@@ -317,8 +323,10 @@ class Scored:
         return cls(path, curves, normalized, scales, budgets, scores)
 
 
-def figures(scored: Scored, budget: float, batch: float, name: str, best: str) -> tuple[dict[str, str], list[str]]:
-    """The key figures (``name`` -> ``value``) and the summary's markdown lines of task set ``name``."""
+def figures(scored: Scored, budget: float, batch: float, name: str, best: str,
+            best_operator: str) -> tuple[dict[str, str], list[str]]:
+    """The key figures (``name`` -> ``value``) and the summary's markdown lines of task set ``name``; ``best`` and
+    ``best_operator`` are the best peer and the best way of deploying the operator that validation chose."""
     scores, methods = scored.scores, list(scored.scores)
     estimates = {m: {b: score_ci(s) for b, s in scores[m].items()} for m in methods}
     long = LONG_RUN * budget
@@ -340,6 +348,7 @@ def figures(scored: Scored, budget: float, batch: float, name: str, best: str) -
     out |= {f"score_at_B_{m}_{name}": fmt(estimates[m][budget]) for m in methods}
     out |= {f"score_at_4B_{m}_{name}": fmt(estimates[m][long]) for m in methods if long in estimates[m]}
     out |= {f"few_shot_2_{m}_{name}": fmt(estimates[m][2 * batch]) for m in (OPERATOR, best)}
+    out |= {f"best_operator_{name}": best_operator, f"few_shot_2_{name}": fmt(estimates[best_operator][2 * batch])}
     out |= guard_figures(scored, budget, name)
     labels = {b: "4B" if b == long else "B" if b == budget else f"{b / batch:g} batch{'es' if b > batch else ''}"
               for b in scored.budgets}
@@ -361,6 +370,8 @@ def figures(scored: Scored, budget: float, batch: float, name: str, best: str) -
     lines += ["", f"The operator against the best peer (`{best}`, chosen on validation) at B, paired by task and seed "
               f"({paired.n_pairs} pairs): difference {fmt(diff)}, probability of improvement {fmt(poi)}; it reaches "
               f"the best peer's score at B in {fmt(steps)} of B (inf: not within its runs).", ""]
+    lines += [f"Of the ways of deploying the operator, validation's best at B is `{best_operator}`; after two of its "
+              f"batches it scores {out[f'few_shot_2_{name}']}.", ""]
     if f"paired_vs_best_peer_4B_{name}" in out:
         lines += [f"At 4B, paired: {out[f'paired_vs_best_peer_4B_{name}']}.", ""]
     if f"paired_vs_sac_{name}" in out:
@@ -432,9 +443,15 @@ def report(name: str, args: argparse.Namespace, batch: float, best: str | None, 
     """Recompute task set ``name``'s summary, figures and plot from its curves; returns the figures."""
     curves_csv, summary, figures_csv, png = outputs(name, target)
     scored = Scored.of(curves_csv, batch, float(args.budget))
+    at_b = {m: s[float(args.budget)] for m, s in scored.scores.items()}
     if best is None:
-        best = choose_best({m: s[float(args.budget)] for m, s in scored.scores.items()})
-    key, lines = figures(scored, float(args.budget), batch, name, best)
+        best, best_operator = choose_best(at_b), choose_best(at_b, OPERATOR_METHODS)
+    else:
+        best_operator = read_figures(outputs("validation")[2]).get("best_operator_validation", "")
+        if not best_operator:
+            raise SystemExit("the validation figures name no best_operator_validation: run benchmarks/improvement.py "
+                             "--render first")
+    key, lines = figures(scored, float(args.budget), batch, name, best, best_operator)
     chunks = curves_csv.with_name(f"improvement_{name}_chunks.csv")
     if chunks.exists():
         with chunks.open() as f:
