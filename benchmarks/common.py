@@ -183,14 +183,19 @@ def reference_table(tasks: list[str], n_seeds: int, runs_file: Path = REFERENCE_
     return rows
 
 
-def normalized_scores(curves: Curves, budgets: list[float],
-                      runs_file: Path = REFERENCE_RUNS) -> dict[str, dict[float, dict[RunKey, float]]]:
-    """Per method of ``curves``, each run's normalized score (:func:`reference_table`'s scales from ``runs_file``: 0
-    the task's start return, 1 its reference return) at each of ``budgets``: its last evaluation at or before it."""
+def normalized(curves: Curves, runs_file: Path = REFERENCE_RUNS, n_seeds: int = REFERENCE_SEEDS) -> Curves:
+    """``curves`` with every return replaced by its task's normalized score: :func:`reference_table`'s scales of
+    ``runs_file`` over ``n_seeds`` seeds, 0 the task's start return, 1 its reference return."""
     scales = {str(r["task"]): TaskScale(float(str(r["start"])), float(str(r["reference"])))
-              for r in reference_table(curves.tasks(), REFERENCE_SEEDS, runs_file)}
-    normalized = normalize_curves(curves, scales)
-    return {m: scores_at(normalized.where(method=m), budgets) for m in curves.methods()}
+              for r in reference_table(curves.tasks(), n_seeds, runs_file)}
+    return normalize_curves(curves, scales)
+
+
+def normalized_scores(curves: Curves, budgets: list[float]) -> dict[str, dict[float, dict[RunKey, float]]]:
+    """Per method of ``curves``, each run's normalized score (:func:`normalized`) at each of ``budgets``: its last
+    evaluation at or before it."""
+    scores = normalized(curves)
+    return {m: scores_at(scores.where(method=m), budgets) for m in curves.methods()}
 
 
 def apply_on_validation(operator: Path, work: Path, family: str = "halfcheetah_vel", methods: tuple[str, ...] = (

@@ -22,6 +22,7 @@ import argparse
 import csv
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 from common import (
@@ -93,11 +94,14 @@ def run_references(tasks: list[AnyTask], n_seeds: int, env_steps: int, operator:
             for method in METHODS if (task.name, method, seed) not in done]
     print(f"{len(done)} reference runs done, {len(jobs)} to go", flush=True)
     new = not runs_file.exists()
-    with runs_file.open("a", newline="") as f, ProcessPoolExecutor(workers, mp.get_context("spawn")) as pool:
+    # One worker runs in this process: no process of its own to start.
+    pool = ProcessPoolExecutor(workers, mp.get_context("spawn")) if workers > 1 and jobs else nullcontext(None)
+    with runs_file.open("a", newline="") as f, pool as executor:
         writer = csv.DictWriter(f, fieldnames=RUN_FIELDS)
         if new:
             writer.writeheader()
-        for i, row in enumerate(pool.map(long_run, *zip(*jobs, strict=True)) if jobs else [], 1):
+        run_all = map if executor is None else executor.map
+        for i, row in enumerate(run_all(long_run, *zip(*jobs, strict=True)) if jobs else [], 1):
             writer.writerow(row)
             f.flush()
             print(f"{i}/{len(jobs)} {row['method']} {row['task']} s{row['seed']}: {row['start_return']:.1f} -> "
