@@ -1,0 +1,1 @@
+"""Tests of the studies in research/, run as scripts at their smallest sizes."""
