@@ -51,7 +51,8 @@ steps) about 5 minutes; the two fits 15-30 minutes (a union of about 3200 traini
 early stopping; ``research/operator_variants.py``'s agnostic fit of 4425 pairs took 15 s an epoch for 45 epochs);
 apply, 8 tasks × 3 seeds × 4 methods per robot with an evaluation after every batch, about 25 minutes; the
 references, 8 B of ARS and of tuned PPO per task and seed, about an hour. About two hours in all; ``--sac`` adds
-a gradient step per env step to 48 runs, hours more. ``--quick`` with one held-out robot takes under a minute.
+a gradient step per env step to 48 runs, hours more. ``--quick`` takes about a minute (40 s with one held-out
+robot).
 """
 
 from __future__ import annotations
