@@ -474,6 +474,18 @@ def report(name: str, args: argparse.Namespace, batch: float, best: str | None, 
 # ----------------------------------------------------------------------------------------------- main
 
 
+def ask_figures() -> dict[str, str]:
+    """``ask_rank_correlation``: the smallest, over its budgets, rank correlation between the requested improvement
+    and the mean realized one on validation (``research/ask_control.py``'s ``results/ask_control.csv``; none before
+    that study has run)."""
+    path = RESULTS / "ask_control.csv"
+    if not path.exists():
+        return {}
+    with path.open() as f:
+        rhos = [float(r["rank_correlation_of_means"]) for r in csv.DictReader(f)]
+    return {"ask_rank_correlation": f"{min(rhos):.3f}"}
+
+
 def read_figures(path: Path) -> dict[str, str]:
     """A figures file's ``name`` -> ``value``."""
     with path.open() as f:
@@ -539,6 +551,7 @@ def main() -> None:
             best = None if name == "validation" else read_figures(chosen)["best_peer_validation"]
             key |= report(name, args, batch, best, target)
     key["test_ledger_reads"] = str(len(ledger_rows()))
+    key |= ask_figures()
     for name, value in key.items():
         print(f"{name}: {value}")
     print(f"outputs: {target}")

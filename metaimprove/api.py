@@ -96,13 +96,13 @@ class Operator:
         ckpt = self.checkpoint if task_or_env is None else self.checkpoint.on(resolve_task(task_or_env))
         return start_policy(ckpt, seed)
 
-    def improve(self, policy: Policy, task_or_env: TaskOrEnv, budget: int, seed: int = 0, ask_k: int | None = None,
-                ask_improvement: float | None = None) -> Iterator[tuple[int, Policy]]:
+    def improve(self, policy: Policy, task_or_env: TaskOrEnv, budget: int, seed: int = 0,
+                ask_k: int | None = None) -> Iterator[tuple[int, Policy]]:
         """Improve ``policy`` on ``task_or_env``: θ ← f(θ, τ, ask) once per batch it collects, while the next batch
         fits in ``budget`` env steps. Yields ``(env steps used so far, policy)`` after each application.
 
         This is apply's ``operator`` method for run ``seed`` (its collection and feature seeds), run lazily: stop
-        iterating whenever you like. ``ask_k`` and ``ask_improvement`` are apply's settings of those names. The
+        iterating whenever you like. ``ask_k`` is apply's setting of that name. The
         policy must be of the operator's spec (a shape-agnostic operator's: of any hidden sizes, with the env's
         observation and action sizes), and the env's spaces must fit it (one-line errors otherwise).
         """
@@ -114,8 +114,8 @@ class Operator:
             raise UserError(f"{task.name} has obs ({dims.obs_dim},) / act ({dims.act_dim},) but this operator "
                             f"improves obs {ckpt.spec.obs_dim} / act {ckpt.spec.act_dim}")
         ckpt.check_task(task)
-        config = ApplyConfig(operator_path=str(self.path), out="", budget=budget, ask_k=ask_k,
-                             ask_improvement=ask_improvement, methods=["operator"], seeds=1)
+        config = ApplyConfig(operator_path=str(self.path), out="", budget=budget, ask_k=ask_k, methods=["operator"],
+                             seeds=1)
         schedule = BatchSchedule.of(ckpt, config.warmup)
         run = Run(config, self.network, ckpt, task, seed, schedule, run_budget(config, schedule.batch))
         points = METHODS["operator"].points

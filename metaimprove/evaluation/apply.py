@@ -242,7 +242,7 @@ def apply(config: ApplyConfig) -> Path:
         config = dataclasses.replace(config, learned_start=str(learned_start_path(config)))
     if any(METHODS[m].uses_operator for m in config.methods):
         ckpt.check_task(tasks[0])  # an oracle operator reads only its family's tasks (all of them share one)
-        ckpt.ask(config.ask_k, config.ask_improvement)  # warn once, up front, if outside the trained range
+        ckpt.ask(config.ask_k)  # warn once, up front, for a k outside the trained ones
     seed_range = range(config.seed_start, config.seed_start + config.seeds)
     jobs = [Job(m, t, s) for t in tasks for s in seed_range for m in config.methods]
     out = Path(config.out)

@@ -127,7 +127,7 @@ def _operator(guarded: bool) -> Callable[[Run], Iterator[Point]]:
     def points(run: Run, start: Point) -> Iterator[Point]:
         config, ckpt, task = run.config, run.ckpt, run.task
         explore = Explorer(ckpt, task, start.policy, run.seed, run.schedule)
-        ask = ckpt.ask(config.ask_k, config.ask_improvement)
+        ask = ckpt.ask(config.ask_k)
         update = operator_update(run.operator, ckpt, task, ask, torch.Generator().manual_seed(run.seed),
                                  run.timer("operator_step"))
         length = episode_length(task)

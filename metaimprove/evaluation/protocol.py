@@ -71,8 +71,6 @@ class ApplyConfig(TaskSelection):
     """also write every run's final policy to <out>/policies/<method>/"""
     ask_k: int | None = None
     """jump size to ask for (default: the checkpoint's ask_k, chosen when it was trained; else the k nearest 2)"""
-    ask_improvement: float | None = None
-    """requested improvement of mean reward per step (default: the 90% quantile reached in training for k)"""
     warmup: list[list[int]] | None = None
     """the operator's narrower first batches, [[envs, until_env_step], ...] (as features.warmup); None: the
     checkpoint's"""

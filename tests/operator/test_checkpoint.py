@@ -35,8 +35,10 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
     torch.testing.assert_close(op2(feats, ask), op(feats, ask), atol=0, rtol=0)
     assert ckpt2.spec == SPEC and ckpt2.ks == [1, 2] and ckpt2.tasks == ["a/train/0"]
     assert ckpt2.ask()[0] == 1.0  # no recorded ask: the trained k nearest 2, log2(2)
-    with pytest.warns(UserWarning, match="outside the trained range"):
+    with pytest.warns(UserWarning, match="outside the trained ks"):
         ckpt2.ask(ask_k=64)
+    # The requested improvement is the 90 % quantile of what the asked k's training pairs reached.
+    assert ckpt2.ask(ask_k=2)[1] == pytest.approx(float(torch.quantile(torch.tensor([0.3, 0.5]), 0.9)))
 
 
 def test_a_checkpoint_that_calls_the_env_width_envs_loads_it_as_n_envs(tmp_path: pathlib.Path) -> None:
