@@ -1,6 +1,7 @@
 """Collector throughput against a raw ``mj_step`` loop on the same model, its scaling to 2 threads in one process
-and to 2 worker processes, the cost of one operator application against one PPO update, and, with
-``--quickstart``, the README's main job timed from a fresh clone.
+and to 2 worker processes, the cost of one operator application against one PPO update, the outcome stage's
+env-steps/s against the collector's on a batch as wide as its population's, and, with ``--quickstart``, the README's
+main job timed from a fresh clone.
 
 Prints one ``name: value`` line per figure and appends them to ``results/throughput.csv``. Every figure
 is a ratio measured in this one run: absolute env-steps/s on a shared machine are noise. The collector runs at two
@@ -8,7 +9,10 @@ widths: 8 envs (an evaluation's 8 episodes) and 64 (the ARS teacher's 2 × 32 di
 same at both, so it weighs less at 64. Thread scaling is one process stepping its batch on 1 and on 2 threads
 (``threads=``); worker scaling is measured for the process pool (``collect executor=local``) and, when Ray is
 installed, for Ray tasks on a local Ray instance (``collect executor=ray``): the same collector, one task per
-worker. The machine these figures come from has 2 CPU cores shared with other jobs, so 2 can at best double.
+worker. The outcome stage's figure runs one task of a generation (:data:`POPULATION` copies of the shipped operator
+beside its teacher, :data:`OUTCOME_APPLICATIONS` applications on the operator's batch schedule, then the evaluation
+episodes), every simulated env step counted, against the collector stepping all of the population's envs at once.
+The machine these figures come from has 2 CPU cores shared with other jobs, so 2 can at best double.
 ``--quickstart`` clones HEAD into a temporary directory and runs the README's main-job command there (a fresh
 virtual environment, the install, ``metaimprove pipeline teacher=ars``), timing it in minutes.
 
@@ -33,17 +37,24 @@ from pathlib import Path
 import mujoco
 import numpy as np
 import torch
-from common import RESULTS, ROOT, write_rows
+from common import OPERATORS, RESULTS, ROOT, write_rows
 
+from metaimprove.operator.checkpoint import OperatorCheckpoint
+from metaimprove.operator.runtime import BatchSchedule
 from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params
-from metaimprove.sim.rollout import FRAME_SKIP, Collector, set_threads
+from metaimprove.sim.rollout import EVAL_ENVS, FRAME_SKIP, Collector, set_threads
 from metaimprove.sim.tasks import build_model, get_family
+from metaimprove.training.outcome import start_policy, task_outcome
 
 THROUGHPUT = RESULTS / "throughput.csv"
 N_ENVS = 8
 """the collector's width for the historic figures: an evaluation's episodes"""
 WIDE = 64
 """the ARS teacher's width (2 × 32 directions)"""
+POPULATION = 16
+"""operators per generation in the outcome stage's figure (``outcome popsize``'s default)"""
+OUTCOME_APPLICATIONS = 12
+"""applications per run in the outcome stage's figure: the warm-up's 8 narrow batches and 4 full ones"""
 MAIN_JOB = "Run the main job end to end"
 """the README paragraph whose command block ``--quickstart`` runs"""
 
@@ -158,6 +169,27 @@ def quickstart_minutes() -> float:
     return minutes
 
 
+def outcome_vs_collector() -> float:
+    """The outcome stage's env-steps/s (every batch and evaluation episode of one task of a generation) over the
+    collector's on the same batches: for each width of the operator's schedule, :data:`POPULATION` operators and the
+    teacher side by side, and the evaluation's episodes on :data:`~metaimprove.sim.rollout.EVAL_ENVS` envs."""
+    torch.set_num_threads(1)
+    op, ckpt = OperatorCheckpoint.load(OPERATORS / "halfcheetah_vel.safetensors")
+    begin = time.perf_counter()
+    run = task_outcome([op] * POPULATION, ckpt, _task(), 0, start_policy(ckpt, 0), OUTCOME_APPLICATIONS, ckpt.ask(),
+                       episodes=4)
+    seconds = time.perf_counter() - begin
+    schedule, length = BatchSchedule.of(ckpt), get_family("halfcheetah_vel").episode_length
+    steps, by_width = 0, {}
+    for _ in range(OUTCOME_APPLICATIONS):
+        width = (POPULATION + 1) * schedule.envs_at(steps)
+        by_width[width] = by_width.get(width, 0) + width * schedule.n_steps
+        steps += schedule.batch_at(steps)
+    by_width[EVAL_ENVS] = by_width.get(EVAL_ENVS, 0) + run.env_steps - sum(by_width.values())
+    baseline = sum(n / collector(max(n, width * length), n_envs=width) for width, n in by_width.items())
+    return baseline / seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps (noisier)")
@@ -185,6 +217,7 @@ def main() -> None:
         "workers_2_env_steps_per_s": two,
         "scaling_1_to_2_workers": two / one,
         "operator_step_vs_ppo_update": operator_step_vs_ppo_update(),
+        "outcome_vs_collector": outcome_vs_collector(),
     }
     if not args.no_ray and importlib.util.find_spec("ray") is not None:
         ray_one, ray_two = ray_workers(1, n // 2), ray_workers(2, n // 2)

@@ -241,8 +241,10 @@ class Collector:
         # Action noise has its own stream so that resets and actions never shift each other.
         self._noise = np.random.default_rng([seed, 1])
 
-    def collect(self, policy: Policy, n_steps: int, deterministic: bool = False) -> Experience:
-        """Run ``policy`` for ``n_steps`` steps per env (``n_steps × n_envs`` env steps)."""
+    def collect(self, policy: Policy, n_steps: int, deterministic: bool = False,
+                log_probs: bool = True) -> Experience:
+        """Run ``policy`` for ``n_steps`` steps per env (``n_steps × n_envs`` env steps); without ``log_probs`` the
+        experience's ``log_prob`` is zeros (for a caller that recomputes or never reads it)."""
         sim, E, L = self.sim, self.sim.n_envs, self.sim.episode_length
         T = n_steps
         obs_buf = np.empty((T, E, sim.obs_dim), dtype=np.float32)
@@ -286,7 +288,7 @@ class Collector:
             obs=obs_t,
             action=act_t,
             # One batched evaluation, in the same float32 torch code PPO's ratio uses.
-            log_prob=policy.log_prob(obs_t, act_t),
+            log_prob=policy.log_prob(obs_t, act_t) if log_probs else torch.zeros(T, E),
             reward=torch.from_numpy(rew_buf),
             terminated=torch.from_numpy(term_buf),
             truncated=torch.from_numpy(trunc_buf),

@@ -146,7 +146,9 @@ class PopulationExplorer:
         step = torch.zeros(self.width // 2, spec.n_params)
         step[:, :n_perturbed] = self.noise_std * torch.randn(self.width // 2, n_perturbed, generator=self._gen)
         perturbation = torch.cat([step, -step])
-        exp = self.collector.collect(side_by_side(policies, perturbation), self.n_steps, deterministic=True)
+        # Each policy's log-probabilities are its own (_envs), not those of the perturbed θs that collected.
+        exp = self.collector.collect(side_by_side(policies, perturbation), self.n_steps, deterministic=True,
+                                     log_probs=False)
         return [_envs(exp, c * self.width, self.width, policy, perturbation) for c, policy in enumerate(policies)]
 
 
