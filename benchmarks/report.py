@@ -662,6 +662,9 @@ def headline() -> str:
     reads = len(_rows("test_ledger.csv"))
     lines.append(f"- **Sealed test split**: read {reads} time{'' if reads == 1 else 's'}, each through "
                  "`benchmarks/improvement.py --final` and recorded in `results/test_ledger.csv`.")
+    asks = _rows("ask_control.csv")
+    if asks:
+        lines.append(_ask_line(asks))
     tuned = _rows("tune_ppo_summary.csv")
     if tuned:
         lines.append(_tune_ppo_line(tuned))
@@ -672,6 +675,17 @@ def headline() -> str:
     if throughput:
         lines.append(_throughput_line(throughput))
     return "\n".join(lines) + "\n"
+
+
+def _ask_line(rows: list[dict[str, str]]) -> str:
+    """One headline line: whether the requested improvement controls the operator (``research/ask_control.py``)."""
+    gains = [f"{r[k].split(' ')[0]}" for r in rows[:1] for k in r if k.startswith("gain_at_")]
+    spread = f"{min(gains, key=float)} to {max(gains, key=float)}"
+    rhos = ", ".join(f"{r['rank_correlation_of_means']} after {r['budget']}" for r in rows)
+    return (f"- **Asking does not control the operator**: asked for improvements across its trained range, it "
+            f"realizes the same gain ({spread} after one batch on validation); rank "
+            f"correlations {rhos}, against the 0.8 required, so `apply ask_improvement=` was dropped. From "
+            "[`research/ask_control.py`](research/ask_control.py); details on the [results page](docs/results.md).")
 
 
 def _throughput_line(throughput: dict[str, str]) -> str:
