@@ -85,6 +85,10 @@ class OutcomeConfig:
     """deterministic evaluation episodes per policy (apply's protocol and seeds)"""
     fitness_floor: float = 1.0
     """the least a task's fitness is divided by: (R_op − R_teacher) / max(|R_teacher − R_start|, fitness_floor)"""
+    shaping: str = "ratio"
+    """what PGPE ranks the members by: ratio (their fitness, the mean over the generation's tasks of the ratio
+    above, in which a task whose teacher gained little weighs more) or task_ranks (the mean over the tasks of each
+    member's centered rank among the members on that task: every task weighs the same)"""
     stdev_init: float = 0.005
     """the search distribution's initial standard deviation, per weight"""
     stdev_lr: float = 0.1
@@ -240,6 +244,23 @@ def task_outcome(ops: Sequence[ImprovementOperator], ckpt: OperatorCheckpoint, t
                        tuple(-math.inf if fail else r for r, fail in zip(returns, failed, strict=True)), simulated)
 
 
+SHAPINGS = ("ratio", "task_ranks")
+"""the values of ``shaping``"""
+
+
+def task_ranks(outcomes: Sequence[TaskOutcome], members: int) -> torch.Tensor:
+    """Each of the first ``members`` operators' mean over the runs of its centered rank ([-0.5, 0.5], ties sharing
+    their mean rank) by R_op among those members on that run ``[members]`` (a failed operator, R_op = −inf, ranks
+    last)."""
+    ranks = []
+    for o in outcomes:
+        r = torch.tensor(o.returns[:members], dtype=torch.float64)
+        below = (r.unsqueeze(1) > r.unsqueeze(0)).sum(1).double()
+        ties = (r.unsqueeze(1) == r.unsqueeze(0)).sum(1).double() - 1
+        ranks.append((below + ties / 2) / max(members - 1, 1) - 0.5)
+    return torch.stack(ranks).mean(0)
+
+
 def fitness(outcomes: Sequence[TaskOutcome], floor: float) -> torch.Tensor:
     """Each operator's fitness ``[n_ops]``: over the runs, the mean of (R_op − R_teacher) / max(|R_teacher − R_start|,
     ``floor``). 0: as good as the teacher; −1: where the teacher started (when the teacher gained); +1: twice the
@@ -334,6 +355,8 @@ def evolved(op: ImprovementOperator, prefixes: list[str] | None) -> torch.Tensor
 def _check(cfg: OutcomeConfig) -> None:
     if cfg.start not in STARTS:
         raise UserError(f"start={cfg.start}: must be one of {', '.join(STARTS)}")
+    if cfg.shaping not in SHAPINGS:
+        raise UserError(f"shaping={cfg.shaping}: must be one of {', '.join(SHAPINGS)}")
     if cfg.popsize < 2 or cfg.popsize % 2:
         raise UserError(f"popsize must be even and >= 2 (antithetic pairs), got {cfg.popsize}")
     sizes = {"generations": cfg.generations, "applications": cfg.applications,
@@ -439,6 +462,8 @@ def outcome(cfg: OutcomeConfig) -> Path:
         return full
 
     recorded = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in EXECUTION_SETTINGS + START_SETTINGS}
+    if cfg.shaping == "ratio":
+        del recorded["shaping"]  # as states saved before the setting existed record it: they resume
     if learned is not None:
         recorded |= {"start": cfg.start, "learned_start": cfg.learned_start, "learned_start_sha256": learned_sha256}
     settings = plain_json({**recorded, "source_sha256": sha256_file(path)})
@@ -469,7 +494,8 @@ def outcome(cfg: OutcomeConfig) -> Path:
                                      ask, cfg.eval_episodes) for task, seed in runs]
             scores = fitness(outcomes, cfg.fitness_floor)
             member_scores = scores[:-1]
-            state = es.pgpe_tell(state, members, member_scores.float())
+            ranked = member_scores if cfg.shaping == "ratio" else task_ranks(outcomes, cfg.popsize)
+            state = es.pgpe_tell(state, members, ranked.float())
             simulated = sum(o.env_steps for o in outcomes)
             env_steps += simulated
             finite = _finite(member_scores)

@@ -23,12 +23,14 @@ from metaimprove.storage import load_tensors, meta_path, sha256_file
 from metaimprove.training import outcome as outcome_module
 from metaimprove.training.outcome import (
     ROW_FIELDS,
+    SHAPINGS,
     OutcomeConfig,
     TaskOutcome,
     fitness,
     outcome,
     start_policy,
     task_outcome,
+    task_ranks,
 )
 from tests.helpers import apply_config, curve_rows
 
@@ -81,6 +83,15 @@ def test_fitness_divides_by_the_teacher_gain_and_averages_over_tasks() -> None:
             TaskOutcome("b", 1, start_return=5.0, teacher_return=5.5, returns=(4.5, 5.5, 6.0), env_steps=0)]
     # Task a: gain 4, so -1 (stayed at the start) and +1 (twice the gain); task b: gain 0.5, below the floor of 1.
     assert fitness(runs, 1.0).tolist() == [(-1.0 - 1.0) / 2, (1.0 + 0.0) / 2, -math.inf]
+
+
+def test_task_ranks_weigh_every_task_the_same_whatever_its_scale() -> None:
+    runs = [TaskOutcome("a", 0, 0.0, 1.0, returns=(1000.0, -1000.0, 0.0, 5.0), env_steps=0),
+            TaskOutcome("b", 1, 0.0, 1.0, returns=(0.1, 0.3, 0.2, -math.inf), env_steps=0)]
+    # On a: ranks 1, 0, 0.5 of 3 members (the fourth operator, the center, is not ranked); on b: 0, 1, 0.5.
+    assert task_ranks(runs, 3).tolist() == [0.0, 0.0, 0.0]
+    ties = [TaskOutcome("c", 0, 0.0, 1.0, returns=(2.0, 2.0, -math.inf, 1.0), env_steps=0)]
+    assert task_ranks(ties, 3).tolist() == [0.25, 0.25, -0.5]
 
 
 def test_seeded_and_a_resumed_run_equals_an_uninterrupted_one(moving_operator: pathlib.Path, tmp_path: pathlib.Path,
@@ -138,11 +149,13 @@ def test_pgpe_climbs_a_toy_fitness(ars_operator: pathlib.Path, tmp_path: pathlib
         return TaskOutcome(task.name, seed, 0.0, -1.0, tuple(-d - 1.0 for d in distance), 1)
 
     monkeypatch.setattr(outcome_module, "task_outcome", toy)
-    outcome(tiny(ars_operator, tmp_path, generations=30, popsize=64, stdev_init=0.01, center_lr=0.05))
-    rows = read_rows(tmp_path / "metrics.csv")
-    center = [float(r["center_fitness"]) for r in rows]
-    assert center[-1] > center[0] + 0.5
-    assert float(rows[-1]["mean_fitness"]) > float(rows[0]["mean_fitness"])
+    for shaping in SHAPINGS:
+        out = tmp_path / shaping
+        outcome(tiny(ars_operator, out, generations=30, popsize=64, stdev_init=0.01, center_lr=0.05, shaping=shaping))
+        rows = read_rows(out / "metrics.csv")
+        center = [float(r["center_fitness"]) for r in rows]
+        assert center[-1] > center[0] + 0.5
+        assert float(rows[-1]["mean_fitness"]) > float(rows[0]["mean_fitness"])
 
 
 def test_only_the_weights_asked_for_evolve(moving_operator: pathlib.Path, tmp_path: pathlib.Path) -> None:
@@ -240,6 +253,7 @@ def test_a_missing_or_mismatched_learned_start_is_a_one_line_error(ars_operator:
     ({"operator_path": "no_such_operator"}, "operator no_such_operator is missing"),
     ({"tasks": ["halfcheetah_vel/train/40"]}, "halfcheetah_vel/train/40 is not one of the operator's"),
     ({"tasks": ["halfcheetah_vel/test/0"]}, "halfcheetah_vel/test/0 is not one of the operator's"),
+    ({"shaping": "nope"}, "shaping=nope: must be one of ratio, task_ranks"),
     ({"popsize": 1}, "popsize must be even and >= 2"),
     ({"popsize": 3}, "popsize must be even and >= 2"),
     ({"applications": 0}, "applications=0: must be >= 1"),
