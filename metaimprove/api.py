@@ -102,9 +102,11 @@ class Operator:
         fits in ``budget`` env steps. Yields ``(env steps used so far, policy)`` after each application.
 
         This is apply's ``operator`` method for run ``seed`` (its collection and feature seeds), run lazily: stop
-        iterating whenever you like. ``ask_k`` is apply's setting of that name. The
-        policy must be of the operator's spec (a shape-agnostic operator's: of any hidden sizes, with the env's
-        observation and action sizes), and the env's spaces must fit it (one-line errors otherwise).
+        iterating whenever you like. ``ask_k`` is apply's setting of that name. An operator with memory
+        (``operator.memory``) carries its state from one application to the next within this iterator; another call
+        starts a new run, from h₀. The policy must be of the operator's spec (a shape-agnostic operator's: of any
+        hidden sizes, with the env's observation and action sizes), and the env's spaces must fit it (one-line errors
+        otherwise).
         """
         task = resolve_task(task_or_env)
         ckpt = self.checkpoint.on(task)  # a shape-agnostic operator serves the env's observation and action sizes
