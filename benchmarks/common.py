@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from metaimprove import seeds
+from metaimprove.data.collect import load_manifest, load_shard
 from metaimprove.evaluation.apply import apply
 from metaimprove.evaluation.methods import teacher_steps
 from metaimprove.evaluation.plot import read_curves
@@ -39,6 +40,7 @@ from metaimprove.evaluation.stats import (
 from metaimprove.operator.checkpoint import DEFAULT_ASK_K, OperatorCheckpoint
 from metaimprove.operator.runtime import BatchSchedule
 from metaimprove.sim.envs import AnyTask
+from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, fold_normalizer, load_policy
 from metaimprove.sim.rollout import evaluate
 from metaimprove.sim.tasks import TaskConfig, get_family
 from metaimprove.teachers import TEACHERS, Teacher
@@ -247,6 +249,48 @@ def against_validation(operator: Path, work: Path, label: str, baselines: tuple[
     mine = normalized_scores(read_curves([curves]), budgets)["operator"]
     committed = normalized_scores(read_curves([RESULTS / "improvement_validation.csv"]), budgets)
     return paired_rows(mine, label, {name: committed[name] for name in baselines}, batch, BUDGET)
+
+
+# ------------------------------------------------------------------------------------------ memorization
+
+
+def folded(policy: Policy) -> torch.Tensor:
+    """θ folded into the identity normalizer: one coordinate system for every policy compared."""
+    return fold_normalizer(policy.spec, policy.theta.double(), policy.normalizer,
+                           ObsNormalizer.identity(policy.spec.obs_dim))
+
+
+def training_snapshots(dataset: Path) -> torch.Tensor:
+    """Every θⁿ of every training run of ``dataset`` [runs × (N+1), P], folded (see :func:`folded`)."""
+    out = []
+    for entry in load_manifest(dataset):
+        tensors, meta = load_shard(dataset, entry)
+        spec = PolicySpec.from_dict(meta["policy_spec"])
+        for n in range(len(tensors["theta"])):
+            norm = ObsNormalizer(tensors["norm_mean"][n].numpy(), tensors["norm_var"][n].numpy())
+            out.append(folded(Policy(spec, tensors["theta"][n].float(), norm)))
+    return torch.stack(out)
+
+
+def memorization(run_dir: Path, snapshots: torch.Tensor, method: str = "operator",
+                 peer: str = "ppo") -> dict[str, float]:
+    """The memorization audit of an apply run with ``save_policies``: median distances (folded θ) from ``method``'s
+    and ``peer``'s final policies to the nearest training checkpoint of ``snapshots``, and between two of ``peer``'s
+    seeds on one task (how far apart two honest learners end)."""
+    def load(name: str) -> dict[str, list[torch.Tensor]]:
+        by_task: dict[str, list[torch.Tensor]] = {}
+        for path in sorted((run_dir / "policies" / name).glob("*.safetensors")):
+            by_task.setdefault(path.name.rsplit("-s", 1)[0], []).append(folded(load_policy(path)))
+        return by_task
+
+    def to_nearest(by_task: dict[str, list[torch.Tensor]]) -> float:
+        thetas = torch.stack([t for ts in by_task.values() for t in ts])
+        return float(torch.cdist(thetas, snapshots).min(1).values.median())
+
+    mine, peers = load(method), load(peer)
+    pairs = [float((a - b).norm()) for ts in peers.values() for i, a in enumerate(ts) for b in ts[i + 1:]]
+    return {f"{method}_to_nearest_checkpoint": to_nearest(mine), f"{peer}_to_nearest_checkpoint": to_nearest(peers),
+            f"{peer}_seed_to_seed": float(np.median(pairs))}
 
 
 def interval(est: Interval) -> str:

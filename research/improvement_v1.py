@@ -50,7 +50,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # benchmarks/common.py
 from common import (
@@ -63,12 +62,13 @@ from common import (
     dataset_or_exit,
     finals,
     fmt,
+    memorization,
+    training_snapshots,
     verdict,
     write_rows,
 )
 from operator_step import operator_step_vs_ppo_update
 
-from metaimprove.data.collect import load_manifest, load_shard
 from metaimprove.evaluation.apply import apply
 from metaimprove.evaluation.baselines import DRConfig, train_dr
 from metaimprove.evaluation.methods import method_names, starts_from_theta0
@@ -77,7 +77,6 @@ from metaimprove.evaluation.protocol import ApplyConfig
 from metaimprove.evaluation.stats import Curves, Estimate, common_grid, curve_band, iqm_ci, reach_ratio
 from metaimprove.operator.checkpoint import OperatorCheckpoint
 from metaimprove.operator.runtime import BatchSchedule, describe_warmup
-from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, fold_normalizer, load_policy
 from metaimprove.sim.tasks import TaskConfig
 
 SPLITS = ("test", "ood")
@@ -92,42 +91,6 @@ def starts(curves: Curves) -> np.ndarray:
     """Each run's first evaluated return, shaped like :func:`finals`."""
     runs = curves.runs()
     return np.array([[r[0] for _, _, r in runs[t]] for t in runs]).T
-
-
-def folded(policy: Policy) -> torch.Tensor:
-    """θ folded into the identity normalizer: one coordinate system for every policy compared."""
-    return fold_normalizer(policy.spec, policy.theta.double(), policy.normalizer,
-                           ObsNormalizer.identity(policy.spec.obs_dim))
-
-
-def training_snapshots(dataset: Path) -> torch.Tensor:
-    """Every θⁿ of every training run of ``dataset`` [runs × (N+1), P], folded (see :func:`folded`)."""
-    out = []
-    for entry in load_manifest(dataset):
-        tensors, meta = load_shard(dataset, entry)
-        spec = PolicySpec.from_dict(meta["policy_spec"])
-        for n in range(len(tensors["theta"])):
-            norm = ObsNormalizer(tensors["norm_mean"][n].numpy(), tensors["norm_var"][n].numpy())
-            out.append(folded(Policy(spec, tensors["theta"][n].float(), norm)))
-    return torch.stack(out)
-
-
-def memorization(run_dir: Path, snapshots: torch.Tensor) -> dict[str, float]:
-    """Median distances (folded θ): operator / PPO final to the nearest training checkpoint, PPO seed to seed."""
-    def load(method: str) -> dict[str, list[torch.Tensor]]:
-        by_task: dict[str, list[torch.Tensor]] = {}
-        for path in sorted((run_dir / "policies" / method).glob("*.safetensors")):
-            by_task.setdefault(path.name.rsplit("-s", 1)[0], []).append(folded(load_policy(path)))
-        return by_task
-
-    def to_nearest(by_task: dict[str, list[torch.Tensor]]) -> float:
-        thetas = torch.stack([t for ts in by_task.values() for t in ts])
-        return float(torch.cdist(thetas, snapshots).min(1).values.median())
-
-    ops, ppos = load("operator"), load("ppo")
-    pairs = [float((a - b).norm()) for ts in ppos.values() for i, a in enumerate(ts) for b in ts[i + 1:]]
-    return {"operator_to_nearest_checkpoint": to_nearest(ops), "ppo_to_nearest_checkpoint": to_nearest(ppos),
-            "ppo_seed_to_seed": float(np.median(pairs))}
 
 
 # ----------------------------------------------------------------------------------------------- run

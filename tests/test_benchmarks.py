@@ -1,10 +1,15 @@
-"""The evaluation benchmark refuses bad input before it runs anything: one line, a non-zero exit, nothing written."""
+"""The evaluation benchmark refuses bad input before it runs anything (one line, a non-zero exit, nothing written),
+and the memorization audit measures what it says."""
 
 import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
+
+from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params, save_policy
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -35,3 +40,24 @@ def test_gpu_sim_without_its_extra_or_a_gpu_measures_nothing_in_one_line(tmp_pat
     last = result.stderr.strip().splitlines()[-1]
     assert 'pip install -c constraints.txt -e ".[gpu]"' in last or "no CUDA device here" in last
     assert "Traceback" not in result.stderr
+
+
+def test_the_memorization_audit_measures_distances_to_training_checkpoints_and_between_seeds(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from common import folded, memorization
+
+    spec = PolicySpec(3, 2, hidden=(4,))
+    norm = ObsNormalizer(np.array([0.5, -1.0, 2.0]), np.array([4.0, 1.0, 0.25]))
+    policies = [Policy(spec, init_params(spec, torch.Generator().manual_seed(i)), norm) for i in range(4)]
+    snapshots = torch.stack([folded(policies[0]), folded(policies[1])])
+    for method, seeds in (("operator", (0, 1)), ("ppo", (2, 3))):
+        (tmp_path / "policies" / method).mkdir(parents=True)
+        for seed in seeds:
+            save_policy(tmp_path / "policies" / method / f"fam-train-0-s{seed}.safetensors", policies[seed])
+    audit = memorization(tmp_path, snapshots)
+    assert audit["operator_to_nearest_checkpoint"] == pytest.approx(0.0, abs=1e-6)  # it landed on checkpoints
+    nearest = torch.cdist(torch.stack([folded(policies[2]), folded(policies[3])]), snapshots).min(1).values
+    assert audit["ppo_to_nearest_checkpoint"] == pytest.approx(float(nearest.median()), rel=1e-6)
+    assert audit["ppo_seed_to_seed"] == pytest.approx(float((folded(policies[2]) - folded(policies[3])).norm()))
+    assert audit["ppo_seed_to_seed"] > 0
