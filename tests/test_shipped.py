@@ -25,9 +25,11 @@ operator's learned start"""
 OPERATORS = sorted(p for p in SHIPPED.glob("*.safetensors") if not p.name.endswith(POLICIES))
 
 
-def _collection(operator: pathlib.Path) -> dict:
-    """The collect settings the operator's dataset was made with (``<name>.collect.yaml`` beside it)."""
-    return yaml.safe_load(operator.with_name(operator.name.replace(".safetensors", ".collect.yaml")).read_text())
+def _collections(operator: pathlib.Path) -> list[dict]:
+    """The collect settings of the operator's datasets (``<name>.collect.yaml`` beside it: one collection, or several
+    under ``collections`` for an operator trained across robots)."""
+    config = yaml.safe_load(operator.with_name(operator.name.replace(".safetensors", ".collect.yaml")).read_text())
+    return config.get("collections", [config])
 
 
 def test_the_documented_operators_are_shipped() -> None:
@@ -38,17 +40,24 @@ def test_the_documented_operators_are_shipped() -> None:
 @pytest.mark.parametrize("operator", OPERATORS, ids=[p.name.removesuffix(".safetensors") for p in OPERATORS])
 def test_a_shipped_operator_loads_and_matches_its_collection(operator: pathlib.Path) -> None:
     _, ckpt = OperatorCheckpoint.load(operator)
-    collection = _collection(operator)
-    family = collection["task"]["family"]
-    assert operator.name.split(".")[0] == family
-    assert ckpt.teacher == {"name": collection["teacher_name"], "config": collection["teacher"]}
-    env = make_env(default_task(family))
-    assert ckpt.spec == PolicySpec(env.observation_space.shape[0], env.action_space.shape[0],
-                                   tuple(collection["hidden"]))
-    # Trained on the collection's training tasks only: never on a task it is evaluated on.
-    start = collection["start"]
-    planned = {get_family(family).task("train", i).name for i in range(start, start + collection["n_tasks"])}
-    assert collection["split"] == "train" and ckpt.tasks and set(ckpt.tasks) <= planned
+    collections = _collections(operator)
+    families = [c["task"]["family"] for c in collections]
+    if len(collections) == 1:
+        assert operator.name.split(".")[0] == families[0]
+    else:  # one operator across robots reads any policy sizes
+        assert ckpt.features.agnostic and ckpt.families == sorted(families)
+    planned = set()
+    for collection, family in zip(collections, families, strict=True):
+        assert ckpt.teacher == {"name": collection["teacher_name"], "config": collection["teacher"]}
+        task = default_task(family)
+        env = make_env(task)
+        assert ckpt.on(task).spec == PolicySpec(env.observation_space.shape[0], env.action_space.shape[0],
+                                                tuple(collection["hidden"]))
+        start = collection["start"]
+        assert collection["split"] == "train"
+        planned |= {get_family(family).task("train", i).name for i in range(start, start + collection["n_tasks"])}
+    # Trained on the collections' training tasks only: never on a task it is evaluated on.
+    assert ckpt.tasks and set(ckpt.tasks) <= planned
     assert ckpt.resolve_ask_k() in ckpt.ks
     BatchSchedule.of(ckpt)  # its warm-up, if any, fits its teacher's batch
 
