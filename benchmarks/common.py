@@ -201,13 +201,16 @@ def normalized_scores(curves: Curves, budgets: list[float]) -> dict[str, dict[fl
 
 
 def apply_on_validation(operator: Path, work: Path, family: str = "halfcheetah_vel", methods: tuple[str, ...] = (
-        "operator",), n_tasks: int = 8, seeds: int = 3, budget: int = BUDGET, workers: int = 2) -> Path:
+        "operator",), n_tasks: int = 8, seeds: int = 3, budget: int = BUDGET, workers: int = 2,
+        learned_start: Path | None = None) -> Path:
     """Apply ``operator`` with ``methods`` on ``family``'s first ``n_tasks`` validation tasks (``train`` tasks from
-    :func:`validation_start` on) × ``seeds`` from fresh starts for ``budget`` env steps, into ``work`` (a rerun reuses
+    :func:`validation_start` on) × ``seeds`` from fresh starts (and, for ``operator_learned_start``, from
+    ``learned_start``, default the file beside the operator) for ``budget`` env steps, into ``work`` (a rerun reuses
     its finished runs); its curves file."""
     apply(ApplyConfig(operator_path=str(operator), out=str(work), task=TaskConfig(family), split="train",
                       task_start=validation_start(family), n_tasks=n_tasks, seeds=seeds, budget=budget,
-                      methods=list(methods), workers=workers))
+                      methods=list(methods), workers=workers,
+                      learned_start=None if learned_start is None else str(learned_start)))
     return work / "curves.csv"
 
 
@@ -237,16 +240,18 @@ def paired_rows(mine: dict[float, dict[RunKey, float]], label: str,
     return rows
 
 
-def against_validation(operator: Path, work: Path, label: str, baselines: tuple[str, ...]) -> list[dict[str, object]]:
-    """Apply ``operator`` on the validation tasks of ``results/improvement_validation.csv`` (``train`` 32-39 × 3
-    seeds, fresh starts, B) into ``work`` (a rerun reuses its finished runs), and per budget (1, 2, 4, 8 of its
-    batches and B) its mean normalized score as ``label`` and its paired difference with each committed method of
-    ``baselines``, each with a 95% CI resampling tasks, then seeds."""
-    curves = apply_on_validation(operator, work)
+def against_validation(operator: Path, work: Path, label: str, baselines: tuple[str, ...], method: str = "operator",
+                       learned_start: Path | None = None) -> list[dict[str, object]]:
+    """Apply ``operator`` as ``method`` (``operator``, fresh starts; ``operator_learned_start``, from ``learned_start``
+    or the file beside it) on the validation tasks of ``results/improvement_validation.csv`` (``train`` 32-39 × 3
+    seeds, B) into ``work`` (a rerun reuses its finished runs), and per budget (1, 2, 4, 8 of its batches and B) its
+    mean normalized score as ``label`` and its paired difference with each committed method of ``baselines``, each
+    with a 95% CI resampling tasks, then seeds."""
+    curves = apply_on_validation(operator, work, methods=(method,), learned_start=learned_start)
     _, ckpt = OperatorCheckpoint.load(operator)
     batch = float(BatchSchedule.of(ckpt).batch)
     budgets = scored_budgets(batch, BUDGET)
-    mine = normalized_scores(read_curves([curves]), budgets)["operator"]
+    mine = normalized_scores(read_curves([curves]), budgets)[method]
     committed = normalized_scores(read_curves([RESULTS / "improvement_validation.csv"]), budgets)
     return paired_rows(mine, label, {name: committed[name] for name in baselines}, batch, BUDGET)
 

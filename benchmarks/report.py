@@ -272,6 +272,29 @@ def _outcome_horizon() -> list[str]:
     ]
 
 
+def _outcome_learned() -> list[str]:
+    """An operator evolved over the whole budget from the learned start against the imitation-trained one from it
+    (``research/outcome_horizon.py`` on an ``outcome start=learned`` run)."""
+    rows = _rows("outcome_horizon_learned.csv")
+    if not rows:
+        return []
+    first = rows[0]
+    progress = "ended" if first["complete"] == "True" else "still running"
+    return [
+        *_head("Does outcome training over the whole budget help from the learned start?",
+               "research/outcome_horizon.py", "outcome_horizon_learned.csv"),
+        f"The shipped operator's weights evolved by `metaimprove outcome start=learned` on the return after T = "
+        f"{first['outcome_applications_T']} applications (B's), {first['generations']} generations so far (the run "
+        f"was {progress} when measured), applied from the learned start on validation tasks (`train` 32–39 × 3 "
+        "seeds); mean normalized score with 95% CIs, and the paired difference with the imitation-trained operator "
+        "from the same start.",
+        "",
+        *_table(rows, ["budget", "evolved", "imitation-trained", "evolved − imitation"],
+                lambda r: [r["budget"], r["evolved"], r["operator_learned_start"],
+                           r["evolved_minus_operator_learned_start"]]),
+    ]
+
+
 def _operator_variants() -> list[str]:
     """Variants of the shipped operator's fit against it on its own family (``research/operator_variants.py``)."""
     rows = _rows("operator_variants.csv")
@@ -626,7 +649,8 @@ def page() -> str:
     out += _scaling()
     for name in ABLATION_TABLES:
         out += _ablations(name)
-    out += _confirm_choice() + _learned_start() + _outcome_horizon() + _operator_variants() + _ask_control()
+    out += _confirm_choice() + _learned_start() + _outcome_horizon() + _outcome_learned() + _operator_variants()
+    out += _ask_control()
     out += _step_geometry()
     out += _update_rules()
     out += _privileged_targets() + _improvement_v1()
