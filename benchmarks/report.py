@@ -285,7 +285,8 @@ def _outcome_learned() -> list[str]:
                "research/outcome_horizon.py", "outcome_horizon_learned.csv"),
         f"The shipped operator's weights evolved by `metaimprove outcome start=learned` on the return after T = "
         f"{first['outcome_applications_T']} applications (B's), {first['generations']} generations so far (the run "
-        f"was {progress} when measured), applied from the learned start on validation tasks (`train` 32–39 × 3 "
+        f"was {progress} when measured; its weights had moved {float(first['weights_moved']):.1%} of their norm), "
+        "applied from the learned start on validation tasks (`train` 32–39 × 3 "
         "seeds); mean normalized score with 95% CIs, and the paired difference with the imitation-trained operator "
         "from the same start.",
         "",

@@ -24,6 +24,9 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
+from metaimprove.operator.checkpoint import OperatorCheckpoint
 from metaimprove.storage import atomic_write_csv, load_tensors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # benchmarks/common.py
@@ -37,6 +40,13 @@ LEARNED = "operator_learned_start"
 """the method an operator evolved from the learned start (``outcome start=learned``) is applied as, and paired with"""
 LEARNED_START = RESULTS / "operators" / f"{FAMILY}.start.safetensors"
 OUT_LEARNED = RESULTS / "outcome_horizon_learned.csv"
+
+
+def moved(evolved: Path, source: str) -> float:
+    """How far the outcome run took the weights: ‖w_evolved − w_source‖ / ‖w_source‖."""
+    vectors = [torch.nn.utils.parameters_to_vector(OperatorCheckpoint.load(path)[0].parameters()).detach()
+               for path in (evolved, source)]
+    return float((vectors[0] - vectors[1]).norm() / vectors[1].norm())
 
 
 def main() -> None:
@@ -53,7 +63,7 @@ def main() -> None:
     method, baselines, out = (LEARNED, (LEARNED,), OUT_LEARNED) if learned else ("operator", BASELINES, OUT)
     start = LEARNED_START if learned else None
     rows = [{"outcome_applications_T": settings["applications"], "generations": summary["generations"],
-             "complete": summary["complete"], **row}
+             "complete": summary["complete"], "weights_moved": f"{moved(args.operator, summary['source']):.4f}", **row}
             for row in against_validation(args.operator, args.work, "evolved", baselines, method, start)]
     atomic_write_csv(out, list(rows[0]), rows)
     for row in rows:
