@@ -31,6 +31,7 @@ from metaimprove.sim.tasks import TaskConfig
 from metaimprove.storage import meta_path
 from metaimprove.teachers import ARSConfig, PPOConfig
 from metaimprove.training import train as train_module
+from metaimprove.training.outcome import OutcomeConfig
 from metaimprove.training.pairs import PairConfig
 from metaimprove.training.train import TrainConfig
 
@@ -129,6 +130,16 @@ def random_features(spec: PolicySpec, n: int, seed: int = 0, m: int = 16, s: int
         "norm_mean": torch.zeros(n, spec.obs_dim),
         "norm_std": torch.ones(n, spec.obs_dim),
     }
+
+
+def tiny_outcome(operator: pathlib.Path, out: pathlib.Path, **changes: object) -> OutcomeConfig:
+    """An outcome run of 2 generations of 2 members (and the center and the teacher), 2 applications, on 1 of 2
+    training tasks."""
+    settings: dict[str, object] = dict(operator_path=str(operator), out=str(out), generations=2, popsize=2,
+                                       applications=2, tasks_per_generation=1, eval_episodes=1,
+                                       tasks=["halfcheetah_vel/train/0", "halfcheetah_vel/train/1"], stdev_init=0.05)
+    settings.update(changes)
+    return OutcomeConfig(**settings)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------- apply

@@ -4,6 +4,7 @@ apply carries the operator's own, the state changes what the operator does, and 
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 
 import pytest
@@ -16,9 +17,10 @@ from metaimprove.operator.features import FeatureConfig
 from metaimprove.operator.networks import ApplicationMemory
 from metaimprove.operator.runtime import MemoryCarry
 from metaimprove.storage import load_tensors
+from metaimprove.training.outcome import outcome
 from metaimprove.training.pairs import PairConfig, build_pairs
 from metaimprove.training.train import TrainConfig, train
-from tests.helpers import TINY_TRAIN, apply_config, curve_rows, train_interrupted_then_resumed
+from tests.helpers import TINY_TRAIN, apply_config, curve_rows, tiny_outcome, train_interrupted_then_resumed
 
 MEMORY_TRAIN = {**TINY_TRAIN, "operator": dataclasses.replace(TINY_TRAIN["operator"], memory=4),  # type: ignore[type-var]
                 "max_epochs": 3, "patience": 100}
@@ -80,3 +82,15 @@ def test_a_negative_memory_width_is_a_one_line_error(ars_dataset: pathlib.Path, 
     with pytest.raises(UserError, match=r"operator.memory=-1: give the width"):
         train(TrainConfig(dataset=str(ars_dataset), out=str(tmp_path / "op"), **settings))  # type: ignore[arg-type]
     assert not (tmp_path / "op").exists()
+
+
+def test_outcome_training_evolves_the_memory_and_the_evolved_operator_applies(
+        ars_dataset: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    source = train(TrainConfig(dataset=str(ars_dataset), out=str(tmp_path / "op"), **MEMORY_TRAIN))  # type: ignore[arg-type]
+    evolved = outcome(tiny_outcome(source, tmp_path / "outcome", evolve=["memory"]))
+    before, after = (OperatorCheckpoint.load(path)[0].state_dict() for path in (source, evolved))
+    moved = {name for name in before if not torch.equal(before[name], after[name])}
+    assert moved and all(name.startswith("memory.") for name in moved)  # only the memory evolved
+    rows = curve_rows(apply(apply_config(evolved, tmp_path / "apply", seeds=1, applications=3,
+                                         methods=["operator"])).parent)
+    assert len(rows) == 4 and all(math.isfinite(float(r["return"])) for r in rows)

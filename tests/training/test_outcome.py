@@ -24,7 +24,6 @@ from metaimprove.training import outcome as outcome_module
 from metaimprove.training.outcome import (
     ROW_FIELDS,
     SHAPINGS,
-    OutcomeConfig,
     TaskOutcome,
     fitness,
     outcome,
@@ -33,15 +32,7 @@ from metaimprove.training.outcome import (
     task_ranks,
 )
 from tests.helpers import apply_config, curve_rows
-
-
-def tiny(operator: pathlib.Path, out: pathlib.Path, **changes: object) -> OutcomeConfig:
-    """2 generations of 2 members (and the center and the teacher), 2 applications, on 1 of 2 training tasks."""
-    settings: dict[str, object] = dict(operator_path=str(operator), out=str(out), generations=2, popsize=2,
-                                       applications=2, tasks_per_generation=1, eval_episodes=1,
-                                       tasks=["halfcheetah_vel/train/0", "halfcheetah_vel/train/1"], stdev_init=0.05)
-    settings.update(changes)
-    return OutcomeConfig(**settings)  # type: ignore[arg-type]
+from tests.helpers import tiny_outcome as tiny
 
 
 def test_each_member_runs_as_apply_would_and_fitness_is_relative_to_the_teacher(moving_operator: pathlib.Path
