@@ -349,6 +349,8 @@ def figures(scored: Scored, budget: float, batch: float, name: str, best: str,
     out |= {f"score_at_4B_{m}_{name}": fmt(estimates[m][long]) for m in methods if long in estimates[m]}
     out |= {f"few_shot_2_{m}_{name}": fmt(estimates[m][2 * batch]) for m in (OPERATOR, best)}
     out |= {f"best_operator_{name}": best_operator, f"few_shot_2_{name}": fmt(estimates[best_operator][2 * batch])}
+    # The peer this set itself ranks first at B: the best peer is validation's choice, and a set may rank another.
+    out[f"top_peer_{name}"] = choose_best({m: s[budget] for m, s in scores.items()})
     out |= guard_figures(scored, budget, name)
     labels = {b: "4B" if b == long else "B" if b == budget else f"{b / batch:g} batch{'es' if b > batch else ''}"
               for b in scored.budgets}
@@ -372,6 +374,10 @@ def figures(scored: Scored, budget: float, batch: float, name: str, best: str,
               f"the best peer's score at B in {fmt(steps)} of B (inf: not within its runs).", ""]
     lines += [f"Of the ways of deploying the operator, validation's best at B is `{best_operator}`; after two of its "
               f"batches it scores {out[f'few_shot_2_{name}']}.", ""]
+    top = out[f"top_peer_{name}"]
+    if top != best:
+        lines += [f"On these tasks the peer with the highest mean score at B is `{top}` "
+                  f"({fmt(estimates[top][budget])}), not the best peer validation chose.", ""]
     if f"paired_vs_best_peer_4B_{name}" in out:
         lines += [f"At 4B, paired: {out[f'paired_vs_best_peer_4B_{name}']}.", ""]
     if f"paired_vs_sac_{name}" in out:

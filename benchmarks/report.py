@@ -560,8 +560,17 @@ def _improvement_line(figures: dict[str, str], name: str, what: str) -> str:
             f"{figures[f'paired_vs_best_peer_{name}']}{f' (at 4B: {long})' if long else ''}, and reaches the best "
             f"peer's score at B in {figures[f'steps_to_best_peer_{name}']} of B; after 2 batches it scores "
             f"{figures[f'few_shot_2_operator_{name}']} against {figures[f'few_shot_2_{best}_{name}']}."
-            f"{_learned_start_clause(figures, name)} From [`benchmarks/improvement.py`](benchmarks/improvement.py); "
+            f"{_top_peer_clause(figures, name)}{_learned_start_clause(figures, name)} From "
+            "[`benchmarks/improvement.py`](benchmarks/improvement.py); "
             "details on the [results page](docs/results.md).")
+
+
+def _top_peer_clause(figures: dict[str, str], name: str) -> str:
+    """The headline's sentence on the peer task set ``name`` ranks first at B, where that is not the best peer."""
+    top = figures.get(f"top_peer_{name}")
+    if top is None or top == figures[f"best_peer_{name}"]:
+        return ""
+    return f" On these tasks the peer with the highest mean at B is `{top}`, at {figures[f'score_at_B_{top}_{name}']}."
 
 
 def _learned_start_clause(figures: dict[str, str], name: str) -> str:
