@@ -556,6 +556,9 @@ def main() -> None:
         else:
             best = None if name == "validation" else read_figures(chosen)["best_peer_validation"]
             key |= report(name, args, batch, best, target)
+    validation = outputs("validation", target)[2]
+    if validation.exists():
+        key["best_peer"] = read_figures(validation)["best_peer_validation"]  # the peer every set is paired with
     key["test_ledger_reads"] = str(len(ledger_rows()))
     key |= ask_figures()
     for name, value in key.items():
