@@ -315,6 +315,25 @@ def _operator_variants() -> list[str]:
     ]
 
 
+def _memorization() -> list[str]:
+    """The memorization audit of the shipped ways of deploying the operator (``benchmarks/memorization.py``)."""
+    rows = _rows("memorization.csv")
+    if not rows:
+        return []
+    return [
+        *_head("Does the operator recall training checkpoints?", "benchmarks/memorization.py", "memorization.csv"),
+        f"Each shipped way of deploying the operator and tuned PPO applied on validation tasks ({rows[0]['runs']}, "
+        "B); distances between final policies with θ folded into one normalizer, medians. `ratio`: the method's "
+        "distance to the nearest θ of any training run over the distance between two tuned-PPO seeds' policies on "
+        "one task; a memorizing operator would land near training checkpoints, far below 1.",
+        "",
+        *_table(rows, ["method", "its start to the nearest training checkpoint", "its final policy to it",
+                       "tuned PPO's to it", "tuned PPO seed to seed", "ratio"],
+                lambda r: [f"`{r['method']}`", r["start_to_nearest_checkpoint"], r["to_nearest_checkpoint"],
+                           r["ppo_tuned_to_nearest_checkpoint"], r["ppo_tuned_seed_to_seed"], f"**{r['ratio']}**"]),
+    ]
+
+
 def _ask_control() -> list[str]:
     """The realized gain at each requested improvement (``research/ask_control.py``)."""
     rows = _rows("ask_control.csv")
@@ -651,7 +670,7 @@ def page() -> str:
     for stem, ours, reference in (("teacher_vs_sb3", "PPO", "Stable-Baselines3's PPO"),
                                   ("ars_vs_sb3", "ARS", "sb3-contrib's ARS")):
         out += _teacher_check(stem, ours, reference)
-    out += _improvement() + _tune_ppo() + _families()
+    out += _improvement() + _memorization() + _tune_ppo() + _families()
     out += _task_diversity() + _family_cost() + _throughput() + _reliability()
     out += ["## Settled studies", "",
             f"Each study's question, answer and command: {_script('research/README.md')}; its finding in one "
