@@ -194,14 +194,15 @@ def heldout_rows(heldout: str, curves_file: Path, operator: Path, budget: int, s
     return rows
 
 
-def write_rows(path: Path, rows: list[dict[str, object]]) -> None:
-    """Write ``rows`` to ``path`` in place of the rows of their held-out families; other families' rows stay."""
+def write_rows(path: Path, rows: list[dict[str, object]], key: str = "heldout") -> None:
+    """Write ``rows`` to ``path`` in place of the rows with their ``key`` values (default: their held-out families);
+    the other rows stay."""
     kept: list[dict[str, object]] = []
     if path.exists():
         with path.open() as f:
             kept = list(csv.DictReader(f))
-    done = {r["heldout"] for r in rows}
-    table = [r for r in kept if r["heldout"] not in done] + rows
+    done = {r[key] for r in rows}
+    table = [r for r in kept if r[key] not in done] + rows
     fields = list(dict.fromkeys(k for r in table for k in r))
     atomic_write_csv(path, fields, table)
 

@@ -83,7 +83,6 @@ references are then done). ``--quick`` took 40 s, and a rerun 15 s, on 2 cores t
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import shutil
 import sys
@@ -277,17 +276,6 @@ def references(tasks: list[AnyTask], operator: Path, budget: int, sizes: Sizes, 
     write_table([t.name for t in tasks], sizes.robots.reference_seeds, runs_file, table)
 
 
-def write_table_rows(path: Path, rows: list[dict[str, object]], key: str) -> None:
-    """Write ``rows`` to ``path`` in place of the rows of their ``key`` values; other rows stay."""
-    kept: list[dict[str, object]] = []
-    if path.exists():
-        with path.open() as f:
-            kept = list(csv.DictReader(f))
-    done = {r[key] for r in rows}
-    table = [r for r in kept if r[key] not in done] + rows
-    atomic_write_csv(path, list(dict.fromkeys(k for r in table for k in r)), table)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ship", action="store_true", help="copy the trained operator and its collections' configs "
@@ -351,7 +339,7 @@ def main() -> None:
             unscored[family] = str(exc)
             print(f"{family} not scored: {exc}", flush=True)
             continue
-        write_table_rows(results / FAMILIES_OUT.name, rows, "family")
+        loro.write_rows(results / FAMILIES_OUT.name, rows, "family")
         for row in rows:
             print(", ".join(f"{k}: {v}" for k, v in row.items() if k != "source"))
         stage(f"[5/8] {family}: {len(rows)} rows -> {results / FAMILIES_OUT.name}")
@@ -367,7 +355,7 @@ def main() -> None:
     stage(f"[7/8] references of {env.name} -> {runs_file}")
     references([env], universal, budget, sizes, runs_file, table, workers)
     env_table = env_rows(env, curves, universal, budget, sizes, runs_file, figures)
-    write_table_rows(results / ENV_OUT.name, env_table, "env")
+    loro.write_rows(results / ENV_OUT.name, env_table, "env")
     for row in env_table:
         print(", ".join(f"{k}: {v}" for k, v in row.items() if k != "source"))
     stage(f"[8/8] {len(env_table)} rows -> {results / ENV_OUT.name}")
