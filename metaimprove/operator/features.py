@@ -252,11 +252,11 @@ def encode(policy: Policy, exp: Experience, config: FeatureConfig, generator: to
 ENV_STATS = 4
 
 
-def _centered_ranks(values: torch.Tensor) -> torch.Tensor:
-    """Ranks of ``values [E]`` scaled to [-0.5, 0.5], ties sharing their average rank."""
+def centered_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Ranks of ``values [E]`` scaled to [-0.5, 0.5] (float64), ties sharing their average rank."""
     below = (values.unsqueeze(1) > values.unsqueeze(0)).sum(1).double()
     ties = (values.unsqueeze(1) == values.unsqueeze(0)).sum(1).double() - 1
-    return ((below + ties / 2) / max(len(values) - 1, 1) - 0.5).float()
+    return (below + ties / 2) / max(len(values) - 1, 1) - 0.5
 
 
 def is_antithetic(exp: Experience) -> bool:
@@ -274,7 +274,7 @@ def perturbation_features(exp: Experience, n_params: int) -> tuple[torch.Tensor,
     pert = exp.perturbation
     partner = torch.arange(E).roll(E // 2) if is_antithetic(exp) else torch.arange(E)
     better = torch.maximum(returns, returns[partner])
-    stats = torch.stack([z, _centered_ranks(returns), z[partner], _centered_ranks(better)], dim=-1)
+    stats = torch.stack([z, centered_ranks(returns).float(), z[partner], centered_ranks(better).float()], dim=-1)
     if pert is None:
         return torch.zeros(E, n_params), stats
     return pert.float() / (pert.float().square().mean().sqrt() + 1e-12), stats

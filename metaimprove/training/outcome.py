@@ -26,6 +26,7 @@ from metaimprove.errors import UserError
 from metaimprove.interop.sb3 import load_any_policy
 from metaimprove.loggers import CsvTable, Metrics, check_logger, progress, run_log
 from metaimprove.operator.checkpoint import OperatorCheckpoint, learned_start_file, resolve_operator
+from metaimprove.operator.features import centered_ranks
 from metaimprove.operator.networks import ImprovementOperator
 from metaimprove.operator.runtime import BatchSchedule, operator_teacher, operator_update
 from metaimprove.sim.envs import initial_states
@@ -252,13 +253,8 @@ def task_ranks(outcomes: Sequence[TaskOutcome], members: int) -> torch.Tensor:
     """Each of the first ``members`` operators' mean over the runs of its centered rank ([-0.5, 0.5], ties sharing
     their mean rank) by R_op among those members on that run ``[members]`` (a failed operator, R_op = −inf, ranks
     last)."""
-    ranks = []
-    for o in outcomes:
-        r = torch.tensor(o.returns[:members], dtype=torch.float64)
-        below = (r.unsqueeze(1) > r.unsqueeze(0)).sum(1).double()
-        ties = (r.unsqueeze(1) == r.unsqueeze(0)).sum(1).double() - 1
-        ranks.append((below + ties / 2) / max(members - 1, 1) - 0.5)
-    return torch.stack(ranks).mean(0)
+    return torch.stack([centered_ranks(torch.tensor(o.returns[:members], dtype=torch.float64))
+                        for o in outcomes]).mean(0)
 
 
 def fitness(outcomes: Sequence[TaskOutcome], floor: float) -> torch.Tensor:
