@@ -423,7 +423,6 @@ def deployed_until(curves: Curves, budget: float) -> Curves:
                   np.concatenate([curves.returns, returns.astype(np.float64)]))
 
 
-
 # ----------------------------------------------------------------------- two-level (task, seed) bootstrap
 
 
