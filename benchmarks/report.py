@@ -334,6 +334,21 @@ def _memorization() -> list[str]:
     ]
 
 
+def _reproduce() -> list[str]:
+    """Whether each shipped operator with training settings comes back bit for bit (``benchmarks/reproduce.py``)."""
+    rows = _rows("reproduce.csv")
+    if not rows:
+        return []
+    return [
+        *_head("Does the shipped operator come back from its configs?", "benchmarks/reproduce.py", "reproduce.csv"),
+        "`metaimprove train` with `results/operators/<family>.train.yaml` on the collection of "
+        "`<family>.collect.yaml`, compared with the shipped checkpoint.",
+        "",
+        *_table(rows, ["operator", "same tensors (SHA-256)", "same `.safetensors` bytes", "minutes"],
+                lambda r: [f"`{r['family']}`", r["same_tensors"], r["same_safetensors_bytes"], r["minutes"]]),
+    ]
+
+
 def _ask_control() -> list[str]:
     """The realized gain at each requested improvement (``research/ask_control.py``)."""
     rows = _rows("ask_control.csv")
@@ -670,7 +685,7 @@ def page() -> str:
     for stem, ours, reference in (("teacher_vs_sb3", "PPO", "Stable-Baselines3's PPO"),
                                   ("ars_vs_sb3", "ARS", "sb3-contrib's ARS")):
         out += _teacher_check(stem, ours, reference)
-    out += _improvement() + _memorization() + _tune_ppo() + _families()
+    out += _improvement() + _memorization() + _reproduce() + _tune_ppo() + _families()
     out += _task_diversity() + _family_cost() + _throughput() + _reliability()
     out += ["## Settled studies", "",
             f"Each study's question, answer and command: {_script('research/README.md')}; its finding in one "

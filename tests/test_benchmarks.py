@@ -1,5 +1,5 @@
-"""The evaluation benchmark refuses bad input before it runs anything (one line, a non-zero exit, nothing written),
-and the memorization audit measures what it says."""
+"""The evaluation and reproduction benchmarks refuse bad input before they run anything (one line, a non-zero exit,
+nothing written), and the memorization audit measures what it says."""
 
 import pathlib
 import subprocess
@@ -29,6 +29,28 @@ def test_improvement_refuses_bad_input_in_one_line(tmp_path: pathlib.Path, args:
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not work.exists()
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("family", "no results/operators/ant_goal.train.yaml"),
+    ("missing", "no dataset at"),
+    ("other", "was not collected with results/operators/halfcheetah_vel.collect.yaml's settings"),
+])
+def test_reproduce_refuses_bad_input_in_one_line(tmp_path: pathlib.Path, case: str, message: str) -> None:
+    dataset = tmp_path / "dataset"
+    if case == "other":  # a collection of other settings than the shipped operator's
+        dataset.mkdir()
+        (dataset / "manifest.json").write_text("{}")
+        (dataset / "config.yaml").write_text("n_tasks: 2\n")
+    family = ["--family", "ant_goal"] if case == "family" else []
+    work = tmp_path / "work"
+    before = (ROOT / "results" / "reproduce.csv").read_bytes()
+    result = subprocess.run([sys.executable, "benchmarks/reproduce.py", *family, "--dataset", str(dataset), "--work",
+                             str(work)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not work.exists() and (ROOT / "results" / "reproduce.csv").read_bytes() == before
 
 
 def test_gpu_sim_without_its_extra_or_a_gpu_measures_nothing_in_one_line(tmp_path: pathlib.Path) -> None:

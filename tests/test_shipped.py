@@ -7,6 +7,7 @@ the last test here checks that the two still have the same shape (``test_provena
 from __future__ import annotations
 
 import csv
+import dataclasses
 import pathlib
 
 import pytest
@@ -108,3 +109,20 @@ def test_the_fixture_operator_has_the_shipped_operators_shape(ars_operator: path
     assert fixture.features.warmup and shipped.features.warmup
     assert fixture.ask_k is not None and shipped.ask_k is not None
     assert {t.split("/")[0] for t in fixture.tasks} == {t.split("/")[0] for t in shipped.tasks} == {"halfcheetah_vel"}
+
+
+def test_the_shipped_training_settings_describe_the_shipped_operator() -> None:
+    """``halfcheetah_vel.train.yaml`` is a whole ``TrainConfig`` (less dataset and out) whose operator, features and
+    ask are the checkpoint's (``benchmarks/reproduce.py`` retrains from it and compares the bytes)."""
+    from omegaconf import OmegaConf
+
+    from metaimprove.training.train import TrainConfig
+
+    settings = yaml.safe_load((SHIPPED / "halfcheetah_vel.train.yaml").read_text())
+    assert not {"dataset", "out"} & set(settings)
+    config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), settings,
+                                                 {"dataset": "unused", "out": "unused"}))
+    _, ckpt = OperatorCheckpoint.load(SHIPPED / "halfcheetah_vel.safetensors")
+    assert config.operator == ckpt.operator and config.ask_k == ckpt.ask_k and config.pairs.ks == ckpt.ks
+    # The checkpoint records the features it resolved (es_gradient from the teacher); the settings may leave it auto.
+    assert config.features == dataclasses.replace(ckpt.features, es_gradient=config.features.es_gradient)
