@@ -24,8 +24,14 @@ same settings resumes that read and appends nothing. ``--render`` reruns nothing
 figures from the committed curves and prints ``test_ledger_reads``. ``--quick`` (2 validation tasks × 2 seeds, B / 4,
 the methods that need nothing beyond the package's shipped files) works on a fresh clone and leaves results/ alone.
 
+``--variants NAME=CHECKPOINT ...`` adds other operators (an ablation's, chosen and compared on validation first),
+each run like ``operator`` from the same fresh starts to B, into ``improvement_<set>_variants.csv``; each set's
+figures then give each variant's score, its paired difference with the shipped operator and with the best peer, and,
+for variants named ``tasks_<N>``, ``scaling_<most>_vs_<fewest>_<set>``. Under ``--final`` the ledger row names each
+variant with its file's hash, so the test split's read of an ablation is recorded like any other.
+
     python benchmarks/improvement.py [--tasks 8] [--seeds 3] [--methods operator ars ...] [--workers 2]
-    python benchmarks/improvement.py --final [--tasks 16]
+    python benchmarks/improvement.py --final [--tasks 16] [--variants tasks_16=DIR/operator.safetensors ...]
     python benchmarks/improvement.py --render | --quick
 
 The peers that start from training checkpoints (``nearest_ars``, ``transferred_ars``) need the operator's training
@@ -44,6 +50,7 @@ import datetime
 import hashlib
 import json
 import math
+import re
 import subprocess
 import tempfile
 import time
@@ -75,7 +82,7 @@ from metaimprove.evaluation.stats import (
 from metaimprove.operator.checkpoint import OperatorCheckpoint
 from metaimprove.operator.runtime import BatchSchedule
 from metaimprove.sim.tasks import TaskConfig, get_family
-from metaimprove.storage import atomic_write_csv
+from metaimprove.storage import atomic_write_csv, sha256_file
 
 FAMILY = "halfcheetah_vel"
 VALIDATION_START = 32
@@ -120,10 +127,19 @@ class Chunk:
     """env steps per run"""
     n_tasks: int
     seeds: int
+    operator: Path | None = None
+    """a variant's operator checkpoint (``--variants``), applied as ``operator``; None: the shipped operator"""
 
     def path(self, work: Path) -> Path:
-        """Where the chunk's curves and record are kept once it has ended."""
-        return work / self.name / f"{self.method}-{self.budget}-{self.n_tasks}x{self.seeds}"
+        """Where the chunk's curves and record are kept once it has ended (a variant's: named by its file's hash too,
+        so that another file under the same name is another chunk)."""
+        tag = "" if self.operator is None else f"-{sha256_file(self.operator)[:12]}"
+        return work / self.name / f"{self.method}{tag}-{self.budget}-{self.n_tasks}x{self.seeds}"
+
+    @property
+    def applies(self) -> str:
+        """The apply method the chunk runs: a variant runs ``operator`` with its own checkpoint."""
+        return self.method if self.operator is None else OPERATOR
 
 
 def outputs(name: str, where: Path = RESULTS) -> tuple[Path, Path, Path, Path]:
@@ -132,10 +148,20 @@ def outputs(name: str, where: Path = RESULTS) -> tuple[Path, Path, Path, Path]:
     return stem.with_suffix(".csv"), stem.with_suffix(".md"), Path(f"{stem}_figures.csv"), stem.with_suffix(".png")
 
 
+def variants_csv(name: str, where: Path = RESULTS) -> Path:
+    """The curves of task set ``name``'s ``--variants`` runs (each variant's name as its method)."""
+    return where / f"improvement_{name}_variants.csv"
+
+
 def task_names(name: str, n_tasks: int) -> list[str]:
     """The first ``n_tasks`` tasks of set ``name``."""
     split, start = SETS[name]
     return [t.name for t in get_family(FAMILY).tasks(split, n_tasks, start=start)]
+
+
+def variant_chunks(name: str, args: argparse.Namespace) -> list[Chunk]:
+    """The chunks of task set ``name`` of each ``--variants`` operator: fresh starts to B, as ``operator`` runs."""
+    return [Chunk(name, variant, args.budget, args.tasks, args.seeds, path) for variant, path in args.variants.items()]
 
 
 def plan(name: str, methods: list[str], args: argparse.Namespace, long: set[str]) -> list[Chunk]:
@@ -154,10 +180,11 @@ def plan(name: str, methods: list[str], args: argparse.Namespace, long: set[str]
 def apply_config(chunk: Chunk, args: argparse.Namespace, out: Path) -> ApplyConfig:
     """The apply settings of ``chunk``; the files a method needs are passed only to the methods that need them."""
     split, start = SETS[chunk.name]
-    needs = REGISTRY[chunk.method].needs
-    return ApplyConfig(operator_path=str(OPERATORS / f"{FAMILY}.safetensors"), out=str(out), task=TaskConfig(FAMILY),
+    needs = REGISTRY[chunk.applies].needs
+    operator = OPERATORS / f"{FAMILY}.safetensors" if chunk.operator is None else chunk.operator
+    return ApplyConfig(operator_path=str(operator), out=str(out), task=TaskConfig(FAMILY),
                        split=split, task_start=start, n_tasks=chunk.n_tasks, seeds=chunk.seeds, budget=chunk.budget,
-                       methods=[chunk.method], workers=args.workers,
+                       methods=[chunk.applies], workers=args.workers,
                        dataset=str(args.dataset) if "dataset" in needs else None,
                        dr_policy=str(DR_POLICY) if "dr_policy" in needs else None,
                        meta_policy=str(META_POLICY) if "meta_policy" in needs else None)
@@ -166,7 +193,7 @@ def apply_config(chunk: Chunk, args: argparse.Namespace, out: Path) -> ApplyConf
 def check(chunks: list[Chunk], args: argparse.Namespace, ckpt: OperatorCheckpoint) -> None:
     """Before anything runs: every chunk's method can pay for one of its steps, and its files exist."""
     for chunk in chunks:
-        method = REGISTRY[chunk.method]
+        method = REGISTRY[chunk.applies]
         if "dataset" in method.needs:
             dataset_or_exit(Path(args.dataset))
         for need, path in (("dr_policy", DR_POLICY), ("meta_policy", META_POLICY), ("learned_start", LEARNED_POLICY)):
@@ -174,8 +201,9 @@ def check(chunks: list[Chunk], args: argparse.Namespace, ckpt: OperatorCheckpoin
                 raise SystemExit(f"{chunk.method} needs {path.relative_to(ROOT)}, which is missing: see "
                                  "docs/evaluation.md for the command that makes it")
         if method.check_budget is not None:
+            own = ckpt if chunk.operator is None else OperatorCheckpoint.load(chunk.operator)[1]
             try:
-                method.check_budget(apply_config(chunk, args, Path()), ckpt, chunk.budget, FAMILY)
+                method.check_budget(apply_config(chunk, args, Path()), own, chunk.budget, FAMILY)
             except UserError as err:
                 raise SystemExit(f"{chunk.method}: {err}") from None
 
@@ -199,16 +227,19 @@ def run_chunk(chunk: Chunk, args: argparse.Namespace) -> Path:
           flush=True)
     began = time.perf_counter()
     apply(apply_config(chunk, args, partial))
+    notes = ([f"operator {chunk.operator} (sha256 {sha256_file(chunk.operator)[:12]})"] if chunk.operator else []) + (
+        ["resumed: the minutes are the last invocation's"] if resumed else [])
     record = {"method": chunk.method, "budget": chunk.budget, "tasks": chunk.n_tasks, "seeds": chunk.seeds,
               "commit": head_commit(), "minutes": round((time.perf_counter() - began) / 60, 2),
-              "note": "resumed: the minutes are the last invocation's" if resumed else ""}
+              "note": "; ".join(notes)}
     (partial / "chunk.json").write_text(json.dumps(record, indent=1) + "\n")
     partial.rename(done)
     return done
 
 
-def collate(name: str, chunks: list[Chunk], args: argparse.Namespace, target: Path) -> None:
-    """Task set ``name``'s curves from its chunks (per method, its longest chunk) and each chunk's record."""
+def collate(chunks: list[Chunk], args: argparse.Namespace, curves_csv: Path) -> None:
+    """Curves from ``chunks`` (per method, its longest chunk; a variant's rows named by it) into ``curves_csv``, and
+    each chunk's record beside it (``<stem>_chunks.csv``)."""
     longest: dict[str, Path] = {}
     for chunk in sorted(chunks, key=lambda c: c.budget):
         longest[chunk.method] = chunk.path(args.work)
@@ -222,11 +253,10 @@ def collate(name: str, chunks: list[Chunk], args: argparse.Namespace, target: Pa
             budget = max(float(r["env_steps"]) for r in short)
             if short != [r for r in mine if float(r["env_steps"]) <= budget]:
                 raise SystemExit(f"{method}'s runs to {budget:g} env steps differ from the start of its longer runs")
-        rows += mine
+        rows += [{**row, "method": method} for row in mine]
         records.append(json.loads((longest[method] / "chunk.json").read_text()))
-    curves_csv, *_ = outputs(name, target)
     atomic_write_csv(curves_csv, CURVE_FIELDS, rows)
-    atomic_write_csv(curves_csv.with_name(f"improvement_{name}_chunks.csv"), CHUNK_FIELDS, records)
+    atomic_write_csv(curves_csv.with_name(f"{curves_csv.stem}_chunks.csv"), CHUNK_FIELDS, records)
 
 
 def read_rows(chunk: Path) -> list[dict[str, str]]:
@@ -246,10 +276,15 @@ def seal(args: argparse.Namespace) -> None:
                          f"({changed[0].strip()}, ...); commit them first")
     for name in ("test", "ood"):
         reference_table(task_names(name, args.tasks), REFERENCE_SEEDS)  # exits naming the tasks it lacks
-    settings = {k: str(v) for k, v in sorted(vars(args).items()) if k not in ("workers", "render", "work")}
+    # A variant is its file's content, not its path: another file is another read.
+    variants = [f"{name}={sha256_file(path)[:12]}" for name, path in args.variants.items()]
+    settings = {k: str(v) for k, v in sorted(vars(args).items()) if k not in ("workers", "render", "work", "variants")}
+    if variants:
+        settings["variants"] = " ".join(variants)
     row = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "commit": head_commit(),
            "config_sha256": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest(),
-           "methods": " ".join(args.methods), "tasks": args.tasks, "seeds": args.seeds, "budget": args.budget}
+           "methods": " ".join(args.methods + variants), "tasks": args.tasks, "seeds": args.seeds,
+           "budget": args.budget}
     for read in ledger_rows():
         if (read["commit"], read["config_sha256"]) == (row["commit"], row["config_sha256"]):
             print(f"resuming the test read the ledger recorded on {read['date']}", flush=True)
@@ -352,8 +387,7 @@ def figures(scored: Scored, budget: float, batch: float, name: str, best: str,
     # The peer this set itself ranks first at B: the best peer is validation's choice, and a set may rank another.
     out[f"top_peer_{name}"] = choose_best({m: s[budget] for m, s in scores.items()})
     out |= guard_figures(scored, budget, name)
-    labels = {b: "4B" if b == long else "B" if b == budget else f"{b / batch:g} batch{'es' if b > batch else ''}"
-              for b in scored.budgets}
+    labels = {b: budget_label(b, batch, budget) for b in scored.budgets}
     split, start = SETS[name]
     tasks = scored.curves.tasks()
     lines = [f"{name.capitalize()} tasks: `{FAMILY}` `{split}` {start}–{start + len(tasks) - 1}, fresh starts, "
@@ -445,19 +479,66 @@ def guard_figures(scored: Scored, budget: float, name: str) -> dict[str, str]:
     return out
 
 
+def variant_figures(variants: Scored, scored: Scored, budget: float, batch: float, name: str,
+                    best: str) -> tuple[dict[str, str], list[str]]:
+    """Each ``--variants`` operator's score at every budget to B, and its paired difference at B with the shipped
+    operator and with the best peer (the same tasks, seeds and fresh starts); with two or more variants named
+    ``tasks_<N>``, ``scaling_<most>_vs_<fewest>_<set>``: the variant of most training tasks minus that of fewest."""
+    budgets = [b for b in scored.budgets if b <= budget]
+    labels = [budget_label(b, batch, budget) for b in budgets]
+    out: dict[str, str] = {}
+    lines = ["Variants (`--variants`: other operators, each applied like `operator` from the same fresh starts, to "
+             "B): mean normalized score, and the paired difference at B with the shipped operator and with the best "
+             f"peer (`{best}`, on its runs).", "",
+             f"| variant | {' | '.join(labels)} | minus `operator` at B | minus `{best}` at B |",
+             f"| --- |{' --- |' * (len(labels) + 2)}"]
+    for variant, scores in variants.scores.items():
+        key = f"variant_{variant}_{{}}_{name}".format
+        out[key("score_at_B")] = fmt(score_ci(scores[budget]))
+        for against, label in ((OPERATOR, "operator"), (best, "best_peer")):
+            out[key(f"paired_vs_{label}")] = fmt(paired_difference(
+                pair(scores[budget], scored.scores[against][budget], PAIR_ON_INTERSECTION)))
+        cells = [fmt(score_ci(scores[b])) if b in scores else "—" for b in budgets]
+        lines.append(f"| `{variant}` | {' | '.join(cells)} | {out[key('paired_vs_operator')]} | "
+                     f"{out[key('paired_vs_best_peer')]} |")
+    counts = {int(v.removeprefix("tasks_")): v for v in variants.scores if re.fullmatch(r"tasks_\d+", v)}
+    if len(counts) > 1:
+        most, fewest = max(counts), min(counts)
+        scaling = f"scaling_{most}_vs_{fewest}_{name}"
+        out[scaling] = fmt(paired_difference(pair(variants.scores[counts[most]][budget],
+                                                  variants.scores[counts[fewest]][budget], PAIR_ON_INTERSECTION)))
+        lines += ["", f"Trained on {most} tasks against {fewest}, paired at B: {out[scaling]}."]
+    return out, lines
+
+
+def budget_label(env_steps: float, batch: float, budget: float) -> str:
+    """A budget's name in the tables: ``B``, ``4B`` or ``<n> batch(es)``."""
+    if env_steps == budget:
+        return "B"
+    if env_steps == LONG_RUN * budget:
+        return f"{LONG_RUN}B"
+    return f"{env_steps / batch:g} batch{'es' if env_steps > batch else ''}"
+
+
 def report(name: str, args: argparse.Namespace, batch: float, best: str | None, target: Path) -> dict[str, str]:
-    """Recompute task set ``name``'s summary, figures and plot from its curves; returns the figures."""
+    """Recompute task set ``name``'s summary, figures and plot from its curves; returns the figures. ``best``: the best
+    peer validation chose (None on validation's first report, which chooses it)."""
     curves_csv, summary, figures_csv, png = outputs(name, target)
     scored = Scored.of(curves_csv, batch, float(args.budget))
     at_b = {m: s[float(args.budget)] for m, s in scored.scores.items()}
-    if best is None:
-        best, best_operator = choose_best(at_b), choose_best(at_b, OPERATOR_METHODS)
+    if name == "validation":  # validation chooses: the best peer (unless chosen already) and the best deployment
+        best, best_operator = best or choose_best(at_b), choose_best(at_b, OPERATOR_METHODS)
     else:
         best_operator = read_figures(outputs("validation")[2]).get("best_operator_validation", "")
         if not best_operator:
             raise SystemExit("the validation figures name no best_operator_validation: run benchmarks/improvement.py "
                              "--render first")
     key, lines = figures(scored, float(args.budget), batch, name, best, best_operator)
+    if variants_csv(name, target).exists():
+        more, more_lines = variant_figures(Scored.of(variants_csv(name, target), batch, float(args.budget)), scored,
+                                           float(args.budget), batch, name, best)
+        key |= more
+        lines += ["", *more_lines]
     chunks = curves_csv.with_name(f"improvement_{name}_chunks.csv")
     if chunks.exists():
         with chunks.open() as f:
@@ -498,6 +579,28 @@ def read_figures(path: Path) -> dict[str, str]:
         return {r["name"]: r["value"] for r in csv.DictReader(f)}
 
 
+def parse_variants(given: list[str]) -> dict[str, Path]:
+    """``--variants``' ``NAME=CHECKPOINT`` pairs, checked (one line and exit 2 on a bad one): a new lower-case name,
+    and a checkpoint of the shipped operator's policy spec."""
+    _, shipped = OperatorCheckpoint.load(OPERATORS / f"{FAMILY}.safetensors")
+    variants: dict[str, Path] = {}
+    for item in given:
+        name, _, path = item.partition("=")
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or not path:
+            raise SystemExit(f"--variants {item}: give NAME=CHECKPOINT with a lower-case name (letters, digits, _)")
+        if name in REGISTRY or name in variants:
+            raise SystemExit(f"--variants {item}: the name {name} is taken (a method, or another variant)")
+        try:
+            _, ckpt = OperatorCheckpoint.load(path)
+        except UserError as err:
+            raise SystemExit(f"--variants {item}: {err}") from None
+        if ckpt.spec != shipped.spec:
+            raise SystemExit(f"--variants {item}: its policies are {ckpt.spec}, not the shipped operator's "
+                             f"{shipped.spec}; a variant must improve the same policies")
+        variants[name] = Path(path).resolve()
+    return variants
+
+
 def arguments() -> argparse.Namespace:
     """The command line, checked: one line and exit 2 on anything it cannot run."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -509,6 +612,9 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "evaluation_v2",
                         help="where each ended apply run is kept, so that a rerun resumes")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", default=[], metavar="NAME=CHECKPOINT",
+                        help="other operators (an ablation's), each run like `operator` from fresh starts to B and "
+                             "reported beside it; variants named tasks_<N> give scaling_<most>_vs_<fewest>")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--final", action="store_true", help="the test and ood splits (recorded in the ledger)")
     mode.add_argument("--render", action="store_true", help="run nothing: recompute from the committed curves")
@@ -523,6 +629,7 @@ def arguments() -> argparse.Namespace:
         raise SystemExit(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(REGISTRY)}")
     if OPERATOR not in args.methods or not set(args.methods) - set(NOT_PEERS):
         raise SystemExit("--methods needs the operator and at least one peer")
+    args.variants = parse_variants(args.variants)
     if args.quick:
         args.work = Path(tempfile.mkdtemp(prefix="improvement-quick-"))
     return args
@@ -541,14 +648,15 @@ def main() -> None:
             raise SystemExit("--final compares against the best peer validation chose: run benchmarks/improvement.py "
                              "first")
         best = read_figures(chosen)["best_peer_validation"]
-        chunks = [c for n in ("test", "ood") for c in plan(n, args.methods, args, {OPERATOR, best})]
+        chunks = [c for n in ("test", "ood") for c in plan(n, args.methods, args, {OPERATOR, best})
+                  + variant_chunks(n, args)]
         check(chunks, args, ckpt)
         seal(args)
         names = ["test", "ood"]
     else:
         names = ["validation"]
         reference_table(task_names("validation", args.tasks), REFERENCE_SEEDS)  # exits naming the tasks it lacks
-        check(plan("validation", args.methods, args, set()), args, ckpt)
+        check(plan("validation", args.methods, args, set()) + variant_chunks("validation", args), args, ckpt)
     key: dict[str, str] = {}
     for name in names:
         if not args.render:
@@ -573,7 +681,7 @@ def run_set(name: str, args: argparse.Namespace, batch: float, target: Path, cho
         chunks = plan(name, args.methods, args, set())
         for chunk in chunks:
             run_chunk(chunk, args)
-        collate(name, chunks, args, target)
+        collate(chunks, args, outputs(name, target)[0])
         best = report(name, args, batch, None, target)[f"best_peer_{name}"]
         chunks += plan(name, [OPERATOR, best], args, {OPERATOR, best})
     else:
@@ -581,7 +689,12 @@ def run_set(name: str, args: argparse.Namespace, batch: float, target: Path, cho
         chunks = plan(name, args.methods, args, {OPERATOR, best})
     for chunk in chunks:
         run_chunk(chunk, args)
-    collate(name, chunks, args, target)
+    collate(chunks, args, outputs(name, target)[0])
+    variants = variant_chunks(name, args)
+    for chunk in variants:
+        run_chunk(chunk, args)
+    if variants:
+        collate(variants, args, variants_csv(name, target))
     return report(name, args, batch, best, target)
 
 

@@ -20,6 +20,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
     (["--methods", "operator", "ars", "--budget", "1000"], "ars: budget B = 1000 env steps is smaller than one batch"),
     (["--tasks", "40"], "lacks reference runs of"),
     (["--final", "--render"], "not allowed with argument"),
+    (["--variants", "Tasks=x"], "give NAME=CHECKPOINT with a lower-case name"),
+    (["--variants", "ars=results/operators/halfcheetah_vel.safetensors"], "the name ars is taken"),
+    (["--variants", "v=nothing.safetensors"], "operator nothing.safetensors is missing"),
+    (["--variants", "v=results/operators/hopper_rand_params.safetensors"], "a variant must improve the same policies"),
 ])
 def test_improvement_refuses_bad_input_in_one_line(tmp_path: pathlib.Path, args: list[str], message: str) -> None:
     work = tmp_path / "work"
@@ -83,3 +87,39 @@ def test_the_memorization_audit_measures_distances_to_training_checkpoints_and_b
     assert audit["ppo_to_nearest_checkpoint"] == pytest.approx(float(nearest.median()), rel=1e-6)
     assert audit["ppo_seed_to_seed"] == pytest.approx(float((folded(policies[2]) - folded(policies[3])).norm()))
     assert audit["ppo_seed_to_seed"] > 0
+
+
+def test_variants_are_scored_paired_with_the_operator_and_give_the_scaling_figure(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each ``--variants`` operator's figures pair it by task and seed; ``tasks_<N>`` variants give the scaling one."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import csv
+
+    from common import REFERENCE_SEEDS, reference_table
+    from improvement import Scored, variant_figures
+
+    tasks = ["halfcheetah_vel/train/32", "halfcheetah_vel/train/33"]
+    scales = {r["task"]: (float(r["start"]), float(r["reference"])) for r in reference_table(tasks, REFERENCE_SEEDS)}
+    batch, budget = 2048.0, 4096.0
+
+    def write(path: pathlib.Path, fractions: dict[str, float]) -> Scored:
+        """Curves reaching ``fraction`` of the way from each task's start to its reference at B (seed 1: + 0.1)."""
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["method", "task", "seed", "env_steps", "return", "fallbacks", "guard_steps"])
+            for method, fraction in fractions.items():
+                for task in tasks:
+                    start, reference = scales[task]
+                    for seed in (0, 1):
+                        for steps, part in ((0, 0.0), (batch, fraction / 2), (budget, fraction + 0.1 * seed)):
+                            writer.writerow([method, task, seed, steps, start + part * (reference - start), 0, 0])
+        return Scored.of(path, batch, budget)
+
+    main = write(tmp_path / "main.csv", {"operator": 0.4, "ars": 0.5})
+    variants = write(tmp_path / "variants.csv", {"tasks_16": 0.2, "tasks_64": 0.6})
+    figures, lines = variant_figures(variants, main, budget, batch, "validation", "ars")
+    assert figures["variant_tasks_64_paired_vs_operator_validation"] == "0.200 [0.200, 0.200]"
+    assert figures["variant_tasks_16_paired_vs_best_peer_validation"] == "-0.300 [-0.300, -0.300]"
+    assert figures["variant_tasks_64_score_at_B_validation"].startswith("0.650 ")
+    assert figures["scaling_64_vs_16_validation"] == "0.400 [0.400, 0.400]"
+    assert any(line.startswith("| `tasks_64` |") for line in lines)
