@@ -185,7 +185,7 @@ def test_the_wheel_ships_the_operators(tmp_path: pathlib.Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {n.removeprefix("metaimprove/operators/") for n in names if n.startswith("metaimprove/operators/")}
     expected = {p.name for p in (ROOT / "results" / "operators").iterdir()
-                if p.name.endswith((".safetensors", ".json", ".collect.yaml"))}
+                if p.name.endswith((".safetensors", ".json", ".collect.yaml", ".train.yaml"))}
     assert shipped == expected
     assert {f"{name}{suffix}" for name in SHIPPED for suffix in (".safetensors", ".json", ".collect.yaml")} <= shipped
     assert "metaimprove/task_files/halfcheetah_vel.yaml" in names and "metaimprove/api.py" in names
