@@ -315,6 +315,25 @@ def _operator_variants() -> list[str]:
     ]
 
 
+def _task_scaling() -> list[str]:
+    """The operator fitted to more or fewer training tasks, on validation (``research/task_scaling.py``)."""
+    rows = _rows("task_scaling.csv")
+    if not rows:
+        return []
+    counts = sorted({int(r["n_tasks"]) for r in rows})
+    return [
+        *_head("Do more training tasks make the operator better?", "research/task_scaling.py", "task_scaling.csv"),
+        f"One operator per task count ({', '.join(map(str, counts))}; 32 is the shipped one), each fitted with the "
+        "shipped operator's settings to the first N tasks of the shipped teacher's collections, applied on "
+        "validation tasks (`train` 32–39 × 3 seeds, fresh starts); mean normalized score with 95% CIs, and paired "
+        "differences by task and seed with the operator of 16 tasks and with ARS.",
+        "",
+        *_table(rows, ["training tasks", "budget", "score", "minus 16 tasks", "minus `ars`"],
+                lambda r: [f"{r['n_tasks']}{' (shipped)' if r['shipped'] == 'True' else ''}", r["budget"],
+                           r["score"], r["score_minus_n16"], r["score_minus_ars"]]),
+    ]
+
+
 def _memorization() -> list[str]:
     """The memorization audit of the shipped ways of deploying the operator (``benchmarks/memorization.py``)."""
     rows = _rows("memorization.csv")
@@ -693,7 +712,8 @@ def page() -> str:
     out += _scaling()
     for name in ABLATION_TABLES:
         out += _ablations(name)
-    out += _confirm_choice() + _learned_start() + _outcome_horizon() + _outcome_learned() + _operator_variants()
+    out += (_confirm_choice() + _learned_start() + _outcome_horizon() + _outcome_learned() + _operator_variants()
+            + _task_scaling())
     out += _ask_control()
     out += _step_geometry()
     out += _update_rules()
