@@ -753,6 +753,9 @@ def headline() -> str:
     asks = _rows("ask_control.csv")
     if asks:
         lines.append(_ask_line(asks))
+    scaling = _rows("task_scaling.csv")
+    if scaling:
+        lines.append(_scaling_line(scaling))
     tuned = _rows("tune_ppo_summary.csv")
     if tuned:
         lines.append(_tune_ppo_line(tuned))
@@ -774,6 +777,19 @@ def _ask_line(rows: list[dict[str, str]]) -> str:
             f"realizes the same gain ({spread} after one batch on validation); rank "
             f"correlations {rhos}, against the 0.8 required, so `apply ask_improvement=` was dropped. From "
             "[`research/ask_control.py`](research/ask_control.py); details on the [results page](docs/results.md).")
+
+
+def _scaling_line(rows: list[dict[str, str]]) -> str:
+    """One headline line: the operator's score at B for each training-task count (``research/task_scaling.py``)."""
+    at_b = {int(r["n_tasks"]): r for r in rows if r["budget"] == "B"}
+    most = max(at_b)
+    scores = ", ".join(f"{at_b[n]['score'].split(' ')[0]} for {n}" for n in sorted(at_b))
+    diff = at_b[most]["score_minus_n16"]
+    better = float(diff.split("[")[1].split(",")[0]) > 0  # the CI's lower end above 0
+    verdict = "improves with more training tasks" if better else "does no better with more training tasks"
+    return (f"- **Training tasks** (validation, normalized score at B by the number of tasks the operator was fitted "
+            f"to): {scores}; {most} against 16, paired: {diff}, so the operator {verdict}. From "
+            "[`research/task_scaling.py`](research/task_scaling.py); details on the [results page](docs/results.md).")
 
 
 def _throughput_line(throughput: dict[str, str]) -> str:

@@ -20,7 +20,7 @@ counts per collection); N = 256 both whole. The second collection (about 12 minu
     python research/task_scaling.py [--counts 16 64 256] [--work runs/task_scaling]
 
 Every stage resumes: ``train`` from its last epoch into ``<work>/n<N>/operator``, ``apply`` run by run into
-``<work>/n<N>/apply``. The fits take about 3, 10 and 40 minutes and each validation apply about 15 on 2 cores.
+``<work>/n<N>/apply``. The fits take about 3, 10 and 30 minutes (alone) and each validation apply about 15 on 2 cores.
 """
 
 from __future__ import annotations
