@@ -613,7 +613,8 @@ def _improvement_line(figures: dict[str, str], name: str, what: str) -> str:
             f"{figures[f'paired_vs_best_peer_{name}']}{f' (at 4B: {long})' if long else ''}, and reaches the best "
             f"peer's score at B in {figures[f'steps_to_best_peer_{name}']} of B; after 2 batches it scores "
             f"{figures[f'few_shot_2_operator_{name}']} against {figures[f'few_shot_2_{best}_{name}']}."
-            f"{_top_peer_clause(figures, name)}{_learned_start_clause(figures, name)} From "
+            f"{_top_peer_clause(figures, name)}{_learned_start_clause(figures, name)}"
+            f"{_variants_clause(figures, name)} From "
             "[`benchmarks/improvement.py`](benchmarks/improvement.py); "
             "details on the [results page](docs/results.md).")
 
@@ -624,6 +625,22 @@ def _top_peer_clause(figures: dict[str, str], name: str) -> str:
     if top is None or top == figures[f"best_peer_{name}"]:
         return ""
     return f" On these tasks the peer with the highest mean at B is `{top}`, at {figures[f'score_at_B_{top}_{name}']}."
+
+
+def _variants_clause(figures: dict[str, str], name: str) -> str:
+    """The headline's sentence on the ``--variants`` operators task set ``name`` ran: the best of them against the
+    shipped operator at B, and the scaling figure where there is one."""
+    suffix = f"_paired_vs_operator_{name}"
+    diffs = {k.removeprefix("variant_").removesuffix(suffix): v for k, v in figures.items()
+             if k.startswith("variant_") and k.endswith(suffix)}
+    if not diffs:
+        return ""
+    best = max(diffs, key=lambda v: float(diffs[v].split(" ")[0]))
+    scaling = [(k.removesuffix(f"_{name}"), v) for k, v in figures.items()
+               if k.startswith("scaling_") and k.endswith(f"_{name}")]
+    more = "".join(f" `{k}`: {v}." for k, v in scaling)
+    return (f" Of the {len(diffs)} ablation variants read here (`--variants`), the one highest against the shipped "
+            f"operator at B is `{best}`, paired {diffs[best]}.{more}")
 
 
 def _learned_start_clause(figures: dict[str, str], name: str) -> str:
