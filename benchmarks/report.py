@@ -334,6 +334,67 @@ def _task_scaling() -> list[str]:
     ]
 
 
+def _leave_one_robot_out() -> list[str]:
+    """One operator fitted to four robots, applied on the fifth (``research/leave_one_robot_out.py``)."""
+    rows = _rows("leave_one_robot_out.csv")
+    if not rows:
+        return []
+    return [
+        *_head("Does an operator trained on four robots improve a fifth it never saw?",
+               "research/leave_one_robot_out.py", "leave_one_robot_out.csv"),
+        "Per held-out robot, one shape-agnostic operator (`features.agnostic=true`) fitted to the ARS collections of "
+        "the other four, applied on the held-out family's validation tasks from fresh starts beside the family's own "
+        "ARS teacher and PPO at its defaults and tuned; mean normalized score with 95% CIs, the paired difference "
+        "with the teacher and with the best peer (the peer with the highest mean at that budget), and "
+        "`steps_to_best_peer`: the env steps the operator needs to reach the best peer's score at that budget, over "
+        "that budget (inf: not by B).",
+        "",
+        *_table(rows, ["held out", "budget", "tasks × seeds", "operator", "ARS teacher", "operator − ARS",
+                       "best peer", "operator − best peer", "steps_to_best_peer"],
+                lambda r: [f"`{r['heldout']}`", r["budget"], r["tasks_x_seeds"], r["operator"], r["ars"],
+                           f"**{r['operator_minus_ars']}**", f"`{r['best_peer_method']}` {r['best_peer']}",
+                           r["operator_minus_best_peer"], r["steps_to_best_peer"]]),
+    ]
+
+
+def _universal() -> list[str]:
+    """The universal operator on each training family and on an unseen env (``research/universal.py``)."""
+    families, envs = _rows("universal_families.csv"), _rows("universal_unseen_env.csv")
+    out = []
+    if families:
+        out += [
+            *_head("Does one operator for five robots serve each as well as its own?", "research/universal.py",
+                   "universal_families.csv"),
+            "The universal operator (`results/operators/universal`, shape-agnostic, fitted to the five robots' ARS "
+            "collections) and each family's shipped operator, from the same fresh starts on the family's validation "
+            "tasks; mean normalized score with 95% CIs and their paired difference. *Verdict*: the universal "
+            "operator's mean within, above or below the per-family operator's CI; *paired*: the paired difference's "
+            "CI above 0, below 0 or across it. Curves: `results/universal/<family>.{csv,png}`.",
+            "",
+            *_table(families, ["family", "budget", "tasks × seeds", "universal", "per-family", "universal − per-family",
+                               "verdict", "paired"],
+                    lambda r: [f"`{r['family']}`", r["budget"], r["tasks_x_seeds"], r["universal"], r["per_family"],
+                               r["universal_minus_per_family"], r["verdict"], f"**{r['paired_verdict']}**"]),
+        ]
+    if envs:
+        out += [
+            *_head("Does it improve a policy on an env no family uses?", "research/universal.py",
+                   "universal_unseen_env.csv"),
+            "`metaimprove apply operator_path=universal env=<id>` on a gymnasium env outside every family, beside ARS "
+            "from the same θ⁰ and SAC from its own init. Scores: 0 the fresh starts' mean return, 1 the best of ARS "
+            "and tuned PPO after 8 B; the *gain* is a run's score less its own start's; CIs resample seeds (one "
+            "task). Raw mean returns beside them, with the env's start and reference returns.",
+            "",
+            *_table(envs, ["env", "budget", "seeds", "universal gain", "ARS gain", "SAC gain", "universal − ARS",
+                           "universal − SAC", "returns: universal / ARS / SAC", "start → reference"],
+                    lambda r: [f"`{r['env']}`", r["budget"], r["seeds"], f"**{r['universal_gain']}**", r["ars_gain"],
+                               r["sac_gain"], r["universal_minus_ars"], r["universal_minus_sac"],
+                               f"{r['universal_return']} / {r['ars_return']} / {r['sac_return']}",
+                               f"{r['start_return']} → {r['reference_return']}"]),
+        ]
+    return out
+
+
 def _memorization() -> list[str]:
     """The memorization audit of the shipped ways of deploying the operator (``benchmarks/memorization.py``)."""
     rows = _rows("memorization.csv")
@@ -479,7 +540,7 @@ def _tune_ppo_line(rows: list[dict[str, str]]) -> str:
     return (f"- **PPO is a weak peer at its defaults**: on validation tasks its normalized score at B is "
             f"{ci['default']}; tuned there (`{best['setting']}`) it is {ci[best['setting']]}, and evaluation v2 "
             "runs the tuned one (`ppo_tuned`). "
-            "From [`benchmarks/tune_ppo.py`](benchmarks/tune_ppo.py); details on the [results page](docs/results.md).")
+            "From [`benchmarks/tune_ppo.py`](benchmarks/tune_ppo.py).")
 
 
 def _privileged_targets() -> list[str]:
@@ -615,8 +676,7 @@ def _improvement_line(figures: dict[str, str], name: str, what: str) -> str:
             f"{figures[f'few_shot_2_operator_{name}']} against {figures[f'few_shot_2_{best}_{name}']}."
             f"{_top_peer_clause(figures, name)}{_learned_start_clause(figures, name)}"
             f"{_variants_clause(figures, name)} From "
-            "[`benchmarks/improvement.py`](benchmarks/improvement.py); "
-            "details on the [results page](docs/results.md).")
+            "[`benchmarks/improvement.py`](benchmarks/improvement.py).")
 
 
 def _top_peer_clause(figures: dict[str, str], name: str) -> str:
@@ -730,7 +790,7 @@ def page() -> str:
     for name in ABLATION_TABLES:
         out += _ablations(name)
     out += (_confirm_choice() + _learned_start() + _outcome_horizon() + _outcome_learned() + _operator_variants()
-            + _task_scaling())
+            + _task_scaling() + _leave_one_robot_out() + _universal())
     out += _ask_control()
     out += _step_geometry()
     out += _update_rules()
@@ -741,19 +801,42 @@ def page() -> str:
 # -------------------------------------------------------------------------------------- the headline
 
 
-def _family_line(rows: list[dict[str, str]]) -> str:
-    """One headline line: each family's shipped operator against PPO and ARS (``benchmarks/families.py``)."""
-    def tally(column: str) -> str:
-        parts = []
-        for verdict, word in (("wins", "wins on"), ("ties", "ties on"), ("loses", "loses on")):
-            names = [f"`{r['family']}`" for r in rows if r[column] == verdict]
-            if names:
-                parts.append(f"{word} {len(names)}" + (f" ({', '.join(names)})" if verdict != "ties" else ""))
-        return ", ".join(parts)
+def _family_table(rows: list[dict[str, str]]) -> str:
+    """The headline's family table: each family's shipped operator against PPO and ARS (``benchmarks/families.py``),
+    and the universal operator against it at B where ``research/universal.py`` measured that family."""
+    universal = {r["family"]: r for r in _rows("universal_families.csv") if r["budget"] == "B"}
+    note = (" The last column: the universal operator (one for five robots) less the family's own, normalized and "
+            "paired at B on the family's validation tasks ([`research/universal.py`](research/universal.py)); – where "
+            "the family is not one of its five.") if universal else ""
+    head = "| family | vs PPO | vs ARS |" + (" universal − own |" if universal else "")
+    rule = "| --- | --- | --- |" + (" --- |" if universal else "")
 
-    return (f"- **One operator per family** ({len(rows)} families, each on its own `test` tasks at its own budget): "
-            f"against PPO it {tally('operator_vs_ppo')}; against ARS it {tally('operator_vs_ars')}. From "
-            "[`benchmarks/families.py`](benchmarks/families.py); details on the [results page](docs/results.md).")
+    def line(r: dict[str, str]) -> str:
+        cells = [f"`{r['family']}`", r["operator_vs_ppo"], r["operator_vs_ars"]]
+        if universal:
+            u = universal.get(r["family"])
+            cells.append(f"{u['universal_minus_per_family']} ({u['paired_verdict']})" if u else "–")
+        return "| " + " | ".join(cells) + " |"
+
+    return "\n".join([
+        f"- **One operator per family** ({len(rows)} families, each on its own `test` tasks at its own budget, "
+        "against PPO and ARS; a verdict needs non-overlapping CIs). From "
+        f"[`benchmarks/families.py`](benchmarks/families.py).{note}",
+        "", head, rule, *map(line, rows), ""])
+
+
+def _loro_line(rows: list[dict[str, str]]) -> str:
+    """One headline line: an operator fitted to four robots, on the fifth at B
+    (``research/leave_one_robot_out.py``)."""
+    def reach(r: dict[str, str]) -> str:
+        steps = r["steps_to_best_peer"]
+        return "not reached by B" if steps.startswith("inf") else f"reached in {steps} of B"
+
+    parts = [f"on `{r['heldout']}` {r['operator']} against its ARS teacher's {r['ars']}, paired "
+             f"{r['operator_minus_ars']}; best peer `{r['best_peer_method']}` {r['best_peer']}, {reach(r)}"
+             for r in rows if r["budget"] == "B"]
+    return (f"- **A robot it never saw** (fitted to four robots, applied on the fifth's validation tasks, score at B): "
+            f"{'; '.join(parts)}. From [`research/leave_one_robot_out.py`](research/leave_one_robot_out.py).")
 
 
 def headline() -> str:
@@ -778,7 +861,10 @@ def headline() -> str:
         lines.append(_tune_ppo_line(tuned))
     families = _rows("families.csv")
     if families:
-        lines.append(_family_line(families))
+        lines.append(_family_table(families))
+    loro = _rows("leave_one_robot_out.csv")
+    if loro:
+        lines.append(_loro_line(loro))
     throughput = _latest_throughput()
     if throughput:
         lines.append(_throughput_line(throughput))
@@ -793,7 +879,7 @@ def _ask_line(rows: list[dict[str, str]]) -> str:
     return (f"- **Asking does not control the operator**: asked for improvements across its trained range, it "
             f"realizes the same gain ({spread} after one batch on validation); rank "
             f"correlations {rhos}, against the 0.8 required, so `apply ask_improvement=` was dropped. From "
-            "[`research/ask_control.py`](research/ask_control.py); details on the [results page](docs/results.md).")
+            "[`research/ask_control.py`](research/ask_control.py).")
 
 
 def _scaling_line(rows: list[dict[str, str]]) -> str:
@@ -806,7 +892,7 @@ def _scaling_line(rows: list[dict[str, str]]) -> str:
     verdict = "improves with more training tasks" if better else "does no better with more training tasks"
     return (f"- **Training tasks** (validation, normalized score at B by the number of tasks the operator was fitted "
             f"to): {scores}; {most} against 16, paired: {diff}, so the operator {verdict}. From "
-            "[`research/task_scaling.py`](research/task_scaling.py); details on the [results page](docs/results.md).")
+            "[`research/task_scaling.py`](research/task_scaling.py).")
 
 
 def _throughput_line(throughput: dict[str, str]) -> str:
