@@ -22,7 +22,7 @@ from metaimprove.data.collect import load_manifest, load_shard
 from metaimprove.evaluation.apply import apply
 from metaimprove.evaluation.methods import teacher_steps
 from metaimprove.evaluation.plot import read_curves
-from metaimprove.evaluation.protocol import ApplyConfig, start_policy
+from metaimprove.evaluation.protocol import ApplyConfig
 from metaimprove.evaluation.stats import (
     Curves,
     Estimate,
@@ -145,7 +145,7 @@ def fresh_start_run(teacher: Teacher, ckpt: OperatorCheckpoint, task: AnyTask, s
     if task.name in ckpt.tasks:
         raise SystemExit(f"{task.name} is one of the operator's training tasks")
     torch.set_num_threads(1)
-    start = start_policy(ckpt.on(task), seed)  # a shape-agnostic operator's fresh policies take the task's sizes
+    start = ckpt.on(task).fresh_policy(seed)  # a shape-agnostic operator's fresh policies take the task's sizes
     *_, last = teacher_steps(teacher, task, start, seed, budget, [])
     return (evaluate(start, task, EVAL_EPISODES, seed=seeds.evaluation(seed)),
             evaluate(last.policy, task, EVAL_EPISODES, seed=seeds.evaluation(seed)))

@@ -38,7 +38,7 @@ from common import (
 )
 
 from metaimprove.evaluation.apply import apply
-from metaimprove.evaluation.protocol import ApplyConfig, learned_start_path, start_policy
+from metaimprove.evaluation.protocol import ApplyConfig, learned_start_path
 from metaimprove.interop.sb3 import load_any_policy
 from metaimprove.operator.checkpoint import OperatorCheckpoint
 from metaimprove.sim.tasks import TaskConfig
@@ -68,7 +68,7 @@ def main() -> None:
                          save_policies=True, workers=2)
     apply(config)
     _, ckpt = OperatorCheckpoint.load(config.operator_path)
-    starts = {"operator": [start_policy(ckpt, seed) for seed in range(args.seeds)],
+    starts = {"operator": [ckpt.fresh_policy(seed) for seed in range(args.seeds)],
               "operator_learned_start": [load_any_policy(learned_start_path(config))]}
     rows = []
     for method in METHODS:

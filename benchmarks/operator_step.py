@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from common import OPERATORS
 
-from metaimprove.evaluation.protocol import start_policy
 from metaimprove.operator.checkpoint import OperatorCheckpoint
 from metaimprove.operator.runtime import BatchSchedule, Explorer, operator_update
 from metaimprove.sim.policy import Policy
@@ -45,7 +44,7 @@ def operator_application(operator: Path = SHIPPED, family: str = FAMILY,
     policy and the checkpoint. Every call draws the same transitions (the generator is reseeded)."""
     op, ckpt = OperatorCheckpoint.load(operator)
     task = get_family(family).task("test", 0)
-    start = start_policy(ckpt, 0)
+    start = ckpt.fresh_policy(0)
     own: Experience = Explorer(ckpt, task, start, 0, BatchSchedule.of(ckpt, []))(start, 0)
     generator = torch.Generator()
     update = operator_update(op, ckpt, task, ckpt.ask(ask_k), generator)

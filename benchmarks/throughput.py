@@ -44,7 +44,7 @@ from metaimprove.operator.runtime import BatchSchedule
 from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params
 from metaimprove.sim.rollout import EVAL_ENVS, FRAME_SKIP, Collector, set_threads
 from metaimprove.sim.tasks import build_model, get_family
-from metaimprove.training.outcome import start_policy, task_outcome
+from metaimprove.training.outcome import task_outcome
 
 THROUGHPUT = RESULTS / "throughput.csv"
 N_ENVS = 8
@@ -176,7 +176,7 @@ def outcome_vs_collector() -> float:
     torch.set_num_threads(1)
     op, ckpt = OperatorCheckpoint.load(OPERATORS / "halfcheetah_vel.safetensors")
     begin = time.perf_counter()
-    run = task_outcome([op] * POPULATION, ckpt, _task(), 0, start_policy(ckpt, 0), OUTCOME_APPLICATIONS, ckpt.ask(),
+    run = task_outcome([op] * POPULATION, ckpt, _task(), 0, ckpt.fresh_policy(0), OUTCOME_APPLICATIONS, ckpt.ask(),
                        episodes=4)
     seconds = time.perf_counter() - begin
     schedule, length = BatchSchedule.of(ckpt), get_family("halfcheetah_vel").episode_length

@@ -21,7 +21,7 @@ from metaimprove.errors import UserError
 from metaimprove.evaluation.apply import apply
 from metaimprove.evaluation.guard import Point
 from metaimprove.evaluation.methods import METHODS, Run
-from metaimprove.evaluation.protocol import ApplyConfig, run_budget, start_policy
+from metaimprove.evaluation.protocol import ApplyConfig, run_budget
 from metaimprove.operator.checkpoint import OperatorCheckpoint, resolve_operator, shipped_operators, warn_if_incomplete
 from metaimprove.operator.networks import ImprovementOperator
 from metaimprove.operator.runtime import BatchSchedule
@@ -94,7 +94,7 @@ class Operator:
         A shape-agnostic operator's is of ``task_or_env``'s observation and action sizes when given (with the hidden
         sizes of the spec it was built for)."""
         ckpt = self.checkpoint if task_or_env is None else self.checkpoint.on(resolve_task(task_or_env))
-        return start_policy(ckpt, seed)
+        return ckpt.fresh_policy(seed)
 
     def improve(self, policy: Policy, task_or_env: TaskOrEnv, budget: int, seed: int = 0,
                 ask_k: int | None = None) -> Iterator[tuple[int, Policy]]:

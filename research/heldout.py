@@ -28,7 +28,7 @@ from metaimprove import seeds
 from metaimprove.evaluation.apply import apply
 from metaimprove.evaluation.methods import teacher_steps
 from metaimprove.evaluation.plot import read_curves
-from metaimprove.evaluation.protocol import ApplyConfig, start_policy
+from metaimprove.evaluation.protocol import ApplyConfig
 from metaimprove.evaluation.stats import Band, Estimate, common_grid, curve_band, iqm_ci
 from metaimprove.operator.checkpoint import OperatorCheckpoint
 from metaimprove.operator.features import FeatureConfig
@@ -216,5 +216,5 @@ def final_return(teacher: ARS, ckpt: OperatorCheckpoint, split: str, task_index:
     fresh start (``ckpt``'s policy) on task ``task_index`` of ``split``."""
     torch.set_num_threads(1)
     task = tasks(split, task_index + 1)[task_index]
-    *_, last = teacher_steps(teacher, task, start_policy(ckpt, seed), seed, budget, [])
+    *_, last = teacher_steps(teacher, task, ckpt.fresh_policy(seed), seed, budget, [])
     return evaluate(last.policy, task, EVAL_EPISODES, seed=seeds.evaluation(seed))

@@ -9,7 +9,7 @@ import torch
 from metaimprove.config import PipelineConfig
 from metaimprove.errors import UserError
 from metaimprove.evaluation.apply import apply
-from metaimprove.evaluation.protocol import ApplyConfig, start_policy
+from metaimprove.evaluation.protocol import ApplyConfig
 from metaimprove.operator.checkpoint import OperatorCheckpoint
 from metaimprove.operator.features import FeatureConfig
 from metaimprove.operator.networks import ImprovementOperator, OperatorConfig
@@ -101,7 +101,7 @@ def test_apply_on_an_explicit_task(pipeline_run: pathlib.Path, tmp_path: pathlib
 
 def test_apply_from_a_given_policy(pipeline_run: pathlib.Path, tmp_path: pathlib.Path) -> None:
     _, ckpt = OperatorCheckpoint.load(pipeline_run / "operator" / "operator.safetensors")
-    given = start_policy(ckpt, seed=12345)
+    given = ckpt.fresh_policy(seed=12345)
     save_policy(tmp_path / "init.safetensors", given)
     result = run_cli(["apply", f"operator_path={pipeline_run / 'operator' / 'operator.safetensors'}",
                       f"init={tmp_path / 'init.safetensors'}", "n_tasks=1", "seeds=1", "applications=1",

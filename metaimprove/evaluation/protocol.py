@@ -5,15 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from metaimprove import seeds
 from metaimprove.errors import UserError
 from metaimprove.evaluation.baselines import training_runs
 from metaimprove.interop.sb3 import load_any_policy
 from metaimprove.operator.checkpoint import OperatorCheckpoint, learned_start_file
 from metaimprove.sim.envs import AnyTask
-from metaimprove.sim.policy import ObsNormalizer, Policy, init_params
+from metaimprove.sim.policy import Policy
 from metaimprove.sim.tasks import TaskSelection
 
 STARTS = ("fresh", "train_init", "learned")
@@ -93,13 +90,6 @@ class Job:
     seed: int
 
 
-def start_policy(ckpt: OperatorCheckpoint, seed: int) -> Policy:
-    """The fresh policy θ⁰ of run ``seed``: an initialization seed no collection uses, identity normalizer."""
-    spec = ckpt.spec
-    theta = init_params(spec, torch.Generator().manual_seed(seeds.fresh_init(seed)))
-    return Policy(spec, theta, ObsNormalizer.identity(spec.obs_dim))
-
-
 def learned_start_path(config: ApplyConfig) -> Path:
     """Where the operator's learned start is: ``learned_start``, else the file beside the checkpoint
     (:func:`~metaimprove.operator.checkpoint.learned_start_file`)."""
@@ -124,7 +114,7 @@ def initial_policy(config: ApplyConfig, ckpt: OperatorCheckpoint, seed: int) -> 
         return Policy(first.spec, first.theta.clone(), first.normalizer.copy())
     if config.start == "learned":
         return load_any_policy(learned_start_path(config))
-    return start_policy(ckpt, seed)
+    return ckpt.fresh_policy(seed)
 
 
 def run_budget(config: ApplyConfig, batch: int) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from metaimprove import seeds
 from metaimprove.errors import UserError
 from metaimprove.operator.features import (
     FeatureConfig,
@@ -25,7 +26,7 @@ from metaimprove.operator.features import (
 )
 from metaimprove.operator.networks import ARCHS, ImprovementOperator, OperatorConfig
 from metaimprove.sim.envs import AnyTask
-from metaimprove.sim.policy import PolicySpec
+from metaimprove.sim.policy import ObsNormalizer, Policy, PolicySpec, init_params
 from metaimprove.sim.rollout import simulator
 from metaimprove.sim.tasks import Task
 from metaimprove.storage import load_tensors, meta_path, read_json, save_tensors
@@ -140,6 +141,13 @@ class OperatorCheckpoint:
     def families(self) -> list[str]:
         """The task families of its training tasks (several for a shape-agnostic operator trained across robots)."""
         return sorted({name.split("/")[0] for name in self.tasks})
+
+    def fresh_policy(self, seed: int) -> Policy:
+        """The fresh θ⁰ of run ``seed`` (apply's ``start=fresh``, the outcome stage's and the benchmarks'): of this
+        checkpoint's spec (:meth:`on` gives a shape-agnostic operator a task's sizes), from an initialization seed no
+        collection uses, with the identity normalizer."""
+        theta = init_params(self.spec, torch.Generator().manual_seed(seeds.fresh_init(seed)))
+        return Policy(self.spec, theta, ObsNormalizer.identity(self.spec.obs_dim))
 
     def on(self, task: AnyTask) -> OperatorCheckpoint:
         """This checkpoint as it serves ``task``: a shape-agnostic operator's with a spec of ``task``'s observation and

@@ -30,7 +30,7 @@ from metaimprove.operator.features import centered_ranks
 from metaimprove.operator.networks import ImprovementOperator
 from metaimprove.operator.runtime import BatchSchedule, operator_teacher, operator_update
 from metaimprove.sim.envs import initial_states
-from metaimprove.sim.policy import ObsNormalizer, Policy, init_params
+from metaimprove.sim.policy import ObsNormalizer, Policy
 from metaimprove.sim.rollout import Collector, Experience, Simulator, evaluate_many
 from metaimprove.sim.tasks import Task, get_family
 from metaimprove.storage import differences, exclusive, load_tensors, plain_json, save_tensors, sha256_file
@@ -196,12 +196,6 @@ class TaskOutcome:
     """R_op of each operator after T applications (-inf: it produced non-finite parameters)"""
     env_steps: int
     """env steps this run simulated: every batch and every evaluation episode"""
-
-
-def start_policy(ckpt: OperatorCheckpoint, seed: int) -> Policy:
-    """The fresh start of run ``seed``: apply's fresh θ⁰ for that seed (identity normalizer)."""
-    theta = init_params(ckpt.spec, torch.Generator().manual_seed(seeds.fresh_init(seed)))
-    return Policy(ckpt.spec, theta, ObsNormalizer.identity(ckpt.spec.obs_dim))
 
 
 def task_outcome(ops: Sequence[ImprovementOperator], ckpt: OperatorCheckpoint, task: Task, seed: int, start: Policy,
@@ -378,9 +372,11 @@ def _source(cfg: OutcomeConfig) -> tuple[Path, ImprovementOperator, OperatorChec
     return path, op, ckpt, load_tensors(path)[1].get("summary", {})
 
 
-def _learned_start(cfg: OutcomeConfig, ckpt: OperatorCheckpoint) -> tuple[Policy | None, str | None]:
+def _learned_start(cfg: OutcomeConfig, ckpt: OperatorCheckpoint, tasks: Sequence[Task]
+                   ) -> tuple[Policy | None, str | None]:
     """With ``start=learned``, the learned start every run begins from and its file's sha256 (both None with
-    ``start=fresh``); a one-line UserError where the file is missing or of another policy spec than the operator's."""
+    ``start=fresh``); a one-line UserError where the file is missing or of another policy spec than the operator's
+    on one of ``tasks`` (a shape-agnostic operator's tasks may span robots of other sizes)."""
     if cfg.start == "fresh":
         return None, None
     path = Path(cfg.learned_start) if cfg.learned_start is not None else learned_start_file(cfg.operator_path)
@@ -389,8 +385,11 @@ def _learned_start(cfg: OutcomeConfig, ckpt: OperatorCheckpoint) -> tuple[Policy
                         f"`metaimprove metalearn inner=operator operator_path={cfg.operator_path} out=<dir>` and give "
                         "learned_start=<dir>/policy.safetensors")
     policy = load_any_policy(path)
-    if policy.spec != ckpt.spec:
-        raise UserError(f"learned start {path} has policy spec {policy.spec} but the operator improves {ckpt.spec}")
+    for task in tasks:
+        spec = ckpt.on(task).spec
+        if policy.spec != spec:
+            raise UserError(f"learned start {path} has policy spec {policy.spec} but the operator improves {spec} "
+                            f"on {task.name}; give tasks= of that robot alone, or start=fresh")
     return policy, sha256_file(path)
 
 
@@ -445,7 +444,7 @@ def outcome(cfg: OutcomeConfig) -> Path:
     tasks = _training_tasks(cfg, ckpt)
     ask = ckpt.ask(cfg.ask_k)
     BatchSchedule.of(ckpt)  # a warm-up that does not suit the teacher is refused before anything is written
-    learned, learned_sha256 = _learned_start(cfg, ckpt)
+    learned, learned_sha256 = _learned_start(cfg, ckpt, tasks)
     weights = torch.nn.utils.parameters_to_vector(source.parameters()).detach()
     mask = evolved(source, cfg.evolve)
     out = Path(cfg.out)
@@ -486,8 +485,8 @@ def outcome(cfg: OutcomeConfig) -> Path:
                 members = es.pgpe_ask(state, popsize=cfg.popsize)
             for op, member in zip(ops, [*members, state.optimizer_state.center], strict=True):
                 torch.nn.utils.vector_to_parameters(operator_weights(member), op.parameters())
-            outcomes = [task_outcome(ops, ckpt, task, seed, learned or start_policy(ckpt, seed), cfg.applications,
-                                     ask, cfg.eval_episodes) for task, seed in runs]
+            outcomes = [task_outcome(ops, ckpt, task, seed, learned or ckpt.on(task).fresh_policy(seed),
+                                     cfg.applications, ask, cfg.eval_episodes) for task, seed in runs]
             scores = fitness(outcomes, cfg.fitness_floor)
             member_scores = scores[:-1]
             ranked = member_scores if cfg.shaping == "ratio" else task_ranks(outcomes, cfg.popsize)

@@ -20,7 +20,6 @@ from metaimprove.training.metalearn import (
     meta_train,
     plan,
 )
-from metaimprove.training.outcome import start_policy
 from tests.helpers import TINY_ARS, run_cli
 from tests.training.test_metalearn import interrupted, same_policy
 
@@ -39,7 +38,7 @@ def tiny(operator: pathlib.Path, **changes: object) -> MetaLearnConfig:
 def test_an_inner_loop_is_the_operators_run_as_apply_takes_it(moving_operator: pathlib.Path) -> None:
     # apply's operator method: explore on the schedule (warm-up included), then θ ← f(θ, τ, ask), seeded by the run.
     op, ckpt = OperatorCheckpoint.load(moving_operator)
-    task, seed, start = get_family("halfcheetah_vel").task("train", 1), 5, start_policy(ckpt, 2)
+    task, seed, start = get_family("halfcheetah_vel").task("train", 1), 5, ckpt.fresh_policy(2)
     explore = Explorer(ckpt, task, start, seed)
     update = operator_update(op, ckpt, task, ckpt.ask(), torch.Generator().manual_seed(seed))
     policy, steps = start, 0

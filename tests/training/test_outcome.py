@@ -1,5 +1,6 @@
 """Outcome training (``metaimprove outcome``): PGPE over the operator's weights on the returns it reaches."""
 
+import dataclasses
 import math
 import pathlib
 import shutil
@@ -12,7 +13,6 @@ from metaimprove import seeds
 from metaimprove.errors import UserError
 from metaimprove.evaluation.apply import apply
 from metaimprove.evaluation.methods import teacher_steps
-from metaimprove.evaluation.protocol import start_policy as apply_start
 from metaimprove.loggers import read_rows
 from metaimprove.operator.checkpoint import LEARNED_START_SUFFIX, OperatorCheckpoint
 from metaimprove.operator.runtime import BatchSchedule, Explorer, operator_teacher, operator_update
@@ -27,11 +27,10 @@ from metaimprove.training.outcome import (
     TaskOutcome,
     fitness,
     outcome,
-    start_policy,
     task_outcome,
     task_ranks,
 )
-from tests.helpers import apply_config, curve_rows
+from tests.helpers import AGNOSTIC, TINY_ARS, TINY_TRAIN, apply_config, curve_rows
 from tests.helpers import tiny_outcome as tiny
 
 
@@ -41,11 +40,10 @@ def test_each_member_runs_as_apply_would_and_fitness_is_relative_to_the_teacher(
     task, seed, applications, episodes = get_family("halfcheetah_vel").task("train", 0), 5, 3, 2
     ask = ckpt.ask()
     # The operator twice in one population: both copies run side by side and must agree with a run of their own.
-    result = task_outcome([op, op], ckpt, task, seed, start_policy(ckpt, seed), applications, ask, episodes)
+    start = ckpt.fresh_policy(seed)  # apply's fresh θ⁰ of run seed
+    result = task_outcome([op, op], ckpt, task, seed, start, applications, ask, episodes)
 
     schedule = BatchSchedule.of(ckpt)
-    start = apply_start(ckpt, seed)
-    assert torch.equal(start.theta, start_policy(ckpt, seed).theta)
     explore = Explorer(ckpt, task, start, seed, schedule)
     update = operator_update(op, ckpt, task, ask, torch.Generator().manual_seed(seed))
     policy, steps = start, 0
@@ -162,6 +160,37 @@ def test_the_evolved_operator_applies(moving_operator: pathlib.Path, tmp_path: p
     path = outcome(tiny(moving_operator, tmp_path / "outcome", generations=1))
     apply(apply_config(path, tmp_path / "apply", methods=["operator"], seeds=1))
     assert {row["method"] for row in curve_rows(tmp_path / "apply")} == {"operator"}
+
+
+def test_an_operator_of_several_robots_evolves_on_each_from_fresh_policies_of_its_sizes(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A shape-agnostic ARS operator whose training tasks span two robots (as train dataset=[...] records them).
+    tasks = ["halfcheetah_vel/train/0", "hopper_rand_params/train/0"]
+    ckpt = OperatorCheckpoint.from_training(AGNOSTIC, TINY_TRAIN["operator"], PolicySpec(17, 6), [1],  # type: ignore[arg-type]
+                                            torch.tensor([[0.0, 0.1]]), tasks,
+                                            {"name": "ars", "config": dataclasses.asdict(TINY_ARS)}, ask_k=1)
+    torch.manual_seed(0)
+    operator = tmp_path / "operator.safetensors"
+    ckpt.save(operator, ckpt.new_operator(), summary={})
+    real, runs = outcome_module.task_outcome, []
+
+    def recording(ops, ckpt, task, seed, start, applications, ask, episodes):  # type: ignore[no-untyped-def]
+        runs.append((task, seed, start))
+        return real(ops, ckpt, task, seed, start, applications, ask, episodes)
+
+    monkeypatch.setattr(outcome_module, "task_outcome", recording)
+    outcome(tiny(operator, tmp_path / "out", generations=1, tasks=tasks, tasks_per_generation=2))
+    assert sorted(task.name for task, _, _ in runs) == tasks
+    for task, seed, start in runs:  # apply's fresh θ⁰ for the run, of the robot's sizes
+        expected = ckpt.on(task).fresh_policy(seed)
+        assert start.spec == expected.spec and torch.equal(start.theta, expected.theta)
+    assert {start.spec.obs_dim for _, _, start in runs} == {17, 11}
+
+    # A learned start is one robot's policy: one of HalfCheetah's sizes cannot start the Hopper runs.
+    start = a_start(ckpt.spec, tmp_path / "start.safetensors", 3)
+    with pytest.raises(UserError, match=r"improves .*obs_dim=11.* on hopper_rand_params/train/0; give tasks="):
+        outcome(tiny(operator, tmp_path / "learned", tasks=tasks, start="learned", learned_start=str(start)))
+    assert not (tmp_path / "learned").exists()
 
 
 def a_start(spec: PolicySpec, path: pathlib.Path, seed: int) -> pathlib.Path:
