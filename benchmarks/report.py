@@ -805,6 +805,7 @@ def _family_table(rows: list[dict[str, str]]) -> str:
     """The headline's family table: each family's shipped operator against PPO and ARS (``benchmarks/families.py``),
     and the universal operator against it at B where ``research/universal.py`` measured that family."""
     universal = {r["family"]: r for r in _rows("universal_families.csv") if r["budget"] == "B"}
+    trained = {f for r in universal.values() for f in r["trained_on"].split()}
     note = (" Last column: the universal operator less the family's own, paired at B on validation "
             "([`research/universal.py`](research/universal.py)); –: not one of its five robots.") if universal else ""
     head = "| family | vs PPO | vs ARS |" + (" universal − own |" if universal else "")
@@ -814,7 +815,8 @@ def _family_table(rows: list[dict[str, str]]) -> str:
         cells = [f"`{r['family']}`", r["operator_vs_ppo"], r["operator_vs_ars"]]
         if universal:
             u = universal.get(r["family"])
-            cells.append(f"{u['universal_minus_per_family'].split(' ')[0]} ({u['paired_verdict']})" if u else "–")
+            cells.append(f"{u['universal_minus_per_family'].split(' ')[0]} ({u['paired_verdict']})" if u
+                         else "not yet run" if r["family"] in trained else "–")
         return "| " + " | ".join(cells) + " |"
 
     return "\n".join([
