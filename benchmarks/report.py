@@ -82,6 +82,16 @@ def _summary(path: Path) -> dict[str, str]:
     return {r["name"]: r["value"] for r in rows if r.get("name") and r.get("value")}
 
 
+def _value(cell: str) -> str:
+    """The estimate of a ``value [lo, hi]`` cell (``common.interval``), as written."""
+    return cell.split(" ")[0]
+
+
+def _lower(cell: str) -> float:
+    """The CI's lower end of a ``value [lo, hi]`` cell (``common.interval``)."""
+    return float(cell.split("[")[1].split(",")[0])
+
+
 def _teacher_check(stem: str, ours: str, reference: str) -> list[str]:
     """The check of one teacher against its reference implementation (``benchmarks/teacher_vs_sb3.py``)."""
     t = _summary(RESULTS / f"{stem}.csv")
@@ -695,7 +705,7 @@ def _variants_clause(figures: dict[str, str], name: str) -> str:
              if k.startswith("variant_") and k.endswith(suffix)}
     if not diffs:
         return ""
-    best = max(diffs, key=lambda v: float(diffs[v].split(" ")[0]))
+    best = max(diffs, key=lambda v: float(_value(diffs[v])))
     scaling = [(k.removesuffix(f"_{name}"), v) for k, v in figures.items()
                if k.startswith("scaling_") and k.endswith(f"_{name}")]
     more = "".join(f" `{k}`: {v}." for k, v in scaling)
@@ -815,7 +825,7 @@ def _family_table(rows: list[dict[str, str]]) -> str:
         cells = [f"`{r['family']}`", r["operator_vs_ppo"], r["operator_vs_ars"]]
         if universal:
             u = universal.get(r["family"])
-            cells.append(f"{u['universal_minus_per_family'].split(' ')[0]} ({u['paired_verdict']})" if u
+            cells.append(f"{_value(u['universal_minus_per_family'])} ({u['paired_verdict']})" if u
                          else "not yet run" if r["family"] in trained else "–")
         return "| " + " | ".join(cells) + " |"
 
@@ -874,7 +884,7 @@ def headline() -> str:
 
 def _ask_line(rows: list[dict[str, str]]) -> str:
     """One headline line: whether the requested improvement controls the operator (``research/ask_control.py``)."""
-    gains = [f"{r[k].split(' ')[0]}" for r in rows[:1] for k in r if k.startswith("gain_at_")]
+    gains = [_value(r[k]) for r in rows[:1] for k in r if k.startswith("gain_at_")]
     spread = f"{min(gains, key=float)} to {max(gains, key=float)}"
     rhos = ", ".join(f"{r['rank_correlation_of_means']} after {r['budget']}" for r in rows)
     return (f"- **Asking does not control the operator**: asked for improvements across its trained range, it "
@@ -887,9 +897,9 @@ def _scaling_line(rows: list[dict[str, str]]) -> str:
     """One headline line: the operator's score at B for each training-task count (``research/task_scaling.py``)."""
     at_b = {int(r["n_tasks"]): r for r in rows if r["budget"] == "B"}
     most = max(at_b)
-    scores = ", ".join(f"{at_b[n]['score'].split(' ')[0]} for {n}" for n in sorted(at_b))
+    scores = ", ".join(f"{_value(at_b[n]['score'])} for {n}" for n in sorted(at_b))
     diff = at_b[most]["score_minus_n16"]
-    better = float(diff.split("[")[1].split(",")[0]) > 0  # the CI's lower end above 0
+    better = _lower(diff) > 0
     verdict = "improves with more training tasks" if better else "does no better with more training tasks"
     return (f"- **Training tasks** (validation, normalized score at B by the number of tasks the operator was fitted "
             f"to): {scores}; {most} against 16, paired: {diff}, so the operator {verdict}. From "
