@@ -32,14 +32,19 @@ normalized scores, 0 the task's start return and 1 its reference return; 95% CIs
 Stages, each resumable (a rerun reuses what finished: collect, train and apply resume into their directories,
 reference runs are appended as they end, the csvs and figures are rewritten from them):
 
-1. collect each robot's dataset into ``<work>/collect/<family>`` (``leave_one_robot_out.collect_robot``; the default
-   work directory is that script's, so the two share their collections);
-2. train the universal operator on all five into ``<work>/universal/operator``; with ``--ship``, copy it to
-   ``results/operators/universal.{safetensors,json}`` and the five collections' configs (each as
-   ``results/operators/<family>.collect.yaml`` holds one) to ``results/operators/universal.collect.yaml`` under
-   ``collections``, so that ``operator_path=universal`` resolves it by name;
-3. per family of ``--families`` (default all five): apply the universal and the per-family operator on its validation
-   tasks into ``<work>/universal/families/<family>/{universal,per_family}``;
+1. with ``--ship`` (or ``--quick``): collect each robot's dataset into ``<work>/collect/<family>``
+   (``leave_one_robot_out.collect_robot``; the default work directory is that script's, so the two share their
+   collections);
+2. with ``--ship`` (or ``--quick``): train the universal operator on all five into ``<work>/universal/operator``; with
+   ``--ship``, copy it to ``results/operators/universal.{safetensors,json}`` and the five collections' configs (each
+   as ``results/operators/<family>.collect.yaml`` holds one) to ``results/operators/universal.collect.yaml`` under
+   ``collections``, so that ``operator_path=universal`` resolves it by name. Without ``--ship`` the stages below
+   measure the shipped ``results/operators/universal`` as it is, so that every figure describes the file a user
+   gets: a refit matches it bit for bit only on a CPU that runs torch's kernels with the same instruction set as
+   the machine that fitted it (``benchmarks/reproduce.py`` says why);
+3. per family of ``--families`` (default all five; ``--families`` alone: none, the env's stages only): apply the
+   universal and the per-family operator on its validation tasks into
+   ``<work>/universal/families/<family>/{universal,per_family}``;
 4. the reference runs of those tasks, appended to ``results/references_runs.csv`` (their rows join
    ``results/references.csv``);
 5. ``results/universal_families.csv``: per family and budget (1, 2, 4 and 8 of the universal operator's batches and
@@ -71,11 +76,11 @@ with ``--ship``, the shipped files (``<work>/operators``) there, never to ``resu
 Cost on 2 cores (the full default), from CPU times measured on the development machine (``leave_one_robot_out.py``'s
 docstring gives one hopper B of ARS as 6.7 s of one core and of tuned PPO as 11.6 s; the other families scale by
 their step costs, ``results/family_cost.csv``, and budgets; on the pendulum, 32768 env steps of ARS took 2.2 s of one
-core, of tuned PPO 3.9 s and SAC 12 ms a step): the collections (5.8 M env steps) about 5 minutes; the fit 10-30
-minutes (about 4000 pairs of five robots, ``metaimprove train``'s early stopping); the two operators on the five
-families' 8 × 3 validation runs with an evaluation after every batch, about 25 minutes; the families' references (8 B
-of ARS and of tuned PPO per task and seed, 5 hours of one core), about 2.5 hours; the env's apply, about 50 minutes
-(SAC's 5 runs), and its references, about 3 minutes. About 4 hours in all; about 3 when
+core, of tuned PPO 3.9 s and SAC 12 ms a step): with ``--ship``, the collections (5.8 M env steps) about 5 minutes
+and the fit 10-30 minutes (about 4000 pairs of five robots, ``metaimprove train``'s early stopping); the two
+operators on the five families' 8 × 3 validation runs with an evaluation after every batch, about 25 minutes; the
+families' references (8 B of ARS and of tuned PPO per task and seed, 5 hours of one core), about 2.5 hours; the env's
+apply, about 50 minutes (SAC's 5 runs), and its references, about 3 minutes. About 4 hours in all; about 3 when
 ``research/leave_one_robot_out.py`` has run first in ``runs/loro`` (the collections and hopper's and walker2d's
 references are then done). ``--quick`` took 40 s, and a rerun 15 s, on 2 cores that a benchmark kept busy.
 """
@@ -278,10 +283,12 @@ def references(tasks: list[AnyTask], operator: Path, budget: int, sizes: Sizes, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ship", action="store_true", help="copy the trained operator and its collections' configs "
-                        "to results/operators/universal.* (--quick: to <work>/operators)")
-    parser.add_argument("--families", nargs="+", choices=loro.FAMILIES, help="the training families to compare the "
-                        f"universal and the per-family operator on (default all five; --quick {QUICK_FAMILIES[0]})")
+    parser.add_argument("--ship", action="store_true", help="collect, fit and copy the operator and its collections' "
+                        "configs to results/operators/universal.* (--quick: to <work>/operators), then measure it; "
+                        "without it: measure the shipped one")
+    parser.add_argument("--families", nargs="*", choices=loro.FAMILIES, help="the training families to compare the "
+                        f"universal and the per-family operator on (default all five; --quick {QUICK_FAMILIES[0]}; "
+                        "none: the unseen env only)")
     parser.add_argument("--tasks", type=int, help="validation tasks per family (default 8; --quick 1)")
     parser.add_argument("--seeds", type=int, help="seeds per validation task (default 3; --quick 1)")
     parser.add_argument("--env", default=ENV, help="the unseen gymnasium env (1-D Box spaces)")
@@ -309,10 +316,14 @@ def main() -> None:
     def stage(text: str) -> None:
         print(f"{text} ({(time.perf_counter() - began) / 60:.1f} minutes in)", flush=True)
 
-    stage(f"[1/8] collect: {', '.join(loro.FAMILIES)}")
-    datasets = [loro.collect_robot(f, work / "collect" / f, robots, workers) for f in loro.FAMILIES]
-    stage("[2/8] train")
-    universal = loro.train_heldout("none", datasets, work / NAME / "operator", robots)
+    if args.ship or args.quick:
+        stage(f"[1/8] collect: {', '.join(loro.FAMILIES)}")
+        datasets = [loro.collect_robot(f, work / "collect" / f, robots, workers) for f in loro.FAMILIES]
+        stage("[2/8] train")
+        universal = loro.train_heldout("none", datasets, work / NAME / "operator", robots)
+    else:
+        universal = resolve_operator(NAME)
+        stage(f"[1-2/8] the shipped operator: {universal}")
     if not args.quick:
         for family in loro.FAMILIES:
             loro.check_own_teacher(universal, family)
@@ -322,7 +333,8 @@ def main() -> None:
             raise SystemExit(f"operator_path={NAME} resolves to {resolve_operator(NAME)}, not {shipped}")
 
     unscored = {}
-    for family in args.families or (QUICK_FAMILIES if args.quick else loro.FAMILIES):
+    default = QUICK_FAMILIES if args.quick else loro.FAMILIES
+    for family in default if args.families is None else args.families:
         budget = family_budget_of(family, universal, sizes)
         stage(f"[3/8] apply on {family}: universal and per-family, {robots.tasks} validation tasks × {robots.seeds} "
               f"seeds, B = {budget}")
