@@ -432,10 +432,14 @@ def _reproduce() -> list[str]:
     return [
         *_head("Does the shipped operator come back from its configs?", "benchmarks/reproduce.py", "reproduce.csv"),
         "`metaimprove train` with `results/operators/<family>.train.yaml` on the collection of "
-        "`<family>.collect.yaml`, compared with the shipped checkpoint.",
+        "`<family>.collect.yaml`, compared with the shipped checkpoint, on a CPU whose instruction set torch's kernels "
+        "use is the row's (`torch.backends.cpu.get_cpu_capability()`). Bit for bit holds only on the instruction set "
+        "that collected and fitted the shipped operator: kernels of other vector widths round differently, and a "
+        "rollout turns the last bit into another trajectory (the script's docstring has the measurement).",
         "",
-        *_table(rows, ["operator", "same tensors (SHA-256)", "same `.safetensors` bytes", "minutes"],
-                lambda r: [f"`{r['family']}`", r["same_tensors"], r["same_safetensors_bytes"], r["minutes"]]),
+        *_table(rows, ["operator", "CPU", "same tensors (SHA-256)", "same `.safetensors` bytes", "minutes"],
+                lambda r: [f"`{r['family']}`", r["cpu_capability"], r["same_tensors"],
+                           r["same_safetensors_bytes"], r["minutes"]]),
     ]
 
 

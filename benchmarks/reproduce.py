@@ -5,8 +5,16 @@ Trains ``metaimprove train`` with ``results/operators/<family>.train.yaml`` on t
 (recorded in the JSON beside each) and the ``.safetensors`` bytes. The collection is not in git; the dataset given
 must have been collected with exactly the shipped collect settings (its ``config.yaml`` is compared), and
 ``benchmarks/improvement.py``'s docstring gives the command that recreates it (collection is deterministic and
-worker-count independent, so a recreated one is the one the operator was trained on). Writes
-``results/reproduce.csv`` and prints ``shipped_reproduces_<family>: true|false``. About 5 minutes on 2 cores.
+worker-count independent, so a recreated one is the one the operator was trained on). Writes a row per family and
+CPU to ``results/reproduce.csv`` and prints ``shipped_reproduces_<family>: true|false``. About 5 minutes on 2 cores.
+
+Bit for bit holds only on a CPU on which torch runs its kernels with the instruction set of the machine that
+collected and fitted the shipped operator (``torch.backends.cpu.get_cpu_capability()``, the row's
+``cpu_capability``): vectorized kernels of different widths round differently, and a rollout amplifies the last bit
+into a different trajectory. Measured on one AVX2 machine: ``halfcheetah_vel``'s collection under
+``ATEN_CPU_CAPABILITY=default`` differs from the same collection under AVX2 from its first shard on, and its AVX2
+collection differs from the one the shipped operator was fitted to. The machine that produced the rows before this
+column existed did not record its capability (``unrecorded``).
 
     python benchmarks/reproduce.py [--family halfcheetah_vel] [--dataset runs/ars32d64s_x48] [--work DIR]
 """
@@ -28,6 +36,8 @@ from metaimprove.storage import atomic_write_csv
 from metaimprove.training.train import TrainConfig, train
 
 OUT = RESULTS / "reproduce.csv"
+UNRECORDED = "unrecorded"
+"""the ``cpu_capability`` of rows written before the column existed"""
 
 
 def train_config(family: str, dataset: Path, out: Path) -> TrainConfig:
@@ -64,13 +74,15 @@ def main() -> None:
     trained = train(train_config(args.family, dataset, out))
     same_tensors = tensors_sha256(trained) == tensors_sha256(shipped)
     same_bytes = trained.read_bytes() == shipped.read_bytes()
-    row = {"family": args.family, "shipped_tensors_sha256": tensors_sha256(shipped),
+    capability = torch.backends.cpu.get_cpu_capability()
+    row = {"family": args.family, "cpu_capability": capability, "shipped_tensors_sha256": tensors_sha256(shipped),
            "trained_tensors_sha256": tensors_sha256(trained), "same_tensors": same_tensors,
            "same_safetensors_bytes": same_bytes, "minutes": round((time.perf_counter() - began) / 60, 2)}
     rows = [row]
     if OUT.exists():
         with OUT.open() as f:
-            rows = [r for r in csv.DictReader(f) if r["family"] != args.family] + rows
+            kept = [{"cpu_capability": UNRECORDED} | r for r in csv.DictReader(f)]
+        rows = [r for r in kept if (r["family"], r["cpu_capability"]) != (args.family, capability)] + rows
     atomic_write_csv(OUT, list(row), rows)
     print(f"shipped_reproduces_{args.family}: {str(same_tensors and same_bytes).lower()}")
 
