@@ -162,7 +162,8 @@ def per_episode_gradients(spec: PolicySpec, theta: torch.Tensor, states: torch.T
     ``states [T, E, obs]`` (normalized), ``actions [T, E, act]``, ``adv [T, E]``. The forward is
     :func:`~metaimprove.sim.policy.forward`'s, keeping each layer's output; the backward is written out, each step
     the op that autograd runs for it under ``torch.func.vmap(torch.func.grad(surrogate))`` over environments, so the
-    result is that one's bit for bit (tests/operator/test_features.py) at half the cost: autograd's per-node
+    result is that one's to float rounding, bit for bit where both run the same kernels
+    (tests/operator/test_features.py), at half the cost: autograd's per-node
     bookkeeping costs more than this arithmetic on a few thousand parameters.
     """
     T, E = adv.shape

@@ -93,7 +93,9 @@ def test_curves_equal_the_committed_validation_rows(tmp_path: pathlib.Path) -> N
     """The shipped operator (plain and guarded), PPO and the unchanged start on the first validation task and seed,
     at a small budget, write exactly the rows results/improvement_validation.csv holds for those points (a run's
     rows up to a budget do not depend on the budget, but for guarded verifications skipped near its end, none at
-    this one): apply's batched evaluation gives the committed returns."""
+    this one): apply's batched evaluation gives the committed returns, to 1 % (a CPU of another instruction set than
+    the one that wrote them rounds differently, and rollouts grow that: 0.2 % at most on an AVX2 machine; see
+    docs/reproducibility.md)."""
     methods = ["operator", "operator_guarded", "ppo", "no_update"]
     apply(ApplyConfig(operator_path=str(ROOT / "results" / "operators" / "halfcheetah_vel.safetensors"),
                       out=str(tmp_path), task=TaskConfig("halfcheetah_vel"), split="train", task_start=32, n_tasks=1,
@@ -104,7 +106,9 @@ def test_curves_equal_the_committed_validation_rows(tmp_path: pathlib.Path) -> N
     rows = curve_rows(tmp_path)
     assert {r["method"] for r in rows} == set(methods) and len(rows) >= 20
     for row in rows:
-        assert row == committed[row["method"], row["env_steps"]]
+        mine, theirs = dict(row), dict(committed[row["method"], row["env_steps"]])
+        assert float(mine.pop("return")) == pytest.approx(float(theirs.pop("return")), rel=0.01)
+        assert mine == theirs
 
 
 def test_train_init_starts_from_the_training_runs_theta0(operator_path: pathlib.Path,

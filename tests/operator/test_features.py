@@ -50,9 +50,10 @@ def test_per_episode_gradients_match_autograd():
                                   PolicySpec(11, 3, (64,), squash=True), PolicySpec(8, 2, (16, 16, 16), "relu", True)],
                          ids=str)
 @pytest.mark.parametrize("T,E", [(64, 32), (50, 3), (16, 8), (77, 1)])
-def test_per_episode_gradients_are_torch_funcs_bit_for_bit(spec: PolicySpec, T: int, E: int):
+def test_per_episode_gradients_are_torch_funcs(spec: PolicySpec, T: int, E: int):
     """The same numbers as ``vmap(grad(surrogate))`` over environments and a plain forward, which the committed
-    curves were computed with."""
+    curves were computed with: bit for bit on the machine that computed them, to float32 rounding on a CPU whose
+    kernels round otherwise (an AVX2 machine differs in the last bits; see docs/reproducibility.md)."""
     theta = init_params(spec, torch.Generator().manual_seed(0), log_std=-0.3)
     theta += 0.3 * torch.randn(spec.n_params, generator=torch.Generator().manual_seed(2))
     g = torch.Generator().manual_seed(1)
@@ -64,8 +65,8 @@ def test_per_episode_gradients_are_torch_funcs_bit_for_bit(spec: PolicySpec, T: 
         return (w * log_prob(mean, log_std, a)).mean()
 
     grads, mean = per_episode_gradients(spec, theta, states, actions, adv)
-    assert torch.equal(grads, vmap(grad(surrogate), in_dims=(None, 1, 1, 1))(theta, states, actions, adv))
-    assert torch.equal(mean, forward(spec, theta, states)[0])
+    torch.testing.assert_close(grads, vmap(grad(surrogate), in_dims=(None, 1, 1, 1))(theta, states, actions, adv))
+    torch.testing.assert_close(mean, forward(spec, theta, states)[0])
 
 
 def test_linear_baseline_removes_state_dependent_reward():
