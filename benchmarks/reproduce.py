@@ -36,8 +36,6 @@ from metaimprove.storage import atomic_write_csv
 from metaimprove.training.train import TrainConfig, train
 
 OUT = RESULTS / "reproduce.csv"
-UNRECORDED = "unrecorded"
-"""the ``cpu_capability`` of rows written before the column existed"""
 
 
 def train_config(family: str, dataset: Path, out: Path) -> TrainConfig:
@@ -81,8 +79,8 @@ def main() -> None:
     rows = [row]
     if OUT.exists():
         with OUT.open() as f:
-            kept = [{"cpu_capability": UNRECORDED} | r for r in csv.DictReader(f)]
-        rows = [r for r in kept if (r["family"], r["cpu_capability"]) != (args.family, capability)] + rows
+            key = (args.family, capability)
+            rows = [r for r in csv.DictReader(f) if (r["family"], r["cpu_capability"]) != key] + rows
     atomic_write_csv(OUT, list(row), rows)
     print(f"shipped_reproduces_{args.family}: {str(same_tensors and same_bytes).lower()}")
 
