@@ -773,7 +773,20 @@ def _throughput() -> list[str]:
         "(raylet, GCS) run on the same two cores as the collectors. Why each figure is what it is: "
         "[performance](performance.md).",
         "",
+        *_by_capability("operator_step_vs_ppo_update", "one operator application over one PPO update"),
     ]
+
+
+def _by_capability(name: str, what: str) -> list[str]:
+    """A paragraph giving throughput figure ``name`` (``what``) as the latest full run on each CPU instruction set
+    measured it (``cpu_capability``), where runs on more than one are recorded."""
+    latest = {r["cpu_capability"]: r["value"] for r in _rows("throughput.csv") if r["mode"] == "full"
+              and r["name"] == name}
+    if len(latest) < 2:
+        return []
+    runs = "; ".join(f"{value}× on a machine whose instruction set was not recorded" if cap == "unrecorded" else
+                     f"{value}× where torch's CPU kernels use {cap}" for cap, value in latest.items())
+    return [f"It depends on the CPU: {what} is {runs}. The table gives the latest run's.", ""]
 
 
 INTRO = [

@@ -3,8 +3,9 @@ and to 2 worker processes, the cost of one operator application against one PPO 
 env-steps/s against the collector's on a batch as wide as its population's, and, with ``--quickstart``, the README's
 main job timed from a fresh clone.
 
-Prints one ``name: value`` line per figure and appends them to ``results/throughput.csv``. Every figure
-is a ratio measured in this one run: absolute env-steps/s on a shared machine are noise. The collector runs at two
+Prints one ``name: value`` line per figure and appends them to ``results/throughput.csv``, each row with the
+instruction set torch's CPU kernels use (:data:`COLUMNS`). Every figure is a ratio measured in this one run: absolute
+env-steps/s on a shared machine are noise. The collector runs at two
 widths: 8 envs (an evaluation's 8 episodes) and 64 (the ARS teacher's 2 × 32 directions); per-step Python costs the
 same at both, so it weighs less at 64. Thread scaling is one process stepping its batch on 1 and on 2 threads
 (``threads=``); worker scaling is measured for the process pool (``collect executor=local``) and, when Ray is
@@ -47,6 +48,10 @@ from metaimprove.sim.tasks import build_model, get_family
 from metaimprove.training.outcome import task_outcome
 
 THROUGHPUT = RESULTS / "throughput.csv"
+COLUMNS = ("date", "host", "cpu_capability", "mode", "name", "value")
+"""``throughput.csv``'s columns; ``cpu_capability`` is the instruction set torch's CPU kernels use
+(``torch.backends.cpu.get_cpu_capability()``, ``unrecorded`` in rows from before it was recorded): the operator
+application's ratio to a PPO update depends on it"""
 N_ENVS = 8
 """the collector's width for the historic figures: an evaluation's episodes"""
 WIDE = 64
@@ -197,6 +202,9 @@ def main() -> None:
     parser.add_argument("--quickstart", action="store_true",
                         help="also time the README's main job from a fresh clone (several minutes)")
     args = parser.parse_args()
+    if THROUGHPUT.exists() and THROUGHPUT.read_text().splitlines()[:1] != [",".join(COLUMNS)]:
+        raise SystemExit(f"{THROUGHPUT} does not start with the header {','.join(COLUMNS)}: add the missing columns "
+                         "(cpu_capability: unrecorded) to its rows, or move it aside; nothing measured")
     n = 40_960 if args.quick else 163_840
     collector(2048)  # warm-up
     raw = float(np.median([raw_loop(n // 4) for _ in range(3)]))
@@ -232,12 +240,14 @@ def main() -> None:
     THROUGHPUT.parent.mkdir(exist_ok=True)
     new = not THROUGHPUT.exists()
     with THROUGHPUT.open("a", newline="") as f:
-        writer = csv.writer(f)
+        writer = csv.writer(f, lineterminator="\n")
         if new:
-            writer.writerow(["date", "host", "mode", "name", "value"])
+            writer.writerow(COLUMNS)
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        capability = torch.backends.cpu.get_cpu_capability()
         for name, value in figures.items():
-            writer.writerow([stamp, platform.node(), "quick" if args.quick else "full", name, f"{value:.4g}"])
+            writer.writerow([stamp, platform.node(), capability, "quick" if args.quick else "full", name,
+                             f"{value:.4g}"])
     for name, value in figures.items():
         print(f"{name}: {value:.4g}")
 
