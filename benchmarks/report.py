@@ -402,7 +402,34 @@ def _universal() -> list[str]:
                                f"{r['universal_return']} / {r['ars_return']} / {r['sac_return']}",
                                f"{r['start_return']} → {r['reference_return']}"]),
         ]
-    return out
+    return out + _reward_scale()
+
+
+def _reward_scale() -> list[str]:
+    """The diagnosis of the universal operator's loss on the unseen env (``research/reward_scale.py``)."""
+    scales, terms = _rows("universal_reward_scale.csv"), _rows("universal_terms.csv")
+    if not scales or not terms:
+        return []
+    return [
+        *_head("Why does it lose there? A diagnosis", "research/reward_scale.py", "universal_reward_scale.csv"),
+        "The operator's step is an additive term plus a gated ES term. Of its first application from 3 fresh starts: "
+        "the additive term's mean and RMS over θ, the ES term's RMS, the two terms' cosine and norm ratio, and the "
+        "batch's mean reward per step as the operator reads it, on the unseen env (its rewards read as they are and "
+        "scaled by s) and on a validation task of each training family (`results/universal_terms.csv`, per block of "
+        "θ too).",
+        "",
+        *_table([r for r in terms if r["block"] == "all"],
+                ["task", "s", "additive mean", "additive RMS", "ES RMS", "cosine", "additive / ES", "reward per step"],
+                lambda r: [f"`{r['task']}`", r["reward_scale"], r["additive_mean"], r["additive_rms"], r["es_rms"],
+                           f"**{r['cosine']}**", r["additive_over_es"], r["reward_per_step"]]),
+        "The unseen env's runs (as above) with the rewards the operator reads × s; the env, its exploration and the "
+        "scored returns are unchanged, and s = 1 is the shipped operator as `apply` runs it (its committed curves, "
+        "reproduced). s is hindsight, which no user has before a run, so these rows count toward no bar.",
+        "",
+        *_table(scales, ["env", "s", "budget", "seeds", "operator gain", "ARS score", "operator − ARS", "return"],
+                lambda r: [f"`{r['env']}`", r["reward_scale"], r["budget"], r["seeds"], f"**{r['operator_gain']}**",
+                           r["ars"], r["operator_minus_ars"], r["operator_return"]]),
+    ]
 
 
 def _memorization() -> list[str]:

@@ -237,6 +237,13 @@ class PerParamOperator(nn.Module):
         return tuple(role.to(self.w_role.weight.device) for role in self._other_roles[spec])
 
     def forward(self, feats: Features, context: torch.Tensor, spec: PolicySpec) -> torch.Tensor:
+        additive, es = self.terms(feats, context, spec)
+        return additive if es is None else additive + es
+
+    def terms(self, feats: Features, context: torch.Tensor,
+              spec: PolicySpec) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The step Δθ's two terms ``[..., P]``, which :meth:`forward` adds: g_0, and with ``es`` the gated ES step
+        2σ(g_1)·Δθ_ES (None without), for studies of what each contributes."""
         block, *roles = self.roles(spec)
         n_blocks = len(spec.layout())
         g = feats["grad"]
@@ -256,8 +263,8 @@ class PerParamOperator(nn.Module):
         h = self.w_feat(x) + role + self.w_ctx(context).unsqueeze(-2)
         out = self.rest(torch.nn.functional.gelu(h))
         if self.es is None:
-            return out.squeeze(-1)
-        return out[..., 0] + 2 * torch.sigmoid(out[..., 1]) * es_step
+            return out.squeeze(-1), None
+        return out[..., 0], 2 * torch.sigmoid(out[..., 1]) * es_step
 
 
 class ImprovementOperator(nn.Module):

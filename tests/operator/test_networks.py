@@ -84,6 +84,24 @@ def test_es_operator_is_the_identity_at_init_and_reads_the_perturbations(arch: s
     assert feats["env_returns"].shape[-1] == ENV_STATS
 
 
+@pytest.mark.parametrize("es", [False, True])
+def test_the_step_is_its_two_terms(es: bool) -> None:
+    """forward's Δθ is terms' additive term plus its ES term, bit for bit; without an ES head there is none."""
+    config = OperatorConfig(hidden=16, context_dim=8, param_hidden=8, step_scale=1.0)
+    op = ImprovementOperator(SPEC, config, es=es)
+    for layer in (op.update.rest[-1], *([op.update.es.weight[-1]] if es else [])):
+        torch.nn.init.normal_(layer.weight)
+    feats, ask = _es_features(3), torch.randn(3, 2)
+    context = op.context(feats, ask)
+    additive, es_term = op.update.terms(feats, context, SPEC)
+    assert (es_term is not None) == es
+    step = additive if es_term is None else additive + es_term
+    assert torch.equal(op.update(feats, context, SPEC), step)
+    assert torch.equal(op(feats, ask), feats["theta"] + step)
+    if es_term is not None:
+        assert additive.abs().max() > 0 and es_term.abs().max() > 0
+
+
 def test_es_operator_learns_an_antithetic_es_step_that_the_plain_operator_cannot() -> None:
     # The target is θ + 0.02 Σ_k (r⁺_k − r⁻_k) ε_k: ARS's direction, which is in the perturbations alone.
     n = 300
