@@ -29,6 +29,7 @@ Features = dict[str, torch.Tensor]
   ``agnostic`` of (RMS and largest |z| of the z-scored action, RMS of the mean action, reward, advantage, phase),
   :data:`AGNOSTIC_TRANSITION_DIM` wide whatever the robot
 * ``returns``: mean and spread over environments of the mean reward per step
+  (with ``reward_symlog``, this and the transitions' reward read :func:`symlog` of each reward)
 * ``states`` (raw observations) with ``norm_mean``/``norm_std`` (N'), for the behavioural loss only
 * ``task`` (only with ``task_input``): :func:`task_vector` of the task τ was collected on
 * ``perturbation`` and ``env_returns`` (only with ``es_gradient``): for a batch that explores in parameter
@@ -68,6 +69,10 @@ class FeatureConfig:
     """read only what any robot's τ has (returns, advantages, action statistics, per-parameter and per-block
     gradient statistics, ES perturbations), nothing of an observation's or action's index: one operator's weights
     then serve policies of every PolicySpec, and a union of datasets may mix robots (per_param only)"""
+    reward_symlog: bool = False
+    """read τ's rewards through symlog(r) = sign(r)·ln(1 + |r|) where the encoding reads them as they are (each
+    sampled transition's reward, and the per-step reward's mean and spread, ``returns``): robots whose rewards differ
+    in scale then differ less in what the operator reads (the ES statistics and advantages are scale-free already)"""
 
 
 def check_features(config: FeatureConfig, arch: str) -> None:
@@ -202,6 +207,12 @@ def next_normalizer(policy: Policy, exp: Experience) -> ObsNormalizer:
     return norm
 
 
+def symlog(x: torch.Tensor) -> torch.Tensor:
+    """sign(x)·ln(1 + |x|): the identity near 0 and logarithmic beyond (DreamerV3's transform for targets whose
+    scale differs across domains)."""
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
 def encode(policy: Policy, exp: Experience, config: FeatureConfig, generator: torch.Generator,
            task: AnyTask | None = None, norm: ObsNormalizer | None = None) -> Features:
     """Encode θ (``policy``, which collected ``exp``) and τ (``exp``) for the operator, in N' coordinates (keys:
@@ -226,10 +237,11 @@ def encode(policy: Policy, exp: Experience, config: FeatureConfig, generator: to
     # Statistics over action dims, and no observation, where the operator must read any robot's τ.
     what = (torch.stack([z.square().mean(-1).sqrt(), z.abs().amax(-1), mean[step, env].square().mean(-1).sqrt()],
                         dim=-1) if config.agnostic else torch.cat([states[step, env], z], dim=-1))
-    transitions = torch.cat([what, exp.reward[step, env, None], adv[step, env, None], phase[:, None]], dim=-1)
+    reward = symlog(exp.reward) if config.reward_symlog else exp.reward
+    transitions = torch.cat([what, reward[step, env, None], adv[step, env, None], phase[:, None]], dim=-1)
     # Per-environment mean reward: always defined (unlike completed-episode returns) and equal in training
     # data and at apply time.
-    per_step = exp.reward.mean(0)
+    per_step = reward.mean(0)
     feats = {
         "theta": policy.theta.float(),
         "grad": g / (g_norm / spec.n_params**0.5 + 1e-12),

@@ -20,6 +20,7 @@ from metaimprove.operator.features import (
     next_normalizer,
     per_episode_gradients,
     perturbation_features,
+    symlog,
     task_vector,
     transition_dim,
 )
@@ -96,6 +97,29 @@ def test_encode_is_seeded_and_shaped():
     norm = next_normalizer(policy, exp)
     np.testing.assert_allclose(a["norm_mean"].numpy(), norm.mean, rtol=1e-6)
     np.testing.assert_allclose(norm.mean, exp.obs.reshape(-1, 17).double().mean(0).numpy(), atol=1e-3)
+
+
+@pytest.mark.parametrize("agnostic", [False, True])
+def test_reward_symlog_changes_only_the_rewards_the_encoding_reads(agnostic: bool) -> None:
+    """With reward_symlog the transitions' reward and ``returns`` read symlog of each reward, and every other
+    feature is bit for bit the plain encoding's; rewards 100 times larger then move them by ln(100) at most."""
+    spec = PolicySpec(17, 6)
+    policy = Policy(spec, init_params(spec, torch.Generator().manual_seed(0)), ObsNormalizer.identity(17))
+    exp = Collector(default_task("halfcheetah_vel"), n_envs=4, seed=0).collect(policy, 64)
+    plain_cfg = FeatureConfig(n_transitions=32, n_states=16, agnostic=agnostic)
+    symlog_cfg = dataclasses.replace(plain_cfg, reward_symlog=True)
+    plain, logged = (encode(policy, exp, c, torch.Generator().manual_seed(1)) for c in (plain_cfg, symlog_cfg))
+    reward = -3  # the transitions' reward column: (..., reward, advantage, phase)
+    torch.testing.assert_close(logged["transitions"][:, reward], symlog(plain["transitions"][:, reward]))
+    torch.testing.assert_close(plain["transitions"][:, reward + 1:], logged["transitions"][:, reward + 1:],
+                               rtol=0, atol=0)
+    per_step = symlog(exp.reward).mean(0)
+    torch.testing.assert_close(logged["returns"], torch.stack([per_step.mean(), per_step.std()]))
+    assert all(torch.equal(plain[k], logged[k]) for k in plain if k not in ("transitions", "returns"))
+    louder = dataclasses.replace(exp, reward=exp.reward * 100)
+    loud = encode(policy, louder, symlog_cfg, torch.Generator().manual_seed(1))
+    moved = (loud["transitions"][:, reward] - logged["transitions"][:, reward]).abs()
+    assert moved.max() <= math.log(100) + 1e-4 and moved.max() > 0
 
 
 def _experience(returns: list[float], perturbation: torch.Tensor | None) -> Experience:
