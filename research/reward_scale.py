@@ -173,7 +173,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one seed, 2 batches; outputs under --work")
     args = parser.parse_args()
     work = args.work or ROOT / "runs" / ("reward_scale_quick" if args.quick else "reward_scale")
-    seeds_, applications, term_seeds = (1, 2, 1) if args.quick else (universal.ENV_SEEDS,
+    env_seeds, applications, term_seeds = (1, 2, 1) if args.quick else (universal.ENV_SEEDS,
                                                                      universal.ENV_APPLICATIONS, TERM_SEEDS)
     terms_out, curves_out, figure = ((work / TERMS_OUT.name, work / CURVES_OUT.name, work / FIGURE.name)
                                      if args.quick else (TERMS_OUT, CURVES_OUT, FIGURE))
@@ -186,7 +186,8 @@ def main() -> None:
     print(f"terms of the first application: {len(terms)} rows")
 
     ckpt = shipped.on(env)
-    rows = [row for scale in SCALES for seed in range(seeds_) for row in run(op, ckpt, env, seed, applications, scale)]
+    rows = [row for scale in SCALES for seed in range(env_seeds)
+            for row in run(op, ckpt, env, seed, applications, scale)]
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(work / "curves.csv", CURVE_FIELDS, rows)
     mine = read_curves([work / "curves.csv"])
@@ -197,7 +198,7 @@ def main() -> None:
     budget = float(applications * batch)
     budgets = scored_budgets(batch, budget)
     ars = committed.where(method="ars")
-    keep = ars.seed < seeds_  # the committed ARS runs of this run's seeds, to pair with
+    keep = ars.seed < env_seeds  # the committed ARS runs of this run's seeds, to pair with
     both = universal.joined([mine, Curves(*(getattr(ars, f.name)[keep] for f in dataclasses.fields(Curves)))])
     scored = normalized(both, REFERENCE_RUNS, universal.FULL.robots.reference_seeds)
     scores = {m: scores_at(deployed_until(scored.where(method=m), budget), [0.0, *budgets])
