@@ -71,7 +71,7 @@ EVAL_EPISODES = 8
 """apply's ``eval_episodes`` default, with which research/universal.py's env runs were made"""
 TERMS_OUT = RESULTS / "universal_terms.csv"
 CURVES_OUT = RESULTS / "universal_reward_scale.csv"
-FIGURE = universal.FIGURES / "reward_scale"
+FIGURE = universal.outputs(universal.NAME, RESULTS)[2] / "reward_scale"
 TERM_FIELDS = ("task", "reward_scale", "block", "additive_mean", "additive_rms", "es_rms", "cosine",
                "additive_over_es", "reward_per_step")
 
@@ -191,7 +191,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(work / "curves.csv", CURVE_FIELDS, rows)
     mine = read_curves([work / "curves.csv"])
-    committed = read_curves([universal.FIGURES / f"{universal.ENV}.csv"])
+    committed = read_curves([FIGURE.parent / f"{universal.ENV}.csv"])
     check_reproduces(mine, committed)
 
     batch = float(BatchSchedule.of(ckpt).batch)

@@ -63,15 +63,24 @@ and the script says so and exits non-zero after the env's stages. ``ant_dir`` ma
 (``results/families.csv``) ARS, PPO and its own operator all end B below the start's return (an ant standing still
 earns the healthy reward); its references run 8 B.
 
+``--variant NAME`` measures a candidate refit instead of the shipped operator: stages 1-2 fit the universal operator
+with :data:`VARIANTS`' feature settings for ``NAME`` added into ``<work>/universal_<NAME>/operator``, and the stages
+below write ``results/universal_<NAME>_families.csv``, ``results/universal_<NAME>_unseen_env.csv`` and
+``results/universal_<NAME>/`` (the per-family operator's applies are shared with the shipped operator's
+measurement). It ships nothing: a candidate that passes its rule (``docs/design.md``) replaces the shipped operator
+by becoming the fit's own settings, then ``--ship``. ``--no-sac`` leaves SAC out of the env's stage, which then
+takes minutes: SAC's runs do not depend on the operator, and a candidate's rule reads only its own gain.
+
 ``--quick`` runs every stage at tiny sizes (``leave_one_robot_out``'s quick collections and fit; one family,
 ``hopper_rand_params``, unless ``--families`` says otherwise, 1 task × 1 seed at B = one batch of its shipped
 operator; 2 seeds on the env at B = 2 of the tiny operator's batches; references over 1 seed; one worker) under
-``--work`` (default ``runs/universal_quick``); it writes its csvs, figures (``<work>/figures``), reference runs and,
-with ``--ship``, the shipped files (``<work>/operators``) there, never to ``results/``.
+``--work`` (default ``runs/universal_quick``); it writes its reference runs there, its csvs and figures under
+``<work>/results`` and, with ``--ship``, the shipped files under ``<work>/operators``, never to ``results/``.
 
-    python research/universal.py [--ship] [--families ...] [--tasks 8] [--seeds 3] [--env InvertedDoublePendulum-v5] \
-        [--env-seeds 5] [--env-budget STEPS] [--workers 2] [--work runs/loro]
-    python research/universal.py --quick [--families hopper_rand_params] [--work DIR]
+    python research/universal.py [--ship | --variant symlog] [--families ...] [--tasks 8] [--seeds 3] \
+        [--env InvertedDoublePendulum-v5] [--env-seeds 5] [--env-budget STEPS] [--no-sac] [--workers 2] \
+        [--work runs/loro]
+    python research/universal.py --quick [--ship | --variant symlog] [--families hopper_rand_params] [--work DIR]
 
 Cost on 2 cores (the full default), from CPU times measured on the development machine (``leave_one_robot_out.py``'s
 docstring gives one hopper B of ARS as 6.7 s of one core and of tuned PPO as 11.6 s; the other families scale by
@@ -137,10 +146,14 @@ ENV_APPLICATIONS = 20
 ENV_METHODS = ("operator", "ars", "sac")
 LABELS = {"operator": "universal", "ars": "ars", "sac": "sac"}
 """the env csv's name of each method"""
-FAMILIES_OUT = RESULTS / "universal_families.csv"
-ENV_OUT = RESULTS / "universal_unseen_env.csv"
-FIGURES = RESULTS / "universal"
-"""the curves and plots of both questions, ``<family>.{csv,png}`` and ``<env>.{csv,png}``"""
+VARIANTS: dict[str, dict[str, object]] = {"symlog": {"reward_symlog": True}}
+"""candidate refits (``--variant``): the feature settings each adds to the universal operator's fit"""
+
+
+def outputs(name: str, results: Path) -> tuple[Path, Path, Path]:
+    """Where the measurement of the operator called ``name`` goes under ``results``: the families' csv, the env's csv
+    and the folder of curves and plots of both questions (``<family>.{csv,png}`` and ``<env>.{csv,png}``)."""
+    return results / f"{name}_families.csv", results / f"{name}_unseen_env.csv", results / name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,30 +256,30 @@ def family_rows(family: str, runs: dict[str, Path], universal: Path, budget: int
 
 
 def env_rows(task: UserEnv, curves_file: Path, universal: Path, budget: int, sizes: Sizes, runs_file: Path,
-             figures: Path) -> list[dict[str, object]]:
-    """Stage 8's rows: per budget, each method's mean normalized score, its gain (a run's score less its own start's:
-    the operator and ARS share θ⁰, SAC starts from its own init) and mean raw return, and the operator's paired
-    differences in score with the peers."""
+             figures: Path, methods: tuple[str, ...]) -> list[dict[str, object]]:
+    """Stage 8's rows: per budget, each of ``methods``' mean normalized score, its gain (a run's score less its own
+    start's: the operator and ARS share θ⁰, SAC starts from its own init) and mean raw return, and the operator's
+    paired differences in score with the peers."""
     _, ckpt = OperatorCheckpoint.load(universal)
     batch = float(BatchSchedule.of(ckpt).batch)
     budgets = scored_budgets(batch, budget)
     curves = read_curves([curves_file])
     scored = normalized(curves, runs_file, sizes.robots.reference_seeds)
     write_curves(curves, scored, task.name, figures, budget)
-    scores = {m: scores_at(deployed_until(scored.where(method=m), budget), [0.0, *budgets]) for m in ENV_METHODS}
-    raw = {m: scores_at(deployed_until(curves.where(method=m), budget), budgets) for m in ENV_METHODS}
+    scores = {m: scores_at(deployed_until(scored.where(method=m), budget), [0.0, *budgets]) for m in methods}
+    raw = {m: scores_at(deployed_until(curves.where(method=m), budget), budgets) for m in methods}
     scale = reference_table([task.name], sizes.robots.reference_seeds, runs_file)[0]
     threshold = gymnasium.spec(task.env).reward_threshold if ":" not in task.env else None
-    peers = {m: scores[m] for m in ENV_METHODS if m != "operator"}
+    peers = {m: scores[m] for m in methods if m != "operator"}
     rows = []
     for row in paired_rows({at: scores["operator"][at] for at in budgets}, "universal", peers, batch, budget):
         at = float(row["env_steps"])  # type: ignore[arg-type]
-        gains = {m: score_ci({key: s - scores[m][0.0][key] for key, s in scores[m][at].items()}) for m in ENV_METHODS}
+        gains = {m: score_ci({key: s - scores[m][0.0][key] for key, s in scores[m][at].items()}) for m in methods}
         rows.append({"env": task.name, **row,
                      **{f"{LABELS[m]}_gain": interval(gain) for m, gain in gains.items()},
                      "universal_gain_above_0": gains["operator"].lo > 0,
                      **{f"{LABELS[m]}_return": round(float(np.mean(list(raw[m][at].values()))), 2)
-                        for m in ENV_METHODS},
+                        for m in methods},
                      "start_return": scale["start"], "reference_return": scale["reference"],
                      "reference_method": scale["reference_method"], "reward_threshold": threshold,
                      "seeds": len(scores["operator"][at]),
@@ -292,6 +305,11 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, help="validation tasks per family (default 8; --quick 1)")
     parser.add_argument("--seeds", type=int, help="seeds per validation task (default 3; --quick 1)")
     parser.add_argument("--env", default=ENV, help="the unseen gymnasium env (1-D Box spaces)")
+    parser.add_argument("--sac", action=argparse.BooleanOptionalAction, default=True, help="run SAC on the env "
+                        "beside the operator and ARS (default; --no-sac: the two, which --variant's rule needs)")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), help="fit the universal operator with this variant's "
+                        "feature settings added (VARIANTS) and measure it as universal_<variant>, beside the shipped "
+                        "one; it ships nothing")
     parser.add_argument("--env-seeds", type=int, help=f"seeds on the env (default {ENV_SEEDS}; --quick 2)")
     parser.add_argument("--env-budget", type=int, help=f"B on the env in env steps (default {ENV_APPLICATIONS} "
                         f"batches of the operator; --quick {QUICK.env_batches})")
@@ -302,25 +320,30 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="where the stages' outputs go (default runs/loro, shared with "
                         "research/leave_one_robot_out.py; --quick: runs/universal_quick)")
     args = parser.parse_args()
+    if args.variant and args.ship:
+        parser.error("--variant measures a candidate and ships nothing; to ship it, make its settings the fit's own")
     work = args.work or ROOT / "runs" / ("universal_quick" if args.quick else "loro")
     sizes = QUICK if args.quick else FULL
     robots = dataclasses.replace(sizes.robots, tasks=args.tasks or sizes.robots.tasks,
                                  seeds=args.seeds or sizes.robots.seeds, where=work if args.quick else None)
     sizes = dataclasses.replace(sizes, robots=robots, env_seeds=args.env_seeds or sizes.env_seeds)
     workers = args.workers or (1 if args.quick else 2)
-    results = work if args.quick else RESULTS
+    name = NAME if args.variant is None else f"{NAME}_{args.variant}"
+    families_out, env_out, figures = outputs(name, work / "results" if args.quick else RESULTS)
     runs_file, table = (work / REFERENCE_RUNS.name, work / TABLE.name) if args.quick else (REFERENCE_RUNS, TABLE)
-    figures = work / "figures" if args.quick else FIGURES
+    env_methods = ENV_METHODS if args.sac else tuple(m for m in ENV_METHODS if m != "sac")
     began = time.perf_counter()
 
     def stage(text: str) -> None:
         print(f"{text} ({(time.perf_counter() - began) / 60:.1f} minutes in)", flush=True)
 
-    if args.ship or args.quick:
+    if args.ship or args.quick or args.variant:
         stage(f"[1/8] collect: {', '.join(loro.FAMILIES)}")
         datasets = [loro.collect_robot(f, work / "collect" / f, robots, workers) for f in loro.FAMILIES]
         stage("[2/8] train")
-        universal = loro.train_heldout("none", datasets, work / NAME / "operator", robots)
+        fit = robots if args.variant is None else dataclasses.replace(robots, train=robots.train | {
+            "features": robots.train.get("features", {}) | VARIANTS[args.variant]})
+        universal = loro.train_heldout("none", datasets, work / name / "operator", fit)
     else:
         universal = resolve_operator(NAME)
         stage(f"[1-2/8] the shipped operator: {universal}")
@@ -338,10 +361,10 @@ def main() -> None:
         budget = family_budget_of(family, universal, sizes)
         stage(f"[3/8] apply on {family}: universal and per-family, {robots.tasks} validation tasks × {robots.seeds} "
               f"seeds, B = {budget}")
-        apply_dir = work / NAME / "families" / family
-        runs = {label: apply_on_validation(operator, apply_dir / label, family, ("operator",), robots.tasks,
-                                           robots.seeds, budget, workers)
-                for label, operator in (("universal", universal), ("per_family", OPERATORS / f"{family}.safetensors"))}
+        runs = {label: apply_on_validation(operator, work / owner / "families" / family / label, family,
+                                           ("operator",), robots.tasks, robots.seeds, budget, workers)
+                for label, operator, owner in (("universal", universal, name),
+                                               ("per_family", OPERATORS / f"{family}.safetensors", NAME))}
         stage(f"[4/8] references of {family}'s validation tasks -> {runs_file}")
         tasks = get_family(family).tasks("train", robots.tasks, start=validation_start(family))
         references(tasks, OPERATORS / f"{family}.safetensors", budget, sizes, runs_file, table, workers)
@@ -351,26 +374,26 @@ def main() -> None:
             unscored[family] = str(exc)
             print(f"{family} not scored: {exc}", flush=True)
             continue
-        loro.write_rows(results / FAMILIES_OUT.name, rows, "family")
+        loro.write_rows(families_out, rows, "family")
         for row in rows:
             print(", ".join(f"{k}: {v}" for k, v in row.items() if k != "source"))
-        stage(f"[5/8] {family}: {len(rows)} rows -> {results / FAMILIES_OUT.name}")
+        stage(f"[5/8] {family}: {len(rows)} rows -> {families_out}")
 
     env = UserEnv.resolve(args.env)
     _, ckpt = OperatorCheckpoint.load(universal)
     batch = BatchSchedule.of(ckpt).batch
     budget = args.env_budget or sizes.env_batches * batch
-    stage(f"[6/8] apply on {env.name}: {', '.join(ENV_METHODS)}, {sizes.env_seeds} seeds, B = {budget}")
-    out = work / NAME / "env" / env.name.replace("/", "_") / "apply"
+    stage(f"[6/8] apply on {env.name}: {', '.join(env_methods)}, {sizes.env_seeds} seeds, B = {budget}")
+    out = work / name / "env" / env.name.replace("/", "_") / "apply"
     curves = apply(ApplyConfig(operator_path=str(universal), out=str(out), env=args.env, seeds=sizes.env_seeds,
-                               budget=budget, methods=list(ENV_METHODS), workers=workers))
+                               budget=budget, methods=list(env_methods), workers=workers))
     stage(f"[7/8] references of {env.name} -> {runs_file}")
     references([env], universal, budget, sizes, runs_file, table, workers)
-    env_table = env_rows(env, curves, universal, budget, sizes, runs_file, figures)
-    loro.write_rows(results / ENV_OUT.name, env_table, "env")
+    env_table = env_rows(env, curves, universal, budget, sizes, runs_file, figures, env_methods)
+    loro.write_rows(env_out, env_table, "env")
     for row in env_table:
         print(", ".join(f"{k}: {v}" for k, v in row.items() if k != "source"))
-    stage(f"[8/8] {len(env_table)} rows -> {results / ENV_OUT.name}")
+    stage(f"[8/8] {len(env_table)} rows -> {env_out}")
     if unscored:
         raise SystemExit(f"families without a score scale: {'; '.join(unscored.values())}")
 

@@ -1,6 +1,6 @@
 """research/universal.py end to end at ``--quick`` sizes: every stage runs, both csvs hold a row per budget with finite
-figures, the shipped operator resolves by name, a rerun reuses every stage's work and writes the same rows, and
-nothing goes to results/."""
+figures, the shipped operator resolves by name, a rerun reuses every stage's work and writes the same rows, a
+``--variant`` fits its candidate beside it and writes under its own name, and nothing goes to results/."""
 
 import csv
 import math
@@ -43,7 +43,7 @@ def test_quick_universal_runs_every_stage_ships_by_name_and_resumes(tmp_path: pa
     command = [sys.executable, str(SCRIPT), "--quick", "--ship", "--work", str(work)]
     first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
-    tables = [work / "universal_families.csv", work / "universal_unseen_env.csv"]
+    tables = [work / "results" / "universal_families.csv", work / "results" / "universal_unseen_env.csv"]
     written = [t.read_text() for t in tables]
     families, env = (_rows(t) for t in tables)
 
@@ -58,7 +58,7 @@ def test_quick_universal_runs_every_stage_ships_by_name_and_resumes(tmp_path: pa
         _assert_finite(row, ["universal", "ars", "sac", "universal_minus_ars", "universal_minus_sac", "universal_gain",
                              "ars_gain", "sac_gain"])
         assert math.isfinite(float(row["reference_return"])) and float(row["reward_threshold"]) == 9100.0
-    assert {p.name for p in (work / "figures").iterdir()} == {
+    assert {p.name for p in (work / "results" / "universal").iterdir()} == {
         f"{name}.{suffix}" for name in ("hopper_rand_params", "InvertedDoublePendulum-v5") for suffix in ("csv", "png")}
 
     # --ship: the operator and its five collections' configs, found by name where the shipped operators live.
@@ -79,4 +79,25 @@ def test_quick_universal_runs_every_stage_ships_by_name_and_resumes(tmp_path: pa
     assert "6 of 6 runs were already done" in again.stdout  # the env's three methods × two seeds
     assert again.stdout.count("2 reference runs done, 0 to go") == 2  # the family's task and the env
     assert [t.read_text() for t in tables] == written
+
+    # --variant: the same collections, a fit of its own with the variant's settings, outputs under its own name.
+    variant = subprocess.run([*command[:3], "--variant", "symlog", "--families", "--no-sac", "--work", str(work)],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert variant.returncode == 0, variant.stderr[-3000:]
+    assert variant.stdout.count("(2 were already done)") == 5
+    _, candidate = OperatorCheckpoint.load(work / "universal_symlog" / "operator" / "operator.safetensors")
+    assert candidate.features.reward_symlog and candidate.features.agnostic
+    assert not ckpt.features.reward_symlog
+    rows = _rows(work / "results" / "universal_symlog_unseen_env.csv")
+    assert [r["budget"] for r in rows] == ["1 batches", "B"] and "sac_gain" not in rows[0]
+    for row in rows:
+        _assert_finite(row, ["universal", "ars", "universal_minus_ars", "universal_gain", "ars_gain"])
+    assert not (work / "results" / "universal_symlog_families.csv").exists()
+    assert [t.read_text() for t in tables] == written
     assert _stamps() == before
+
+
+def test_a_variant_is_never_shipped() -> None:
+    refused = subprocess.run([sys.executable, str(SCRIPT), "--variant", "symlog", "--ship"], capture_output=True,
+                             text=True, timeout=60)
+    assert refused.returncode == 2 and "--variant measures a candidate and ships nothing" in refused.stderr
