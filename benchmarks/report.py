@@ -869,8 +869,9 @@ def _family_table(rows: list[dict[str, str]]) -> str:
         cells = [f"`{r['family']}`", r["operator_vs_ppo"], r["operator_vs_ars"]]
         if universal:
             u = universal.get(r["family"])
-            cells.append(f"{_value(u['universal_minus_per_family'])} ({u['paired_verdict']})" if u
-                         else "not yet run" if r["family"] in trained else "–")
+            cells.append("not yet run" if not u and r["family"] in trained else "–" if not u
+                         else u["paired_verdict"] if not u["universal_minus_per_family"]  # no score scale
+                         else f"{_value(u['universal_minus_per_family'])} ({u['paired_verdict']})")
         return "| " + " | ".join(cells) + " |"
 
     return "\n".join([

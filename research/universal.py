@@ -51,17 +51,18 @@ reference runs are appended as they end, the csvs and figures are rewritten from
    B), both operators' mean normalized scores and the paired difference, each with its CI, and the verdicts (a rerun
    for some families keeps the other families' rows); ``results/universal/<family>.{csv,png}``: the curves and their
    normalized plot;
-6. apply the operator, ARS and SAC on the unseen env into ``<work>/universal/env/<env>/apply``;
+6. unless ``--env`` is given alone: apply the operator, ARS and SAC on the unseen env into
+   ``<work>/universal/env/<env>/apply``;
 7. its reference runs, as in 4;
 8. ``results/universal_unseen_env.csv``: per budget, the three methods' mean normalized scores and gains (a run's
    score less its own start's; the operator and ARS share θ⁰, SAC starts from its own init), the operator's paired
    differences in score with ARS and SAC, each with its CI, ``universal_gain_above_0`` (the gain's CI excludes 0) and
    the mean raw returns; ``results/universal/<env>.{csv,png}``.
 
-A family none of whose reference methods beats its fresh starts on some task has no score scale: it gets no rows,
-and the script says so and exits non-zero after the env's stages. ``ant_dir`` may be one: on its test tasks
-(``results/families.csv``) ARS, PPO and its own operator all end B below the start's return (an ant standing still
-earns the healthy reward); its references run 8 B.
+A family none of whose reference methods beats its fresh starts on some task has no score scale: it gets one row, at
+B, whose verdicts read ``no score scale`` (:data:`UNSCORED`), and the script says so at its end. ``ant_dir`` may be
+one: on its test tasks (``results/families.csv``) ARS, PPO and its own operator all end B below the start's return
+(an ant standing still earns the healthy reward); its references run 8 B.
 
 ``--variant NAME`` measures a candidate refit instead of the shipped operator: stages 1-2 fit the universal operator
 with :data:`VARIANTS`' feature settings for ``NAME`` added into ``<work>/universal_<NAME>/operator``, and the stages
@@ -107,11 +108,19 @@ import gymnasium
 import numpy as np
 import yaml
 
-from metaimprove.errors import UserError
 from metaimprove.evaluation.apply import CURVE_FIELDS, apply
 from metaimprove.evaluation.plot import plot_curves, read_curves
 from metaimprove.evaluation.protocol import ApplyConfig
-from metaimprove.evaluation.stats import Curves, Interval, deployed_until, pair, paired_difference, score_ci, scores_at
+from metaimprove.evaluation.stats import (
+    Curves,
+    Interval,
+    NoScoreScale,
+    deployed_until,
+    pair,
+    paired_difference,
+    score_ci,
+    scores_at,
+)
 from metaimprove.operator.checkpoint import OperatorCheckpoint, resolve_operator
 from metaimprove.operator.runtime import BatchSchedule
 from metaimprove.sim.envs import AnyTask, UserEnv
@@ -146,6 +155,8 @@ ENV_APPLICATIONS = 20
 ENV_METHODS = ("operator", "ars", "sac")
 LABELS = {"operator": "universal", "ars": "ars", "sac": "sac"}
 """the env csv's name of each method"""
+UNSCORED = "no score scale"
+"""the verdicts of a family without a score scale (some task's references end below its fresh starts)"""
 VARIANTS: dict[str, dict[str, object]] = {"symlog": {"reward_symlog": True}}
 """candidate refits (``--variant``): the feature settings each adds to the universal operator's fit"""
 
@@ -211,6 +222,11 @@ def joined(parts: list[Curves]) -> Curves:
     return Curves(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Curves)))
 
 
+def source() -> str:
+    """The command that made a row, for its ``source`` column."""
+    return f"research/universal.py {' '.join(sys.argv[1:])}".strip()
+
+
 def cut(est: Interval, against: Interval) -> str:
     """The issue's rule: ``within`` when ``est``'s value lies in ``against``'s CI, ``better`` above, ``worse`` below."""
     return "better" if est.value > against.hi else "worse" if est.value < against.lo else "within"
@@ -251,7 +267,7 @@ def family_rows(family: str, runs: dict[str, Path], universal: Path, budget: int
         diff = paired_difference(pair(scores["universal"][at], scores["per_family"][at]))
         rows.append({"family": family, **row, "verdict": cut(mine, own), "paired_verdict": sign(diff),
                      "tasks_x_seeds": f"{len(scored.tasks())} × {n_seeds}", "trained_on": " ".join(ckpt.families),
-                     "source": f"research/universal.py {' '.join(sys.argv[1:])}".strip()})
+                     "source": source()})
     return rows
 
 
@@ -283,7 +299,7 @@ def env_rows(task: UserEnv, curves_file: Path, universal: Path, budget: int, siz
                      "start_return": scale["start"], "reference_return": scale["reference"],
                      "reference_method": scale["reference_method"], "reward_threshold": threshold,
                      "seeds": len(scores["operator"][at]),
-                     "source": f"research/universal.py {' '.join(sys.argv[1:])}".strip()})
+                     "source": source()})
     return rows
 
 
@@ -304,7 +320,8 @@ def main() -> None:
                         "none: the unseen env only)")
     parser.add_argument("--tasks", type=int, help="validation tasks per family (default 8; --quick 1)")
     parser.add_argument("--seeds", type=int, help="seeds per validation task (default 3; --quick 1)")
-    parser.add_argument("--env", default=ENV, help="the unseen gymnasium env (1-D Box spaces)")
+    parser.add_argument("--env", nargs="?", default=ENV, const=None, help="the unseen gymnasium env (1-D Box "
+                        "spaces; --env alone: none, the families' stages only)")
     parser.add_argument("--sac", action=argparse.BooleanOptionalAction, default=True, help="run SAC on the env "
                         "beside the operator and ARS (default; --no-sac: the two, which --variant's rule needs)")
     parser.add_argument("--variant", choices=sorted(VARIANTS), help="fit the universal operator with this variant's "
@@ -355,7 +372,8 @@ def main() -> None:
         if not args.quick and resolve_operator(NAME) != shipped:
             raise SystemExit(f"operator_path={NAME} resolves to {resolve_operator(NAME)}, not {shipped}")
 
-    unscored = {}
+    _, ckpt = OperatorCheckpoint.load(universal)
+    unscored: list[str] = []
     default = QUICK_FAMILIES if args.quick else loro.FAMILIES
     for family in default if args.families is None else args.families:
         budget = family_budget_of(family, universal, sizes)
@@ -370,32 +388,33 @@ def main() -> None:
         references(tasks, OPERATORS / f"{family}.safetensors", budget, sizes, runs_file, table, workers)
         try:
             rows = family_rows(family, runs, universal, budget, sizes, runs_file, figures)
-        except UserError as exc:  # a task whose references do not beat its start has no score scale
-            unscored[family] = str(exc)
+        except NoScoreScale as exc:
+            unscored.append(family)
             print(f"{family} not scored: {exc}", flush=True)
-            continue
+            rows = [{"family": family, "budget": "B", "env_steps": budget, "verdict": UNSCORED,
+                     "paired_verdict": UNSCORED, "trained_on": " ".join(ckpt.families), "source": source()}]
         loro.write_rows(families_out, rows, "family")
         for row in rows:
             print(", ".join(f"{k}: {v}" for k, v in row.items() if k != "source"))
         stage(f"[5/8] {family}: {len(rows)} rows -> {families_out}")
 
-    env = UserEnv.resolve(args.env)
-    _, ckpt = OperatorCheckpoint.load(universal)
-    batch = BatchSchedule.of(ckpt).batch
-    budget = args.env_budget or sizes.env_batches * batch
-    stage(f"[6/8] apply on {env.name}: {', '.join(env_methods)}, {sizes.env_seeds} seeds, B = {budget}")
-    out = work / name / "env" / env.name.replace("/", "_") / "apply"
-    curves = apply(ApplyConfig(operator_path=str(universal), out=str(out), env=args.env, seeds=sizes.env_seeds,
-                               budget=budget, methods=list(env_methods), workers=workers))
-    stage(f"[7/8] references of {env.name} -> {runs_file}")
-    references([env], universal, budget, sizes, runs_file, table, workers)
-    env_table = env_rows(env, curves, universal, budget, sizes, runs_file, figures, env_methods)
-    loro.write_rows(env_out, env_table, "env")
-    for row in env_table:
-        print(", ".join(f"{k}: {v}" for k, v in row.items() if k != "source"))
-    stage(f"[8/8] {len(env_table)} rows -> {env_out}")
+    if args.env is not None:
+        env = UserEnv.resolve(args.env)
+        batch = BatchSchedule.of(ckpt).batch
+        budget = args.env_budget or sizes.env_batches * batch
+        stage(f"[6/8] apply on {env.name}: {', '.join(env_methods)}, {sizes.env_seeds} seeds, B = {budget}")
+        out = work / name / "env" / env.name.replace("/", "_") / "apply"
+        curves = apply(ApplyConfig(operator_path=str(universal), out=str(out), env=args.env, seeds=sizes.env_seeds,
+                                   budget=budget, methods=list(env_methods), workers=workers))
+        stage(f"[7/8] references of {env.name} -> {runs_file}")
+        references([env], universal, budget, sizes, runs_file, table, workers)
+        env_table = env_rows(env, curves, universal, budget, sizes, runs_file, figures, env_methods)
+        loro.write_rows(env_out, env_table, "env")
+        for row in env_table:
+            print(", ".join(f"{k}: {v}" for k, v in row.items() if k != "source"))
+        stage(f"[8/8] {len(env_table)} rows -> {env_out}")
     if unscored:
-        raise SystemExit(f"families without a score scale: {'; '.join(unscored.values())}")
+        print(f"families without a score scale, each one {UNSCORED!r} row in {families_out}: {', '.join(unscored)}")
 
 
 if __name__ == "__main__":

@@ -360,10 +360,15 @@ def read_scales(path: Path) -> dict[str, TaskScale]:
         raise UserError(f"{path}: {exc}; start and reference must be numbers") from None
 
 
+class NoScoreScale(UserError):
+    """A task whose reference return does not exceed its start return: no normalized score exists for it, so a
+    caller that measures many tasks can report the task as unscored rather than stop."""
+
+
 def normalize(returns: npt.ArrayLike, start: float, reference: float) -> FloatArray:
     """Per-task score of raw returns: 0 at the task's start return, 1 at its reference return."""
     if not (math.isfinite(start) and math.isfinite(reference)) or reference <= start:
-        raise UserError(f"reference return {reference:g} does not exceed start return {start:g}; no score scale")
+        raise NoScoreScale(f"reference return {reference:g} does not exceed start return {start:g}; no score scale")
     return (np.asarray(returns, dtype=np.float64) - start) / (reference - start)
 
 
@@ -386,7 +391,7 @@ def normalize_curves(curves: Curves, scales: Mapping[str, tuple[float, float]]) 
         try:
             scores[rows] = normalize(curves.returns[rows], float(start), float(reference))
         except UserError as exc:
-            raise UserError(f"task {task!r}: {exc}") from None
+            raise type(exc)(f"task {task!r}: {exc}") from None
     return Curves(curves.method, curves.task, curves.seed, curves.env_steps, scores)
 
 

@@ -1,6 +1,7 @@
 """research/universal.py end to end at ``--quick`` sizes: every stage runs, both csvs hold a row per budget with finite
 figures, the shipped operator resolves by name, a rerun reuses every stage's work and writes the same rows, a
-``--variant`` fits its candidate beside it and writes under its own name, and nothing goes to results/."""
+``--variant`` fits its candidate beside it and writes under its own name, a family without a score scale gets a row
+that says so, and nothing goes to results/."""
 
 import csv
 import math
@@ -81,10 +82,19 @@ def test_quick_universal_runs_every_stage_ships_by_name_and_resumes(tmp_path: pa
     assert [t.read_text() for t in tables] == written
 
     # --variant: the same collections, a fit of its own with the variant's settings, outputs under its own name.
+    # ant_dir's tiny references end below its fresh starts: one row that says so; --env alone: no env stage.
+    unscored = subprocess.run([*command[:3], "--variant", "symlog", "--families", "ant_dir", "--env", "--work",
+                               str(work)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert unscored.returncode == 0, unscored.stderr[-3000:]
+    assert unscored.stdout.count("(2 were already done)") == 5 and "[6/8]" not in unscored.stdout
+    [row] = _rows(work / "results" / "universal_symlog_families.csv")
+    assert (row["family"], row["budget"], row["verdict"], row["paired_verdict"]) == (
+        "ant_dir", "B", "no score scale", "no score scale")
+    assert not (work / "results" / "universal_symlog_unseen_env.csv").exists()
     variant = subprocess.run([*command[:3], "--variant", "symlog", "--families", "--no-sac", "--work", str(work)],
                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert variant.returncode == 0, variant.stderr[-3000:]
-    assert variant.stdout.count("(2 were already done)") == 5
+    assert "after epoch 2 (the fit had finished)" in variant.stdout
     _, candidate = OperatorCheckpoint.load(work / "universal_symlog" / "operator" / "operator.safetensors")
     assert candidate.features.reward_symlog and candidate.features.agnostic
     assert not ckpt.features.reward_symlog
@@ -92,7 +102,6 @@ def test_quick_universal_runs_every_stage_ships_by_name_and_resumes(tmp_path: pa
     assert [r["budget"] for r in rows] == ["1 batches", "B"] and "sac_gain" not in rows[0]
     for row in rows:
         _assert_finite(row, ["universal", "ars", "universal_minus_ars", "universal_gain", "ars_gain"])
-    assert not (work / "results" / "universal_symlog_families.csv").exists()
     assert [t.read_text() for t in tables] == written
     assert _stamps() == before
 
