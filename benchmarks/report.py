@@ -367,6 +367,27 @@ def _leave_one_robot_out() -> list[str]:
     ]
 
 
+def _family_rows_table(rows: list[dict[str, str]], label: str) -> list[str]:
+    """``research/universal.py``'s family rows of the operator ``label`` against each family's own operator."""
+    return _table(rows, ["family", "budget", "tasks × seeds", label, "per-family", f"{label} − per-family", "verdict",
+                         "paired"],
+                  lambda r: [f"`{r['family']}`", r["budget"], r["tasks_x_seeds"], r["universal"], r["per_family"],
+                             r["universal_minus_per_family"], r["verdict"], f"**{r['paired_verdict']}**"])
+
+
+def _env_rows_table(rows: list[dict[str, str]], label: str) -> list[str]:
+    """``research/universal.py``'s unseen-env rows of the operator ``label`` and its peers (SAC where it ran)."""
+    peers = ["ars", "sac"] if "sac_gain" in rows[0] else ["ars"]
+    names = [{"ars": "ARS", "sac": "SAC"}[p] for p in peers]
+    return _table(rows, ["env", "budget", "seeds", f"{label} gain", *(f"{n} gain" for n in names),
+                         *(f"{label} − {n}" for n in names), f"returns: {' / '.join([label, *names])}",
+                         "start → reference"],
+                  lambda r: [f"`{r['env']}`", r["budget"], r["seeds"], f"**{r['universal_gain']}**",
+                             *(r[f"{p}_gain"] for p in peers), *(r[f"universal_minus_{p}"] for p in peers),
+                             " / ".join(r[f"{m}_return"] for m in ["universal", *peers]),
+                             f"{r['start_return']} → {r['reference_return']}"])
+
+
 def _universal() -> list[str]:
     """The universal operator on each training family and on an unseen env (``research/universal.py``)."""
     families, envs = _rows("universal_families.csv"), _rows("universal_unseen_env.csv")
@@ -379,12 +400,10 @@ def _universal() -> list[str]:
             "collections) and each family's shipped operator, from the same fresh starts on the family's validation "
             "tasks; mean normalized score with 95% CIs and their paired difference. *Verdict*: the universal "
             "operator's mean within, above or below the per-family operator's CI; *paired*: the paired difference's "
-            "CI above 0, below 0 or across it. Curves: `results/universal/<family>.{csv,png}`.",
+            "CI above 0, below 0 or across it; *no score scale*: on some task the references end below the fresh "
+            "starts. Curves: `results/universal/<family>.{csv,png}`.",
             "",
-            *_table(families, ["family", "budget", "tasks × seeds", "universal", "per-family", "universal − per-family",
-                               "verdict", "paired"],
-                    lambda r: [f"`{r['family']}`", r["budget"], r["tasks_x_seeds"], r["universal"], r["per_family"],
-                               r["universal_minus_per_family"], r["verdict"], f"**{r['paired_verdict']}**"]),
+            *_family_rows_table(families, "universal"),
         ]
     if envs:
         out += [
@@ -395,14 +414,9 @@ def _universal() -> list[str]:
             "and tuned PPO after 8 B; the *gain* is a run's score less its own start's; CIs resample seeds (one "
             "task). Raw mean returns beside them, with the env's start and reference returns.",
             "",
-            *_table(envs, ["env", "budget", "seeds", "universal gain", "ARS gain", "SAC gain", "universal − ARS",
-                           "universal − SAC", "returns: universal / ARS / SAC", "start → reference"],
-                    lambda r: [f"`{r['env']}`", r["budget"], r["seeds"], f"**{r['universal_gain']}**", r["ars_gain"],
-                               r["sac_gain"], r["universal_minus_ars"], r["universal_minus_sac"],
-                               f"{r['universal_return']} / {r['ars_return']} / {r['sac_return']}",
-                               f"{r['start_return']} → {r['reference_return']}"]),
+            *_env_rows_table(envs, "universal"),
         ]
-    return out + _reward_scale()
+    return out + _reward_scale() + _symlog_candidate()
 
 
 def _reward_scale() -> list[str]:
@@ -430,6 +444,41 @@ def _reward_scale() -> list[str]:
                 lambda r: [f"`{r['env']}`", r["reward_scale"], r["budget"], r["seeds"], f"**{r['operator_gain']}**",
                            r["ars"], r["operator_minus_ars"], r["operator_return"]]),
     ]
+
+
+def _symlog_candidate() -> list[str]:
+    """The symlog candidate against the rule ``docs/design.md`` set for it (``research/universal.py --variant
+    symlog``): within the per-family operator's CI at B on each scored training family, and a gain CI above 0 at B
+    on ``Reacher-v5``."""
+    families = [r for r in _rows("universal_symlog_families.csv") if r["budget"] == "B"]
+    envs = _rows("universal_symlog_unseen_env.csv")
+    if not families and not envs:
+        return []
+    out = [*_head("A candidate that reads rewards on a log scale", "research/universal.py",
+                  "universal_symlog_unseen_env.csv" if envs else "universal_symlog_families.csv"),
+           "The universal operator refitted with `features.reward_symlog=true` (`research/universal.py --variant "
+           "symlog`, measured as the shipped one is, its curves in `results/universal_symlog/`). It replaces the "
+           "shipped operator only if, by the rule `docs/design.md` set before measuring it, (1) on every training "
+           "family with a score scale its mean at B lies within the per-family operator's CI or above, and (2) its "
+           "gain at B on `Reacher-v5` has a CI above 0. The pendulum chose the transform, so its row is reported, "
+           "not counted.", ""]
+    if families:
+        out += _family_rows_table(families, "candidate")
+    if envs:
+        out += _env_rows_table([r for r in envs if r["budget"] == "B"], "candidate")
+    scored = [r for r in families if r["verdict"] != "no score scale"]
+    failed = [r["family"] for r in scored if r["verdict"] == "worse"]
+    reacher = [r for r in envs if r["env"] == "Reacher-v5" and r["budget"] == "B"]
+    missing = sorted({f for r in families for f in r["trained_on"].split()} - {r["family"] for r in families})
+    one = (f"(1) fails on {', '.join(failed)}" if failed else
+           f"(1) holds on {', '.join(r['family'] for r in scored)}"
+           + (f", not yet measured on {', '.join(missing)}" if missing else ""))
+    two = ("(2) is not yet measured" if not reacher else
+           f"(2) {'holds' if reacher[0]['universal_gain_above_0'] == 'True' else 'fails'}: gain "
+           f"{reacher[0]['universal_gain']}")
+    unscored = [r["family"] for r in families if r["verdict"] == "no score scale"]
+    out += [f"Rule: {one}{' (no score scale: ' + ', '.join(unscored) + ')' if unscored else ''}; {two}.", ""]
+    return out
 
 
 def _memorization() -> list[str]:
