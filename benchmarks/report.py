@@ -470,7 +470,7 @@ def _symlog_candidate() -> list[str]:
     failed = [r["family"] for r in scored if r["verdict"] == "worse"]
     reacher = [r for r in envs if r["env"] == "Reacher-v5" and r["budget"] == "B"]
     missing = sorted({f for r in families for f in r["trained_on"].split()} - {r["family"] for r in families})
-    one = (f"(1) fails on {', '.join(failed)}" if failed else
+    one = ("(1) is not yet measured" if not families else f"(1) fails on {', '.join(failed)}" if failed else
            f"(1) holds on {', '.join(r['family'] for r in scored)}"
            + (f", not yet measured on {', '.join(missing)}" if missing else ""))
     two = ("(2) is not yet measured" if not reacher else
