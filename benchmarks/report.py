@@ -383,8 +383,9 @@ def _env_rows_table(rows: list[dict[str, str]], label: str) -> list[str]:
                          *(f"{label} − {n}" for n in names), f"returns: {' / '.join([label, *names])}",
                          "start → reference"],
                   lambda r: [f"`{r['env']}`", r["budget"], r["seeds"], f"**{r['universal_gain']}**",
-                             *(r[f"{p}_gain"] for p in peers), *(r[f"universal_minus_{p}"] for p in peers),
-                             " / ".join(r[f"{m}_return"] for m in ["universal", *peers]),
+                             *(r[f"{p}_gain"] or "–" for p in peers),  # –: a peer not run on this env
+                             *(r[f"universal_minus_{p}"] or "–" for p in peers),
+                             " / ".join(r[f"{m}_return"] or "–" for m in ["universal", *peers]),
                              f"{r['start_return']} → {r['reference_return']}"])
 
 
