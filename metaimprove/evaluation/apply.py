@@ -298,11 +298,13 @@ def _report(job: Job, rows: list[dict[str, Any]], metrics: Metrics) -> None:
 
 class _FinishedRuns:
     """The runs of ``out/runs/``: one JSON file per finished run, with what it depends on, reused by a rerun only
-    when that is unchanged (the settings that shape one run and the contents of its input files)."""
+    when that is unchanged (the settings that shape one run and the contents of its input files, not where those
+    files lie: a copy of the operator elsewhere, or the same file by name, is served the same runs)."""
 
     def __init__(self, out: Path, config: ApplyConfig) -> None:
         self.root = out / RUNS_DIR
-        settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in RUN_INDEPENDENT}
+        settings = {k: v for k, v in dataclasses.asdict(config).items()
+                    if k not in RUN_INDEPENDENT and k not in FILE_SETTINGS}
         for name in FILE_SETTINGS:
             path = getattr(config, name)
             if path is not None:

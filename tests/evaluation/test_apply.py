@@ -296,6 +296,8 @@ def test_an_interrupted_apply_resumes_to_the_same_curves(operator_path: pathlib.
     started.clear()
     apply(apply_config(other, tmp_path / "moved", **settings))
     assert started == []
+    apply(apply_config(operator_path, tmp_path / "moved", **settings))
+    assert started == []  # the same operator's contents at another path: its runs are served
     op, ckpt = OperatorCheckpoint.load(other)
     with torch.no_grad():
         next(op.parameters()).add_(0.01)
