@@ -1,10 +1,12 @@
-"""Why does the universal operator make a fresh policy on the unseen pendulum worse, where ARS improves it?
+"""Why does the universal operator that reads rewards as they are make a fresh policy on the unseen pendulum worse,
+where ARS improves it?
 
-``research/universal.py`` found that the shipped ``universal`` operator takes InvertedDoublePendulum-v5's fresh
-policies from a return of 88 to 37 in 20 batches. The operator is shape-agnostic, not scale-agnostic: it reads τ's
+``research/universal.py`` found that this operator, shipped as ``universal_raw`` (until ``features.reward_symlog``
+replaced it as ``universal``), takes InvertedDoublePendulum-v5's fresh policies from a return of 88 to 37 in 20
+batches. The operator is shape-agnostic, not scale-agnostic: it reads τ's
 rewards as they are in two features (``returns``, the mean and spread of the per-step reward, and each sampled
 transition's reward; :func:`~metaimprove.operator.features.encode`), and the pendulum's alive bonus of 10 a step
-puts its rewards far above those of the five robots it was fitted to. Two measurements of the shipped operator:
+puts its rewards far above those of the five robots it was fitted to. Two measurements of that operator:
 
 1. **Its step's two terms** (:meth:`~metaimprove.operator.networks.PerParamOperator.terms`: Δθ is an additive term
    g_0 plus a gated ES step 2σ(g_1)·Δθ_ES, before ``step_scale``), on the first application from the fresh starts of
@@ -16,12 +18,12 @@ puts its rewards far above those of the five robots it was fitted to. Two measur
 2. **The pendulum with the reward the operator reads rescaled**: the runs of ``research/universal.py``'s stage 6
    (:data:`~universal.ENV_SEEDS` seeds from fresh starts, :data:`~universal.ENV_APPLICATIONS` batches, apply's
    episodes and seeds) with the operator's encoding reading τ's rewards × s for each s of :data:`SCALES`; the env,
-   its exploration and the returns scored are unchanged. s = 1 is the shipped operator as ``apply`` runs it, and the
-   script checks that it reproduces the committed curves (``results/universal/InvertedDoublePendulum-v5.csv``) to
+   its exploration and the returns scored are unchanged. s = 1 is the operator as ``apply`` runs it, and the script
+   checks that it reproduces the committed curves (``results/universal_raw/InvertedDoublePendulum-v5.csv``) to
    float rounding. Scored as ``research/universal.py`` scores the env (same references), with each run's gain (its
    score less its start's) and its paired difference with ARS from the same θ⁰ (the committed ARS runs). Written
    to ``results/universal_reward_scale.csv``, one row per s and budget, and its curves to
-   ``results/universal/reward_scale.{csv,png}``.
+   ``results/universal_raw/reward_scale.{csv,png}``.
 
 This is a diagnosis, not a setting: s is the pendulum's reward scale known in hindsight, which no user has before
 running, so these rows do not count toward any bar of the unseen env. What they say is where the loss comes from,
@@ -71,7 +73,11 @@ EVAL_EPISODES = 8
 """apply's ``eval_episodes`` default, with which research/universal.py's env runs were made"""
 TERMS_OUT = RESULTS / "universal_terms.csv"
 CURVES_OUT = RESULTS / "universal_reward_scale.csv"
-FIGURE = universal.outputs(universal.NAME, RESULTS)[2] / "reward_scale"
+OPERATOR = "universal_raw"
+"""the operator diagnosed: the universal operator fitted without ``features.reward_symlog``"""
+ENV = "InvertedDoublePendulum-v5"
+"""the env it lost on, where ``research/universal.py`` measured it"""
+FIGURE = universal.outputs(OPERATOR, RESULTS)[2] / "reward_scale"
 TERM_FIELDS = ("task", "reward_scale", "block", "additive_mean", "additive_rms", "es_rms", "cosine",
                "additive_over_es", "reward_per_step")
 
@@ -99,7 +105,7 @@ def first_terms(op: ImprovementOperator, ckpt: OperatorCheckpoint, task: AnyTask
         context = op.context(feats, ckpt.ask(None).unsqueeze(0))
         additive, es = op.update.terms(feats, context, start.spec)
     if es is None:
-        raise SystemExit(f"{universal.NAME} forms no ES step (features.es_gradient=false): nothing to split")
+        raise SystemExit(f"{OPERATOR} forms no ES step (features.es_gradient=false): nothing to split")
     return additive[0], es[0], float(exp.reward.mean())
 
 
@@ -161,7 +167,7 @@ def check_reproduces(mine: Curves, committed: Curves) -> None:
     a, b = by_run(mine.where(method=label(1.0))), by_run(committed.where(method="operator"))
     worst = max(abs(a[k] - b[k]) / max(abs(b[k]), 1.0) for k in a) if a.keys() <= b.keys() else np.inf
     if worst > 1e-3:
-        raise SystemExit(f"the s = 1 runs do not reproduce {universal.ENV}'s committed operator curves (largest "
+        raise SystemExit(f"the s = 1 runs do not reproduce {ENV}'s committed operator curves (largest "
                          f"relative difference {worst:.2g}); nothing written")
     print(f"s = 1 reproduces the committed operator curves (largest relative difference {worst:.2g})")
 
@@ -178,8 +184,8 @@ def main() -> None:
     terms_out, curves_out, figure = ((work / TERMS_OUT.name, work / CURVES_OUT.name, work / FIGURE.name)
                                      if args.quick else (TERMS_OUT, CURVES_OUT, FIGURE))
     torch.set_num_threads(1)
-    op, shipped = OperatorCheckpoint.load(resolve_operator(universal.NAME))
-    env = UserEnv.resolve(universal.ENV)
+    op, shipped = OperatorCheckpoint.load(resolve_operator(OPERATOR))
+    env = UserEnv.resolve(ENV)
     families = [get_family(f).task("train", validation_start(f)) for f in shipped.families]
     terms = [row for scale in SCALES for row in term_rows(op, shipped, env, scale, term_seeds)]
     terms += [row for task in families for row in term_rows(op, shipped, task, 1.0, term_seeds)]
@@ -191,7 +197,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(work / "curves.csv", CURVE_FIELDS, rows)
     mine = read_curves([work / "curves.csv"])
-    committed = read_curves([FIGURE.parent / f"{universal.ENV}.csv"])
+    committed = read_curves([FIGURE.parent / f"{ENV}.csv"])
     check_reproduces(mine, committed)
 
     batch = float(BatchSchedule.of(ckpt).batch)
@@ -213,7 +219,7 @@ def main() -> None:
             at = float(row["env_steps"])  # type: ignore[arg-type]
             gain = score_ci({key: s - mine_scores[0.0][key] for key, s in mine_scores[at].items()})
             returns = list(raw[label(scale)][at].values())
-            out.append({"env": universal.ENV, "reward_scale": scale, **row, "operator_gain": interval(gain),
+            out.append({"env": ENV, "reward_scale": scale, **row, "operator_gain": interval(gain),
                         "operator_gain_above_0": gain.lo > 0, "operator_return": round(float(np.mean(returns)), 2),
                         "seeds": len(mine_scores[at]), "source": "research/reward_scale.py"})
     atomic_write_csv(terms_out, TERM_FIELDS, terms)

@@ -1,11 +1,12 @@
 """Does one shape-agnostic operator trained on five robots serve each of them as well as its own operator, and does it
 improve a fresh policy on a gymnasium env that no task family uses?
 
-The universal operator is ``metaimprove train``'s defaults with ``features.agnostic=true`` on the shipped ARS
-collections of the five robots of ``research/leave_one_robot_out.py`` (:data:`~leave_one_robot_out.FAMILIES`: one
-family per robot, each collected as its shipped operator was, 8 directions × 256 steps; that script's docstring says
-why HalfCheetah enters as ``halfcheetah_rand_params``). Two questions, each in evaluation v2's terms (per-task
-normalized scores, 0 the task's start return and 1 its reference return; 95% CIs resampling tasks, then seeds):
+The universal operator is ``metaimprove train``'s defaults with ``features.agnostic=true`` and
+``features.reward_symlog=true`` (:data:`FIT`) on the shipped ARS collections of the five robots of
+``research/leave_one_robot_out.py`` (:data:`~leave_one_robot_out.FAMILIES`: one family per robot, each collected as
+its shipped operator was, 8 directions × 256 steps; that script's docstring says why HalfCheetah enters as
+``halfcheetah_rand_params``). Two questions, each in evaluation v2's terms (per-task normalized scores, 0 the task's
+start return and 1 its reference return; 95% CIs resampling tasks, then seeds):
 
 1. **Each training family**: on the family's validation tasks (``train`` tasks after its shipped collection, in no
    collection) × seeds, from fresh starts, for the family's budget B (``common.family_budget``), the universal operator
@@ -15,19 +16,19 @@ normalized scores, 0 the task's start return and 1 its reference return; 95% CIs
    is the issue's rule: ``within`` when the universal operator's mean score lies in the per-family operator's CI,
    ``better`` above it, ``worse`` below it; ``paired_verdict`` reads the paired difference's CI instead (``better`` /
    ``worse`` when it excludes 0, else ``tie``).
-2. **An unseen env** (default ``InvertedDoublePendulum-v5``, obs 9 / act 1; ``--env`` changes it, e.g. ``Reacher-v5``):
+2. **An unseen env** (default ``Reacher-v5``, obs 10 / act 2; ``--env`` changes it, e.g.
+   ``InvertedDoublePendulum-v5``, which chose :data:`FIT`'s reward encoding and so is no longer unseen):
    ``metaimprove apply operator_path=universal env=<id> methods=[operator,ars,sac]`` over :data:`ENV_SEEDS` seeds from
    fresh starts (the operator and ARS from the same θ⁰; SAC's actor fits no θ⁰ of ours and starts from its own
    seeded init, ``evaluation/sac.py``). B is :data:`ENV_APPLICATIONS` batches of the operator's teacher (20 × 4096 =
    81920 env steps): ``apply``'s default, chosen for cost: SAC takes a gradient step per env step, about 12 ms of one
-   core here, so a run at B costs about 17 minutes of a core, and its 5 runs most of the stage's hour. Whether any
-   method balances the pendulum by B is what the raw returns in the csv say.
+   core here, so a run at B costs about 17 minutes of a core, and its 5 runs most of the stage's hour.
    The env is one task: its CIs resample seeds. Its normalization is the one every family task gets (score 0: the
    mean return of the fresh starts of seeds 0-2; score 1: the best of ARS, the operator's own teacher, and PPO tuned on
    validation after 8 B from those starts), fixed by a rule set before this comparison, so that a score here reads as
    one on the families' tasks and ``--env`` needs no per-env constant (SAC is no reference method: 8 B of it would
-   cost hours). The env's raw returns and gymnasium's ``reward_threshold`` for it (9100 for the
-   pendulum, whose episodes top out near 9360) stand beside the scores, so a reader can judge the scale.
+   cost hours). The env's raw returns and gymnasium's ``reward_threshold`` for it (−3.75 for the reacher, 9100 for
+   the pendulum) stand beside the scores, so a reader can judge the scale.
 
 Stages, each resumable (a rerun reuses what finished: collect, train and apply resume into their directories,
 reference runs are appended as they end, the csvs and figures are rewritten from them):
@@ -65,12 +66,12 @@ one: on its test tasks (``results/families.csv``) ARS, PPO and its own operator 
 (an ant standing still earns the healthy reward); its references run 8 B.
 
 ``--variant NAME`` measures a candidate refit instead of the shipped operator: stages 1-2 fit the universal operator
-with :data:`VARIANTS`' feature settings for ``NAME`` added into ``<work>/universal_<NAME>/operator``, and the stages
+with :data:`VARIANTS`' changes for ``NAME`` to :data:`FIT` into ``<work>/universal_<NAME>/operator``, and the stages
 below write ``results/universal_<NAME>_families.csv``, ``results/universal_<NAME>_unseen_env.csv`` and
 ``results/universal_<NAME>/`` (the per-family operator's applies are shared with the shipped operator's
 measurement). It ships nothing: a candidate that passes its rule (``docs/design.md``) replaces the shipped operator
-by becoming the fit's own settings, then ``--ship``. ``--no-sac`` leaves SAC out of the env's stage, which then
-takes minutes: SAC's runs do not depend on the operator, and a candidate's rule reads only its own gain.
+by becoming :data:`FIT`, then ``--ship``, as ``symlog`` did. ``--no-sac`` leaves SAC out of the env's stage, which
+then takes minutes: SAC's runs do not depend on the operator, and a candidate's rule reads only its own gain.
 
 ``--quick`` runs every stage at tiny sizes (``leave_one_robot_out``'s quick collections and fit; one family,
 ``hopper_rand_params``, unless ``--families`` says otherwise, 1 task × 1 seed at B = one batch of its shipped
@@ -78,10 +79,10 @@ operator; 2 seeds on the env at B = 2 of the tiny operator's batches; references
 ``--work`` (default ``runs/universal_quick``); it writes its reference runs there, its csvs and figures under
 ``<work>/results`` and, with ``--ship``, the shipped files under ``<work>/operators``, never to ``results/``.
 
-    python research/universal.py [--ship | --variant symlog] [--families ...] [--tasks 8] [--seeds 3] \
-        [--env InvertedDoublePendulum-v5] [--env-seeds 5] [--env-budget STEPS] [--no-sac] [--workers 2] \
+    python research/universal.py [--ship | --variant raw] [--families ...] [--tasks 8] [--seeds 3] \
+        [--env Reacher-v5] [--env-seeds 5] [--env-budget STEPS] [--no-sac] [--workers 2] \
         [--work runs/loro]
-    python research/universal.py --quick [--ship | --variant symlog] [--families hopper_rand_params] [--work DIR]
+    python research/universal.py --quick [--ship | --variant raw] [--families hopper_rand_params] [--work DIR]
 
 Cost on 2 cores (the full default), from CPU times measured on the development machine (``leave_one_robot_out.py``'s
 docstring gives one hopper B of ARS as 6.7 s of one core and of tuned PPO as 11.6 s; the other families scale by
@@ -147,8 +148,8 @@ from references import LONG_RUN, TABLE, run_references, write_table
 
 NAME = "universal"
 """the shipped operator's name: ``results/operators/universal.*``, ``operator_path=universal``"""
-ENV = "InvertedDoublePendulum-v5"
-"""the unseen env: a MuJoCo gymnasium env with 1-D Box spaces that no task family uses"""
+ENV = "Reacher-v5"
+"""the unseen env: a MuJoCo gymnasium env with 1-D Box spaces that no task family uses, and that chose nothing"""
 ENV_SEEDS = 5
 ENV_APPLICATIONS = 20
 """the unseen env's B in batches of the operator's teacher (``apply``'s default ``applications``)"""
@@ -157,8 +158,12 @@ LABELS = {"operator": "universal", "ars": "ars", "sac": "sac"}
 """the env csv's name of each method"""
 UNSCORED = "no score scale"
 """the verdicts of a family without a score scale (some task's references end below its fresh starts)"""
-VARIANTS: dict[str, dict[str, object]] = {"symlog": {"reward_symlog": True}}
-"""candidate refits (``--variant``): the feature settings each adds to the universal operator's fit"""
+FIT: dict[str, object] = {"reward_symlog": True}
+"""the shipped fit's feature settings beside ``features.agnostic``: rewards read on a log scale, which replaced
+rewards read as they are (``universal_raw``) by the rule ``docs/design.md`` set before measuring it"""
+VARIANTS: dict[str, dict[str, object]] = {"symlog": {}, "raw": {"reward_symlog": False}}
+"""candidate refits (``--variant``): the feature settings each changes in :data:`FIT`; ``symlog`` is the shipped fit
+as it was measured as a candidate, ``raw`` the fit that ``universal_raw`` ships"""
 
 
 def outputs(name: str, results: Path) -> tuple[Path, Path, Path]:
@@ -175,14 +180,17 @@ class Sizes:
     robots: loro.Sizes
     family_batches: int | None
     """a family's B in batches of its shipped operator; None: the family's budget (``common.family_budget``)"""
+    env: str
+    """the unseen env's default"""
     env_seeds: int
     env_batches: int
     """the unseen env's B in batches of the universal operator"""
 
 
-FULL = Sizes(robots=loro.FULL, family_batches=None, env_seeds=ENV_SEEDS, env_batches=ENV_APPLICATIONS)
-QUICK = Sizes(robots=loro.QUICK, family_batches=1, env_seeds=2, env_batches=2)
-"""tiny sizes; the env's B holds SAC's first gradient steps and a tuned PPO batch for its references"""
+FULL = Sizes(robots=loro.FULL, family_batches=None, env=ENV, env_seeds=ENV_SEEDS, env_batches=ENV_APPLICATIONS)
+QUICK = Sizes(robots=loro.QUICK, family_batches=1, env="InvertedDoublePendulum-v5", env_seeds=2, env_batches=2)
+"""tiny sizes; the env's B holds SAC's first gradient steps and a tuned PPO batch for its references, and the env is
+the pendulum, whose tiny references beat its fresh starts"""
 QUICK_FAMILIES = ("hopper_rand_params",)
 """--quick's families: one, whose tiny references beat its starts (``ant_dir``'s fresh starts, standing still for
 the healthy reward, return more than 8 tiny B of ARS reach)"""
@@ -320,8 +328,8 @@ def main() -> None:
                         "none: the unseen env only)")
     parser.add_argument("--tasks", type=int, help="validation tasks per family (default 8; --quick 1)")
     parser.add_argument("--seeds", type=int, help="seeds per validation task (default 3; --quick 1)")
-    parser.add_argument("--env", nargs="?", default=ENV, const=None, help="the unseen gymnasium env (1-D Box "
-                        "spaces; --env alone: none, the families' stages only)")
+    parser.add_argument("--env", nargs="?", const="", help=f"the unseen gymnasium env (1-D Box spaces; default "
+                        f"{ENV}, --quick {QUICK.env}; --env alone: none, the families' stages only)")
     parser.add_argument("--sac", action=argparse.BooleanOptionalAction, default=True, help="run SAC on the env "
                         "beside the operator and ARS (default; --no-sac: the two, which --variant's rule needs)")
     parser.add_argument("--variant", choices=sorted(VARIANTS), help="fit the universal operator with this variant's "
@@ -358,8 +366,8 @@ def main() -> None:
         stage(f"[1/8] collect: {', '.join(loro.FAMILIES)}")
         datasets = [loro.collect_robot(f, work / "collect" / f, robots, workers) for f in loro.FAMILIES]
         stage("[2/8] train")
-        fit = robots if args.variant is None else dataclasses.replace(robots, train=robots.train | {
-            "features": robots.train.get("features", {}) | VARIANTS[args.variant]})
+        fit = dataclasses.replace(robots, train=robots.train | {
+            "features": robots.train.get("features", {}) | FIT | VARIANTS.get(args.variant or "", {})})
         universal = loro.train_heldout("none", datasets, work / name / "operator", fit)
     else:
         universal = resolve_operator(NAME)
@@ -398,13 +406,14 @@ def main() -> None:
             print(", ".join(f"{k}: {v}" for k, v in row.items() if k != "source"))
         stage(f"[5/8] {family}: {len(rows)} rows -> {families_out}")
 
-    if args.env is not None:
-        env = UserEnv.resolve(args.env)
+    env_id = sizes.env if args.env is None else args.env
+    if env_id:
+        env = UserEnv.resolve(env_id)
         batch = BatchSchedule.of(ckpt).batch
         budget = args.env_budget or sizes.env_batches * batch
         stage(f"[6/8] apply on {env.name}: {', '.join(env_methods)}, {sizes.env_seeds} seeds, B = {budget}")
         out = work / name / "env" / env.name.replace("/", "_") / "apply"
-        curves = apply(ApplyConfig(operator_path=str(universal), out=str(out), env=args.env, seeds=sizes.env_seeds,
+        curves = apply(ApplyConfig(operator_path=str(universal), out=str(out), env=env_id, seeds=sizes.env_seeds,
                                    budget=budget, methods=list(env_methods), workers=workers))
         stage(f"[7/8] references of {env.name} -> {runs_file}")
         references([env], universal, budget, sizes, runs_file, table, workers)

@@ -29,7 +29,8 @@ from metaimprove.sim.tasks import TaskConfig, load_families
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS_PAGE = ROOT / "docs" / "python-api.md"
 SHIPPED = ["ant_dir", "ant_goal", "halfcheetah_dir", "halfcheetah_rand_params", "halfcheetah_vel",
-           "halfcheetah_vel.ppo", "hopper_rand_params", "swimmer_vel", "universal", "walker2d_rand_params"]
+           "halfcheetah_vel.ppo", "hopper_rand_params", "swimmer_vel", "universal", "universal_raw",
+           "walker2d_rand_params"]
 
 
 def fresh_python(code: str, cwd: pathlib.Path | None = None, python: str = sys.executable,

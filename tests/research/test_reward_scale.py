@@ -10,7 +10,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 SCRIPT = ROOT / "research" / "reward_scale.py"
 ENV = "InvertedDoublePendulum-v5"
 OUTPUTS = [ROOT / "results" / name for name in ("universal_terms.csv", "universal_reward_scale.csv",
-                                               "universal/reward_scale.csv", "universal/reward_scale.png")]
+                                               "universal_raw/reward_scale.csv", "universal_raw/reward_scale.png")]
 
 
 def _rows(path: pathlib.Path) -> list[dict[str, str]]:

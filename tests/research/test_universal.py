@@ -83,22 +83,22 @@ def test_quick_universal_runs_every_stage_ships_by_name_and_resumes(tmp_path: pa
 
     # --variant: the same collections, a fit of its own with the variant's settings, outputs under its own name.
     # ant_dir's tiny references end below its fresh starts: one row that says so; --env alone: no env stage.
-    unscored = subprocess.run([*command[:3], "--variant", "symlog", "--families", "ant_dir", "--env", "--work",
+    unscored = subprocess.run([*command[:3], "--variant", "raw", "--families", "ant_dir", "--env", "--work",
                                str(work)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert unscored.returncode == 0, unscored.stderr[-3000:]
     assert unscored.stdout.count("(2 were already done)") == 5 and "[6/8]" not in unscored.stdout
-    [row] = _rows(work / "results" / "universal_symlog_families.csv")
+    [row] = _rows(work / "results" / "universal_raw_families.csv")
     assert (row["family"], row["budget"], row["verdict"], row["paired_verdict"]) == (
         "ant_dir", "B", "no score scale", "no score scale")
-    assert not (work / "results" / "universal_symlog_unseen_env.csv").exists()
-    variant = subprocess.run([*command[:3], "--variant", "symlog", "--families", "--no-sac", "--work", str(work)],
+    assert not (work / "results" / "universal_raw_unseen_env.csv").exists()
+    variant = subprocess.run([*command[:3], "--variant", "raw", "--families", "--no-sac", "--work", str(work)],
                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert variant.returncode == 0, variant.stderr[-3000:]
     assert "after epoch 2 (the fit had finished)" in variant.stdout
-    _, candidate = OperatorCheckpoint.load(work / "universal_symlog" / "operator" / "operator.safetensors")
-    assert candidate.features.reward_symlog and candidate.features.agnostic
-    assert not ckpt.features.reward_symlog
-    rows = _rows(work / "results" / "universal_symlog_unseen_env.csv")
+    _, candidate = OperatorCheckpoint.load(work / "universal_raw" / "operator" / "operator.safetensors")
+    assert candidate.features.agnostic and not candidate.features.reward_symlog
+    assert ckpt.features.reward_symlog
+    rows = _rows(work / "results" / "universal_raw_unseen_env.csv")
     assert [r["budget"] for r in rows] == ["1 batches", "B"] and "sac_gain" not in rows[0]
     for row in rows:
         _assert_finite(row, ["universal", "ars", "universal_minus_ars", "universal_gain", "ars_gain"])
@@ -107,6 +107,6 @@ def test_quick_universal_runs_every_stage_ships_by_name_and_resumes(tmp_path: pa
 
 
 def test_a_variant_is_never_shipped() -> None:
-    refused = subprocess.run([sys.executable, str(SCRIPT), "--variant", "symlog", "--ship"], capture_output=True,
+    refused = subprocess.run([sys.executable, str(SCRIPT), "--variant", "raw", "--ship"], capture_output=True,
                              text=True, timeout=60)
     assert refused.returncode == 2 and "--variant measures a candidate and ships nothing" in refused.stderr
