@@ -203,9 +203,8 @@ def main() -> None:
     batch = float(BatchSchedule.of(ckpt).batch)
     budget = float(applications * batch)
     budgets = scored_budgets(batch, budget)
-    ars = committed.where(method="ars")
-    keep = ars.seed < env_seeds  # the committed ARS runs of this run's seeds, to pair with
-    both = universal.joined([mine, Curves(*(getattr(ars, f.name)[keep] for f in dataclasses.fields(Curves)))])
+    ars = committed.where(method="ars", seeds=range(env_seeds))  # the committed ARS runs of this run's seeds
+    both = universal.joined([mine, ars])
     scored = normalized(both, REFERENCE_RUNS, universal.FULL.robots.reference_seeds)
     scores = {m: scores_at(deployed_until(scored.where(method=m), budget), [0.0, *budgets])
               for m in [*map(label, SCALES), "ars"]}

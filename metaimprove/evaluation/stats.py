@@ -80,13 +80,16 @@ class Curves:
         """Task names in natural order (``test/2`` before ``test/10``)."""
         return sorted(set(self.task.tolist()), key=natural_key)
 
-    def where(self, method: str | None = None, task: str | None = None) -> Curves:
-        """The rows of one method and/or one task."""
+    def where(self, method: str | None = None, task: str | None = None,
+              seeds: Iterable[int] | None = None) -> Curves:
+        """The rows of one method and/or one task and/or some seeds."""
         keep = np.ones(len(self), dtype=bool)
         if method is not None:
             keep &= self.method == method
         if task is not None:
             keep &= self.task == task
+        if seeds is not None:
+            keep &= np.isin(self.seed, list(seeds))
         return Curves(self.method[keep], self.task[keep], self.seed[keep], self.env_steps[keep], self.returns[keep])
 
     def runs(self) -> dict[str, list[tuple[int, FloatArray, FloatArray]]]:

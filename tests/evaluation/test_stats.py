@@ -48,6 +48,14 @@ def _curves(runs: dict[tuple[str, str, int], list[tuple[float, float]]]) -> Curv
     )
 
 
+def test_where_selects_by_method_task_and_seeds() -> None:
+    curves = _curves({(m, t, s): [(0.0, float(s)), (1.0, float(s) + 1)]
+                      for m in ("a", "b") for t in ("x", "y") for s in (0, 1, 2)})
+    picked = curves.where(method="a", task="y", seeds=range(2))
+    assert set(picked.method) == {"a"} and set(picked.task) == {"y"} and sorted(set(picked.seed.tolist())) == [0, 1]
+    assert len(picked) == 4 and len(curves.where(seeds=[2])) == 8 and len(curves.where(seeds=[])) == 0
+
+
 # ------------------------------------------------------------------------------------------------ iqm
 
 
