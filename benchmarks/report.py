@@ -925,9 +925,12 @@ def _family_table(rows: list[dict[str, str]]) -> str:
         cells = [f"`{r['family']}`", r["operator_vs_ppo"], r["operator_vs_ars"]]
         if universal:
             u = universal.get(r["family"])
-            cells.append("not yet run" if not u and r["family"] in trained else "–" if not u
-                         else u["paired_verdict"] if not u["universal_minus_per_family"]  # no score scale
-                         else f"{_value(u['universal_minus_per_family'])} ({u['paired_verdict']})")
+            if u is None:
+                cells.append("not yet run" if r["family"] in trained else "–")
+            elif u["paired_verdict"] == "no score scale":
+                cells.append(u["paired_verdict"])
+            else:
+                cells.append(f"{_value(u['universal_minus_per_family'])} ({u['paired_verdict']})")
         return "| " + " | ".join(cells) + " |"
 
     return "\n".join([
